@@ -1,0 +1,88 @@
+//! The plugin traits. Each is the whole contract of one stage; the pipeline never
+//! looks behind it. Every trait has an `id()`: a string that changes whenever the
+//! backend would compute something different (model checksum, prompt version,
+//! parameters). The checkpoint store folds it into each file's fingerprint, which
+//! is how a change of model recomputes exactly the stages it affects.
+
+use crate::error::BoxError;
+use crate::matrix::Matrix;
+use crate::types::{Cluster, Conversation, ConversationSummary};
+
+/// Writes Clio's facets for conversations.
+///
+/// Takes a batch so a backend can share work across conversations (a shared prompt
+/// prefix, batched decoding); returns one result per input, in order, so that one
+/// conversation that fails never costs the others.
+pub trait Summarizer: Send + Sync {
+    fn id(&self) -> String;
+    /// How many conversations the backend wants per call.
+    fn batch_size(&self) -> usize {
+        1
+    }
+    fn summarize(
+        &self,
+        conversations: &[Conversation],
+    ) -> Vec<Result<ConversationSummary, BoxError>>;
+}
+
+/// Turns texts into fixed-size vectors (one row per text, in input order).
+pub trait Embedder: Send + Sync {
+    fn id(&self) -> String;
+    fn dim(&self) -> usize;
+    fn embed(&self, texts: &[&str]) -> Result<Matrix, BoxError>;
+}
+
+/// Groups points. `None` marks noise: a point the clusterer would not place.
+pub trait Clusterer: Send + Sync {
+    fn id(&self) -> String;
+    fn cluster(&self, points: &Matrix, seed: u64) -> Result<Vec<Option<usize>>, BoxError>;
+}
+
+/// Projects points to two dimensions for the map (one row of two per input row).
+pub trait Reducer: Send + Sync {
+    fn id(&self) -> String;
+    fn reduce(&self, points: &Matrix, seed: u64) -> Result<Matrix, BoxError>;
+}
+
+/// What a cluster namer is shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamingRequest {
+    /// Descriptions of the members: conversation summaries for a base cluster,
+    /// "name: description" of the children for a parent cluster.
+    pub members: Vec<String>,
+    /// The nearest descriptions *outside* the cluster, so the name says what sets
+    /// this cluster apart rather than what all conversations share.
+    pub contrast: Vec<String>,
+    /// True when naming a parent from its children.
+    pub is_parent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterName {
+    /// An imperative sentence of at most ten words ("Debug Rust borrow errors").
+    pub name: String,
+    /// Two sentences that say what the members share.
+    pub description: String,
+}
+
+/// Names clusters (base and parent) with an LLM or anything else.
+pub trait ClusterNamer: Send + Sync {
+    fn id(&self) -> String;
+    fn name(&self, request: &NamingRequest) -> Result<ClusterName, BoxError>;
+}
+
+/// Builds the hierarchy above the base clusters (Clio's meta-clusters).
+pub trait HierarchyBuilder: Send + Sync {
+    fn id(&self) -> String;
+    /// `base` are the named base clusters (`parent_id: None`), `base_vectors` one row
+    /// per base cluster (the normalised mean of its members' embeddings). Returns
+    /// every cluster of every level — the base clusters with `parent_id` filled in,
+    /// then their ancestors — forming one forest whose roots have `parent_id: None`.
+    fn build(
+        &self,
+        base: Vec<Cluster>,
+        base_vectors: &Matrix,
+        namer: &dyn ClusterNamer,
+        seed: u64,
+    ) -> Result<Vec<Cluster>, BoxError>;
+}
