@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod store;
 pub mod text;
 pub mod traits;
+pub mod tree;
 pub mod types;
 
 pub use error::{BoxError, Error, Result};

@@ -1,0 +1,126 @@
+//! Builds the pipeline's backends from the configuration: the local models
+//! (resolved through the model manifest) and the clustering algorithms. Models are
+//! loaded on first use, so `kura stage map` never loads an LLM.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{bail, Context, Result};
+use kura_cluster::{ClioHierarchy, KMeans, Pca};
+use kura_core::{ClusterNamer, Clusterer, Embedder, HierarchyBuilder, Reducer, Summarizer};
+use kura_embed_candle::{CandleEmbedder, EmbedderOptions};
+use kura_llm::{LlmClusterNamer, LlmOptions, LlmSummarizer, LocalLlm};
+use kura_models::{ResolvedModel, Resolver};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::progress::{DownloadBars, Reporter};
+
+pub fn resolver(reporter: Arc<Reporter>) -> Resolver {
+    Resolver::from_env().with_progress(Arc::new(DownloadBars::new(reporter)))
+}
+
+pub struct Backends {
+    config: Config,
+    resolver: Resolver,
+    llm: OnceLock<(Arc<LocalLlm>, Value)>,
+    embedder: OnceLock<(Arc<CandleEmbedder>, Value)>,
+}
+
+impl Backends {
+    pub fn new(config: &Config, reporter: Arc<Reporter>) -> Result<Self> {
+        if config.device != "cpu" && config.device != "cuda" {
+            bail!("device must be cpu or cuda, not {:?}", config.device);
+        }
+        Ok(Backends { config: config.clone(), resolver: resolver(reporter), llm: OnceLock::new(), embedder: OnceLock::new() })
+    }
+
+    fn cuda(&self) -> bool {
+        self.config.device == "cuda"
+    }
+
+    fn llm(&self) -> Result<Arc<LocalLlm>> {
+        if let Some((llm, _)) = self.llm.get() {
+            return Ok(llm.clone());
+        }
+        let model = self.resolver.resolve(&self.config.llm)?;
+        let gguf = gguf_file(&model)?;
+        let device = kura_llm::device(self.cuda())?;
+        let options = LlmOptions {
+            max_context: self.config.max_context,
+            temperature: self.config.temperature,
+            seed: self.config.seed,
+        };
+        let llm = LocalLlm::load(&gguf, &device, options)
+            .with_context(|| format!("cannot load the LLM {}", gguf.display()))?
+            .with_model_id(format!("{}@{}", model.name, model.fingerprint));
+        let record = json!({"name": model.name, "path": gguf.display().to_string(), "fingerprint": model.fingerprint});
+        Ok(self.llm.get_or_init(|| (Arc::new(llm), record)).0.clone())
+    }
+
+    fn candle_embedder(&self) -> Result<Arc<CandleEmbedder>> {
+        if let Some((e, _)) = self.embedder.get() {
+            return Ok(e.clone());
+        }
+        let model = self.resolver.resolve(&self.config.embedder)?;
+        let device = kura_embed_candle::device(self.cuda())?;
+        let embedder = CandleEmbedder::from_dir(&model.dir, &device, EmbedderOptions::default())
+            .with_context(|| format!("cannot load the embedder {}", model.dir.display()))?
+            .with_model_id(format!("{}@{}", model.name, model.fingerprint));
+        let record = json!({"name": model.name, "path": model.dir.display().to_string(), "fingerprint": model.fingerprint});
+        Ok(self.embedder.get_or_init(|| (Arc::new(embedder), record)).0.clone())
+    }
+
+    pub fn summarizer(&self) -> Result<Box<dyn Summarizer>> {
+        Ok(Box::new(LlmSummarizer::new(self.llm()?)))
+    }
+
+    pub fn namer(&self) -> Result<Box<dyn ClusterNamer>> {
+        Ok(Box::new(LlmClusterNamer::new(self.llm()?)))
+    }
+
+    pub fn embedder(&self) -> Result<Arc<dyn Embedder>> {
+        Ok(self.candle_embedder()?)
+    }
+
+    pub fn clusterer(&self) -> Box<dyn Clusterer> {
+        let k = Some(self.config.clusters).filter(|&k| k > 0);
+        Box::new(KMeans { k, ..KMeans::default() })
+    }
+
+    pub fn hierarchy(&self) -> Box<dyn HierarchyBuilder> {
+        let levels = Some(self.config.levels).filter(|&l| l > 0);
+        Box::new(ClioHierarchy { top_clusters: self.config.top_clusters, levels, ..ClioHierarchy::default() })
+    }
+
+    pub fn reducer(&self) -> Box<dyn Reducer> {
+        Box::new(Pca::default())
+    }
+
+    /// Which models the run used, for `run.json`.
+    pub fn models_record(&self) -> Value {
+        json!({
+            "llm": self.llm.get().map(|(_, r)| r.clone()).unwrap_or(json!({"name": self.config.llm})),
+            "embedder": self.embedder.get().map(|(_, r)| r.clone()).unwrap_or(json!({"name": self.config.embedder})),
+        })
+    }
+}
+
+/// The GGUF file of a resolved LLM: the model itself when a file was given, else
+/// the one `.gguf` in its directory.
+fn gguf_file(model: &ResolvedModel) -> Result<PathBuf> {
+    if model.dir.is_file() {
+        return Ok(model.dir.clone());
+    }
+    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(&model.dir)
+        .with_context(|| model.dir.display().to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    ggufs.sort();
+    match ggufs.len() {
+        1 => Ok(ggufs.remove(0)),
+        0 => bail!("{}: no .gguf file (pass --llm PATH/TO/model.gguf)", model.dir.display()),
+        _ => bail!("{}: several .gguf files; pass --llm with the one to use", model.dir.display()),
+    }
+}

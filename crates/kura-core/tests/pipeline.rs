@@ -1,0 +1,285 @@
+//! The pipeline's logic driven by scripted backends: resume, cache reuse and stale
+//! cache invalidation. (The real models run the same stages in the end-to-end tests.)
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use kura_core::pipeline::{NoProgress, Run, CLUSTERS, DIMENSIONALITY, META_CLUSTERS, SUMMARIES};
+use kura_core::{
+    store, BoxError, Cluster, ClusterName, ClusterNamer, Clusterer, Conversation, ConversationSummary, Embedder,
+    HierarchyBuilder, Matrix, Message, NamingRequest, ProjectedCluster, Reducer, Role, Summarizer,
+};
+
+/// Summarises by copying the first user message; counts calls; fails on request.
+struct ScriptedSummarizer {
+    version: &'static str,
+    calls: AtomicUsize,
+    fail_on: Option<&'static str>,
+}
+
+impl ScriptedSummarizer {
+    fn new(version: &'static str) -> Self {
+        ScriptedSummarizer { version, calls: AtomicUsize::new(0), fail_on: None }
+    }
+}
+
+impl Summarizer for ScriptedSummarizer {
+    fn id(&self) -> String {
+        format!("scripted-{}", self.version)
+    }
+    fn summarize(&self, conversations: &[Conversation]) -> Vec<Result<ConversationSummary, BoxError>> {
+        conversations
+            .iter()
+            .map(|c| {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                if Some(c.chat_id.as_str()) == self.fail_on {
+                    return Err("scripted failure".into());
+                }
+                Ok(ConversationSummary {
+                    summary: format!("{} {}", self.version, c.messages[0].content),
+                    request: None,
+                    topic: None,
+                    languages: Some(vec!["english".into()]),
+                    task: None,
+                    concerning_score: Some(1),
+                    user_frustration: Some(1),
+                    assistant_errors: Some(vec![]),
+                    chat_id: String::new(),
+                    metadata: Default::default(),
+                    embedding: None,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Embeds by topic word: texts mentioning the same topic land on the same axis.
+struct TopicEmbedder;
+const TOPICS: [&str; 3] = ["rust", "cooking", "travel"];
+
+impl Embedder for TopicEmbedder {
+    fn id(&self) -> String {
+        "topic-embedder".into()
+    }
+    fn dim(&self) -> usize {
+        TOPICS.len()
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Matrix, BoxError> {
+        let rows: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| TOPICS.iter().map(|w| if t.contains(w) { 1.0 } else { 0.0 }).collect())
+            .collect();
+        Ok(Matrix::from_rows(&rows).unwrap())
+    }
+}
+
+/// Clusters by the axis of the largest value.
+struct ArgmaxClusterer {
+    param: usize,
+}
+
+impl Clusterer for ArgmaxClusterer {
+    fn id(&self) -> String {
+        format!("argmax-{}", self.param)
+    }
+    fn cluster(&self, points: &Matrix, _seed: u64) -> Result<Vec<Option<usize>>, BoxError> {
+        Ok(points
+            .iter_rows()
+            .map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i))
+            .collect())
+    }
+}
+
+struct CountingNamer {
+    calls: AtomicUsize,
+}
+
+impl ClusterNamer for CountingNamer {
+    fn id(&self) -> String {
+        "counting-namer".into()
+    }
+    fn name(&self, request: &NamingRequest) -> Result<ClusterName, BoxError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let topic = TOPICS.iter().find(|t| request.members.iter().any(|m| m.contains(*t))).unwrap_or(&"misc");
+        Ok(ClusterName { name: format!("Discuss {topic}"), description: format!("About {topic}.") })
+    }
+}
+
+/// One root above all base clusters.
+struct OneRoot;
+
+impl HierarchyBuilder for OneRoot {
+    fn id(&self) -> String {
+        "one-root".into()
+    }
+    fn build(&self, mut base: Vec<Cluster>, _: &Matrix, namer: &dyn ClusterNamer, _: u64) -> Result<Vec<Cluster>, BoxError> {
+        let name = namer.name(&NamingRequest { members: base.iter().map(|c| c.name.clone()).collect(), contrast: vec![], is_parent: true })?;
+        let chat_ids: Vec<String> = base.iter().flat_map(|c| c.chat_ids.clone()).collect();
+        for c in &mut base {
+            c.parent_id = Some("root".into());
+        }
+        base.push(Cluster { id: "root".into(), name: name.name, description: name.description, slug: "root".into(), count: chat_ids.len(), chat_ids, parent_id: None });
+        Ok(base)
+    }
+}
+
+struct FirstTwo;
+
+impl Reducer for FirstTwo {
+    fn id(&self) -> String {
+        "first-two".into()
+    }
+    fn reduce(&self, points: &Matrix, _: u64) -> Result<Matrix, BoxError> {
+        let rows: Vec<[f32; 2]> = points.iter_rows().map(|r| [r[0], r[1]]).collect();
+        Ok(Matrix::from_rows(&rows).unwrap())
+    }
+}
+
+fn conversation(id: &str, text: &str) -> Conversation {
+    Conversation {
+        chat_id: id.into(),
+        created_at: "2026-01-01T00:00:00".into(),
+        messages: vec![
+            Message { created_at: "2026-01-01T00:00:00".into(), role: Role::User, content: text.into() },
+            Message { created_at: "2026-01-01T00:00:01".into(), role: Role::Assistant, content: "ok".into() },
+        ],
+        metadata: Default::default(),
+    }
+}
+
+fn corpus(n: usize) -> Vec<Conversation> {
+    (0..n).map(|i| conversation(&format!("c{i}"), &format!("question {i} about {}", TOPICS[i % 3]))).collect()
+}
+
+fn full_run(dir: &std::path::Path, convs: &[Conversation], s: &ScriptedSummarizer, namer: &CountingNamer, cluster_param: usize) -> Vec<bool> {
+    let run = Run::open(dir, 7, Arc::new(NoProgress)).unwrap();
+    vec![
+        run.set_conversations(&[], convs, &[]).unwrap().reused,
+        run.summarize(s).unwrap().reused,
+        run.embed(&TopicEmbedder).unwrap().reused,
+        run.cluster(&ArgmaxClusterer { param: cluster_param }, namer).unwrap().reused,
+        run.build_hierarchy(&OneRoot, namer).unwrap().reused,
+        run.project(&FirstTwo).unwrap().reused,
+    ]
+}
+
+#[test]
+fn a_complete_run_writes_kura_files_with_every_conversation_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ScriptedSummarizer::new("v1");
+    let namer = CountingNamer { calls: AtomicUsize::new(0) };
+    full_run(dir.path(), &corpus(9), &s, &namer, 1);
+
+    let summaries: Vec<ConversationSummary> = store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
+    assert_eq!(summaries.len(), 9);
+    assert_eq!(summaries[0].metadata["conversation_turns"], 2);
+    let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
+    assert_eq!(base.len(), 3);
+    let mut seen: Vec<String> = base.iter().flat_map(|c| c.chat_ids.clone()).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 9, "every conversation is in exactly one base cluster");
+    assert!(base.iter().any(|c| c.name == "Discuss cooking" && c.count == 3));
+    let all: Vec<Cluster> = store::read_jsonl(&dir.path().join(META_CLUSTERS)).unwrap();
+    assert_eq!(all.iter().filter(|c| c.parent_id.is_none()).count(), 1);
+    let projected: Vec<ProjectedCluster> = store::read_jsonl(&dir.path().join(DIMENSIONALITY)).unwrap();
+    let levels: HashMap<&str, usize> = projected.iter().map(|p| (p.id.as_str(), p.level)).collect();
+    assert_eq!(levels["root"], 0);
+    assert!(base.iter().all(|c| levels[c.id.as_str()] == 1));
+    let embeddings = store::read_npy(&dir.path().join("embeddings.npy")).unwrap();
+    assert_eq!((embeddings.rows(), embeddings.cols()), (9, 3));
+}
+
+#[test]
+fn a_second_run_reuses_everything_and_asks_no_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ScriptedSummarizer::new("v1");
+    let namer = CountingNamer { calls: AtomicUsize::new(0) };
+    assert!(full_run(dir.path(), &corpus(9), &s, &namer, 1).iter().skip(1).all(|r| !r));
+    let (summaries, names) = (s.calls.load(Ordering::SeqCst), namer.calls.load(Ordering::SeqCst));
+    assert!(full_run(dir.path(), &corpus(9), &s, &namer, 1).iter().all(|r| *r));
+    assert_eq!(s.calls.load(Ordering::SeqCst), summaries);
+    assert_eq!(namer.calls.load(Ordering::SeqCst), names);
+}
+
+#[test]
+fn a_changed_parameter_recomputes_that_stage_and_after_but_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ScriptedSummarizer::new("v1");
+    let namer = CountingNamer { calls: AtomicUsize::new(0) };
+    full_run(dir.path(), &corpus(9), &s, &namer, 1);
+    let reused = full_run(dir.path(), &corpus(9), &s, &namer, 2);
+    assert_eq!(reused, vec![true, true, true, false, false, false]);
+}
+
+#[test]
+fn a_changed_summariser_recomputes_summaries_instead_of_reusing_stale_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let namer = CountingNamer { calls: AtomicUsize::new(0) };
+    full_run(dir.path(), &corpus(6), &ScriptedSummarizer::new("v1"), &namer, 1);
+    let v2 = ScriptedSummarizer::new("v2");
+    let reused = full_run(dir.path(), &corpus(6), &v2, &namer, 1);
+    assert_eq!(reused, vec![true, false, false, false, false, false]);
+    assert_eq!(v2.calls.load(Ordering::SeqCst), 6);
+    let summaries: Vec<ConversationSummary> = store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
+    assert!(summaries.iter().all(|s| s.summary.starts_with("v2 ")));
+}
+
+#[test]
+fn a_grown_input_summarises_only_the_new_conversations() {
+    let dir = tempfile::tempdir().unwrap();
+    let namer = CountingNamer { calls: AtomicUsize::new(0) };
+    let s = ScriptedSummarizer::new("v1");
+    full_run(dir.path(), &corpus(6), &s, &namer, 1);
+    let s2 = ScriptedSummarizer::new("v1");
+    full_run(dir.path(), &corpus(9), &s2, &namer, 1);
+    assert_eq!(s2.calls.load(Ordering::SeqCst), 3);
+    let summaries: Vec<ConversationSummary> = store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
+    assert_eq!(summaries.len(), 9);
+}
+
+#[test]
+fn a_failed_summary_is_recorded_and_retried_next_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    run.set_conversations(&[], &corpus(4), &[]).unwrap();
+    let mut s = ScriptedSummarizer::new("v1");
+    s.fail_on = Some("c2");
+    let outcome = run.summarize(&s).unwrap();
+    assert_eq!((outcome.count, outcome.failed), (3, 1));
+    let failed: Vec<serde_json::Value> = store::read_jsonl(&dir.path().join("failed.jsonl")).unwrap();
+    assert_eq!(failed[0]["chat_id"], "c2");
+    assert!(failed[0]["reason"].as_str().unwrap().contains("scripted failure"));
+
+    let retry = ScriptedSummarizer::new("v1");
+    let outcome = run.summarize(&retry).unwrap();
+    assert_eq!((outcome.count, outcome.failed, outcome.reused), (4, 0, false));
+    assert_eq!(retry.calls.load(Ordering::SeqCst), 1, "only the failed conversation is retried");
+    assert!(!dir.path().join("failed.jsonl").exists());
+}
+
+#[test]
+fn a_stage_without_its_inputs_says_what_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    let err = run.embed(&TopicEmbedder).unwrap_err().to_string();
+    assert!(err.contains("needs the summaries stage"), "{err}");
+}
+
+#[test]
+fn an_empty_input_is_an_error_not_an_empty_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    assert!(run.set_conversations(&[], &[], &[]).is_err());
+}
+
+#[test]
+fn a_single_conversation_makes_a_one_cluster_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let namer = CountingNamer { calls: AtomicUsize::new(0) };
+    full_run(dir.path(), &corpus(1), &ScriptedSummarizer::new("v1"), &namer, 1);
+    let all: Vec<Cluster> = store::read_jsonl(&dir.path().join(META_CLUSTERS)).unwrap();
+    assert_eq!(all.iter().filter(|c| c.parent_id.is_none()).count(), 1);
+    assert!(all.iter().all(|c| c.count == 1));
+}
