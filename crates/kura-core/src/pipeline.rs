@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{BoxError, Error, Result};
+use crate::loaders::conversation_fingerprint;
 use crate::matrix::Matrix;
 use crate::store::{self, fingerprint, Journal};
 use crate::text::slugify;
@@ -168,7 +169,7 @@ impl Run {
                 "no conversations to process: the input is empty or every record was skipped".into(),
             ));
         }
-        let keys: Vec<String> = conversations.iter().map(conversation_key).collect();
+        let keys: Vec<String> = conversations.iter().map(conversation_fingerprint).collect();
         let key = fingerprint(&keys);
         let reused = self.is_fresh("conversations", &key, &[CONVERSATIONS]);
         if !reused {
@@ -201,7 +202,7 @@ impl Run {
         let started = Instant::now();
         let conversations: Vec<Conversation> = store::read_jsonl(&self.path(CONVERSATIONS))?;
         let journal: Journal<ConversationSummary> = Journal::open(&self.path("cache/summaries.journal.jsonl"))?;
-        let item_key = |c: &Conversation| fingerprint(&[summarizer.id(), conversation_key(c)]);
+        let item_key = |c: &Conversation| fingerprint(&[summarizer.id(), conversation_fingerprint(c)]);
         let todo: Vec<&Conversation> = conversations.iter().filter(|c| journal.get(&item_key(c)).is_none()).collect();
 
         self.progress.begin("summaries", conversations.len() as u64);
@@ -477,11 +478,6 @@ impl Run {
 const NAMING_MEMBERS: usize = 10;
 const NAMING_CONTRAST: usize = 5;
 
-/// The identity of a conversation's content, for cache keys.
-pub fn conversation_key(c: &Conversation) -> String {
-    let messages = serde_json::to_string(&c.messages).unwrap_or_default();
-    fingerprint(&[c.chat_id.as_str(), &messages])
-}
 
 /// The summariser owns the facets; the pipeline owns where they came from, so the
 /// id and metadata always match the conversation (as Kura's files do).

@@ -1,0 +1,75 @@
+//! Kura's own `Conversation` records, as Python Kura writes them
+//! (`{chat_id, created_at, messages: [{created_at, role, content}], metadata}`).
+//!
+//! This is the format we write back, so it is read strictly: roles must be exactly
+//! "user" or "assistant" and nothing is rewritten, which is what lets a Kura file
+//! round-trip byte for byte. Two leniencies only: a missing timestamp falls back
+//! (message → conversation → [`FALLBACK_TIMESTAMP`]), and unknown top-level fields are
+//! kept in `metadata` rather than dropped.
+
+use serde_json::Value;
+
+use super::fields::{
+    as_object, expected, index, join, optional_str, required_array, required_str, FieldResult,
+    FALLBACK_TIMESTAMP,
+};
+use crate::types::{Conversation, Message, Metadata, Role};
+
+const KNOWN_FIELDS: [&str; 4] = ["chat_id", "created_at", "messages", "metadata"];
+
+pub(crate) fn conversation(record: &Value) -> FieldResult<Conversation> {
+    let object = as_object(record, "(record)")?;
+    let chat_id = required_str(object, "chat_id", "")?.to_string();
+    let created_at = optional_str(object, "created_at", "")?;
+    let conversation_time = created_at.unwrap_or(FALLBACK_TIMESTAMP);
+    let messages = required_array(object, "messages", "")?
+        .iter()
+        .enumerate()
+        .map(|(i, message)| self::message(message, &index("messages", i), conversation_time))
+        .collect::<FieldResult<Vec<_>>>()?;
+    let created_at = match created_at {
+        Some(time) => time.to_string(),
+        None => messages
+            .first()
+            .map_or(FALLBACK_TIMESTAMP.to_string(), |m| m.created_at.clone()),
+    };
+    let mut metadata = match object.get("metadata") {
+        None | Some(Value::Null) => Metadata::new(),
+        Some(Value::Object(metadata)) => metadata.clone(),
+        Some(other) => return Err(expected("metadata", "an object", other)),
+    };
+    for (key, value) in object {
+        if !KNOWN_FIELDS.contains(&key.as_str()) && !metadata.contains_key(key) {
+            metadata.insert(key.clone(), value.clone());
+        }
+    }
+    Ok(Conversation {
+        chat_id,
+        created_at,
+        messages,
+        metadata,
+    })
+}
+
+fn message(value: &Value, path: &str, conversation_time: &str) -> FieldResult<Message> {
+    let object = as_object(value, path)?;
+    let role = match object.get("role") {
+        Some(Value::String(role)) if role == "user" => Role::User,
+        Some(Value::String(role)) if role == "assistant" => Role::Assistant,
+        None | Some(Value::Null) => return Err(super::fields::missing(&join(path, "role"))),
+        Some(other) => {
+            return Err(expected(
+                &join(path, "role"),
+                "\"user\" or \"assistant\"",
+                other,
+            ))
+        }
+    };
+    Ok(Message {
+        created_at: optional_str(object, "created_at", path)?
+            .unwrap_or(conversation_time)
+            .to_string(),
+        role,
+        content: required_str(object, "content", path)?.to_string(),
+    })
+}
