@@ -1,1 +1,26 @@
-//! placeholder
+//! The clustering algorithms of Kura for Rust: k-means for base clusters
+//! ([`KMeans`]), Clio's hierarchy of meta-clusters ([`ClioHierarchy`]), PCA for the
+//! 2-D map ([`Pca`]), the nearest-neighbour helpers naming and search share, and
+//! external metrics for scoring against known labels.
+//!
+//! The key design decision is exact, deterministic numerics without a BLAS: all
+//! of it is plain Rust over [`kura_core::Matrix`] with rayon for parallelism, every
+//! random choice comes from a seeded ChaCha stream, and every parallel reduction
+//! runs in a fixed order. A run directory therefore reproduces from its seed on any
+//! machine and any core count, which is what lets the checkpoint store trust a
+//! fingerprint instead of recomputing. Everything works in cosine geometry
+//! (L2-normalised rows), the geometry sentence embeddings are trained for, except
+//! PCA, which maps whatever geometry it is given.
+
+mod error;
+mod hierarchy;
+mod kmeans;
+pub mod metrics;
+mod pca;
+mod vector;
+
+pub use error::ClusterError;
+pub use hierarchy::ClioHierarchy;
+pub use kmeans::{default_k, kmeans, KMeans, KMeansFit};
+pub use pca::{pca_2d, Pca};
+pub use vector::{nearest_rows, normalized_mean};
