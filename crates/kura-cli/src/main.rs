@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kura_core::loaders::{self, FieldMapping, Format, LoadOptions};
-use kura_core::pipeline::{Run, StageOutcome, META_CLUSTERS};
+use kura_core::pipeline::{Progress, Run, StageOutcome, META_CLUSTERS};
 use kura_core::{store, Cluster};
 use serde_json::json;
 

@@ -1,1 +1,322 @@
-//! placeholder
+//! Sentence embeddings on Candle for BERT-family encoders (all-MiniLM-L6-v2 and
+//! other sentence-transformers models).
+//!
+//! The model directory is read the way sentence-transformers reads it: pooling
+//! from `1_Pooling/config.json`, normalisation from a `Normalize` entry in
+//! `modules.json`, truncation from `sentence_bert_config.json`. That keeps our
+//! vectors interchangeable with the Python library's (cosine ≥ 0.9999).
+//!
+//! The key design decision is length-sorted batching: texts are tokenized first,
+//! then batched by token count, so a batch pads to a near-equal length and the
+//! quadratic attention cost is spent on real tokens only. Results are put back in
+//! input order, and since padding is masked out, a text's vector does not depend
+//! on which texts share its batch.
+
+mod config;
+mod error;
+mod pooling;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use kura_core::{BoxError, Embedder, Matrix};
+use rayon::prelude::*;
+use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use config::{read_json, read_sentence_config, PoolingMode};
+pub use error::EmbedError;
+
+/// How texts are batched and truncated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedderOptions {
+    /// Texts per forward pass. Larger batches use more memory for little gain on CPU.
+    pub batch_size: usize,
+    /// Tokens kept per text (special tokens included); `None` means the model's own
+    /// `max_seq_length`, or else its position limit.
+    pub max_length: Option<usize>,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        EmbedderOptions {
+            batch_size: 32,
+            max_length: None,
+        }
+    }
+}
+
+/// The CPU, or the first CUDA device when `cuda` is set and this build supports it.
+pub fn device(cuda: bool) -> Result<Device, EmbedError> {
+    if !cuda {
+        return Ok(Device::Cpu);
+    }
+    if cfg!(feature = "cuda") {
+        Device::new_cuda(0).map_err(EmbedError::candle("opening CUDA device 0"))
+    } else {
+        Err(EmbedError::NoCuda)
+    }
+}
+
+/// A sentence-transformers encoder on Candle.
+pub struct CandleEmbedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    pooling: Vec<PoolingMode>,
+    normalize: bool,
+    max_length: usize,
+    dim: usize,
+    batch_size: usize,
+    pad_id: u32,
+    model_id: String,
+}
+
+impl std::fmt::Debug for CandleEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CandleEmbedder")
+            .field("model_id", &self.model_id)
+            .field("dim", &self.dim)
+            .field("pooling", &self.pooling)
+            .field("normalize", &self.normalize)
+            .field("max_length", &self.max_length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CandleEmbedder {
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`,
+    /// with the optional sentence-transformers files beside them.
+    pub fn from_dir(
+        dir: &Path,
+        device: &Device,
+        options: EmbedderOptions,
+    ) -> Result<Self, EmbedError> {
+        let config_path = dir.join("config.json");
+        let config: BertConfig = read_json(&config_path)?;
+        let sentence = read_sentence_config(dir)?;
+        let max_length = options
+            .max_length
+            .or(sentence.max_seq_length)
+            .unwrap_or(config.max_position_embeddings)
+            .clamp(2, config.max_position_embeddings.max(2));
+        let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), max_length)?;
+        let model = load_model(&dir.join("model.safetensors"), &config, device)?;
+        Ok(CandleEmbedder {
+            model,
+            tokenizer,
+            device: device.clone(),
+            dim: config.hidden_size * sentence.pooling.len(),
+            pooling: sentence.pooling,
+            normalize: sentence.normalize,
+            max_length,
+            batch_size: options.batch_size.max(1),
+            pad_id: u32::try_from(config.pad_token_id).unwrap_or(0),
+            model_id: default_model_id(dir),
+        })
+    }
+
+    /// Names the model in [`Embedder::id`]; pass `name@fingerprint` so that cached
+    /// embeddings are recomputed when the weights change.
+    pub fn with_model_id(mut self, id: String) -> Self {
+        self.model_id = id;
+        self
+    }
+
+    /// Tokens kept per text, special tokens included.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// Embeds `texts`, one row each, in input order.
+    pub fn embed_texts(&self, texts: &[&str]) -> Result<Matrix, EmbedError> {
+        let encodings = self.tokenize(texts)?;
+        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let mut out = Matrix::zeros(texts.len(), self.dim);
+        for batch in length_batches(&lengths, self.batch_size) {
+            let rows = self.embed_batch(batch.iter().map(|&i| &encodings[i]))?;
+            for (&i, row) in batch.iter().zip(rows) {
+                out.row_mut(i).copy_from_slice(&row);
+            }
+        }
+        Ok(out)
+    }
+
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoding>, EmbedError> {
+        texts
+            .par_iter()
+            .enumerate()
+            .map(|(index, text)| {
+                self.tokenizer
+                    .encode(*text, true)
+                    .map_err(|e| EmbedError::Tokenize {
+                        index,
+                        message: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    /// One forward pass over encodings padded to the longest of them.
+    fn embed_batch<'a>(
+        &self,
+        encodings: impl ExactSizeIterator<Item = &'a Encoding>,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let encodings: Vec<&Encoding> = encodings.collect();
+        let width = encodings
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let rows = encodings.len();
+        let mut ids = vec![self.pad_id; rows * width];
+        let mut type_ids = vec![0u32; rows * width];
+        let mut mask = vec![0u32; rows * width];
+        for (r, encoding) in encodings.iter().enumerate() {
+            let n = encoding.get_ids().len();
+            ids[r * width..r * width + n].copy_from_slice(encoding.get_ids());
+            type_ids[r * width..r * width + n].copy_from_slice(encoding.get_type_ids());
+            mask[r * width..r * width + n].copy_from_slice(encoding.get_attention_mask());
+        }
+        self.forward(ids, type_ids, mask, (rows, width))
+            .map_err(EmbedError::candle("running the encoder"))
+    }
+
+    fn forward(
+        &self,
+        ids: Vec<u32>,
+        type_ids: Vec<u32>,
+        mask: Vec<u32>,
+        shape: (usize, usize),
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let ids = Tensor::from_vec(ids, shape, &self.device)?;
+        let type_ids = Tensor::from_vec(type_ids, shape, &self.device)?;
+        let mask = Tensor::from_vec(mask, shape, &self.device)?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let pooled = pooling::pool(&hidden, &mask, &self.pooling)?;
+        let pooled = if self.normalize {
+            pooling::normalize(&pooled)?
+        } else {
+            pooled.to_dtype(DType::F32)?
+        };
+        pooled.to_vec2::<f32>()
+    }
+}
+
+impl Embedder for CandleEmbedder {
+    /// The model id plus the truncation length, which also changes the vectors.
+    fn id(&self) -> String {
+        format!(
+            "candle-bert:{}:max_length={}",
+            self.model_id, self.max_length
+        )
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Matrix, BoxError> {
+        Ok(self.embed_texts(texts)?)
+    }
+}
+
+/// Below this many tokens a batch is cheap whatever its padding, so it is not split.
+const SPLIT_ABOVE_TOKENS: usize = 32;
+
+/// Groups text indices into batches of similar token length, longest first. A
+/// batch pads to its first (longest) text, so it closes when full or when the next
+/// text is under half that length: padding then never costs more than the real
+/// tokens, whatever the mix of short and long texts.
+fn length_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut width = 0;
+    for i in order {
+        let fits = batches.last().is_some_and(|b| {
+            b.len() < batch_size && (width <= SPLIT_ABOVE_TOKENS || lengths[i] * 2 >= width)
+        });
+        match batches.last_mut() {
+            Some(batch) if fits => batch.push(i),
+            _ => {
+                width = lengths[i];
+                batches.push(vec![i]);
+            }
+        }
+    }
+    batches
+}
+
+/// Loads the tokenizer with our truncation and without its own padding: padding is
+/// per batch, to the batch's longest text.
+fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, EmbedError> {
+    require(path)?;
+    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| EmbedError::invalid(path, e))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        }))
+        .map_err(|e| EmbedError::invalid(path, e))?;
+    Ok(tokenizer)
+}
+
+fn load_model(path: &Path, config: &BertConfig, device: &Device) -> Result<BertModel, EmbedError> {
+    require(path)?;
+    let bytes = std::fs::read(path).map_err(|e| EmbedError::invalid(path, e))?;
+    let weights = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
+        .map_err(|e| EmbedError::invalid(path, format!("not a valid safetensors file: {e}")))?;
+    BertModel::load(weights, config).map_err(|e| {
+        EmbedError::invalid(
+            path,
+            format!("does not hold the BERT model config.json describes: {e}"),
+        )
+    })
+}
+
+fn require(path: &Path) -> Result<(), EmbedError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(EmbedError::MissingFile {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn default_model_id(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| PathBuf::from(dir).display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::length_batches;
+
+    #[test]
+    fn batches_cover_every_text_once_and_group_similar_lengths() {
+        let lengths = [3, 256, 10, 200, 120, 5, 40, 250, 8, 7];
+        let batches = length_batches(&lengths, 3);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        for batch in &batches {
+            assert!(batch.len() <= 3);
+            let width = lengths[batch[0]];
+            assert!(batch.iter().all(|&i| lengths[i] <= width));
+            assert!(
+                width <= 32 || batch.iter().all(|&i| lengths[i] * 2 >= width),
+                "{batch:?}"
+            );
+        }
+        assert_eq!(batches[0], vec![1, 7, 3]);
+        assert!(length_batches(&[], 4).is_empty());
+    }
+}
