@@ -113,19 +113,19 @@ fn assert_complete_run(dir: &Path) {
 #[test]
 fn the_example_runs_end_to_end_with_real_models_and_prints_a_tree() {
     let out = tempfile::tempdir().unwrap();
-    let result = run_ok(kura().args(["run", "examples/conversations.jsonl", "--limit", "12", "--out"]).arg(out.path()).args(FAST));
+    let result = run_ok(kura().args(["run", "examples/conversations.jsonl", "--limit", "8", "--out"]).arg(out.path()).args(FAST));
     assert_complete_run(out.path());
     let tree = String::from_utf8_lossy(&result.stdout);
-    assert!(tree.starts_with("Clusters (12 conversations)"), "{tree}");
+    assert!(tree.starts_with("Clusters (8 conversations)"), "{tree}");
 
     // Again with the same command: everything is reused, nothing recomputed.
-    let again = run_ok(kura().args(["run", "examples/conversations.jsonl", "--limit", "12", "--json", "--out"]).arg(out.path()).args(FAST));
+    let again = run_ok(kura().args(["run", "examples/conversations.jsonl", "--limit", "8", "--json", "--out"]).arg(out.path()).args(FAST));
     let events: Vec<Value> = String::from_utf8_lossy(&again.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let result = events.iter().find(|e| e["event"] == "result").expect("a result event");
     assert!(result["stages"].as_array().unwrap().iter().all(|s| s["reused"] == true), "{result}");
 
     let printed = run_ok(kura().arg("tree").arg(out.path()));
-    assert!(String::from_utf8_lossy(&printed.stdout).contains("(12 conversations, 100.0%)") || String::from_utf8_lossy(&printed.stdout).contains("Clusters (12 conversations)"));
+    assert!(String::from_utf8_lossy(&printed.stdout).contains("(8 conversations, 100.0%)") || String::from_utf8_lossy(&printed.stdout).contains("Clusters (8 conversations)"));
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn a_killed_run_resumes_without_redoing_finished_summaries() {
     let out = tempfile::tempdir().unwrap();
     let journal = out.path().join("cache/summaries.journal.jsonl");
     let mut child = kura()
-        .args(["run", "examples/conversations.jsonl", "--limit", "10", "--quiet", "--out"])
+        .args(["run", "examples/conversations.jsonl", "--limit", "6", "--quiet", "--out"])
         .arg(out.path())
         .args(FAST)
         .stdout(Stdio::null())
@@ -142,7 +142,7 @@ fn a_killed_run_resumes_without_redoing_finished_summaries() {
         .unwrap();
     let started = Instant::now();
     let lines = |p: &Path| std::fs::read_to_string(p).map(|s| s.lines().count()).unwrap_or(0);
-    while lines(&journal) < 3 {
+    while lines(&journal) < 2 {
         assert!(started.elapsed() < Duration::from_secs(300), "no summaries after 5 minutes");
         assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
         std::thread::sleep(Duration::from_millis(50));
@@ -150,12 +150,12 @@ fn a_killed_run_resumes_without_redoing_finished_summaries() {
     child.kill().unwrap();
     child.wait().unwrap();
     let done_before_kill = lines(&journal);
-    assert!(done_before_kill < 10, "killed too late to test resuming");
+    assert!(done_before_kill < 6, "killed too late to test resuming");
     assert!(!out.path().join("summaries.jsonl").exists(), "no partial results are published");
 
-    run_ok(kura().args(["run", "examples/conversations.jsonl", "--limit", "10", "--quiet", "--out"]).arg(out.path()).args(FAST));
+    run_ok(kura().args(["run", "examples/conversations.jsonl", "--limit", "6", "--quiet", "--out"]).arg(out.path()).args(FAST));
     assert_complete_run(out.path());
-    assert_eq!(lines(&journal), 10, "each conversation was summarised once across the two runs");
+    assert_eq!(lines(&journal), 6, "each conversation was summarised once across the two runs");
 }
 
 #[test]
@@ -166,7 +166,7 @@ fn every_export_format_runs_end_to_end() {
         ("exports/chatgpt_export_sanitized.json", "auto"),
     ] {
         let out = tempfile::tempdir().unwrap();
-        run_ok(kura().arg("run").arg(shared(file)).args(["--format", format, "--limit", "6", "--quiet", "--out"]).arg(out.path()).args(FAST));
+        run_ok(kura().arg("run").arg(shared(file)).args(["--format", format, "--limit", "4", "--quiet", "--out"]).arg(out.path()).args(FAST));
         assert_complete_run(out.path());
     }
 }

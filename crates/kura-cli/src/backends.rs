@@ -106,21 +106,11 @@ impl Backends {
     }
 }
 
-/// The GGUF file of a resolved LLM: the model itself when a file was given, else
-/// the one `.gguf` in its directory.
+/// The GGUF file of a resolved LLM: its one file, whether it came from the
+/// manifest or from an explicit path.
 fn gguf_file(model: &ResolvedModel) -> Result<PathBuf> {
-    if model.dir.is_file() {
-        return Ok(model.dir.clone());
-    }
-    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(&model.dir)
-        .with_context(|| model.dir.display().to_string())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
-        .collect();
-    ggufs.sort();
-    match ggufs.len() {
-        1 => Ok(ggufs.remove(0)),
-        0 => bail!("{}: no .gguf file (pass --llm PATH/TO/model.gguf)", model.dir.display()),
-        _ => bail!("{}: several .gguf files; pass --llm with the one to use", model.dir.display()),
+    match model.single_file() {
+        Some(file) => Ok(file.to_path_buf()),
+        None => bail!("{}: an LLM must be a single .gguf file (pass --llm PATH/TO/model.gguf)", model.dir.display()),
     }
 }

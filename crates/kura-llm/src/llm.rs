@@ -1,0 +1,315 @@
+//! [`LocalLlm`]: a GGUF chat model loaded once and shared; every call owns its own
+//! [`Session`] (KV cache, sampler), so one model serves many threads.
+
+use std::fs::File;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::Device;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokenizers::Tokenizer;
+
+use crate::chat::{ChatMessage, ChatMl};
+use crate::error::LlmError;
+use crate::gguf::Metadata;
+use crate::model::{Cache, Config, Model};
+use crate::tokenizer;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmOptions {
+    /// Prompt plus output never exceed this many tokens (nor the model's own context).
+    pub max_context: usize,
+    /// 0 picks the most likely token (deterministic).
+    pub temperature: f32,
+    pub seed: u64,
+}
+
+impl Default for LlmOptions {
+    fn default() -> Self {
+        LlmOptions {
+            max_context: 2048,
+            temperature: 0.0,
+            seed: 42,
+        }
+    }
+}
+
+pub struct LocalLlm {
+    model: Model,
+    tokenizer: Tokenizer,
+    chat: ChatMl,
+    stop_tokens: Vec<u32>,
+    options: LlmOptions,
+    max_context: usize,
+    model_id: String,
+}
+
+/// Opens `device`: the first CUDA GPU when `cuda` is set, else the CPU.
+pub fn device(cuda: bool) -> Result<Device, LlmError> {
+    if cuda {
+        Device::new_cuda(0).map_err(|e| {
+            LlmError::Device(format!(
+                "cannot open CUDA device 0 ({e}); build with `--features cuda` or run on the CPU"
+            ))
+        })
+    } else {
+        Ok(Device::Cpu)
+    }
+}
+
+/// The tokenizer stored in a GGUF file, without loading the weights.
+pub fn load_tokenizer(gguf: &Path) -> Result<Tokenizer, LlmError> {
+    let mut file = File::open(gguf).map_err(|source| LlmError::Io {
+        path: gguf.to_path_buf(),
+        source,
+    })?;
+    let content = Content::read(&mut file)
+        .map_err(|e| LlmError::model(gguf, format!("not a readable GGUF file: {e}")))?;
+    tokenizer::from_gguf(&Metadata::new(&content, gguf))
+}
+
+impl LocalLlm {
+    pub fn load(gguf: &Path, device: &Device, options: LlmOptions) -> Result<Self, LlmError> {
+        let io = |source| LlmError::Io {
+            path: gguf.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(gguf).map_err(io)?;
+        let content = Content::read(&mut file)
+            .map_err(|e| LlmError::model(gguf, format!("not a readable GGUF file: {e}")))?;
+        let meta = Metadata::new(&content, gguf);
+        let config = Config::from_metadata(&meta)?;
+        let tokenizer = tokenizer::from_gguf(&meta)?;
+        require_chatml(&meta)?;
+        let chat = ChatMl::new(&tokenizer)
+            .ok_or_else(|| meta.error("the vocabulary has no <|im_start|>/<|im_end|> tokens"))?;
+        let stop_tokens = stop_tokens(&meta, &tokenizer, &chat)?;
+        let max_context = options.max_context.min(config.context_length).max(1);
+        let model = Model::load(&content, &meta, config, max_context, device)?;
+        let model_id = gguf
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "gguf".to_string());
+        Ok(LocalLlm {
+            model,
+            tokenizer,
+            chat,
+            stop_tokens,
+            options,
+            max_context,
+            model_id,
+        })
+    }
+
+    /// Names the model in stage ids; the caller passes `name@fingerprint`.
+    pub fn with_model_id(mut self, id: String) -> Self {
+        self.model_id = id;
+        self
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn options(&self) -> &LlmOptions {
+        &self.options
+    }
+
+    /// The context actually used: `max_context` capped by the model's own.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// Answers the conversation in `messages` (ChatML), stopping at the end of the
+    /// assistant's turn or after `max_new_tokens`.
+    pub fn generate(
+        &self,
+        messages: &[ChatMessage],
+        max_new_tokens: usize,
+    ) -> Result<String, LlmError> {
+        let prompt = self.chat.prompt(messages)?;
+        if prompt.len() >= self.max_context {
+            return Err(LlmError::InvalidOutput(format!(
+                "the prompt has {} tokens; the context holds {}",
+                prompt.len(),
+                self.max_context
+            )));
+        }
+        let mut session = self.session(self.options.temperature, self.options.seed);
+        session.feed(&prompt)?;
+        let mut output = Vec::new();
+        while output.len() < max_new_tokens && session.remaining() > 0 {
+            let token = session.sample()?;
+            if self.is_stop(token) {
+                break;
+            }
+            output.push(token);
+            session.feed(&[token])?;
+        }
+        self.decode(&output)
+    }
+
+    pub(crate) fn chat(&self) -> &ChatMl {
+        &self.chat
+    }
+
+    pub(crate) fn is_stop(&self, token: u32) -> bool {
+        self.stop_tokens.contains(&token)
+    }
+
+    pub(crate) fn decode(&self, ids: &[u32]) -> Result<String, LlmError> {
+        self.tokenizer.decode(ids, true).map_err(LlmError::tokenizer)
+    }
+
+    pub(crate) fn session(&self, temperature: f32, seed: u64) -> Session<'_> {
+        Session {
+            llm: self,
+            cache: self.model.new_cache(),
+            logits: None,
+            temperature,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+}
+
+fn require_chatml(meta: &Metadata<'_>) -> Result<(), LlmError> {
+    if !meta.has("tokenizer.chat_template") {
+        return Ok(());
+    }
+    let template = meta.string("tokenizer.chat_template")?;
+    if template.contains("<|im_start|>") {
+        Ok(())
+    } else {
+        Err(meta.error(
+            "tokenizer.chat_template is not ChatML (<|im_start|>…<|im_end|>); only ChatML chat models are supported",
+        ))
+    }
+}
+
+fn stop_tokens(
+    meta: &Metadata<'_>,
+    tokenizer: &Tokenizer,
+    chat: &ChatMl,
+) -> Result<Vec<u32>, LlmError> {
+    let mut stops = vec![chat.im_end()];
+    if meta.has("tokenizer.ggml.eos_token_id") {
+        stops.push(meta.u32("tokenizer.ggml.eos_token_id")?);
+    }
+    stops.extend(tokenizer.token_to_id("<|endoftext|>"));
+    Ok(stops)
+}
+
+/// One decoding pass: the KV cache of everything fed so far and the logits that
+/// predict the next token.
+pub(crate) struct Session<'a> {
+    llm: &'a LocalLlm,
+    cache: Cache,
+    logits: Option<Vec<f32>>,
+    temperature: f32,
+    rng: StdRng,
+}
+
+impl<'a> Session<'a> {
+    /// Continues from a cache computed earlier (a shared prompt prefix).
+    pub(crate) fn resume(
+        llm: &'a LocalLlm,
+        cache: Cache,
+        logits: Option<Vec<f32>>,
+        temperature: f32,
+        seed: u64,
+    ) -> Self {
+        Session {
+            llm,
+            cache,
+            logits,
+            temperature,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> (Cache, Option<Vec<f32>>) {
+        (self.cache.clone(), self.logits.clone())
+    }
+
+    pub(crate) fn llm(&self) -> &'a LocalLlm {
+        self.llm
+    }
+
+    /// Tokens that still fit in the context.
+    pub(crate) fn remaining(&self) -> usize {
+        self.llm.max_context.saturating_sub(self.cache.len())
+    }
+
+    pub(crate) fn feed(&mut self, tokens: &[u32]) -> Result<(), LlmError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        if tokens.len() > self.remaining() {
+            return Err(LlmError::InvalidOutput(format!(
+                "{} more tokens do not fit in the context of {} ({} used)",
+                tokens.len(),
+                self.llm.max_context,
+                self.cache.len()
+            )));
+        }
+        let logits = self.llm.model.forward(tokens, &mut self.cache)?;
+        self.logits = Some(logits.to_dtype(candle_core::DType::F32)?.to_vec1()?);
+        Ok(())
+    }
+
+    pub(crate) fn feed_text(&mut self, text: &str) -> Result<(), LlmError> {
+        let ids = self.llm.chat.encode_text(text)?;
+        self.feed(&ids)
+    }
+
+    fn logits(&self) -> Result<&[f32], LlmError> {
+        self.logits
+            .as_deref()
+            .ok_or_else(|| LlmError::InvalidOutput("nothing was fed before sampling".into()))
+    }
+
+    /// The next token: the most likely one at temperature 0, else a sample.
+    pub(crate) fn sample(&mut self) -> Result<u32, LlmError> {
+        let temperature = self.temperature;
+        if temperature <= 0.0 {
+            return argmax(self.logits()?.iter().copied().enumerate());
+        }
+        let logits = self.logits()?;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weights: Vec<f32> = logits
+            .iter()
+            .map(|l| ((l - max) / temperature).exp())
+            .collect();
+        let total: f32 = weights.iter().sum();
+        let mut target = self.rng.gen::<f32>() * total;
+        for (id, weight) in weights.iter().enumerate() {
+            if target < *weight {
+                return Ok(id as u32);
+            }
+            target -= weight;
+        }
+        argmax(weights.iter().copied().enumerate())
+    }
+
+    /// The index into `candidates` of the most likely candidate token.
+    pub(crate) fn choose(&self, candidates: &[u32]) -> Result<usize, LlmError> {
+        let logits = self.logits()?;
+        let scored = candidates.iter().enumerate().map(|(i, &id)| {
+            (i, logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY))
+        });
+        argmax(scored).map(|i| i as usize)
+    }
+}
+
+fn argmax(scores: impl Iterator<Item = (usize, f32)>) -> Result<u32, LlmError> {
+    scores
+        .filter(|(_, s)| !s.is_nan())
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i as u32)
+        .ok_or_else(|| LlmError::InvalidOutput("the model produced no usable logits".into()))
+}

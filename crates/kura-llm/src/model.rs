@@ -1,0 +1,425 @@
+//! A compact decoder-only transformer for the llama family and Qwen2.
+//!
+//! The two differ only in a bias on the q/k/v projections (Qwen2), the RoPE layout (llama
+//! GGUF files store q/k permuted for interleaved rotation, Qwen2 uses the NeoX halves),
+//! RoPE theta and whether the output projection is tied to the embedding. Writing the
+//! model here rather than using candle-transformers lets us choose the weight format per
+//! use (see [`Linear`]) and keep the KV cache a plain value the caller owns, so a cache
+//! for a shared prompt prefix can be cloned and extended per conversation.
+
+use std::fs::File;
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use crate::error::LlmError;
+use crate::gguf::Metadata;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Architecture {
+    Llama,
+    Qwen2,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub architecture: Architecture,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f32,
+    pub context_length: usize,
+}
+
+impl Config {
+    pub(crate) fn from_metadata(meta: &Metadata<'_>) -> Result<Self, LlmError> {
+        let name = meta.string("general.architecture")?;
+        let architecture = match name {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            other => {
+                return Err(meta.error(format!(
+                    "architecture `{other}` is not supported (llama and qwen2 are)"
+                )))
+            }
+        };
+        let key = |suffix: &str| format!("{name}.{suffix}");
+        let heads = meta.u32(&key("attention.head_count"))? as usize;
+        let hidden = meta.u32(&key("embedding_length"))? as usize;
+        let kv_heads = if meta.has(&key("attention.head_count_kv")) {
+            meta.u32(&key("attention.head_count_kv"))? as usize
+        } else {
+            heads
+        };
+        if heads == 0 || kv_heads == 0 || hidden % heads != 0 || heads % kv_heads != 0 {
+            return Err(meta.error(format!(
+                "inconsistent attention shape: {heads} heads, {kv_heads} kv heads, width {hidden}"
+            )));
+        }
+        let rope_theta = if meta.has(&key("rope.freq_base")) {
+            meta.f32(&key("rope.freq_base"))?
+        } else {
+            10_000.0
+        };
+        Ok(Config {
+            architecture,
+            layers: meta.u32(&key("block_count"))? as usize,
+            heads,
+            kv_heads,
+            head_dim: hidden / heads,
+            rms_eps: meta.f32(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta,
+            context_length: meta.u32(&key("context_length"))? as usize,
+        })
+    }
+}
+
+/// A projection kept in the format that is fastest for each use on the CPU: dense f32
+/// for prompt processing (many rows: f32 GEMM is several times faster than candle's
+/// quantised kernels) and Q8_0 for single-token decoding (memory bound: a quarter of the
+/// bytes to stream). Formats without a SIMD kernel in candle (Q4_1, Q5_0…) are re-packed
+/// to Q8_0 at load time.
+struct Linear {
+    dense: Tensor,
+    quantized: Option<QMatMul>,
+    bias: Option<Tensor>,
+}
+
+/// Up to this many rows go through the quantised kernel.
+const QUANTIZED_MAX_ROWS: usize = 1;
+
+impl Linear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let rows = xs.elem_count() / xs.dim(D::Minus1)?;
+        let ys = match &self.quantized {
+            Some(q) if rows <= QUANTIZED_MAX_ROWS => q.forward(xs)?,
+            _ => xs.broadcast_matmul(&self.dense.t()?)?,
+        };
+        match &self.bias {
+            Some(bias) => ys.broadcast_add(bias),
+            None => Ok(ys),
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+pub(crate) struct Model {
+    config: Config,
+    embedding: Tensor,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    output: Linear,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Keys and values of every layer for the tokens seen so far. A plain value: cloning
+/// it is cheap (tensors are shared, appending creates new ones) and gives an
+/// independent continuation, which is how a prompt prefix is reused.
+#[derive(Clone)]
+pub(crate) struct Cache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl Cache {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+struct Loader<'a> {
+    content: &'a Content,
+    file: File,
+    meta: &'a Metadata<'a>,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    fn qtensor(&mut self, name: &str) -> Result<QTensor, LlmError> {
+        if !self.content.tensor_infos.contains_key(name) {
+            return Err(self.meta.error(format!("missing tensor `{name}`")));
+        }
+        self.content
+            .tensor(&mut self.file, name, self.device)
+            .map_err(|e| self.meta.error(format!("tensor `{name}`: {e}")))
+    }
+
+    fn dense(&mut self, name: &str) -> Result<Tensor, LlmError> {
+        Ok(self.qtensor(name)?.dequantize(self.device)?)
+    }
+
+    fn optional_dense(&mut self, name: &str) -> Result<Option<Tensor>, LlmError> {
+        if self.content.tensor_infos.contains_key(name) {
+            self.dense(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn linear(&mut self, name: &str) -> Result<Linear, LlmError> {
+        let q = self.qtensor(&format!("{name}.weight"))?;
+        let dense = q.dequantize(self.device)?;
+        let quantized = quantized_for_decoding(q, &dense, self.device)?;
+        let bias = self.optional_dense(&format!("{name}.bias"))?;
+        Ok(Linear {
+            dense,
+            quantized,
+            bias,
+        })
+    }
+}
+
+/// The decode-time copy of a weight: only on the CPU (GPUs run dense f32 fast enough),
+/// only for matrices whose rows are whole Q8_0 blocks.
+fn quantized_for_decoding(
+    q: QTensor,
+    dense: &Tensor,
+    device: &Device,
+) -> Result<Option<QMatMul>, LlmError> {
+    if !device.is_cpu() || dense.dim(D::Minus1)? % GgmlDType::Q8_0.block_size() != 0 {
+        return Ok(None);
+    }
+    let q = match q.dtype() {
+        GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q8K => q,
+        _ => QTensor::quantize(dense, GgmlDType::Q8_0)?,
+    };
+    Ok(Some(QMatMul::from_qtensor(q)?))
+}
+
+impl Model {
+    pub(crate) fn load(
+        content: &Content,
+        meta: &Metadata<'_>,
+        config: Config,
+        max_context: usize,
+        device: &Device,
+    ) -> Result<Self, LlmError> {
+        let file = File::open(meta.path()).map_err(|source| LlmError::Io {
+            path: meta.path().to_path_buf(),
+            source,
+        })?;
+        let mut loader = Loader {
+            content,
+            file,
+            meta,
+            device,
+        };
+        let embedding = loader.dense("token_embd.weight")?;
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let p = format!("blk.{i}");
+            layers.push(Layer {
+                attn_norm: loader.dense(&format!("{p}.attn_norm.weight"))?,
+                q: loader.linear(&format!("{p}.attn_q"))?,
+                k: loader.linear(&format!("{p}.attn_k"))?,
+                v: loader.linear(&format!("{p}.attn_v"))?,
+                o: loader.linear(&format!("{p}.attn_output"))?,
+                ffn_norm: loader.dense(&format!("{p}.ffn_norm.weight"))?,
+                gate: loader.linear(&format!("{p}.ffn_gate"))?,
+                up: loader.linear(&format!("{p}.ffn_up"))?,
+                down: loader.linear(&format!("{p}.ffn_down"))?,
+            });
+        }
+        let output_norm = loader.dense("output_norm.weight")?;
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            loader.linear("output")?
+        } else {
+            tied_output(&embedding, device)?
+        };
+        let (cos, sin) = rope_tables(&config, max_context, device)?;
+        Ok(Model {
+            config,
+            embedding,
+            layers,
+            output_norm,
+            output,
+            cos,
+            sin,
+        })
+    }
+
+    pub(crate) fn new_cache(&self) -> Cache {
+        Cache {
+            layers: vec![None; self.layers.len()],
+            len: 0,
+        }
+    }
+
+    /// Runs `tokens` after what `cache` holds and returns the logits of the last token.
+    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor, LlmError> {
+        let count = tokens.len();
+        if count == 0 {
+            return Err(LlmError::InvalidOutput("no tokens to run".into()));
+        }
+        let start = cache.len;
+        if start + count > self.cos.dim(0)? {
+            return Err(LlmError::InvalidOutput(format!(
+                "{} tokens exceed the context of {}",
+                start + count,
+                self.cos.dim(0)?
+            )));
+        }
+        let device = self.embedding.device();
+        let ids = Tensor::new(tokens, device)?;
+        let mut xs = self.embedding.index_select(&ids, 0)?.unsqueeze(0)?;
+        let cos = self.cos.narrow(0, start, count)?;
+        let sin = self.sin.narrow(0, start, count)?;
+        let mask = causal_mask(count, start, device)?;
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let normed = candle_nn::ops::rms_norm(&xs, &layer.attn_norm, self.config.rms_eps)?;
+            let attended = self.attention(layer, &normed, &cos, &sin, mask.as_ref(), slot)?;
+            xs = (xs + attended)?;
+            let normed = candle_nn::ops::rms_norm(&xs, &layer.ffn_norm, self.config.rms_eps)?;
+            let gated = (candle_nn::ops::silu(&layer.gate.forward(&normed)?)?
+                * layer.up.forward(&normed)?)?;
+            xs = (xs + layer.down.forward(&gated)?)?;
+        }
+        cache.len += count;
+        let last = xs.narrow(1, count - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.config.rms_eps)?;
+        Ok(self.output.forward(&last)?.flatten_all()?)
+    }
+
+    fn attention(
+        &self,
+        layer: &Layer,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        slot: &mut Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (batch, count, width) = xs.dims3()?;
+        let split = |t: Tensor, heads: usize| {
+            t.reshape((batch, count, heads, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(layer.q.forward(xs)?, c.heads)?;
+        let k = split(layer.k.forward(xs)?, c.kv_heads)?;
+        let v = split(layer.v.forward(xs)?, c.kv_heads)?;
+        let (q, k) = match c.architecture {
+            Architecture::Llama => (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            ),
+            Architecture::Qwen2 => (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            ),
+        };
+        let (k, v) = match slot.take() {
+            Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
+            None => (k, v),
+        };
+        *slot = Some((k.clone(), v.clone()));
+        let k = repeat_kv(k, c.heads / c.kv_heads)?;
+        let v = repeat_kv(v, c.heads / c.kv_heads)?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let out = if count == 1 {
+            single_query_attention(&q, &k, &v, scale)?
+        } else {
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let scores = match mask {
+                Some(mask) => scores.broadcast_add(mask)?,
+                None => scores,
+            };
+            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?
+        };
+        let out = out.transpose(1, 2)?.reshape((batch, count, width))?;
+        layer.o.forward(&out)
+    }
+}
+
+/// Attention of one new token, as element-wise products and sums rather than GEMM:
+/// candle's GEMM splits even these tiny products across threads, and on a busy
+/// machine waiting for those threads made decoding ten times slower (measured with
+/// SmolLM2 on two shared cores: 2 vs 25 tokens/s).
+fn single_query_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    // q: [b, h, 1, d]; k, v: [b, h, t, d]
+    let scores = (k.broadcast_mul(q)?.sum_keepdim(D::Minus1)? * scale)?; // [b, h, t, 1]
+    let scores = scores.transpose(2, 3)?.contiguous()?; // [b, h, 1, t]
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?.transpose(2, 3)?; // [b, h, t, 1]
+    v.broadcast_mul(&weights)?.sum_keepdim(2) // [b, h, 1, d]
+}
+
+fn tied_output(embedding: &Tensor, device: &Device) -> Result<Linear, LlmError> {
+    let quantized = if device.is_cpu()
+        && embedding.dim(D::Minus1)? % GgmlDType::Q8_0.block_size() == 0
+    {
+        Some(QMatMul::from_qtensor(QTensor::quantize(
+            embedding,
+            GgmlDType::Q8_0,
+        )?)?)
+    } else {
+        None
+    };
+    Ok(Linear {
+        dense: embedding.clone(),
+        quantized,
+        bias: None,
+    })
+}
+
+fn rope_tables(
+    config: &Config,
+    max_context: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor), LlmError> {
+    let half = config.head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f32 / config.head_dim as f32))
+        .collect();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+    let positions = Tensor::arange(0u32, max_context as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((max_context, 1))?;
+    let angles = positions.broadcast_mul(&inv_freq)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+/// `-inf` above the diagonal, offset by the `start` tokens already in the cache; `None`
+/// for a single token, which may attend to everything before it.
+fn causal_mask(count: usize, start: usize, device: &Device) -> candle_core::Result<Option<Tensor>> {
+    if count == 1 {
+        return Ok(None);
+    }
+    let total = start + count;
+    let values: Vec<f32> = (0..count)
+        .flat_map(|i| {
+            (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 })
+        })
+        .collect();
+    Tensor::from_vec(values, (count, total), device).map(Some)
+}
+
+fn repeat_kv(xs: Tensor, times: usize) -> candle_core::Result<Tensor> {
+    if times == 1 {
+        return Ok(xs);
+    }
+    let (batch, heads, len, dim) = xs.dims4()?;
+    xs.unsqueeze(2)?
+        .expand((batch, heads, times, len, dim))?
+        .reshape((batch, heads * times, len, dim))
+}

@@ -1,0 +1,154 @@
+//! [`LlmClusterNamer`]: Clio's cluster names (an imperative sentence of at most ten
+//! words) and two-sentence descriptions, filled into a forced JSON skeleton.
+
+use std::sync::Arc;
+
+use kura_core::{BoxError, ClusterName, ClusterNamer, NamingRequest};
+
+use crate::chat::ChatRole;
+use crate::error::LlmError;
+use crate::fit::truncate_middle;
+use crate::llm::{LocalLlm, Session};
+use crate::prefix::SharedPrefix;
+use crate::prompts::{NAMING_PARENT_NOTE, NAMING_PROMPT_VERSION, NAMING_REQUEST, NAMING_SYSTEM};
+use crate::structured::FormWriter;
+
+const NAME_TOKENS: usize = 24;
+const DESCRIPTION_TOKENS: usize = 96;
+const RESERVED_TOKENS: usize = NAME_TOKENS + DESCRIPTION_TOKENS + 48;
+/// One description shown to the model is cut to this many tokens.
+const ITEM_TOKENS: usize = 96;
+/// Contrast descriptions get at most this share (1/n) of the room.
+const CONTRAST_SHARE: usize = 4;
+const MAX_NAME_WORDS: usize = 10;
+
+const ATTEMPTS: u64 = 3;
+const RETRY_TEMPERATURE: f32 = 0.5;
+
+pub struct LlmClusterNamer {
+    llm: Arc<LocalLlm>,
+    prefix: SharedPrefix,
+}
+
+impl LlmClusterNamer {
+    pub fn new(llm: Arc<LocalLlm>) -> Self {
+        LlmClusterNamer {
+            llm,
+            prefix: SharedPrefix::new(NAMING_SYSTEM),
+        }
+    }
+
+    pub fn name_cluster(&self, request: &NamingRequest) -> Result<ClusterName, LlmError> {
+        if request.members.is_empty() {
+            return Err(LlmError::InvalidOutput("a cluster without members cannot be named".into()));
+        }
+        let prompt = self.prompt_session(request)?;
+        let (cache, logits) = prompt.snapshot();
+        let options = self.llm.options();
+        let mut failures = Vec::new();
+        for attempt in 0..ATTEMPTS {
+            let temperature = if attempt == 0 { options.temperature } else { RETRY_TEMPERATURE };
+            let mut session = Session::resume(
+                &self.llm,
+                cache.clone(),
+                logits.clone(),
+                temperature,
+                options.seed.wrapping_add(attempt),
+            );
+            let mut form = FormWriter::new(&mut session);
+            let name = form.text("name", "", NAME_TOKENS)?;
+            let description = form.text("description", "", DESCRIPTION_TOKENS)?;
+            let name = name.trim_end_matches(['.', '!']).trim().to_string();
+            match validate(&name, &description) {
+                Ok(()) => return Ok(ClusterName { name, description }),
+                Err(reason) => failures.push(reason),
+            }
+        }
+        Err(LlmError::InvalidOutput(format!(
+            "no valid cluster name after {ATTEMPTS} attempts ({})",
+            failures.join("; ")
+        )))
+    }
+
+    fn prompt_session(&self, request: &NamingRequest) -> Result<Session<'_>, LlmError> {
+        let llm = &*self.llm;
+        let chat = llm.chat();
+        let mut session = self.prefix.session(llm, 0.0, 0)?;
+        let room = session
+            .remaining()
+            .saturating_sub(RESERVED_TOKENS + ITEM_TOKENS);
+        let tokenizer = chat.text_tokenizer();
+        let count = |text: &str| chat.encode_text(text).map(|ids| ids.len());
+
+        let mut body = String::new();
+        if request.is_parent {
+            body.push_str(NAMING_PARENT_NOTE);
+            body.push_str("\n\n");
+        }
+        body.push_str("<group>\n");
+        let mut used = count(&body)? + count(NAMING_REQUEST)? + 32;
+        let contrast_room = if request.contrast.is_empty() { 0 } else { room / CONTRAST_SHARE };
+        let member_room = room.saturating_sub(contrast_room);
+        for member in &request.members {
+            let line = format!("- {}\n", truncate_middle(tokenizer, member.trim(), ITEM_TOKENS)?);
+            let cost = count(&line)?;
+            if used + cost > member_room {
+                break;
+            }
+            body.push_str(&line);
+            used += cost;
+        }
+        body.push_str("</group>\n");
+        if !request.contrast.is_empty() {
+            body.push_str("<contrast>\n");
+            for other in &request.contrast {
+                let line = format!("- {}\n", truncate_middle(tokenizer, other.trim(), ITEM_TOKENS)?);
+                let cost = count(&line)?;
+                if used + cost > room {
+                    break;
+                }
+                body.push_str(&line);
+                used += cost;
+            }
+            body.push_str("</contrast>\n");
+        }
+        body.push('\n');
+        body.push_str(NAMING_REQUEST);
+        let mut ids = chat.encode_text(&body)?;
+        ids.extend(chat.close()?);
+        ids.extend(chat.open(ChatRole::Assistant)?);
+        session.feed(&ids)?;
+        Ok(session)
+    }
+}
+
+fn validate(name: &str, description: &str) -> Result<(), String> {
+    let words = name.split_whitespace().count();
+    if words == 0 {
+        return Err("empty name".into());
+    }
+    if words > MAX_NAME_WORDS {
+        return Err(format!("name has {words} words: {name:?}"));
+    }
+    if description.split_whitespace().count() < 3 {
+        return Err(format!("description too short: {description:?}"));
+    }
+    Ok(())
+}
+
+impl ClusterNamer for LlmClusterNamer {
+    fn id(&self) -> String {
+        let options = self.llm.options();
+        format!(
+            "llm-namer/{NAMING_PROMPT_VERSION}/{}/ctx{}/t{}/s{}",
+            self.llm.model_id(),
+            self.llm.max_context(),
+            options.temperature,
+            options.seed
+        )
+    }
+
+    fn name(&self, request: &NamingRequest) -> Result<ClusterName, BoxError> {
+        self.name_cluster(request).map_err(BoxError::from)
+    }
+}

@@ -1,0 +1,52 @@
+//! A prompt's shared opening (the system message and the start of the user's turn),
+//! run through the model once and cloned for every conversation: with a long system
+//! prompt and short conversations this is a large share of the work.
+
+use std::sync::OnceLock;
+
+use crate::chat::{ChatMessage, ChatRole};
+use crate::error::LlmError;
+use crate::llm::{LocalLlm, Session};
+use crate::model::Cache;
+
+pub(crate) struct SharedPrefix {
+    system: String,
+    computed: OnceLock<(Cache, Option<Vec<f32>>)>,
+}
+
+impl SharedPrefix {
+    pub(crate) fn new(system: impl Into<String>) -> Self {
+        SharedPrefix {
+            system: system.into(),
+            computed: OnceLock::new(),
+        }
+    }
+
+    /// A session positioned right after `<|im_start|>user\n`.
+    pub(crate) fn session<'a>(
+        &self,
+        llm: &'a LocalLlm,
+        temperature: f32,
+        seed: u64,
+    ) -> Result<Session<'a>, LlmError> {
+        let (cache, logits) = match self.computed.get() {
+            Some(done) => done.clone(),
+            None => {
+                let done = self.compute(llm)?;
+                // Another thread may have won the race; both results are identical.
+                let _ = self.computed.set(done.clone());
+                done
+            }
+        };
+        Ok(Session::resume(llm, cache, logits, temperature, seed))
+    }
+
+    fn compute(&self, llm: &LocalLlm) -> Result<(Cache, Option<Vec<f32>>), LlmError> {
+        let chat = llm.chat();
+        let mut tokens = chat.message(&ChatMessage::system(self.system.clone()))?;
+        tokens.extend(chat.open(ChatRole::User)?);
+        let mut session = llm.session(0.0, 0);
+        session.feed(&tokens)?;
+        Ok(session.snapshot())
+    }
+}

@@ -1,0 +1,39 @@
+//! Prompts, written for small models: short, explicit, one instruction per line, with
+//! every scale spelled out. They follow Clio's facets and its privacy rule. Changing any
+//! text here must bump the matching version, which is part of the stage id, so cached
+//! results made with the old prompt are recomputed.
+
+pub const SUMMARY_PROMPT_VERSION: &str = "summary-v1";
+pub const NAMING_PROMPT_VERSION: &str = "naming-v1";
+
+pub(crate) const SUMMARY_SYSTEM: &str = "\
+You read a conversation between a user and an AI assistant and describe it as JSON with these fields:
+- summary: one or two sentences: what the user asked for and what the assistant did.
+- request: the user's overall request, in one sentence.
+- task: the task the assistant performed, in one sentence.
+- languages: the natural languages the conversation is written in, as full lowercase English names separated by commas (for example: english, french). Programming languages do not count.
+- concerning_score: how harmful the user's request is. 1 = harmless, 2 = slightly concerning, 3 = moderately concerning, 4 = very concerning, 5 = clearly harmful or dangerous.
+- user_frustration: how frustrated the user is with the assistant. 1 = not frustrated, 2 = slightly, 3 = moderately, 4 = very, 5 = extremely frustrated.
+- assistant_errors: mistakes the assistant made, separated by semicolons, or none.
+Privacy: never write names of people, places, companies or accounts, nor any detail that could identify someone. Say \"a person\" or \"a company\" instead.";
+
+pub(crate) const SUMMARY_REQUEST: &str = "Describe this conversation as JSON.";
+
+/// Written by us at the start of each value, so the model continues a sentence of the
+/// right kind (Kura's wording for request and task).
+pub(crate) const SUMMARY_PREFIX: &str = "The user";
+pub(crate) const REQUEST_PREFIX: &str = "The user's overall request for the assistant is to";
+pub(crate) const TASK_PREFIX: &str = "The task is to";
+
+pub(crate) const NAMING_SYSTEM: &str = "\
+You name a group of similar conversations between users and an AI assistant.
+You see short descriptions of the conversations in the group, and some from outside the group for contrast.
+Answer as JSON with these fields:
+- name: an imperative sentence of at most ten words saying what the users asked for, specific enough to tell this group from the others. Examples: \"Debug Rust borrow checker errors\", \"Write cover letters for job applications\".
+- description: two sentences in the past tense: what the users in this group asked for, and what sets them apart from the contrast conversations.
+Privacy: never write names of people, places or companies, nor any detail that could identify someone.";
+
+pub(crate) const NAMING_PARENT_NOTE: &str =
+    "Each description below is itself a group of conversations (name: description); name the larger group they form together.";
+
+pub(crate) const NAMING_REQUEST: &str = "Name this group as JSON.";

@@ -1,0 +1,180 @@
+//! Template-forced JSON: the program writes the skeleton (`{"summary": "`, `", "task": "`…)
+//! and the model only fills values, so a small model cannot produce invalid structure.
+//!
+//! A string value ends at the model's first unescaped `"` (or raw newline); a token that
+//! carries the quote plus more text (`."}`) is cut at the quote and never fed, and the
+//! text before the quote is fed together with the next piece of skeleton, so the KV
+//! cache always holds exactly the JSON we record. Integer fields are the argmax over
+//! the digit tokens allowed, so they are always in range.
+
+use crate::error::LlmError;
+use crate::llm::Session;
+
+pub(crate) struct FormWriter<'s, 'a> {
+    session: &'s mut Session<'a>,
+    /// Text the model has not seen yet; it is fed together with the next key.
+    pending: String,
+    fields: usize,
+}
+
+impl<'s, 'a> FormWriter<'s, 'a> {
+    pub(crate) fn new(session: &'s mut Session<'a>) -> Self {
+        FormWriter {
+            session,
+            pending: "{".to_string(),
+            fields: 0,
+        }
+    }
+
+    fn open_key(&mut self, key: &str) {
+        if self.fields > 0 {
+            self.pending.push_str(", ");
+        }
+        self.pending.push('"');
+        self.pending.push_str(key);
+        self.pending.push_str("\": ");
+        self.fields += 1;
+    }
+
+    fn flush(&mut self) -> Result<(), LlmError> {
+        let text = std::mem::take(&mut self.pending);
+        self.session.feed_text(&text)
+    }
+
+    /// A string value that starts with `prefix` (written by us, part of the value) and
+    /// continues for at most `max_tokens` model tokens.
+    pub(crate) fn text(
+        &mut self,
+        key: &str,
+        prefix: &str,
+        max_tokens: usize,
+    ) -> Result<String, LlmError> {
+        self.open_key(key);
+        self.pending.push('"');
+        self.pending.push_str(prefix);
+        self.flush()?;
+        let (raw, unfed) = self.decode_string(max_tokens)?;
+        self.pending = format!("{unfed}\"");
+        Ok(clean_value(&format!("{prefix}{raw}")))
+    }
+
+    /// An integer in `choices` (single digits), chosen by the model's logits over them.
+    pub(crate) fn digit(&mut self, key: &str, choices: &[u8]) -> Result<u8, LlmError> {
+        self.open_key(key);
+        self.flush()?;
+        let chat = self.session.llm().chat();
+        let mut ids = Vec::with_capacity(choices.len());
+        for choice in choices {
+            match chat.encode_text(&choice.to_string())?.as_slice() {
+                [id] => ids.push(*id),
+                other => {
+                    return Err(LlmError::InvalidOutput(format!(
+                        "the digit {choice} is {} tokens in this vocabulary",
+                        other.len()
+                    )))
+                }
+            }
+        }
+        let chosen = choices[self.session.choose(&ids)?];
+        self.pending = chosen.to_string();
+        Ok(chosen)
+    }
+
+    /// Decodes until the string's end; returns the value's raw text and the part of it
+    /// that the model has not been fed (the text before a quote inside the last token).
+    fn decode_string(&mut self, max_tokens: usize) -> Result<(String, String), LlmError> {
+        let llm = self.session.llm();
+        let mut ids = Vec::new();
+        let mut fed = String::new();
+        for _ in 0..max_tokens {
+            if self.session.remaining() == 0 {
+                break;
+            }
+            let token = self.session.sample()?;
+            if llm.is_stop(token) {
+                break;
+            }
+            ids.push(token);
+            let text = llm.decode(&ids)?;
+            if let Some(end) = string_end(&text) {
+                let value = text[..end].to_string();
+                let unfed = value.strip_prefix(fed.as_str()).unwrap_or("").to_string();
+                return Ok((value, unfed));
+            }
+            self.session.feed(&[token])?;
+            fed = text;
+        }
+        Ok((fed, String::new()))
+    }
+}
+
+/// The byte index of the first unescaped `"` or raw newline.
+fn string_end(text: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' | '\n' | '\r' => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Undoes JSON escapes and collapses whitespace.
+fn clean_value(raw: &str) -> String {
+    let unescaped = serde_json::from_str::<String>(&format!("\"{raw}\""))
+        .unwrap_or_else(|_| raw.replace("\\\"", "\"").replace("\\\\", "\\"));
+    unescaped.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Splits a generated list: on semicolons, or on commas when there are none (and on
+/// " and "); "none"-like entries are dropped, so "none" is the empty list.
+pub(crate) fn split_list(value: &str) -> Vec<String> {
+    let separator: &[char] = if value.contains(';') { &[';'] } else { &[',', ';'] };
+    let mut items: Vec<String> = Vec::new();
+    for part in value.split(separator).flat_map(|p| p.split(" and ")) {
+        let item = part
+            .trim()
+            .trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
+            .to_string();
+        let lower = item.to_lowercase();
+        let is_none = matches!(
+            lower.as_str(),
+            "" | "none" | "no" | "n/a" | "na" | "nothing" | "no errors" | "none found"
+        );
+        if !is_none && !items.iter().any(|i| i.to_lowercase() == lower) {
+            items.push(item);
+        }
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_end_skips_escaped_quotes() {
+        assert_eq!(string_end(r#"say \"hi\" now". more"#), Some(15));
+        assert_eq!(string_end("no end yet"), None);
+        assert_eq!(string_end("line\nbreak"), Some(4));
+    }
+
+    #[test]
+    fn clean_value_unescapes_and_collapses() {
+        assert_eq!(clean_value(r#"a \"b\"  \n c"#), "a \"b\" c");
+        assert_eq!(clean_value(r"broken \x escape"), r"broken \x escape");
+    }
+
+    #[test]
+    fn split_list_handles_separators_and_none() {
+        assert_eq!(split_list("English, French"), ["English", "French"]);
+        assert_eq!(split_list("english and spanish."), ["english", "spanish"]);
+        assert_eq!(split_list("wrong date; missed a, b case"), ["wrong date", "missed a, b case"]);
+        assert!(split_list("none").is_empty());
+        assert!(split_list("None.").is_empty());
+        assert_eq!(split_list("english, English"), ["english"]);
+    }
+}

@@ -1,0 +1,252 @@
+//! [`LlmSummarizer`]: Clio's facets of a conversation, written by a local model through
+//! template-forced JSON (see `structured`), validated, and retried with light sampling
+//! when a value is unusable.
+
+use std::sync::Arc;
+
+use kura_core::{BoxError, Conversation, ConversationSummary, Role, Summarizer};
+
+use crate::chat::ChatRole;
+use crate::error::LlmError;
+use crate::fit::{fit_transcript, Turn};
+use crate::llm::{LocalLlm, Session};
+use crate::prefix::SharedPrefix;
+use crate::prompts::{
+    REQUEST_PREFIX, SUMMARY_PREFIX, SUMMARY_PROMPT_VERSION, SUMMARY_REQUEST, SUMMARY_SYSTEM,
+    TASK_PREFIX,
+};
+use crate::structured::{split_list, FormWriter};
+
+/// Token caps per field; their sum plus the skeleton is kept free in the context.
+const SUMMARY_TOKENS: usize = 80;
+const REQUEST_TOKENS: usize = 48;
+const TASK_TOKENS: usize = 40;
+const LANGUAGE_TOKENS: usize = 16;
+const ERROR_TOKENS: usize = 48;
+const SKELETON_TOKENS: usize = 96;
+const RESERVED_TOKENS: usize =
+    SUMMARY_TOKENS + REQUEST_TOKENS + TASK_TOKENS + LANGUAGE_TOKENS + ERROR_TOKENS + SKELETON_TOKENS;
+/// Below this, there is no room to show the conversation at all.
+const MIN_TRANSCRIPT_TOKENS: usize = 64;
+
+/// The first attempt uses the configured temperature; retries sample a little.
+const ATTEMPTS: u64 = 3;
+const RETRY_TEMPERATURE: f32 = 0.5;
+
+const SCORES: [u8; 5] = [1, 2, 3, 4, 5];
+
+pub struct LlmSummarizer {
+    llm: Arc<LocalLlm>,
+    prefix: SharedPrefix,
+}
+
+impl LlmSummarizer {
+    pub fn new(llm: Arc<LocalLlm>) -> Self {
+        LlmSummarizer {
+            llm,
+            prefix: SharedPrefix::new(SUMMARY_SYSTEM),
+        }
+    }
+
+    /// The facets of one conversation, or why none could be written.
+    pub fn summarize_one(&self, conversation: &Conversation) -> Result<ConversationSummary, LlmError> {
+        if conversation.messages.is_empty() {
+            return Err(LlmError::InvalidOutput(format!(
+                "conversation {} has no messages",
+                conversation.chat_id
+            )));
+        }
+        let prompt = self.prompt_session(conversation)?;
+        let (cache, logits) = prompt.snapshot();
+        let options = self.llm.options();
+        let mut failures = Vec::new();
+        for attempt in 0..ATTEMPTS {
+            let temperature = if attempt == 0 { options.temperature } else { RETRY_TEMPERATURE };
+            let mut session = Session::resume(
+                &self.llm,
+                cache.clone(),
+                logits.clone(),
+                temperature,
+                options.seed.wrapping_add(attempt),
+            );
+            let facets = fill_facets(&mut session)?;
+            match facets.validate() {
+                Ok(()) => return Ok(facets.into_summary(conversation)),
+                Err(reason) => failures.push(reason),
+            }
+        }
+        Err(LlmError::InvalidOutput(format!(
+            "conversation {}: no valid summary after {ATTEMPTS} attempts ({})",
+            conversation.chat_id,
+            failures.join("; ")
+        )))
+    }
+
+    /// The conversation as the model is shown it, fitted into `budget` tokens: the
+    /// opening request and the latest turns, with a marker where messages were left out.
+    pub fn transcript(&self, conversation: &Conversation, budget: usize) -> Result<String, LlmError> {
+        fit_transcript(self.llm.chat().text_tokenizer(), &turns(conversation), budget)
+    }
+
+    /// A session that has read the whole prompt, up to the opening of the answer.
+    fn prompt_session(&self, conversation: &Conversation) -> Result<Session<'_>, LlmError> {
+        let llm = &*self.llm;
+        let chat = llm.chat();
+        let mut session = self.prefix.session(llm, 0.0, 0)?;
+        let turns = turns(conversation);
+        let wrap = |transcript: &str| -> Result<Vec<u32>, LlmError> {
+            let mut ids = chat.encode_text(&format!(
+                "<conversation>\n{transcript}</conversation>\n\n{SUMMARY_REQUEST}"
+            ))?;
+            ids.extend(chat.close()?);
+            ids.extend(chat.open(ChatRole::Assistant)?);
+            Ok(ids)
+        };
+        let room = llm.max_context().saturating_sub(session_len(&session, llm) + RESERVED_TOKENS);
+        let mut budget = room.saturating_sub(wrap("")?.len());
+        loop {
+            if budget < MIN_TRANSCRIPT_TOKENS {
+                return Err(LlmError::InvalidOutput(format!(
+                    "a context of {} tokens leaves no room for the conversation; raise max_context",
+                    llm.max_context()
+                )));
+            }
+            let transcript = fit_transcript(chat.text_tokenizer(), &turns, budget)?;
+            let ids = wrap(&transcript)?;
+            // Joining texts can tokenise a little differently from counting them apart.
+            if ids.len() <= room {
+                session.feed(&ids)?;
+                return Ok(session);
+            }
+            budget = budget * 4 / 5;
+        }
+    }
+}
+
+fn turns(conversation: &Conversation) -> Vec<Turn<'_>> {
+    conversation
+        .messages
+        .iter()
+        .map(|m| Turn {
+            label: match m.role {
+                Role::User => "User",
+                Role::Assistant => "Assistant",
+            },
+            content: &m.content,
+        })
+        .collect()
+}
+
+fn session_len(session: &Session<'_>, llm: &LocalLlm) -> usize {
+    llm.max_context() - session.remaining()
+}
+
+/// The facets as the model wrote them, before validation.
+struct Facets {
+    summary: String,
+    request: String,
+    task: String,
+    languages: Vec<String>,
+    concerning_score: u8,
+    user_frustration: u8,
+    assistant_errors: Vec<String>,
+}
+
+fn fill_facets(session: &mut Session<'_>) -> Result<Facets, LlmError> {
+    let mut form = FormWriter::new(session);
+    let summary = form.text("summary", SUMMARY_PREFIX, SUMMARY_TOKENS)?;
+    let request = form.text("request", REQUEST_PREFIX, REQUEST_TOKENS)?;
+    let task = form.text("task", TASK_PREFIX, TASK_TOKENS)?;
+    let languages = form.text("languages", "", LANGUAGE_TOKENS)?;
+    let concerning_score = form.digit("concerning_score", &SCORES)?;
+    let user_frustration = form.digit("user_frustration", &SCORES)?;
+    let assistant_errors = form.text("assistant_errors", "", ERROR_TOKENS)?;
+    Ok(Facets {
+        summary,
+        request,
+        task,
+        languages: normalize_languages(&languages),
+        concerning_score,
+        user_frustration,
+        assistant_errors: split_list(&assistant_errors),
+    })
+}
+
+/// Lowercase names made of letters only; anything else the model wrote is dropped.
+fn normalize_languages(value: &str) -> Vec<String> {
+    split_list(value)
+        .into_iter()
+        .map(|l| l.to_lowercase())
+        .filter(|l| {
+            l.split_whitespace().count() <= 3 && l.chars().all(|c| c.is_alphabetic() || c == ' ')
+        })
+        .collect()
+}
+
+/// True when `value` says something beyond the `prefix` we wrote.
+fn continues(value: &str, prefix: &str, min_words: usize) -> bool {
+    let rest = value.strip_prefix(prefix).unwrap_or(value);
+    rest.split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .count()
+        >= min_words
+}
+
+impl Facets {
+    fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if !continues(&self.summary, SUMMARY_PREFIX, 2) {
+            problems.push(format!("summary is empty: {:?}", self.summary));
+        }
+        if !continues(&self.request, REQUEST_PREFIX, 1) {
+            problems.push(format!("request is empty: {:?}", self.request));
+        }
+        if !continues(&self.task, TASK_PREFIX, 1) {
+            problems.push(format!("task is empty: {:?}", self.task));
+        }
+        if self.languages.is_empty() {
+            problems.push("no natural language named".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join(", "))
+        }
+    }
+
+    fn into_summary(self, conversation: &Conversation) -> ConversationSummary {
+        ConversationSummary {
+            summary: self.summary,
+            request: Some(self.request),
+            topic: None,
+            languages: Some(self.languages),
+            task: Some(self.task),
+            concerning_score: Some(self.concerning_score),
+            user_frustration: Some(self.user_frustration),
+            assistant_errors: Some(self.assistant_errors),
+            chat_id: conversation.chat_id.clone(),
+            metadata: conversation.metadata.clone(),
+            embedding: None,
+        }
+    }
+}
+
+impl Summarizer for LlmSummarizer {
+    fn id(&self) -> String {
+        let options = self.llm.options();
+        format!(
+            "llm-summarizer/{SUMMARY_PROMPT_VERSION}/{}/ctx{}/t{}/s{}",
+            self.llm.model_id(),
+            self.llm.max_context(),
+            options.temperature,
+            options.seed
+        )
+    }
+
+    fn summarize(&self, conversations: &[Conversation]) -> Vec<Result<ConversationSummary, BoxError>> {
+        conversations
+            .iter()
+            .map(|c| self.summarize_one(c).map_err(BoxError::from))
+            .collect()
+    }
+}
