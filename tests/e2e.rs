@@ -16,7 +16,11 @@ fn kura() -> Command {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join(format!("kura{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} not built: run `cargo test --release --workspace`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo test --release --workspace`",
+        bin.display()
+    );
     let mut cmd = Command::new(bin);
     cmd.current_dir(repo());
     cmd
@@ -56,8 +60,14 @@ const FAST: [&str; 4] = ["--llm", "smollm2-135m-instruct", "--top-clusters", "2"
 fn assert_complete_run(dir: &Path) {
     let conversations = read_jsonl(&dir.join("conversations.jsonl"));
     let summaries = read_jsonl(&dir.join("summaries.jsonl"));
-    let ids: HashSet<&str> = conversations.iter().map(|c| c["chat_id"].as_str().unwrap()).collect();
-    let summarised: HashSet<&str> = summaries.iter().map(|s| s["chat_id"].as_str().unwrap()).collect();
+    let ids: HashSet<&str> = conversations
+        .iter()
+        .map(|c| c["chat_id"].as_str().unwrap())
+        .collect();
+    let summarised: HashSet<&str> = summaries
+        .iter()
+        .map(|s| s["chat_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, summarised, "every conversation has a summary");
     for s in &summaries {
         assert!(!s["summary"].as_str().unwrap().trim().is_empty());
@@ -69,17 +79,41 @@ fn assert_complete_run(dir: &Path) {
     let keys: Vec<&String> = summaries[0].as_object().unwrap().keys().collect();
     assert_eq!(
         keys,
-        ["summary", "request", "topic", "languages", "task", "concerning_score", "user_frustration", "assistant_errors", "chat_id", "metadata", "embedding"],
+        [
+            "summary",
+            "request",
+            "topic",
+            "languages",
+            "task",
+            "concerning_score",
+            "user_frustration",
+            "assistant_errors",
+            "chat_id",
+            "metadata",
+            "embedding"
+        ],
         "Kura's field order"
     );
 
     let base = read_jsonl(&dir.join("clusters.jsonl"));
-    let mut in_base: Vec<&str> = base.iter().flat_map(|c| c["chat_ids"].as_array().unwrap()).map(|v| v.as_str().unwrap()).collect();
+    let mut in_base: Vec<&str> = base
+        .iter()
+        .flat_map(|c| c["chat_ids"].as_array().unwrap())
+        .map(|v| v.as_str().unwrap())
+        .collect();
     in_base.sort();
     let before = in_base.len();
     in_base.dedup();
-    assert_eq!(before, in_base.len(), "no conversation is in two base clusters");
-    assert_eq!(in_base.into_iter().collect::<HashSet<_>>(), ids, "every conversation is in a base cluster");
+    assert_eq!(
+        before,
+        in_base.len(),
+        "no conversation is in two base clusters"
+    );
+    assert_eq!(
+        in_base.into_iter().collect::<HashSet<_>>(),
+        ids,
+        "every conversation is in a base cluster"
+    );
 
     let all = read_jsonl(&dir.join("meta_clusters.jsonl"));
     let by_id: HashMap<&str, &Value> = all.iter().map(|c| (c["id"].as_str().unwrap(), c)).collect();
@@ -89,23 +123,46 @@ fn assert_complete_run(dir: &Path) {
         }
     }
     let roots: Vec<&Value> = all.iter().filter(|c| c["parent_id"].is_null()).collect();
-    let covered: usize = roots.iter().map(|r| r["count"].as_u64().unwrap() as usize).sum();
-    assert_eq!(covered, ids.len(), "the roots cover every conversation once");
+    let covered: usize = roots
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap() as usize)
+        .sum();
+    assert_eq!(
+        covered,
+        ids.len(),
+        "the roots cover every conversation once"
+    );
 
     let projected = read_jsonl(&dir.join("dimensionality.jsonl"));
     assert_eq!(projected.len(), all.len());
-    assert!(projected.iter().all(|p| p["x_coord"].as_f64().unwrap().is_finite() && p["level"].is_u64()));
+    assert!(projected
+        .iter()
+        .all(|p| p["x_coord"].as_f64().unwrap().is_finite() && p["level"].is_u64()));
     let points = read_jsonl(&dir.join("conversation_coords.jsonl"));
     assert_eq!(points.len(), ids.len());
 
     let npy = std::fs::read(dir.join("embeddings.npy")).unwrap();
     assert_eq!(&npy[..6], b"\x93NUMPY");
     let header = String::from_utf8_lossy(&npy[10..128]);
-    assert!(header.contains(&format!("'shape': ({}, 384)", ids.len())), "{header}");
+    assert!(
+        header.contains(&format!("'shape': ({}, 384)", ids.len())),
+        "{header}"
+    );
 
-    let run: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
-    for stage in ["conversations", "summaries", "embeddings", "clusters", "hierarchy", "map"] {
-        assert!(run["stages"][stage]["complete"].as_bool().unwrap(), "stage {stage} complete");
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
+    for stage in [
+        "conversations",
+        "summaries",
+        "embeddings",
+        "clusters",
+        "hierarchy",
+        "map",
+    ] {
+        assert!(
+            run["stages"][stage]["complete"].as_bool().unwrap(),
+            "stage {stage} complete"
+        );
     }
     assert!(run["models"]["llm"]["fingerprint"].is_string());
 }
@@ -113,19 +170,58 @@ fn assert_complete_run(dir: &Path) {
 #[test]
 fn the_example_runs_end_to_end_with_real_models_and_prints_a_tree() {
     let out = tempfile::tempdir().unwrap();
-    let result = run_ok(kura().args(["run", "examples/conversations.jsonl", "--limit", "8", "--out"]).arg(out.path()).args(FAST));
+    let result = run_ok(
+        kura()
+            .args([
+                "run",
+                "examples/conversations.jsonl",
+                "--limit",
+                "8",
+                "--out",
+            ])
+            .arg(out.path())
+            .args(FAST),
+    );
     assert_complete_run(out.path());
     let tree = String::from_utf8_lossy(&result.stdout);
     assert!(tree.starts_with("Clusters (8 conversations)"), "{tree}");
 
     // Again with the same command: everything is reused, nothing recomputed.
-    let again = run_ok(kura().args(["run", "examples/conversations.jsonl", "--limit", "8", "--json", "--out"]).arg(out.path()).args(FAST));
-    let events: Vec<Value> = String::from_utf8_lossy(&again.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let result = events.iter().find(|e| e["event"] == "result").expect("a result event");
-    assert!(result["stages"].as_array().unwrap().iter().all(|s| s["reused"] == true), "{result}");
+    let again = run_ok(
+        kura()
+            .args([
+                "run",
+                "examples/conversations.jsonl",
+                "--limit",
+                "8",
+                "--json",
+                "--out",
+            ])
+            .arg(out.path())
+            .args(FAST),
+    );
+    let events: Vec<Value> = String::from_utf8_lossy(&again.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let result = events
+        .iter()
+        .find(|e| e["event"] == "result")
+        .expect("a result event");
+    assert!(
+        result["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["reused"] == true),
+        "{result}"
+    );
 
     let printed = run_ok(kura().arg("tree").arg(out.path()));
-    assert!(String::from_utf8_lossy(&printed.stdout).contains("(8 conversations, 100.0%)") || String::from_utf8_lossy(&printed.stdout).contains("Clusters (8 conversations)"));
+    assert!(
+        String::from_utf8_lossy(&printed.stdout).contains("(8 conversations, 100.0%)")
+            || String::from_utf8_lossy(&printed.stdout).contains("Clusters (8 conversations)")
+    );
 }
 
 #[test]
@@ -133,7 +229,14 @@ fn a_killed_run_resumes_without_redoing_finished_summaries() {
     let out = tempfile::tempdir().unwrap();
     let journal = out.path().join("cache/summaries.journal.jsonl");
     let mut child = kura()
-        .args(["run", "examples/conversations.jsonl", "--limit", "6", "--quiet", "--out"])
+        .args([
+            "run",
+            "examples/conversations.jsonl",
+            "--limit",
+            "6",
+            "--quiet",
+            "--out",
+        ])
         .arg(out.path())
         .args(FAST)
         .stdout(Stdio::null())
@@ -141,21 +244,50 @@ fn a_killed_run_resumes_without_redoing_finished_summaries() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let lines = |p: &Path| std::fs::read_to_string(p).map(|s| s.lines().count()).unwrap_or(0);
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
     while lines(&journal) < 2 {
-        assert!(started.elapsed() < Duration::from_secs(300), "no summaries after 5 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no summaries after 5 minutes"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let done_before_kill = lines(&journal);
     assert!(done_before_kill < 6, "killed too late to test resuming");
-    assert!(!out.path().join("summaries.jsonl").exists(), "no partial results are published");
+    assert!(
+        !out.path().join("summaries.jsonl").exists(),
+        "no partial results are published"
+    );
 
-    run_ok(kura().args(["run", "examples/conversations.jsonl", "--limit", "6", "--quiet", "--out"]).arg(out.path()).args(FAST));
+    run_ok(
+        kura()
+            .args([
+                "run",
+                "examples/conversations.jsonl",
+                "--limit",
+                "6",
+                "--quiet",
+                "--out",
+            ])
+            .arg(out.path())
+            .args(FAST),
+    );
     assert_complete_run(out.path());
-    assert_eq!(lines(&journal), 6, "each conversation was summarised once across the two runs");
+    assert_eq!(
+        lines(&journal),
+        6,
+        "each conversation was summarised once across the two runs"
+    );
 }
 
 #[test]
@@ -166,7 +298,14 @@ fn every_export_format_runs_end_to_end() {
         ("exports/chatgpt_export_sanitized.json", "auto"),
     ] {
         let out = tempfile::tempdir().unwrap();
-        run_ok(kura().arg("run").arg(shared(file)).args(["--format", format, "--limit", "4", "--quiet", "--out"]).arg(out.path()).args(FAST));
+        run_ok(
+            kura()
+                .arg("run")
+                .arg(shared(file))
+                .args(["--format", format, "--limit", "4", "--quiet", "--out"])
+                .arg(out.path())
+                .args(FAST),
+        );
         assert_complete_run(out.path());
     }
 }
@@ -175,10 +314,23 @@ fn every_export_format_runs_end_to_end() {
 fn a_single_conversation_gives_a_one_cluster_tree() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("one.jsonl");
-    let line = std::fs::read_to_string(repo().join("examples/conversations.jsonl")).unwrap().lines().next().unwrap().to_string();
+    let line = std::fs::read_to_string(repo().join("examples/conversations.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
     std::fs::write(&input, line + "\n").unwrap();
     let out = dir.path().join("run");
-    run_ok(kura().arg("run").arg(&input).arg("--quiet").arg("--out").arg(&out).args(FAST));
+    run_ok(
+        kura()
+            .arg("run")
+            .arg(&input)
+            .arg("--quiet")
+            .arg("--out")
+            .arg(&out)
+            .args(FAST),
+    );
     assert_complete_run(&out);
     assert_eq!(read_jsonl(&out.join("clusters.jsonl")).len(), 1);
 }
@@ -189,18 +341,42 @@ fn bad_input_names_file_and_line_and_writes_no_results() {
     let input = dir.path().join("bad.jsonl");
     let good = std::fs::read_to_string(repo().join("examples/conversations.jsonl")).unwrap();
     let mut lines: Vec<&str> = good.lines().take(3).collect();
-    lines.insert(1, "{\"chat_id\": \"x\", \"created_at\": \"2026-01-01\", \"messages\": [{\"role\": 7");
+    lines.insert(
+        1,
+        "{\"chat_id\": \"x\", \"created_at\": \"2026-01-01\", \"messages\": [{\"role\": 7",
+    );
     std::fs::write(&input, lines.join("\n")).unwrap();
     let out = dir.path().join("run");
-    let result = kura().arg("run").arg(&input).arg("--out").arg(&out).args(FAST).output().unwrap();
+    let result = kura()
+        .arg("run")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(FAST)
+        .output()
+        .unwrap();
     assert!(!result.status.success());
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(stderr.contains("bad.jsonl") && stderr.contains("line 2"), "{stderr}");
+    assert!(
+        stderr.contains("bad.jsonl") && stderr.contains("line 2"),
+        "{stderr}"
+    );
     assert!(!out.join("summaries.jsonl").exists() && !out.join("conversations.jsonl").exists());
 
     // With --skip-invalid the bad record is set aside with its reason.
-    let result = kura().arg("run").arg(&input).args(["--skip-invalid", "--limit", "1", "--quiet", "--out"]).arg(&out).args(FAST).output().unwrap();
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let result = kura()
+        .arg("run")
+        .arg(&input)
+        .args(["--skip-invalid", "--limit", "1", "--quiet", "--out"])
+        .arg(&out)
+        .args(FAST)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let skipped = read_jsonl(&out.join("skipped.jsonl"));
     assert_eq!(skipped.len(), 1);
     assert!(skipped[0]["location"].as_str().unwrap().contains("line 2"));
@@ -211,7 +387,13 @@ fn an_empty_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("empty.jsonl");
     std::fs::write(&input, "").unwrap();
-    let result = kura().arg("run").arg(&input).arg("--out").arg(dir.path().join("run")).output().unwrap();
+    let result = kura()
+        .arg("run")
+        .arg(&input)
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
     assert!(!result.status.success());
     assert!(String::from_utf8_lossy(&result.stderr).contains("empty.jsonl"));
 }

@@ -32,7 +32,12 @@ impl Backends {
         if config.device != "cpu" && config.device != "cuda" {
             bail!("device must be cpu or cuda, not {:?}", config.device);
         }
-        Ok(Backends { config: config.clone(), resolver: resolver(reporter), llm: OnceLock::new(), embedder: OnceLock::new() })
+        Ok(Backends {
+            config: config.clone(),
+            resolver: resolver(reporter),
+            llm: OnceLock::new(),
+            embedder: OnceLock::new(),
+        })
     }
 
     fn cuda(&self) -> bool {
@@ -68,7 +73,11 @@ impl Backends {
             .with_context(|| format!("cannot load the embedder {}", model.dir.display()))?
             .with_model_id(format!("{}@{}", model.name, model.fingerprint));
         let record = json!({"name": model.name, "path": model.dir.display().to_string(), "fingerprint": model.fingerprint});
-        Ok(self.embedder.get_or_init(|| (Arc::new(embedder), record)).0.clone())
+        Ok(self
+            .embedder
+            .get_or_init(|| (Arc::new(embedder), record))
+            .0
+            .clone())
     }
 
     pub fn summarizer(&self) -> Result<Box<dyn Summarizer>> {
@@ -85,12 +94,19 @@ impl Backends {
 
     pub fn clusterer(&self) -> Box<dyn Clusterer> {
         let k = Some(self.config.clusters).filter(|&k| k > 0);
-        Box::new(KMeans { k, ..KMeans::default() })
+        Box::new(KMeans {
+            k,
+            ..KMeans::default()
+        })
     }
 
     pub fn hierarchy(&self) -> Box<dyn HierarchyBuilder> {
         let levels = Some(self.config.levels).filter(|&l| l > 0);
-        Box::new(ClioHierarchy { top_clusters: self.config.top_clusters, levels, ..ClioHierarchy::default() })
+        Box::new(ClioHierarchy {
+            top_clusters: self.config.top_clusters,
+            levels,
+            ..ClioHierarchy::default()
+        })
     }
 
     pub fn reducer(&self) -> Box<dyn Reducer> {
@@ -111,6 +127,9 @@ impl Backends {
 fn gguf_file(model: &ResolvedModel) -> Result<PathBuf> {
     match model.single_file() {
         Some(file) => Ok(file.to_path_buf()),
-        None => bail!("{}: an LLM must be a single .gguf file (pass --llm PATH/TO/model.gguf)", model.dir.display()),
+        None => bail!(
+            "{}: an LLM must be a single .gguf file (pass --llm PATH/TO/model.gguf)",
+            model.dir.display()
+        ),
     }
 }

@@ -52,8 +52,11 @@ impl Config {
             Some(p) => Some(p.to_path_buf()),
             None => Some(PathBuf::from("kura.toml")).filter(|p| p.exists()),
         };
-        let Some(path) = path else { return Ok(Config::default()) };
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))
     }
 }
@@ -73,6 +76,9 @@ mod tests {
         assert_eq!(config.embedder, Config::default().embedder);
         std::fs::write(&path, "top_cluster = 3\n").unwrap();
         let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
-        assert!(err.contains("kura.toml") && err.contains("top_cluster"), "{err}");
+        assert!(
+            err.contains("kura.toml") && err.contains("top_cluster"),
+            "{err}"
+        );
     }
 }

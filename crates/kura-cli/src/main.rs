@@ -186,14 +186,20 @@ enum ModelsCommand {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KURA_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", kura_core::text::terminal_safe(&format!("{e:#}")));
+            eprintln!(
+                "error: {}",
+                kura_core::text::terminal_safe(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }
@@ -245,7 +251,10 @@ fn config(common: &Common) -> Result<Config> {
 }
 
 fn load_input(args: &InputArgs) -> Result<loaders::Loaded> {
-    let format: Format = args.format.parse().map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+    let format: Format = args
+        .format
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
     let mut mapping = FieldMapping::default();
     mapping.id = args.id_field.clone();
     mapping.messages = args.messages_field.clone();
@@ -253,7 +262,11 @@ fn load_input(args: &InputArgs) -> Result<loaders::Loaded> {
     mapping.content = args.content_field.clone();
     mapping.text = args.text_field.clone();
     mapping.created_at = args.created_at_field.clone();
-    let options = LoadOptions { format, mapping, skip_invalid: args.skip_invalid };
+    let options = LoadOptions {
+        format,
+        mapping,
+        skip_invalid: args.skip_invalid,
+    };
     let mut loaded = loaders::load_files(&args.input, &options)?;
     if let Some(limit) = args.limit {
         loaded.conversations.truncate(limit);
@@ -273,7 +286,8 @@ fn run(args: RunArgs) -> Result<()> {
         ));
     }
     let run = Run::open(&args.out, config.seed, reporter.clone())?;
-    let mut outcomes = vec![run.set_conversations(&args.input.input, &loaded.conversations, &loaded.skipped)?];
+    let mut outcomes =
+        vec![run.set_conversations(&args.input.input, &loaded.conversations, &loaded.skipped)?];
 
     let backends = backends::Backends::new(&config, reporter.clone())?;
     run.set_config(serde_json::to_value(&config)?, backends.models_record())?;
@@ -291,18 +305,27 @@ fn stage(args: StageArgs) -> Result<()> {
     let reporter = reporter(&args.common);
     let config = config(&args.common)?;
     if !args.input.is_empty() {
-        bail!("input files are read by `kura run`; `kura stage` works on an existing run directory");
+        bail!(
+            "input files are read by `kura run`; `kura stage` works on an existing run directory"
+        );
     }
     if !args.out.join(kura_core::pipeline::RUN_JSON).exists() {
-        bail!("{} is not a run directory (no run.json): start it with `kura run`", args.out.display());
+        bail!(
+            "{} is not a run directory (no run.json): start it with `kura run`",
+            args.out.display()
+        );
     }
     let run = Run::open(&args.out, config.seed, reporter.clone())?;
     let backends = backends::Backends::new(&config, reporter.clone())?;
     let outcome = match args.stage {
         StageName::Summaries => run.summarize(backends.summarizer()?.as_ref())?,
         StageName::Embeddings => run.embed(backends.embedder()?.as_ref())?,
-        StageName::Clusters => run.cluster(backends.clusterer().as_ref(), backends.namer()?.as_ref())?,
-        StageName::Hierarchy => run.build_hierarchy(backends.hierarchy().as_ref(), backends.namer()?.as_ref())?,
+        StageName::Clusters => {
+            run.cluster(backends.clusterer().as_ref(), backends.namer()?.as_ref())?
+        }
+        StageName::Hierarchy => {
+            run.build_hierarchy(backends.hierarchy().as_ref(), backends.namer()?.as_ref())?
+        }
         StageName::Map => run.project(backends.reducer().as_ref())?,
     };
     finish(&run, &reporter, &[outcome])
@@ -326,7 +349,10 @@ fn finish(run: &Run, reporter: &Reporter, outcomes: &[StageOutcome]) -> Result<(
     }
     let failed: usize = outcomes.iter().map(|o| o.failed).sum();
     if failed > 0 {
-        reporter.warn(&format!("{failed} conversations failed; reasons in {}", run.path(kura_core::pipeline::FAILED).display()));
+        reporter.warn(&format!(
+            "{failed} conversations failed; reasons in {}",
+            run.path(kura_core::pipeline::FAILED).display()
+        ));
     }
     Ok(())
 }
@@ -340,7 +366,10 @@ fn read_hierarchy(dir: &Path) -> Result<Vec<Cluster>> {
             return Ok(store::read_jsonl(&path)?);
         }
     }
-    bail!("{}: no meta_clusters.jsonl or clusters.jsonl (is this a run directory?)", dir.display())
+    bail!(
+        "{}: no meta_clusters.jsonl or clusters.jsonl (is this a run directory?)",
+        dir.display()
+    )
 }
 
 fn print_tree(args: TreeArgs) -> Result<()> {
@@ -351,7 +380,11 @@ fn print_tree(args: TreeArgs) -> Result<()> {
         }
         return Ok(());
     }
-    print!("{}", tree::render(&clusters, args.depth, args.descriptions).with_context(|| args.dir.display().to_string())?);
+    print!(
+        "{}",
+        tree::render(&clusters, args.depth, args.descriptions)
+            .with_context(|| args.dir.display().to_string())?
+    );
     Ok(())
 }
 
@@ -362,13 +395,20 @@ fn models(command: ModelsCommand) -> Result<()> {
     let defaults = || vec![config.llm.clone(), config.embedder.clone()];
     match command {
         ModelsCommand::List => {
-            println!("{:<30} {:<9} {:<8} {:<10} source", "name", "kind", "cached", "licence");
+            println!(
+                "{:<30} {:<9} {:<8} {:<10} source",
+                "name", "kind", "cached", "licence"
+            );
             for m in kura_models::manifest()? {
                 println!(
                     "{:<30} {:<9} {:<8} {:<10} hf:{}",
                     m.name,
                     m.kind,
-                    if resolver.cached(&m.name) { "yes" } else { "no" },
+                    if resolver.cached(&m.name) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
                     m.licence,
                     m.hf_repo
                 );

@@ -33,7 +33,10 @@ struct State {
 
 impl Reporter {
     pub fn new(mode: Mode) -> Self {
-        Reporter { mode, state: Mutex::new(State::default()) }
+        Reporter {
+            mode,
+            state: Mutex::new(State::default()),
+        }
     }
 
     pub fn mode(&self) -> Mode {
@@ -64,7 +67,9 @@ impl Reporter {
 
 impl Progress for Reporter {
     fn begin(&self, stage: &str, total: u64) {
-        let Ok(mut state) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         if let Some(bar) = state.bar.take() {
             bar.finish_and_clear();
         }
@@ -77,7 +82,10 @@ impl Progress for Reporter {
                 let bar = if total == 0 {
                     let bar = ProgressBar::new_spinner();
                     bar.enable_steady_tick(Duration::from_millis(120));
-                    bar.set_style(ProgressStyle::with_template("{prefix:>12.cyan} {spinner} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                    bar.set_style(
+                        ProgressStyle::with_template("{prefix:>12.cyan} {spinner} {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
                     bar
                 } else {
                     let bar = ProgressBar::new(total);
@@ -94,19 +102,25 @@ impl Progress for Reporter {
                 bar.set_prefix(stage.to_string());
                 state.bar = Some(bar);
             }
-            Mode::Json => self.event(json!({"event": "stage_begin", "stage": stage, "total": total})),
+            Mode::Json => {
+                self.event(json!({"event": "stage_begin", "stage": stage, "total": total}))
+            }
             Mode::Quiet => {}
         }
     }
 
     fn advance(&self, n: u64) {
-        let Ok(mut state) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         state.done += n;
         if let Some(bar) = &state.bar {
             bar.inc(n);
         }
         // Scripts get at most a few events a second, and always the last one.
-        let due = state.last_event.is_none_or(|t| t.elapsed() > Duration::from_millis(500));
+        let due = state
+            .last_event
+            .is_none_or(|t| t.elapsed() > Duration::from_millis(500));
         if self.mode == Mode::Json && (due || state.done == state.total) {
             state.last_event = Some(Instant::now());
             self.event(json!({"event": "progress", "stage": state.stage, "done": state.done, "total": state.total}));
@@ -114,13 +128,17 @@ impl Progress for Reporter {
     }
 
     fn end(&self, stage: &str, message: &str) {
-        let Ok(mut state) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         if let Some(bar) = state.bar.take() {
             bar.finish_and_clear();
         }
         match self.mode {
             Mode::Bars => eprintln!("{:>12} {}", stage, terminal_safe(message)),
-            Mode::Json => self.event(json!({"event": "stage_end", "stage": stage, "message": message})),
+            Mode::Json => {
+                self.event(json!({"event": "stage_end", "stage": stage, "message": message}))
+            }
             Mode::Quiet => {}
         }
     }
@@ -141,14 +159,18 @@ pub struct DownloadBars {
 
 impl DownloadBars {
     pub fn new(reporter: std::sync::Arc<Reporter>) -> Self {
-        DownloadBars { reporter, bar: Mutex::new(None) }
+        DownloadBars {
+            reporter,
+            bar: Mutex::new(None),
+        }
     }
 }
 
 impl kura_models::DownloadProgress for DownloadBars {
     fn start(&self, what: &str, total_bytes: Option<u64>) {
         if self.reporter.mode() != Mode::Bars {
-            self.reporter.event(json!({"event": "download_begin", "file": what, "bytes": total_bytes}));
+            self.reporter
+                .event(json!({"event": "download_begin", "file": what, "bytes": total_bytes}));
             return;
         }
         let bar = match total_bytes {
@@ -178,11 +200,13 @@ impl kura_models::DownloadProgress for DownloadBars {
             bar.finish_and_clear();
         }
         self.reporter.say(&format!("{:>12} {what}", "fetched"));
-        self.reporter.event(json!({"event": "download_end", "file": what}));
+        self.reporter
+            .event(json!({"event": "download_end", "file": what}));
     }
 
     fn message(&self, text: &str) {
         self.reporter.say(&format!("{:>12} {text}", "models"));
-        self.reporter.event(json!({"event": "models", "message": text}));
+        self.reporter
+            .event(json!({"event": "models", "message": text}));
     }
 }

@@ -8,7 +8,11 @@ use kura_core::text::{terminal_safe, truncate_chars};
 use kura_core::tree::Tree;
 use kura_core::Cluster;
 
-pub fn render(clusters: &[Cluster], max_depth: Option<usize>, descriptions: bool) -> kura_core::Result<String> {
+pub fn render(
+    clusters: &[Cluster],
+    max_depth: Option<usize>,
+    descriptions: bool,
+) -> kura_core::Result<String> {
     let tree = Tree::new(clusters)?;
     let total: usize = tree.roots().map(|c| c.count).sum();
     let mut out = format!("Clusters ({total} conversations)\n");
@@ -16,7 +20,17 @@ pub fn render(clusters: &[Cluster], max_depth: Option<usize>, descriptions: bool
     let mut sorted = roots.clone();
     sorted.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
     for (i, root) in sorted.iter().enumerate() {
-        draw(&tree, root, total, "", i + 1 == sorted.len(), 0, max_depth, descriptions, &mut out);
+        draw(
+            &tree,
+            root,
+            total,
+            "",
+            i + 1 == sorted.len(),
+            0,
+            max_depth,
+            descriptions,
+            &mut out,
+        );
     }
     Ok(out)
 }
@@ -43,7 +57,11 @@ fn draw(
     );
     let child_prefix = format!("{prefix}{}", if last { "    " } else { "║   " });
     if descriptions {
-        let _ = writeln!(out, "{child_prefix}  {}", terminal_safe(&truncate_chars(&cluster.description, 160)));
+        let _ = writeln!(
+            out,
+            "{child_prefix}  {}",
+            terminal_safe(&truncate_chars(&cluster.description, 160))
+        );
     }
     if max_depth.is_some_and(|d| depth + 1 >= d) {
         return;
@@ -51,7 +69,17 @@ fn draw(
     let mut children: Vec<&Cluster> = tree.children(&cluster.id).collect();
     children.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
     for (i, child) in children.iter().enumerate() {
-        draw(tree, child, cluster.count, &child_prefix, i + 1 == children.len(), depth + 1, max_depth, descriptions, out);
+        draw(
+            tree,
+            child,
+            cluster.count,
+            &child_prefix,
+            i + 1 == children.len(),
+            depth + 1,
+            max_depth,
+            descriptions,
+            out,
+        );
     }
 }
 
@@ -82,7 +110,10 @@ mod tests {
         assert!(text.starts_with("Clusters (4 conversations)"));
         assert!(text.contains("Child A (3 conversations, 75.0%)"));
         assert!(text.contains("╚══ Child B (1 conversations, 25.0%)"));
-        assert!(!text.contains('\x1b'), "escape sequences must not reach the terminal");
+        assert!(
+            !text.contains('\x1b'),
+            "escape sequences must not reach the terminal"
+        );
         let shallow = render(&clusters, Some(1), false).unwrap();
         assert!(!shallow.contains("Child A"));
     }

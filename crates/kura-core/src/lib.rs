@@ -23,14 +23,12 @@ pub mod types;
 
 pub use error::{BoxError, Error, Result};
 pub use loaders::{
-    conversation_fingerprint, detect_format, load_file, load_files, FieldMapping, Format, LoadOptions,
-    Loaded,
+    conversation_fingerprint, detect_format, load_file, load_files, FieldMapping, Format,
+    LoadOptions, Loaded,
 };
 pub use matrix::Matrix;
 pub use traits::{
     ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest, Reducer,
     Summarizer,
 };
-pub use types::{
-    Cluster, Conversation, ConversationSummary, Message, ProjectedCluster, Role,
-};
+pub use types::{Cluster, Conversation, ConversationSummary, Message, ProjectedCluster, Role};

@@ -11,7 +11,11 @@ pub struct Matrix {
 impl Matrix {
     /// Panics only on a programming error (a buffer that does not match the shape).
     pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Self {
-        assert_eq!(rows * cols, data.len(), "matrix buffer does not match its shape");
+        assert_eq!(
+            rows * cols,
+            data.len(),
+            "matrix buffer does not match its shape"
+        );
         Matrix { rows, cols, data }
     }
 

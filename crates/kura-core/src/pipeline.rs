@@ -42,7 +42,14 @@ pub const FAILED: &str = "failed.jsonl";
 pub const RUN_JSON: &str = "run.json";
 
 /// The stages in order, by the name they have in `run.json` and on the command line.
-pub const STAGES: [&str; 6] = ["conversations", "summaries", "embeddings", "clusters", "hierarchy", "map"];
+pub const STAGES: [&str; 6] = [
+    "conversations",
+    "summaries",
+    "embeddings",
+    "clusters",
+    "hierarchy",
+    "map",
+];
 
 /// Reports progress of long stages (the CLI draws bars; `--json` prints events).
 pub trait Progress: Send + Sync {
@@ -134,7 +141,12 @@ impl Run {
         } else {
             RunManifest::default()
         };
-        Ok(Run { dir: dir.to_path_buf(), seed, progress, manifest: Mutex::new(manifest) })
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            seed,
+            progress,
+            manifest: Mutex::new(manifest),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -166,7 +178,8 @@ impl Run {
     ) -> Result<StageOutcome> {
         if conversations.is_empty() {
             return Err(Error::Invalid(
-                "no conversations to process: the input is empty or every record was skipped".into(),
+                "no conversations to process: the input is empty or every record was skipped"
+                    .into(),
             ));
         }
         let keys: Vec<String> = conversations.iter().map(conversation_fingerprint).collect();
@@ -189,7 +202,12 @@ impl Run {
             };
         })?;
         self.record("conversations", &key, "loader", conversations.len(), 0, 0.0)?;
-        Ok(StageOutcome { stage: "conversations", reused, count: conversations.len(), failed: 0 })
+        Ok(StageOutcome {
+            stage: "conversations",
+            reused,
+            count: conversations.len(),
+            failed: 0,
+        })
     }
 
     /// Stage 1: Clio's facets for every conversation, journaled one by one.
@@ -201,12 +219,18 @@ impl Run {
         }
         let started = Instant::now();
         let conversations: Vec<Conversation> = store::read_jsonl(&self.path(CONVERSATIONS))?;
-        let journal: Journal<ConversationSummary> = Journal::open(&self.path("cache/summaries.journal.jsonl"))?;
-        let item_key = |c: &Conversation| fingerprint(&[summarizer.id(), conversation_fingerprint(c)]);
-        let todo: Vec<&Conversation> = conversations.iter().filter(|c| journal.get(&item_key(c)).is_none()).collect();
+        let journal: Journal<ConversationSummary> =
+            Journal::open(&self.path("cache/summaries.journal.jsonl"))?;
+        let item_key =
+            |c: &Conversation| fingerprint(&[summarizer.id(), conversation_fingerprint(c)]);
+        let todo: Vec<&Conversation> = conversations
+            .iter()
+            .filter(|c| journal.get(&item_key(c)).is_none())
+            .collect();
 
         self.progress.begin("summaries", conversations.len() as u64);
-        self.progress.advance((conversations.len() - todo.len()) as u64);
+        self.progress
+            .advance((conversations.len() - todo.len()) as u64);
         let mut failures = Vec::new();
         for batch in todo.chunks(summarizer.batch_size().max(1)) {
             let batch: Vec<Conversation> = batch.iter().map(|c| (*c).clone()).collect();
@@ -214,14 +238,24 @@ impl Run {
             if results.len() != batch.len() {
                 return Err(Error::backend(
                     "summaries",
-                    format!("summariser returned {} results for {} conversations", results.len(), batch.len()),
+                    format!(
+                        "summariser returned {} results for {} conversations",
+                        results.len(),
+                        batch.len()
+                    ),
                 ));
             }
             for (conversation, result) in batch.iter().zip(results) {
                 match result {
-                    Ok(summary) => journal.append(&item_key(conversation), &with_provenance(summary, conversation))?,
+                    Ok(summary) => journal.append(
+                        &item_key(conversation),
+                        &with_provenance(summary, conversation),
+                    )?,
                     Err(e) => {
-                        self.progress.warn(&format!("could not summarise {}: {e}", conversation.chat_id));
+                        self.progress.warn(&format!(
+                            "could not summarise {}: {e}",
+                            conversation.chat_id
+                        ));
                         failures.push(Failure {
                             chat_id: conversation.chat_id.clone(),
                             stage: "summaries".into(),
@@ -232,19 +266,34 @@ impl Run {
             }
             self.progress.advance(batch.len() as u64);
         }
-        let summaries: Vec<ConversationSummary> =
-            conversations.iter().filter_map(|c| journal.get(&item_key(c))).collect();
+        let summaries: Vec<ConversationSummary> = conversations
+            .iter()
+            .filter_map(|c| journal.get(&item_key(c)))
+            .collect();
         store::write_jsonl(&self.path(SUMMARIES), &summaries)?;
         if failures.is_empty() {
             remove_if_exists(&self.path(FAILED))?;
         } else {
             store::write_jsonl(&self.path(FAILED), &failures)?;
         }
-        self.progress.end("summaries", &format!("{} summaries, {} failed", summaries.len(), failures.len()));
+        self.progress.end(
+            "summaries",
+            &format!("{} summaries, {} failed", summaries.len(), failures.len()),
+        );
         if summaries.is_empty() {
-            return Err(Error::backend("summaries", "no conversation could be summarised (see failed.jsonl)"));
+            return Err(Error::backend(
+                "summaries",
+                "no conversation could be summarised (see failed.jsonl)",
+            ));
         }
-        self.finish("summaries", &key, &summarizer.id(), summaries.len(), failures.len(), started)
+        self.finish(
+            "summaries",
+            &key,
+            &summarizer.id(),
+            summaries.len(),
+            failures.len(),
+            started,
+        )
     }
 
     /// Stage 2: one embedding per summary, rows in `summaries.jsonl` order.
@@ -260,9 +309,14 @@ impl Run {
         let mut data = Vec::with_capacity(summaries.len() * embedder.dim());
         for chunk in summaries.chunks(256) {
             let texts: Vec<&str> = chunk.iter().map(|s| s.summary.as_str()).collect();
-            let rows = embedder.embed(&texts).map_err(|e| Error::backend("embeddings", e))?;
+            let rows = embedder
+                .embed(&texts)
+                .map_err(|e| Error::backend("embeddings", e))?;
             if rows.rows() != texts.len() {
-                return Err(Error::backend("embeddings", "embedder returned the wrong number of rows"));
+                return Err(Error::backend(
+                    "embeddings",
+                    "embedder returned the wrong number of rows",
+                ));
             }
             data.extend_from_slice(rows.as_slice());
             self.progress.advance(chunk.len() as u64);
@@ -270,22 +324,43 @@ impl Run {
         let cols = data.len().checked_div(summaries.len()).unwrap_or(0);
         let matrix = Matrix::new(summaries.len(), cols, data);
         store::write_npy(&self.path(EMBEDDINGS), &matrix)?;
-        self.progress.end("embeddings", &format!("{} × {}", matrix.rows(), matrix.cols()));
-        self.finish("embeddings", &key, &embedder.id(), matrix.rows(), 0, started)
+        self.progress.end(
+            "embeddings",
+            &format!("{} × {}", matrix.rows(), matrix.cols()),
+        );
+        self.finish(
+            "embeddings",
+            &key,
+            &embedder.id(),
+            matrix.rows(),
+            0,
+            started,
+        )
     }
 
     /// Stage 3: base clusters, each named from its members with the nearest
     /// summaries outside it as contrast.
-    pub fn cluster(&self, clusterer: &dyn Clusterer, namer: &dyn ClusterNamer) -> Result<StageOutcome> {
+    pub fn cluster(
+        &self,
+        clusterer: &dyn Clusterer,
+        namer: &dyn ClusterNamer,
+    ) -> Result<StageOutcome> {
         let upstream = self.upstream_key("embeddings", "clusters")?;
-        let key = fingerprint(&[upstream.as_str(), &clusterer.id(), &namer.id(), &self.seed.to_string()]);
+        let key = fingerprint(&[
+            upstream.as_str(),
+            &clusterer.id(),
+            &namer.id(),
+            &self.seed.to_string(),
+        ]);
         if self.is_fresh("clusters", &key, &[CLUSTERS]) {
             return self.reused("clusters");
         }
         let started = Instant::now();
         let summaries: Vec<ConversationSummary> = store::read_jsonl(&self.path(SUMMARIES))?;
         let embeddings = self.embeddings(summaries.len())?;
-        let labels = clusterer.cluster(&embeddings, self.seed).map_err(|e| Error::backend("clusters", e))?;
+        let labels = clusterer
+            .cluster(&embeddings, self.seed)
+            .map_err(|e| Error::backend("clusters", e))?;
         let groups = groups_with_noise_reassigned(&embeddings, &labels)?;
 
         let namer = self.journaled_namer(namer)?;
@@ -294,30 +369,62 @@ impl Run {
         for members in &groups {
             let centroid = normalized_mean(&embeddings, members);
             let request = NamingRequest {
-                members: closest(&embeddings, &centroid, |i| members.contains(&i), NAMING_MEMBERS)
-                    .into_iter()
-                    .map(|i| summaries[i].summary.clone())
-                    .collect(),
-                contrast: closest(&embeddings, &centroid, |i| !members.contains(&i), NAMING_CONTRAST)
-                    .into_iter()
-                    .map(|i| summaries[i].summary.clone())
-                    .collect(),
+                members: closest(
+                    &embeddings,
+                    &centroid,
+                    |i| members.contains(&i),
+                    NAMING_MEMBERS,
+                )
+                .into_iter()
+                .map(|i| summaries[i].summary.clone())
+                .collect(),
+                contrast: closest(
+                    &embeddings,
+                    &centroid,
+                    |i| !members.contains(&i),
+                    NAMING_CONTRAST,
+                )
+                .into_iter()
+                .map(|i| summaries[i].summary.clone())
+                .collect(),
                 is_parent: false,
             };
-            let name = namer.name(&request).map_err(|e| Error::backend("clusters", e))?;
-            let chat_ids: Vec<String> = members.iter().map(|&i| summaries[i].chat_id.clone()).collect();
+            let name = namer
+                .name(&request)
+                .map_err(|e| Error::backend("clusters", e))?;
+            let chat_ids: Vec<String> = members
+                .iter()
+                .map(|&i| summaries[i].chat_id.clone())
+                .collect();
             clusters.push(new_cluster(name, chat_ids));
             self.progress.advance(1);
         }
         store::write_jsonl(&self.path(CLUSTERS), &clusters)?;
-        self.progress.end("clusters", &format!("{} clusters", clusters.len()));
-        self.finish("clusters", &key, &clusterer.id(), clusters.len(), 0, started)
+        self.progress
+            .end("clusters", &format!("{} clusters", clusters.len()));
+        self.finish(
+            "clusters",
+            &key,
+            &clusterer.id(),
+            clusters.len(),
+            0,
+            started,
+        )
     }
 
     /// Stage 4: the hierarchy above the base clusters (`meta_clusters.jsonl`).
-    pub fn build_hierarchy(&self, builder: &dyn HierarchyBuilder, namer: &dyn ClusterNamer) -> Result<StageOutcome> {
+    pub fn build_hierarchy(
+        &self,
+        builder: &dyn HierarchyBuilder,
+        namer: &dyn ClusterNamer,
+    ) -> Result<StageOutcome> {
         let upstream = self.upstream_key("clusters", "hierarchy")?;
-        let key = fingerprint(&[upstream.as_str(), &builder.id(), &namer.id(), &self.seed.to_string()]);
+        let key = fingerprint(&[
+            upstream.as_str(),
+            &builder.id(),
+            &namer.id(),
+            &self.seed.to_string(),
+        ]);
         if self.is_fresh("hierarchy", &key, &[META_CLUSTERS]) {
             return self.reused("hierarchy");
         }
@@ -325,15 +432,24 @@ impl Run {
         let summaries: Vec<ConversationSummary> = store::read_jsonl(&self.path(SUMMARIES))?;
         let embeddings = self.embeddings(summaries.len())?;
         let base: Vec<Cluster> = store::read_jsonl(&self.path(CLUSTERS))?;
-        let row_of: HashMap<&str, usize> = summaries.iter().enumerate().map(|(i, s)| (s.chat_id.as_str(), i)).collect();
+        let row_of: HashMap<&str, usize> = summaries
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.chat_id.as_str(), i))
+            .collect();
         let vectors: Vec<Vec<f32>> = base
             .iter()
             .map(|c| {
-                let rows: Vec<usize> = c.chat_ids.iter().filter_map(|id| row_of.get(id.as_str()).copied()).collect();
+                let rows: Vec<usize> = c
+                    .chat_ids
+                    .iter()
+                    .filter_map(|id| row_of.get(id.as_str()).copied())
+                    .collect();
                 normalized_mean(&embeddings, &rows)
             })
             .collect();
-        let vectors = Matrix::from_rows(&vectors).ok_or_else(|| Error::Invalid("ragged cluster vectors".into()))?;
+        let vectors = Matrix::from_rows(&vectors)
+            .ok_or_else(|| Error::Invalid("ragged cluster vectors".into()))?;
 
         let namer = self.journaled_namer(namer)?;
         self.progress.begin("hierarchy", 0);
@@ -343,7 +459,10 @@ impl Run {
         check_hierarchy(&base, &all)?;
         store::write_jsonl(&self.path(META_CLUSTERS), &all)?;
         let roots = all.iter().filter(|c| c.parent_id.is_none()).count();
-        self.progress.end("hierarchy", &format!("{} clusters, {} at the top", all.len(), roots));
+        self.progress.end(
+            "hierarchy",
+            &format!("{} clusters, {} at the top", all.len(), roots),
+        );
         self.finish("hierarchy", &key, &builder.id(), all.len(), 0, started)
     }
 
@@ -359,16 +478,25 @@ impl Run {
         let embeddings = self.embeddings(summaries.len())?;
         let clusters: Vec<Cluster> = store::read_jsonl(&self.path(META_CLUSTERS))?;
         self.progress.begin("map", 0);
-        let coords = reducer.reduce(&embeddings, self.seed).map_err(|e| Error::backend("map", e))?;
+        let coords = reducer
+            .reduce(&embeddings, self.seed)
+            .map_err(|e| Error::backend("map", e))?;
         if coords.rows() != summaries.len() || coords.cols() != 2 {
-            return Err(Error::backend("map", "reducer must return one row of two per point"));
+            return Err(Error::backend(
+                "map",
+                "reducer must return one row of two per point",
+            ));
         }
         let tree = Tree::new(&clusters)?;
         let levels = tree.levels();
         let base_of: HashMap<&str, &str> = clusters
             .iter()
             .filter(|c| tree.is_leaf(&c.id))
-            .flat_map(|c| c.chat_ids.iter().map(move |id| (id.as_str(), c.id.as_str())))
+            .flat_map(|c| {
+                c.chat_ids
+                    .iter()
+                    .map(move |id| (id.as_str(), c.id.as_str()))
+            })
             .collect();
         let points: Vec<ConversationPoint> = summaries
             .iter()
@@ -377,14 +505,25 @@ impl Run {
                 chat_id: s.chat_id.clone(),
                 x: xy[0],
                 y: xy[1],
-                cluster_id: base_of.get(s.chat_id.as_str()).map(|c| c.to_string()).unwrap_or_default(),
+                cluster_id: base_of
+                    .get(s.chat_id.as_str())
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
             })
             .collect();
-        let point_of: HashMap<&str, usize> = summaries.iter().enumerate().map(|(i, s)| (s.chat_id.as_str(), i)).collect();
+        let point_of: HashMap<&str, usize> = summaries
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.chat_id.as_str(), i))
+            .collect();
         let projected: Vec<ProjectedCluster> = clusters
             .iter()
             .map(|c| {
-                let rows: Vec<usize> = c.chat_ids.iter().filter_map(|id| point_of.get(id.as_str()).copied()).collect();
+                let rows: Vec<usize> = c
+                    .chat_ids
+                    .iter()
+                    .filter_map(|id| point_of.get(id.as_str()).copied())
+                    .collect();
                 let n = rows.len().max(1) as f64;
                 let x = rows.iter().map(|&i| coords.row(i)[0] as f64).sum::<f64>() / n;
                 let y = rows.iter().map(|&i| coords.row(i)[1] as f64).sum::<f64>() / n;
@@ -393,7 +532,10 @@ impl Run {
             .collect();
         store::write_jsonl(&self.path(CONVERSATION_COORDS), &points)?;
         store::write_jsonl(&self.path(DIMENSIONALITY), &projected)?;
-        self.progress.end("map", &format!("{} points, {} clusters", points.len(), projected.len()));
+        self.progress.end(
+            "map",
+            &format!("{} points, {} clusters", points.len(), projected.len()),
+        );
         self.finish("map", &key, &reducer.id(), points.len(), 0, started)
     }
 
@@ -401,17 +543,27 @@ impl Run {
         let path = self.path(EMBEDDINGS);
         let m = store::read_npy(&path)?;
         if m.rows() != expected_rows {
-            return Err(Error::input(&path, "shape", format!("{} rows for {} summaries", m.rows(), expected_rows)));
+            return Err(Error::input(
+                &path,
+                "shape",
+                format!("{} rows for {} summaries", m.rows(), expected_rows),
+            ));
         }
         Ok(m)
     }
 
     fn journaled_namer<'a>(&self, inner: &'a dyn ClusterNamer) -> Result<JournaledNamer<'a>> {
-        Ok(JournaledNamer { inner, journal: Journal::open(&self.path("cache/names.journal.jsonl"))? })
+        Ok(JournaledNamer {
+            inner,
+            journal: Journal::open(&self.path("cache/names.journal.jsonl"))?,
+        })
     }
 
     fn upstream_key(&self, upstream: &str, stage: &str) -> Result<String> {
-        let manifest = self.manifest.lock().map_err(|_| Error::Invalid("run state poisoned".into()))?;
+        let manifest = self
+            .manifest
+            .lock()
+            .map_err(|_| Error::Invalid("run state poisoned".into()))?;
         match manifest.stages.get(upstream) {
             Some(r) if r.complete || upstream == "summaries" => Ok(r.key.clone()),
             _ => Err(Error::Invalid(format!(
@@ -422,15 +574,30 @@ impl Run {
     }
 
     fn is_fresh(&self, stage: &str, key: &str, files: &[&str]) -> bool {
-        let Ok(manifest) = self.manifest.lock() else { return false };
-        manifest.stages.get(stage).is_some_and(|r| r.key == key && r.complete)
+        let Ok(manifest) = self.manifest.lock() else {
+            return false;
+        };
+        manifest
+            .stages
+            .get(stage)
+            .is_some_and(|r| r.key == key && r.complete)
             && files.iter().all(|f| self.path(f).exists())
     }
 
     fn reused(&self, stage: &'static str) -> Result<StageOutcome> {
-        let record = self.manifest().stages.get(stage).cloned().unwrap_or_default();
+        let record = self
+            .manifest()
+            .stages
+            .get(stage)
+            .cloned()
+            .unwrap_or_default();
         self.progress.end(stage, "up to date");
-        Ok(StageOutcome { stage, reused: true, count: record.count, failed: record.failed })
+        Ok(StageOutcome {
+            stage,
+            reused: true,
+            count: record.count,
+            failed: record.failed,
+        })
     }
 
     fn finish(
@@ -442,11 +609,31 @@ impl Run {
         failed: usize,
         started: Instant,
     ) -> Result<StageOutcome> {
-        self.record(stage, key, backend, count, failed, started.elapsed().as_secs_f64())?;
-        Ok(StageOutcome { stage, reused: false, count, failed })
+        self.record(
+            stage,
+            key,
+            backend,
+            count,
+            failed,
+            started.elapsed().as_secs_f64(),
+        )?;
+        Ok(StageOutcome {
+            stage,
+            reused: false,
+            count,
+            failed,
+        })
     }
 
-    fn record(&self, stage: &str, key: &str, backend: &str, count: usize, failed: usize, seconds: f64) -> Result<()> {
+    fn record(
+        &self,
+        stage: &str,
+        key: &str,
+        backend: &str,
+        count: usize,
+        failed: usize,
+        seconds: f64,
+    ) -> Result<()> {
         self.update_manifest(|m| {
             m.stages.insert(
                 stage.to_string(),
@@ -463,7 +650,10 @@ impl Run {
     }
 
     fn update_manifest(&self, change: impl FnOnce(&mut RunManifest)) -> Result<()> {
-        let mut manifest = self.manifest.lock().map_err(|_| Error::Invalid("run state poisoned".into()))?;
+        let mut manifest = self
+            .manifest
+            .lock()
+            .map_err(|_| Error::Invalid("run state poisoned".into()))?;
         change(&mut manifest);
         manifest.kura_version = env!("CARGO_PKG_VERSION").to_string();
         manifest.updated_at_unix = std::time::SystemTime::now()
@@ -478,13 +668,18 @@ impl Run {
 const NAMING_MEMBERS: usize = 10;
 const NAMING_CONTRAST: usize = 5;
 
-
 /// The summariser owns the facets; the pipeline owns where they came from, so the
 /// id and metadata always match the conversation (as Kura's files do).
-fn with_provenance(mut summary: ConversationSummary, conversation: &Conversation) -> ConversationSummary {
+fn with_provenance(
+    mut summary: ConversationSummary,
+    conversation: &Conversation,
+) -> ConversationSummary {
     summary.chat_id = conversation.chat_id.clone();
     let mut metadata = serde_json::Map::new();
-    metadata.insert("conversation_turns".into(), Value::from(conversation.messages.len()));
+    metadata.insert(
+        "conversation_turns".into(),
+        Value::from(conversation.messages.len()),
+    );
     for (k, v) in &conversation.metadata {
         metadata.insert(k.clone(), v.clone());
     }
@@ -510,9 +705,15 @@ fn new_cluster(name: ClusterName, mut chat_ids: Vec<String>) -> Cluster {
 /// Groups row indices by label, placing noise (`None`) with the nearest cluster so
 /// that every conversation is in exactly one base cluster. Groups are ordered by
 /// their first member, which keeps the output stable for a seed.
-fn groups_with_noise_reassigned(points: &Matrix, labels: &[Option<usize>]) -> Result<Vec<Vec<usize>>> {
+fn groups_with_noise_reassigned(
+    points: &Matrix,
+    labels: &[Option<usize>],
+) -> Result<Vec<Vec<usize>>> {
     if labels.len() != points.rows() {
-        return Err(Error::backend("clusters", "clusterer returned the wrong number of labels"));
+        return Err(Error::backend(
+            "clusters",
+            "clusterer returned the wrong number of labels",
+        ));
     }
     let mut by_label: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     let mut noise = Vec::new();
@@ -529,7 +730,9 @@ fn groups_with_noise_reassigned(points: &Matrix, labels: &[Option<usize>]) -> Re
     let centroids: Vec<Vec<f32>> = groups.iter().map(|g| normalized_mean(points, g)).collect();
     for i in noise {
         let best = (0..groups.len())
-            .max_by(|&a, &b| dot(points.row(i), &centroids[a]).total_cmp(&dot(points.row(i), &centroids[b])))
+            .max_by(|&a, &b| {
+                dot(points.row(i), &centroids[a]).total_cmp(&dot(points.row(i), &centroids[b]))
+            })
             .unwrap_or(0);
         groups[best].push(i);
     }
@@ -557,8 +760,10 @@ fn normalized_mean(points: &Matrix, rows: &[usize]) -> Vec<f32> {
 
 /// The `k` rows most similar to `query` among those `keep` accepts, most similar first.
 fn closest(points: &Matrix, query: &[f32], keep: impl Fn(usize) -> bool, k: usize) -> Vec<usize> {
-    let mut scored: Vec<(f32, usize)> =
-        (0..points.rows()).filter(|&i| keep(i)).map(|i| (dot(points.row(i), query), i)).collect();
+    let mut scored: Vec<(f32, usize)> = (0..points.rows())
+        .filter(|&i| keep(i))
+        .map(|i| (dot(points.row(i), query), i))
+        .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     scored.into_iter().take(k).map(|(_, i)| i).collect()
 }
@@ -569,7 +774,10 @@ fn check_hierarchy(base: &[Cluster], all: &[Cluster]) -> Result<()> {
     let tree = Tree::new(all)?;
     let ids: HashSet<&str> = all.iter().map(|c| c.id.as_str()).collect();
     if let Some(lost) = base.iter().find(|b| !ids.contains(b.id.as_str())) {
-        return Err(Error::backend("hierarchy", format!("base cluster {} was dropped", lost.id)));
+        return Err(Error::backend(
+            "hierarchy",
+            format!("base cluster {} was dropped", lost.id),
+        ));
     }
     for c in all {
         let mut children: Vec<&String> = tree.children(&c.id).flat_map(|k| &k.chat_ids).collect();
@@ -582,7 +790,10 @@ fn check_hierarchy(base: &[Cluster], all: &[Cluster]) -> Result<()> {
         if children != own || c.count != own.len() {
             return Err(Error::backend(
                 "hierarchy",
-                format!("cluster {} does not hold exactly its children's conversations", c.id),
+                format!(
+                    "cluster {} does not hold exactly its children's conversations",
+                    c.id
+                ),
             ));
         }
     }
@@ -618,7 +829,8 @@ impl ClusterNamer for JournaledNamer<'_> {
             return Ok(ClusterName { name, description });
         }
         let named = self.inner.name(request)?;
-        self.journal.append(&key, &(named.name.clone(), named.description.clone()))?;
+        self.journal
+            .append(&key, &(named.name.clone(), named.description.clone()))?;
         Ok(named)
     }
 }

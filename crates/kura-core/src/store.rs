@@ -37,10 +37,19 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Writes `path` through a temp file and a rename, so a reader (or a crash) never
 /// sees a half-written file.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
         let file = File::create(&tmp)?;
@@ -79,7 +88,8 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut items = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::input(path, format!("line {}", i + 1), e.to_string()))?;
+        let line =
+            line.map_err(|e| Error::input(path, format!("line {}", i + 1), e.to_string()))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -93,7 +103,11 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| {
-        Error::input(path, format!("line {}, column {}", e.line(), e.column()), e.to_string())
+        Error::input(
+            path,
+            format!("line {}, column {}", e.line(), e.column()),
+            e.to_string(),
+        )
     })
 }
 
@@ -124,7 +138,8 @@ impl<T: Serialize + DeserializeOwned + Clone> Journal<T> {
             .open(path)
             .map_err(|e| Error::io(path, e))?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
         let mut entries = HashMap::new();
         let mut good_len = 0usize;
         let mut offset = 0usize;
@@ -146,8 +161,10 @@ impl<T: Serialize + DeserializeOwned + Clone> Journal<T> {
             }
         }
         if good_len < bytes.len() {
-            file.set_len(good_len as u64).map_err(|e| Error::io(path, e))?;
-            file.seek(SeekFrom::End(0)).map_err(|e| Error::io(path, e))?;
+            file.set_len(good_len as u64)
+                .map_err(|e| Error::io(path, e))?;
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| Error::io(path, e))?;
         }
         Ok(Journal {
             path: path.to_path_buf(),
@@ -171,8 +188,11 @@ impl<T: Serialize + DeserializeOwned + Clone> Journal<T> {
     /// Appends one result and flushes it to the OS, so a kill after this call
     /// never loses it.
     pub fn append(&self, key: &str, value: &T) -> Result<()> {
-        let line = serde_json::to_string(&JournalLine { key: key.to_string(), value })
-            .map_err(|e| Error::Invalid(format!("cannot serialise journal entry: {e}")))?;
+        let line = serde_json::to_string(&JournalLine {
+            key: key.to_string(),
+            value,
+        })
+        .map_err(|e| Error::Invalid(format!("cannot serialise journal entry: {e}")))?;
         {
             let mut writer = self
                 .writer

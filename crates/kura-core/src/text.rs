@@ -50,7 +50,10 @@ mod tests {
 
     #[test]
     fn slug_keeps_words_and_drops_punctuation() {
-        assert_eq!(slugify("Debug Rust's borrow-checker errors!", 3), "debug_rust_s");
+        assert_eq!(
+            slugify("Debug Rust's borrow-checker errors!", 3),
+            "debug_rust_s"
+        );
         assert_eq!(slugify("¿¡!", 3), "cluster");
     }
 

@@ -42,7 +42,12 @@ impl<'a> Tree<'a> {
                 },
             }
         }
-        let tree = Tree { clusters, index, children, roots };
+        let tree = Tree {
+            clusters,
+            index,
+            children,
+            roots,
+        };
         let reachable = tree.walk().count();
         if reachable != clusters.len() {
             return Err(Error::Invalid(format!(
@@ -59,18 +64,29 @@ impl<'a> Tree<'a> {
     }
 
     pub fn children(&self, id: &str) -> impl Iterator<Item = &'a Cluster> + '_ {
-        let kids = self.index.get(id).map(|&i| self.children[i].as_slice()).unwrap_or(&[]);
+        let kids = self
+            .index
+            .get(id)
+            .map(|&i| self.children[i].as_slice())
+            .unwrap_or(&[]);
         kids.iter().map(|&i| &self.clusters[i])
     }
 
     pub fn is_leaf(&self, id: &str) -> bool {
-        self.index.get(id).is_some_and(|&i| self.children[i].is_empty())
+        self.index
+            .get(id)
+            .is_some_and(|&i| self.children[i].is_empty())
     }
 
     /// Every cluster with its depth (0 for roots), parents before children,
     /// children in decreasing size.
     pub fn walk(&self) -> impl Iterator<Item = (&'a Cluster, usize)> + '_ {
-        let mut stack: Vec<(usize, usize)> = self.sorted(&self.roots).into_iter().rev().map(|i| (i, 0)).collect();
+        let mut stack: Vec<(usize, usize)> = self
+            .sorted(&self.roots)
+            .into_iter()
+            .rev()
+            .map(|i| (i, 0))
+            .collect();
         std::iter::from_fn(move || {
             let (i, depth) = stack.pop()?;
             for &child in self.sorted(&self.children[i]).iter().rev() {
@@ -114,7 +130,11 @@ mod tests {
 
     #[test]
     fn walks_parents_first_with_depths() {
-        let cs = vec![cluster("a", Some("r"), 1), cluster("b", Some("r"), 2), cluster("r", None, 3)];
+        let cs = vec![
+            cluster("a", Some("r"), 1),
+            cluster("b", Some("r"), 2),
+            cluster("r", None, 3),
+        ];
         let tree = Tree::new(&cs).unwrap();
         let order: Vec<_> = tree.walk().map(|(c, d)| (c.id.as_str(), d)).collect();
         assert_eq!(order, vec![("r", 0), ("b", 1), ("a", 1)]);
@@ -123,8 +143,15 @@ mod tests {
     #[test]
     fn rejects_orphans_and_cycles() {
         let orphan = vec![cluster("a", Some("missing"), 1)];
-        assert!(Tree::new(&orphan).unwrap_err().to_string().contains("does not exist"));
-        let cycle = vec![cluster("a", Some("b"), 1), cluster("b", Some("a"), 1), cluster("r", None, 1)];
+        assert!(Tree::new(&orphan)
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+        let cycle = vec![
+            cluster("a", Some("b"), 1),
+            cluster("b", Some("a"), 1),
+            cluster("r", None, 1),
+        ];
         assert!(Tree::new(&cycle).unwrap_err().to_string().contains("cycle"));
     }
 }

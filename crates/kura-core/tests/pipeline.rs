@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use kura_core::pipeline::{NoProgress, Run, CLUSTERS, DIMENSIONALITY, META_CLUSTERS, SUMMARIES};
 use kura_core::{
-    store, BoxError, Cluster, ClusterName, ClusterNamer, Clusterer, Conversation, ConversationSummary, Embedder,
-    HierarchyBuilder, Matrix, Message, NamingRequest, ProjectedCluster, Reducer, Role, Summarizer,
+    store, BoxError, Cluster, ClusterName, ClusterNamer, Clusterer, Conversation,
+    ConversationSummary, Embedder, HierarchyBuilder, Matrix, Message, NamingRequest,
+    ProjectedCluster, Reducer, Role, Summarizer,
 };
 
 /// Summarises by copying the first user message; counts calls; fails on request.
@@ -20,7 +21,11 @@ struct ScriptedSummarizer {
 
 impl ScriptedSummarizer {
     fn new(version: &'static str) -> Self {
-        ScriptedSummarizer { version, calls: AtomicUsize::new(0), fail_on: None }
+        ScriptedSummarizer {
+            version,
+            calls: AtomicUsize::new(0),
+            fail_on: None,
+        }
     }
 }
 
@@ -28,7 +33,10 @@ impl Summarizer for ScriptedSummarizer {
     fn id(&self) -> String {
         format!("scripted-{}", self.version)
     }
-    fn summarize(&self, conversations: &[Conversation]) -> Vec<Result<ConversationSummary, BoxError>> {
+    fn summarize(
+        &self,
+        conversations: &[Conversation],
+    ) -> Vec<Result<ConversationSummary, BoxError>> {
         conversations
             .iter()
             .map(|c| {
@@ -68,7 +76,12 @@ impl Embedder for TopicEmbedder {
     fn embed(&self, texts: &[&str]) -> Result<Matrix, BoxError> {
         let rows: Vec<Vec<f32>> = texts
             .iter()
-            .map(|t| TOPICS.iter().map(|w| if t.contains(w) { 1.0 } else { 0.0 }).collect())
+            .map(|t| {
+                TOPICS
+                    .iter()
+                    .map(|w| if t.contains(w) { 1.0 } else { 0.0 })
+                    .collect()
+            })
             .collect();
         Ok(Matrix::from_rows(&rows).unwrap())
     }
@@ -86,7 +99,12 @@ impl Clusterer for ArgmaxClusterer {
     fn cluster(&self, points: &Matrix, _seed: u64) -> Result<Vec<Option<usize>>, BoxError> {
         Ok(points
             .iter_rows()
-            .map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i))
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+            })
             .collect())
     }
 }
@@ -101,8 +119,14 @@ impl ClusterNamer for CountingNamer {
     }
     fn name(&self, request: &NamingRequest) -> Result<ClusterName, BoxError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let topic = TOPICS.iter().find(|t| request.members.iter().any(|m| m.contains(*t))).unwrap_or(&"misc");
-        Ok(ClusterName { name: format!("Discuss {topic}"), description: format!("About {topic}.") })
+        let topic = TOPICS
+            .iter()
+            .find(|t| request.members.iter().any(|m| m.contains(*t)))
+            .unwrap_or(&"misc");
+        Ok(ClusterName {
+            name: format!("Discuss {topic}"),
+            description: format!("About {topic}."),
+        })
     }
 }
 
@@ -113,13 +137,31 @@ impl HierarchyBuilder for OneRoot {
     fn id(&self) -> String {
         "one-root".into()
     }
-    fn build(&self, mut base: Vec<Cluster>, _: &Matrix, namer: &dyn ClusterNamer, _: u64) -> Result<Vec<Cluster>, BoxError> {
-        let name = namer.name(&NamingRequest { members: base.iter().map(|c| c.name.clone()).collect(), contrast: vec![], is_parent: true })?;
+    fn build(
+        &self,
+        mut base: Vec<Cluster>,
+        _: &Matrix,
+        namer: &dyn ClusterNamer,
+        _: u64,
+    ) -> Result<Vec<Cluster>, BoxError> {
+        let name = namer.name(&NamingRequest {
+            members: base.iter().map(|c| c.name.clone()).collect(),
+            contrast: vec![],
+            is_parent: true,
+        })?;
         let chat_ids: Vec<String> = base.iter().flat_map(|c| c.chat_ids.clone()).collect();
         for c in &mut base {
             c.parent_id = Some("root".into());
         }
-        base.push(Cluster { id: "root".into(), name: name.name, description: name.description, slug: "root".into(), count: chat_ids.len(), chat_ids, parent_id: None });
+        base.push(Cluster {
+            id: "root".into(),
+            name: name.name,
+            description: name.description,
+            slug: "root".into(),
+            count: chat_ids.len(),
+            chat_ids,
+            parent_id: None,
+        });
         Ok(base)
     }
 }
@@ -141,24 +183,52 @@ fn conversation(id: &str, text: &str) -> Conversation {
         chat_id: id.into(),
         created_at: "2026-01-01T00:00:00".into(),
         messages: vec![
-            Message { created_at: "2026-01-01T00:00:00".into(), role: Role::User, content: text.into() },
-            Message { created_at: "2026-01-01T00:00:01".into(), role: Role::Assistant, content: "ok".into() },
+            Message {
+                created_at: "2026-01-01T00:00:00".into(),
+                role: Role::User,
+                content: text.into(),
+            },
+            Message {
+                created_at: "2026-01-01T00:00:01".into(),
+                role: Role::Assistant,
+                content: "ok".into(),
+            },
         ],
         metadata: Default::default(),
     }
 }
 
 fn corpus(n: usize) -> Vec<Conversation> {
-    (0..n).map(|i| conversation(&format!("c{i}"), &format!("question {i} about {}", TOPICS[i % 3]))).collect()
+    (0..n)
+        .map(|i| {
+            conversation(
+                &format!("c{i}"),
+                &format!("question {i} about {}", TOPICS[i % 3]),
+            )
+        })
+        .collect()
 }
 
-fn full_run(dir: &std::path::Path, convs: &[Conversation], s: &ScriptedSummarizer, namer: &CountingNamer, cluster_param: usize) -> Vec<bool> {
+fn full_run(
+    dir: &std::path::Path,
+    convs: &[Conversation],
+    s: &ScriptedSummarizer,
+    namer: &CountingNamer,
+    cluster_param: usize,
+) -> Vec<bool> {
     let run = Run::open(dir, 7, Arc::new(NoProgress)).unwrap();
     vec![
         run.set_conversations(&[], convs, &[]).unwrap().reused,
         run.summarize(s).unwrap().reused,
         run.embed(&TopicEmbedder).unwrap().reused,
-        run.cluster(&ArgmaxClusterer { param: cluster_param }, namer).unwrap().reused,
+        run.cluster(
+            &ArgmaxClusterer {
+                param: cluster_param,
+            },
+            namer,
+        )
+        .unwrap()
+        .reused,
         run.build_hierarchy(&OneRoot, namer).unwrap().reused,
         run.project(&FirstTwo).unwrap().reused,
     ]
@@ -168,10 +238,13 @@ fn full_run(dir: &std::path::Path, convs: &[Conversation], s: &ScriptedSummarize
 fn a_complete_run_writes_kura_files_with_every_conversation_once() {
     let dir = tempfile::tempdir().unwrap();
     let s = ScriptedSummarizer::new("v1");
-    let namer = CountingNamer { calls: AtomicUsize::new(0) };
+    let namer = CountingNamer {
+        calls: AtomicUsize::new(0),
+    };
     full_run(dir.path(), &corpus(9), &s, &namer, 1);
 
-    let summaries: Vec<ConversationSummary> = store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
+    let summaries: Vec<ConversationSummary> =
+        store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
     assert_eq!(summaries.len(), 9);
     assert_eq!(summaries[0].metadata["conversation_turns"], 2);
     let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
@@ -179,11 +252,18 @@ fn a_complete_run_writes_kura_files_with_every_conversation_once() {
     let mut seen: Vec<String> = base.iter().flat_map(|c| c.chat_ids.clone()).collect();
     seen.sort();
     seen.dedup();
-    assert_eq!(seen.len(), 9, "every conversation is in exactly one base cluster");
-    assert!(base.iter().any(|c| c.name == "Discuss cooking" && c.count == 3));
+    assert_eq!(
+        seen.len(),
+        9,
+        "every conversation is in exactly one base cluster"
+    );
+    assert!(base
+        .iter()
+        .any(|c| c.name == "Discuss cooking" && c.count == 3));
     let all: Vec<Cluster> = store::read_jsonl(&dir.path().join(META_CLUSTERS)).unwrap();
     assert_eq!(all.iter().filter(|c| c.parent_id.is_none()).count(), 1);
-    let projected: Vec<ProjectedCluster> = store::read_jsonl(&dir.path().join(DIMENSIONALITY)).unwrap();
+    let projected: Vec<ProjectedCluster> =
+        store::read_jsonl(&dir.path().join(DIMENSIONALITY)).unwrap();
     let levels: HashMap<&str, usize> = projected.iter().map(|p| (p.id.as_str(), p.level)).collect();
     assert_eq!(levels["root"], 0);
     assert!(base.iter().all(|c| levels[c.id.as_str()] == 1));
@@ -195,10 +275,20 @@ fn a_complete_run_writes_kura_files_with_every_conversation_once() {
 fn a_second_run_reuses_everything_and_asks_no_model() {
     let dir = tempfile::tempdir().unwrap();
     let s = ScriptedSummarizer::new("v1");
-    let namer = CountingNamer { calls: AtomicUsize::new(0) };
-    assert!(full_run(dir.path(), &corpus(9), &s, &namer, 1).iter().skip(1).all(|r| !r));
-    let (summaries, names) = (s.calls.load(Ordering::SeqCst), namer.calls.load(Ordering::SeqCst));
-    assert!(full_run(dir.path(), &corpus(9), &s, &namer, 1).iter().all(|r| *r));
+    let namer = CountingNamer {
+        calls: AtomicUsize::new(0),
+    };
+    assert!(full_run(dir.path(), &corpus(9), &s, &namer, 1)
+        .iter()
+        .skip(1)
+        .all(|r| !r));
+    let (summaries, names) = (
+        s.calls.load(Ordering::SeqCst),
+        namer.calls.load(Ordering::SeqCst),
+    );
+    assert!(full_run(dir.path(), &corpus(9), &s, &namer, 1)
+        .iter()
+        .all(|r| *r));
     assert_eq!(s.calls.load(Ordering::SeqCst), summaries);
     assert_eq!(namer.calls.load(Ordering::SeqCst), names);
 }
@@ -207,7 +297,9 @@ fn a_second_run_reuses_everything_and_asks_no_model() {
 fn a_changed_parameter_recomputes_that_stage_and_after_but_not_before() {
     let dir = tempfile::tempdir().unwrap();
     let s = ScriptedSummarizer::new("v1");
-    let namer = CountingNamer { calls: AtomicUsize::new(0) };
+    let namer = CountingNamer {
+        calls: AtomicUsize::new(0),
+    };
     full_run(dir.path(), &corpus(9), &s, &namer, 1);
     let reused = full_run(dir.path(), &corpus(9), &s, &namer, 2);
     assert_eq!(reused, vec![true, true, true, false, false, false]);
@@ -216,26 +308,38 @@ fn a_changed_parameter_recomputes_that_stage_and_after_but_not_before() {
 #[test]
 fn a_changed_summariser_recomputes_summaries_instead_of_reusing_stale_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let namer = CountingNamer { calls: AtomicUsize::new(0) };
-    full_run(dir.path(), &corpus(6), &ScriptedSummarizer::new("v1"), &namer, 1);
+    let namer = CountingNamer {
+        calls: AtomicUsize::new(0),
+    };
+    full_run(
+        dir.path(),
+        &corpus(6),
+        &ScriptedSummarizer::new("v1"),
+        &namer,
+        1,
+    );
     let v2 = ScriptedSummarizer::new("v2");
     let reused = full_run(dir.path(), &corpus(6), &v2, &namer, 1);
     assert_eq!(reused, vec![true, false, false, false, false, false]);
     assert_eq!(v2.calls.load(Ordering::SeqCst), 6);
-    let summaries: Vec<ConversationSummary> = store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
+    let summaries: Vec<ConversationSummary> =
+        store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
     assert!(summaries.iter().all(|s| s.summary.starts_with("v2 ")));
 }
 
 #[test]
 fn a_grown_input_summarises_only_the_new_conversations() {
     let dir = tempfile::tempdir().unwrap();
-    let namer = CountingNamer { calls: AtomicUsize::new(0) };
+    let namer = CountingNamer {
+        calls: AtomicUsize::new(0),
+    };
     let s = ScriptedSummarizer::new("v1");
     full_run(dir.path(), &corpus(6), &s, &namer, 1);
     let s2 = ScriptedSummarizer::new("v1");
     full_run(dir.path(), &corpus(9), &s2, &namer, 1);
     assert_eq!(s2.calls.load(Ordering::SeqCst), 3);
-    let summaries: Vec<ConversationSummary> = store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
+    let summaries: Vec<ConversationSummary> =
+        store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
     assert_eq!(summaries.len(), 9);
 }
 
@@ -248,14 +352,25 @@ fn a_failed_summary_is_recorded_and_retried_next_time() {
     s.fail_on = Some("c2");
     let outcome = run.summarize(&s).unwrap();
     assert_eq!((outcome.count, outcome.failed), (3, 1));
-    let failed: Vec<serde_json::Value> = store::read_jsonl(&dir.path().join("failed.jsonl")).unwrap();
+    let failed: Vec<serde_json::Value> =
+        store::read_jsonl(&dir.path().join("failed.jsonl")).unwrap();
     assert_eq!(failed[0]["chat_id"], "c2");
-    assert!(failed[0]["reason"].as_str().unwrap().contains("scripted failure"));
+    assert!(failed[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("scripted failure"));
 
     let retry = ScriptedSummarizer::new("v1");
     let outcome = run.summarize(&retry).unwrap();
-    assert_eq!((outcome.count, outcome.failed, outcome.reused), (4, 0, false));
-    assert_eq!(retry.calls.load(Ordering::SeqCst), 1, "only the failed conversation is retried");
+    assert_eq!(
+        (outcome.count, outcome.failed, outcome.reused),
+        (4, 0, false)
+    );
+    assert_eq!(
+        retry.calls.load(Ordering::SeqCst),
+        1,
+        "only the failed conversation is retried"
+    );
     assert!(!dir.path().join("failed.jsonl").exists());
 }
 
@@ -277,8 +392,16 @@ fn an_empty_input_is_an_error_not_an_empty_run() {
 #[test]
 fn a_single_conversation_makes_a_one_cluster_tree() {
     let dir = tempfile::tempdir().unwrap();
-    let namer = CountingNamer { calls: AtomicUsize::new(0) };
-    full_run(dir.path(), &corpus(1), &ScriptedSummarizer::new("v1"), &namer, 1);
+    let namer = CountingNamer {
+        calls: AtomicUsize::new(0),
+    };
+    full_run(
+        dir.path(),
+        &corpus(1),
+        &ScriptedSummarizer::new("v1"),
+        &namer,
+        1,
+    );
     let all: Vec<Cluster> = store::read_jsonl(&dir.path().join(META_CLUSTERS)).unwrap();
     assert_eq!(all.iter().filter(|c| c.parent_id.is_none()).count(), 1);
     assert!(all.iter().all(|c| c.count == 1));
