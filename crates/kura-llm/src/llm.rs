@@ -163,7 +163,9 @@ impl LocalLlm {
     }
 
     pub(crate) fn decode(&self, ids: &[u32]) -> Result<String, LlmError> {
-        self.tokenizer.decode(ids, true).map_err(LlmError::tokenizer)
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(LlmError::tokenizer)
     }
 
     pub(crate) fn session(&self, temperature: f32, seed: u64) -> Session<'_> {
@@ -300,7 +302,13 @@ impl<'a> Session<'a> {
     pub(crate) fn choose(&self, candidates: &[u32]) -> Result<usize, LlmError> {
         let logits = self.logits()?;
         let scored = candidates.iter().enumerate().map(|(i, &id)| {
-            (i, logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY))
+            (
+                i,
+                logits
+                    .get(id as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY),
+            )
         });
         argmax(scored).map(|i| i as usize)
     }

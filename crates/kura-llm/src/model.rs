@@ -325,7 +325,10 @@ impl Model {
             ),
         };
         let (k, v) = match slot.take() {
-            Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
+            Some((past_k, past_v)) => (
+                Tensor::cat(&[&past_k, &k], 2)?,
+                Tensor::cat(&[&past_v, &v], 2)?,
+            ),
             None => (k, v),
         };
         *slot = Some((k.clone(), v.clone()));
@@ -365,16 +368,15 @@ fn single_query_attention(
 }
 
 fn tied_output(embedding: &Tensor, device: &Device) -> Result<Linear, LlmError> {
-    let quantized = if device.is_cpu()
-        && embedding.dim(D::Minus1)? % GgmlDType::Q8_0.block_size() == 0
-    {
-        Some(QMatMul::from_qtensor(QTensor::quantize(
-            embedding,
-            GgmlDType::Q8_0,
-        )?)?)
-    } else {
-        None
-    };
+    let quantized =
+        if device.is_cpu() && embedding.dim(D::Minus1)? % GgmlDType::Q8_0.block_size() == 0 {
+            Some(QMatMul::from_qtensor(QTensor::quantize(
+                embedding,
+                GgmlDType::Q8_0,
+            )?)?)
+        } else {
+            None
+        };
     Ok(Linear {
         dense: embedding.clone(),
         quantized,
@@ -389,7 +391,11 @@ fn rope_tables(
 ) -> Result<(Tensor, Tensor), LlmError> {
     let half = config.head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f32 / config.head_dim as f32))
+        .map(|i| {
+            1.0 / config
+                .rope_theta
+                .powf(2.0 * i as f32 / config.head_dim as f32)
+        })
         .collect();
     let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
     let positions = Tensor::arange(0u32, max_context as u32, device)?
@@ -408,7 +414,13 @@ fn causal_mask(count: usize, start: usize, device: &Device) -> candle_core::Resu
     let total = start + count;
     let values: Vec<f32> = (0..count)
         .flat_map(|i| {
-            (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 })
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
         })
         .collect();
     Tensor::from_vec(values, (count, total), device).map(Some)

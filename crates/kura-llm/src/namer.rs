@@ -40,14 +40,20 @@ impl LlmClusterNamer {
 
     pub fn name_cluster(&self, request: &NamingRequest) -> Result<ClusterName, LlmError> {
         if request.members.is_empty() {
-            return Err(LlmError::InvalidOutput("a cluster without members cannot be named".into()));
+            return Err(LlmError::InvalidOutput(
+                "a cluster without members cannot be named".into(),
+            ));
         }
         let prompt = self.prompt_session(request)?;
         let (cache, logits) = prompt.snapshot();
         let options = self.llm.options();
         let mut failures = Vec::new();
         for attempt in 0..ATTEMPTS {
-            let temperature = if attempt == 0 { options.temperature } else { RETRY_TEMPERATURE };
+            let temperature = if attempt == 0 {
+                options.temperature
+            } else {
+                RETRY_TEMPERATURE
+            };
             let mut session = Session::resume(
                 &self.llm,
                 cache.clone(),
@@ -87,10 +93,17 @@ impl LlmClusterNamer {
         }
         body.push_str("<group>\n");
         let mut used = count(&body)? + count(NAMING_REQUEST)? + 32;
-        let contrast_room = if request.contrast.is_empty() { 0 } else { room / CONTRAST_SHARE };
+        let contrast_room = if request.contrast.is_empty() {
+            0
+        } else {
+            room / CONTRAST_SHARE
+        };
         let member_room = room.saturating_sub(contrast_room);
         for member in &request.members {
-            let line = format!("- {}\n", truncate_middle(tokenizer, member.trim(), ITEM_TOKENS)?);
+            let line = format!(
+                "- {}\n",
+                truncate_middle(tokenizer, member.trim(), ITEM_TOKENS)?
+            );
             let cost = count(&line)?;
             if used + cost > member_room {
                 break;
@@ -102,7 +115,10 @@ impl LlmClusterNamer {
         if !request.contrast.is_empty() {
             body.push_str("<contrast>\n");
             for other in &request.contrast {
-                let line = format!("- {}\n", truncate_middle(tokenizer, other.trim(), ITEM_TOKENS)?);
+                let line = format!(
+                    "- {}\n",
+                    truncate_middle(tokenizer, other.trim(), ITEM_TOKENS)?
+                );
                 let cost = count(&line)?;
                 if used + cost > room {
                     break;
@@ -129,6 +145,9 @@ fn validate(name: &str, description: &str) -> Result<(), String> {
     }
     if words > MAX_NAME_WORDS {
         return Err(format!("name has {words} words: {name:?}"));
+    }
+    if description.trim_end_matches('.').eq_ignore_ascii_case(name) {
+        return Err(format!("description repeats the name: {description:?}"));
     }
     if description.split_whitespace().count() < 3 {
         return Err(format!("description too short: {description:?}"));

@@ -4,7 +4,7 @@
 //! results made with the old prompt are recomputed.
 
 pub const SUMMARY_PROMPT_VERSION: &str = "summary-v1";
-pub const NAMING_PROMPT_VERSION: &str = "naming-v1";
+pub const NAMING_PROMPT_VERSION: &str = "naming-v2";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\
 You read a conversation between a user and an AI assistant and describe it as JSON with these fields:
@@ -29,7 +29,8 @@ pub(crate) const NAMING_SYSTEM: &str = "\
 You name a group of similar conversations between users and an AI assistant.
 You see short descriptions of the conversations in the group, and some from outside the group for contrast.
 Answer as JSON with these fields:
-- name: an imperative sentence of at most ten words saying what the users asked for, specific enough to tell this group from the others. Examples: \"Debug Rust borrow checker errors\", \"Write cover letters for job applications\".
+- name: an imperative sentence of at most ten words saying what the users asked for, specific enough to tell this group from the others.
+  Start with a verb (\"Write…\", \"Fix…\", \"Explain…\") and name the subject of these conversations, not of any example.
 - description: two sentences in the past tense: what the users in this group asked for, and what sets them apart from the contrast conversations.
 Privacy: never write names of people, places or companies, nor any detail that could identify someone.";
 

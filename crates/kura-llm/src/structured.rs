@@ -132,7 +132,11 @@ fn clean_value(raw: &str) -> String {
 /// Splits a generated list: on semicolons, or on commas when there are none (and on
 /// " and "); "none"-like entries are dropped, so "none" is the empty list.
 pub(crate) fn split_list(value: &str) -> Vec<String> {
-    let separator: &[char] = if value.contains(';') { &[';'] } else { &[',', ';'] };
+    let separator: &[char] = if value.contains(';') {
+        &[';']
+    } else {
+        &[',', ';']
+    };
     let mut items: Vec<String> = Vec::new();
     for part in value.split(separator).flat_map(|p| p.split(" and ")) {
         let item = part
@@ -172,7 +176,10 @@ mod tests {
     fn split_list_handles_separators_and_none() {
         assert_eq!(split_list("English, French"), ["English", "French"]);
         assert_eq!(split_list("english and spanish."), ["english", "spanish"]);
-        assert_eq!(split_list("wrong date; missed a, b case"), ["wrong date", "missed a, b case"]);
+        assert_eq!(
+            split_list("wrong date; missed a, b case"),
+            ["wrong date", "missed a, b case"]
+        );
         assert!(split_list("none").is_empty());
         assert!(split_list("None.").is_empty());
         assert_eq!(split_list("english, English"), ["english"]);

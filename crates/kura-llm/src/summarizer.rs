@@ -24,8 +24,12 @@ const TASK_TOKENS: usize = 40;
 const LANGUAGE_TOKENS: usize = 16;
 const ERROR_TOKENS: usize = 48;
 const SKELETON_TOKENS: usize = 96;
-const RESERVED_TOKENS: usize =
-    SUMMARY_TOKENS + REQUEST_TOKENS + TASK_TOKENS + LANGUAGE_TOKENS + ERROR_TOKENS + SKELETON_TOKENS;
+const RESERVED_TOKENS: usize = SUMMARY_TOKENS
+    + REQUEST_TOKENS
+    + TASK_TOKENS
+    + LANGUAGE_TOKENS
+    + ERROR_TOKENS
+    + SKELETON_TOKENS;
 /// Below this, there is no room to show the conversation at all.
 const MIN_TRANSCRIPT_TOKENS: usize = 64;
 
@@ -49,7 +53,10 @@ impl LlmSummarizer {
     }
 
     /// The facets of one conversation, or why none could be written.
-    pub fn summarize_one(&self, conversation: &Conversation) -> Result<ConversationSummary, LlmError> {
+    pub fn summarize_one(
+        &self,
+        conversation: &Conversation,
+    ) -> Result<ConversationSummary, LlmError> {
         if conversation.messages.is_empty() {
             return Err(LlmError::InvalidOutput(format!(
                 "conversation {} has no messages",
@@ -61,7 +68,11 @@ impl LlmSummarizer {
         let options = self.llm.options();
         let mut failures = Vec::new();
         for attempt in 0..ATTEMPTS {
-            let temperature = if attempt == 0 { options.temperature } else { RETRY_TEMPERATURE };
+            let temperature = if attempt == 0 {
+                options.temperature
+            } else {
+                RETRY_TEMPERATURE
+            };
             let mut session = Session::resume(
                 &self.llm,
                 cache.clone(),
@@ -84,8 +95,16 @@ impl LlmSummarizer {
 
     /// The conversation as the model is shown it, fitted into `budget` tokens: the
     /// opening request and the latest turns, with a marker where messages were left out.
-    pub fn transcript(&self, conversation: &Conversation, budget: usize) -> Result<String, LlmError> {
-        fit_transcript(self.llm.chat().text_tokenizer(), &turns(conversation), budget)
+    pub fn transcript(
+        &self,
+        conversation: &Conversation,
+        budget: usize,
+    ) -> Result<String, LlmError> {
+        fit_transcript(
+            self.llm.chat().text_tokenizer(),
+            &turns(conversation),
+            budget,
+        )
     }
 
     /// A session that has read the whole prompt, up to the opening of the answer.
@@ -102,7 +121,9 @@ impl LlmSummarizer {
             ids.extend(chat.open(ChatRole::Assistant)?);
             Ok(ids)
         };
-        let room = llm.max_context().saturating_sub(session_len(&session, llm) + RESERVED_TOKENS);
+        let room = llm
+            .max_context()
+            .saturating_sub(session_len(&session, llm) + RESERVED_TOKENS);
         let mut budget = room.saturating_sub(wrap("")?.len());
         loop {
             if budget < MIN_TRANSCRIPT_TOKENS {
@@ -243,7 +264,10 @@ impl Summarizer for LlmSummarizer {
         )
     }
 
-    fn summarize(&self, conversations: &[Conversation]) -> Vec<Result<ConversationSummary, BoxError>> {
+    fn summarize(
+        &self,
+        conversations: &[Conversation],
+    ) -> Vec<Result<ConversationSummary, BoxError>> {
         conversations
             .iter()
             .map(|c| self.summarize_one(c).map_err(BoxError::from))

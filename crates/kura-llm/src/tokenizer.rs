@@ -5,7 +5,6 @@
 //! pre-tokenizer follows `tokenizer.ggml.pre` the way the Hugging Face tokenizer.json of
 //! each model family does.
 
-
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::unicode::NFC;

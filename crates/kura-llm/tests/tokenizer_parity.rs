@@ -19,8 +19,18 @@ fn assert_parity(model: &str, reference: &str) {
     let mut rows = 0;
     for (line, json) in text.lines().enumerate() {
         let row: Row = serde_json::from_str(json).unwrap_or_else(|e| panic!("{path}:{line}: {e}"));
-        let ids = tokenizer.encode(row.text.as_str(), false).expect("encode").get_ids().to_vec();
-        assert_eq!(ids, row.ids, "{model}, {path} line {}: {:?}", line + 1, row.text);
+        let ids = tokenizer
+            .encode(row.text.as_str(), false)
+            .expect("encode")
+            .get_ids()
+            .to_vec();
+        assert_eq!(
+            ids,
+            row.ids,
+            "{model}, {path} line {}: {:?}",
+            line + 1,
+            row.text
+        );
         rows += 1;
     }
     assert!(rows > 0, "{path} has no rows");

@@ -35,8 +35,12 @@ pub fn llm(name: &str) -> Arc<LocalLlm> {
     loaded
         .entry(name.to_string())
         .or_insert_with(|| {
-            let llm = LocalLlm::load(&gguf(name), &candle_core::Device::Cpu, LlmOptions::default())
-                .unwrap_or_else(|e| panic!("cannot load {name}: {e}"));
+            let llm = LocalLlm::load(
+                &gguf(name),
+                &candle_core::Device::Cpu,
+                LlmOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("cannot load {name}: {e}"));
             Arc::new(llm.with_model_id(name.to_string()))
         })
         .clone()
@@ -53,10 +57,47 @@ pub fn arena_conversations(indices: &[usize]) -> Vec<Conversation> {
 }
 
 const STOPWORDS: &[&str] = &[
-    "the", "user", "users", "assistant", "asked", "asks", "asking", "wants", "want", "that", "this",
-    "with", "about", "from", "which", "what", "provided", "provide", "provides", "request",
-    "requested", "help", "helped", "their", "them", "they", "have", "into", "some", "write",
-    "wrote", "explain", "explained", "for", "and", "how", "was", "were", "can", "you", "your",
+    "the",
+    "user",
+    "users",
+    "assistant",
+    "asked",
+    "asks",
+    "asking",
+    "wants",
+    "want",
+    "that",
+    "this",
+    "with",
+    "about",
+    "from",
+    "which",
+    "what",
+    "provided",
+    "provide",
+    "provides",
+    "request",
+    "requested",
+    "help",
+    "helped",
+    "their",
+    "them",
+    "they",
+    "have",
+    "into",
+    "some",
+    "write",
+    "wrote",
+    "explain",
+    "explained",
+    "for",
+    "and",
+    "how",
+    "was",
+    "were",
+    "can",
+    "you",
+    "your",
 ];
 
 fn content_words(text: &str) -> HashSet<String> {
@@ -76,8 +117,14 @@ pub fn assert_valid_summary(conversation: &Conversation, summary: &ConversationS
     }
     let languages = summary.languages.as_deref().unwrap_or_default();
     assert!(languages.iter().any(|l| l == "english"), "{context}");
-    assert!(summary.request.as_deref().is_some_and(|r| !r.is_empty()), "{context}");
-    assert!(summary.task.as_deref().is_some_and(|t| !t.is_empty()), "{context}");
+    assert!(
+        summary.request.as_deref().is_some_and(|r| !r.is_empty()),
+        "{context}"
+    );
+    assert!(
+        summary.task.as_deref().is_some_and(|t| !t.is_empty()),
+        "{context}"
+    );
     assert!(summary.assistant_errors.is_some(), "{context}");
     let conversation_words: HashSet<String> = conversation
         .messages
@@ -87,6 +134,8 @@ pub fn assert_valid_summary(conversation: &Conversation, summary: &ConversationS
     let shared = content_words(&summary.summary)
         .intersection(&conversation_words)
         .count();
-    assert!(shared > 0, "summary shares no content word with the conversation: {context}");
+    assert!(
+        shared > 0,
+        "summary shares no content word with the conversation: {context}"
+    );
 }
-
