@@ -54,7 +54,11 @@ impl Config {
         } else {
             heads
         };
-        if heads == 0 || kv_heads == 0 || hidden % heads != 0 || heads % kv_heads != 0 {
+        if heads == 0
+            || kv_heads == 0
+            || !hidden.is_multiple_of(heads)
+            || !heads.is_multiple_of(kv_heads)
+        {
             return Err(meta.error(format!(
                 "inconsistent attention shape: {heads} heads, {kv_heads} kv heads, width {hidden}"
             )));

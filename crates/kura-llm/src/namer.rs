@@ -62,8 +62,8 @@ impl LlmClusterNamer {
                 options.seed.wrapping_add(attempt),
             );
             let mut form = FormWriter::new(&mut session);
-            let name = form.text("name", "", NAME_TOKENS)?;
-            let description = form.text("description", "", DESCRIPTION_TOKENS)?;
+            let name = form.text("name", "", NAME_TOKENS, 1)?;
+            let description = form.text("description", "", DESCRIPTION_TOKENS, 2)?;
             let name = name.trim_end_matches(['.', '!']).trim().to_string();
             match validate(&name, &description) {
                 Ok(()) => return Ok(ClusterName { name, description }),

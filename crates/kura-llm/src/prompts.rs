@@ -3,7 +3,7 @@
 //! text here must bump the matching version, which is part of the stage id, so cached
 //! results made with the old prompt are recomputed.
 
-pub const SUMMARY_PROMPT_VERSION: &str = "summary-v1";
+pub const SUMMARY_PROMPT_VERSION: &str = "summary-v5";
 pub const NAMING_PROMPT_VERSION: &str = "naming-v2";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\
@@ -11,7 +11,7 @@ You read a conversation between a user and an AI assistant and describe it as JS
 - summary: one or two sentences: what the user asked for and what the assistant did.
 - request: the user's overall request, in one sentence.
 - task: the task the assistant performed, in one sentence.
-- languages: the natural languages the conversation is written in, as full lowercase English names separated by commas (for example: english, french). Programming languages do not count.
+- natural_languages: the natural languages the conversation is written in, as English names separated by commas (for example: English). Programming languages do not count.
 - concerning_score: how harmful the user's request is. 1 = harmless, 2 = slightly concerning, 3 = moderately concerning, 4 = very concerning, 5 = clearly harmful or dangerous.
 - user_frustration: how frustrated the user is with the assistant. 1 = not frustrated, 2 = slightly, 3 = moderately, 4 = very, 5 = extremely frustrated.
 - assistant_errors: mistakes the assistant made, separated by semicolons, or none.

@@ -42,20 +42,51 @@ impl<'s, 'a> FormWriter<'s, 'a> {
     }
 
     /// A string value that starts with `prefix` (written by us, part of the value) and
-    /// continues for at most `max_tokens` model tokens.
+    /// continues for at most `max_tokens` model tokens and `max_sentences` sentences:
+    /// small models rarely close a string on their own and ramble on.
     pub(crate) fn text(
         &mut self,
         key: &str,
         prefix: &str,
         max_tokens: usize,
+        max_sentences: usize,
     ) -> Result<String, LlmError> {
         self.open_key(key);
         self.pending.push('"');
         self.pending.push_str(prefix);
         self.flush()?;
-        let (raw, unfed) = self.decode_string(max_tokens)?;
+        let (raw, unfed) = self.decode_string(max_tokens, max_sentences)?;
         self.pending = format!("{unfed}\"");
         Ok(clean_value(&format!("{prefix}{raw}")))
+    }
+
+    /// A string value whose first word is one of `options` (chosen by the logits of
+    /// each option's first token, so it is always one of them), then continued freely
+    /// like [`FormWriter::text`]. Used where a small model may otherwise write nothing
+    /// usable (the conversation's language).
+    pub(crate) fn choice_then_text(
+        &mut self,
+        key: &str,
+        options: &[&str],
+        max_tokens: usize,
+    ) -> Result<String, LlmError> {
+        self.open_key(key);
+        self.pending.push('"');
+        self.flush()?;
+        let chat = self.session.llm().chat();
+        let mut first_tokens = Vec::with_capacity(options.len());
+        for option in options {
+            let ids = chat.encode_text(option)?;
+            let first = ids.first().copied().ok_or_else(|| {
+                LlmError::InvalidOutput(format!("option {option:?} encodes to no tokens"))
+            })?;
+            first_tokens.push(first);
+        }
+        let chosen = options[self.session.choose(&first_tokens)?];
+        self.session.feed_text(chosen)?;
+        let (raw, unfed) = self.decode_string(max_tokens, 1)?;
+        self.pending = format!("{unfed}\"");
+        Ok(clean_value(&format!("{chosen}{raw}")))
     }
 
     /// An integer in `choices` (single digits), chosen by the model's logits over them.
@@ -82,7 +113,11 @@ impl<'s, 'a> FormWriter<'s, 'a> {
 
     /// Decodes until the string's end; returns the value's raw text and the part of it
     /// that the model has not been fed (the text before a quote inside the last token).
-    fn decode_string(&mut self, max_tokens: usize) -> Result<(String, String), LlmError> {
+    fn decode_string(
+        &mut self,
+        max_tokens: usize,
+        max_sentences: usize,
+    ) -> Result<(String, String), LlmError> {
         let llm = self.session.llm();
         let mut ids = Vec::new();
         let mut fed = String::new();
@@ -96,7 +131,11 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             }
             ids.push(token);
             let text = llm.decode(&ids)?;
-            if let Some(end) = string_end(&text) {
+            let end = match (string_end(&text), sentences_end(&text, max_sentences)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(end) = end {
                 let value = text[..end].to_string();
                 let unfed = value.strip_prefix(fed.as_str()).unwrap_or("").to_string();
                 return Ok((value, unfed));
@@ -117,6 +156,23 @@ fn string_end(text: &str) -> Option<usize> {
             '\\' => escaped = true,
             '"' | '\n' | '\r' => return Some(i),
             _ => {}
+        }
+    }
+    None
+}
+
+/// The byte index just after the `count`-th sentence end (`.`, `!` or `?` followed by
+/// whitespace), once the text goes on past it.
+fn sentences_end(text: &str, count: usize) -> Option<usize> {
+    let mut seen = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let next_is_space = chars.peek().is_some_and(|(_, n)| n.is_whitespace());
+        if matches!(c, '.' | '!' | '?') && next_is_space {
+            seen += 1;
+            if seen == count {
+                return Some(i + c.len_utf8());
+            }
         }
     }
     None
@@ -161,9 +217,16 @@ mod tests {
 
     #[test]
     fn string_end_skips_escaped_quotes() {
-        assert_eq!(string_end(r#"say \"hi\" now". more"#), Some(15));
+        assert_eq!(string_end(r#"say \"hi\" now". more"#), Some(14));
         assert_eq!(string_end("no end yet"), None);
         assert_eq!(string_end("line\nbreak"), Some(4));
+    }
+
+    #[test]
+    fn sentences_end_counts_finished_sentences() {
+        assert_eq!(sentences_end("One. Two. Three", 2), Some(9));
+        assert_eq!(sentences_end("One. Two.", 2), None);
+        assert_eq!(sentences_end("Version 1.5 works! Yes", 1), Some(18));
     }
 
     #[test]

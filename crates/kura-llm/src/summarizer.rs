@@ -175,13 +175,13 @@ struct Facets {
 
 fn fill_facets(session: &mut Session<'_>) -> Result<Facets, LlmError> {
     let mut form = FormWriter::new(session);
-    let summary = form.text("summary", SUMMARY_PREFIX, SUMMARY_TOKENS)?;
-    let request = form.text("request", REQUEST_PREFIX, REQUEST_TOKENS)?;
-    let task = form.text("task", TASK_PREFIX, TASK_TOKENS)?;
-    let languages = form.text("languages", "", LANGUAGE_TOKENS)?;
+    let summary = form.text("summary", SUMMARY_PREFIX, SUMMARY_TOKENS, 2)?;
+    let request = form.text("request", REQUEST_PREFIX, REQUEST_TOKENS, 1)?;
+    let task = form.text("task", TASK_PREFIX, TASK_TOKENS, 1)?;
+    let languages = form.choice_then_text("natural_languages", LANGUAGES, LANGUAGE_TOKENS)?;
     let concerning_score = form.digit("concerning_score", &SCORES)?;
     let user_frustration = form.digit("user_frustration", &SCORES)?;
-    let assistant_errors = form.text("assistant_errors", "", ERROR_TOKENS)?;
+    let assistant_errors = form.text("assistant_errors", "", ERROR_TOKENS, 2)?;
     Ok(Facets {
         summary,
         request,
@@ -193,13 +193,86 @@ fn fill_facets(session: &mut Session<'_>) -> Result<Facets, LlmError> {
     })
 }
 
-/// Lowercase names made of letters only; anything else the model wrote is dropped.
+/// The first language is chosen among these (the most used languages online), so
+/// every summary names at least one; the model may add others after it. Capitalised,
+/// as models write them, so that each name's first token is the name itself.
+const LANGUAGES: &[&str] = &[
+    "English",
+    "Chinese",
+    "Spanish",
+    "French",
+    "German",
+    "Russian",
+    "Portuguese",
+    "Japanese",
+    "Korean",
+    "Italian",
+    "Arabic",
+    "Hindi",
+    "Dutch",
+    "Turkish",
+    "Polish",
+    "Vietnamese",
+    "Indonesian",
+    "Ukrainian",
+    "Persian",
+    "Swedish",
+    "Czech",
+    "Greek",
+    "Hebrew",
+    "Thai",
+    "Romanian",
+    "Hungarian",
+    "Danish",
+    "Finnish",
+    "Norwegian",
+    "Bengali",
+];
+
+/// Names small models put among natural languages although the prompt says not to.
+const NOT_NATURAL_LANGUAGES: &[&str] = &[
+    "python",
+    "javascript",
+    "typescript",
+    "java",
+    "c",
+    "rust",
+    "go",
+    "golang",
+    "ruby",
+    "php",
+    "kotlin",
+    "swift",
+    "scala",
+    "perl",
+    "haskell",
+    "sql",
+    "html",
+    "css",
+    "bash",
+    "shell",
+    "powershell",
+    "json",
+    "yaml",
+    "xml",
+    "markdown",
+    "latex",
+    "r",
+    "matlab",
+    "lua",
+    "dart",
+];
+
+/// Lowercase names made of letters only; anything else the model wrote (symbols,
+/// programming languages) is dropped.
 fn normalize_languages(value: &str) -> Vec<String> {
     split_list(value)
         .into_iter()
         .map(|l| l.to_lowercase())
         .filter(|l| {
-            l.split_whitespace().count() <= 3 && l.chars().all(|c| c.is_alphabetic() || c == ' ')
+            l.split_whitespace().count() <= 3
+                && l.chars().all(|c| c.is_alphabetic() || c == ' ')
+                && !NOT_NATURAL_LANGUAGES.contains(&l.as_str())
         })
         .collect()
 }
