@@ -20,7 +20,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::loaders::conversation_fingerprint;
 use crate::matrix::Matrix;
 use crate::store::{self, fingerprint, Journal};
-use crate::text::slugify;
+use crate::text::{slugify, truncate_chars};
 use crate::traits::{
     ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest, Reducer,
     Summarizer,
@@ -391,7 +391,7 @@ impl Run {
             };
             let name = namer
                 .name(&request)
-                .map_err(|e| Error::backend("clusters", e))?;
+                .unwrap_or_else(|e| name_from_central_member(&request, &e));
             let chat_ids: Vec<String> = members
                 .iter()
                 .map(|&i| summaries[i].chat_id.clone())
@@ -663,6 +663,31 @@ impl Run {
         store::write_json(&self.path(RUN_JSON), &*manifest)
     }
 }
+
+/// A namer that fails (a small model that keeps writing an invalid name) must not
+/// lose the run's summaries and embeddings: the cluster is named after its most
+/// central summary instead, and the reason is logged so the user can rerun
+/// `kura stage clusters` with a stronger model. Names are not journaled on
+/// failure, so that rerun asks again.
+fn name_from_central_member(request: &NamingRequest, error: &BoxError) -> ClusterName {
+    tracing::warn!("naming a cluster failed ({error}); using its most central summary");
+    let central = request.members.first().map(String::as_str).unwrap_or("");
+    let words: Vec<&str> = central.split_whitespace().collect();
+    let name = match words.len() {
+        0 => "Unnamed conversations".to_string(),
+        n if n <= NAME_FALLBACK_WORDS => central.trim_end_matches('.').to_string(),
+        _ => format!("{}…", words[..NAME_FALLBACK_WORDS].join(" ")),
+    };
+    ClusterName {
+        name,
+        description: format!(
+            "Named after its most central summary because the namer failed: {}",
+            truncate_chars(central, 400)
+        ),
+    }
+}
+
+const NAME_FALLBACK_WORDS: usize = 10;
 
 /// How many members and outside neighbours a namer is shown.
 const NAMING_MEMBERS: usize = 10;

@@ -406,3 +406,37 @@ fn a_single_conversation_makes_a_one_cluster_tree() {
     assert_eq!(all.iter().filter(|c| c.parent_id.is_none()).count(), 1);
     assert!(all.iter().all(|c| c.count == 1));
 }
+
+/// A namer that never produces a valid name, as a weak model sometimes does.
+struct FailingNamer;
+
+impl ClusterNamer for FailingNamer {
+    fn id(&self) -> String {
+        "failing-namer".into()
+    }
+    fn name(&self, _: &NamingRequest) -> Result<ClusterName, BoxError> {
+        Err("no valid cluster name after 3 attempts".into())
+    }
+}
+
+#[test]
+fn a_failing_namer_names_clusters_after_a_central_summary_instead_of_failing_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    run.set_conversations(&[], &corpus(9), &[]).unwrap();
+    run.summarize(&ScriptedSummarizer::new("v1")).unwrap();
+    run.embed(&TopicEmbedder).unwrap();
+    run.cluster(&ArgmaxClusterer { param: 1 }, &FailingNamer)
+        .unwrap();
+
+    let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
+    assert_eq!(base.len(), 3);
+    for cluster in &base {
+        let topic = TOPICS
+            .iter()
+            .find(|t| cluster.name.contains(*t))
+            .unwrap_or_else(|| panic!("fallback name {:?} names no topic", cluster.name));
+        assert!(cluster.description.contains("namer failed"));
+        assert!(cluster.description.contains(topic));
+    }
+}
