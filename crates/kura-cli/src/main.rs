@@ -255,13 +255,14 @@ fn load_input(args: &InputArgs) -> Result<loaders::Loaded> {
         .format
         .parse()
         .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
-    let mut mapping = FieldMapping::default();
-    mapping.id = args.id_field.clone();
-    mapping.messages = args.messages_field.clone();
-    mapping.role = args.role_field.clone();
-    mapping.content = args.content_field.clone();
-    mapping.text = args.text_field.clone();
-    mapping.created_at = args.created_at_field.clone();
+    let mapping = FieldMapping {
+        id: args.id_field.clone(),
+        messages: args.messages_field.clone(),
+        role: args.role_field.clone(),
+        content: args.content_field.clone(),
+        text: args.text_field.clone(),
+        created_at: args.created_at_field.clone(),
+    };
     let options = LoadOptions {
         format,
         mapping,
@@ -295,7 +296,11 @@ fn run(args: RunArgs) -> Result<()> {
     outcomes.push(run.embed(backends.embedder()?.as_ref())?);
     let namer = backends.namer()?;
     outcomes.push(run.cluster(backends.clusterer().as_ref(), namer.as_ref())?);
-    outcomes.push(run.build_hierarchy(backends.hierarchy().as_ref(), namer.as_ref())?);
+    outcomes.push(run.build_hierarchy(
+        backends.hierarchy().as_ref(),
+        namer.as_ref(),
+        backends.embedder()?.as_ref(),
+    )?);
     outcomes.push(run.project(backends.reducer().as_ref())?);
     run.set_config(serde_json::to_value(&config)?, backends.models_record())?;
     finish(&run, &reporter, &outcomes)
@@ -323,9 +328,11 @@ fn stage(args: StageArgs) -> Result<()> {
         StageName::Clusters => {
             run.cluster(backends.clusterer().as_ref(), backends.namer()?.as_ref())?
         }
-        StageName::Hierarchy => {
-            run.build_hierarchy(backends.hierarchy().as_ref(), backends.namer()?.as_ref())?
-        }
+        StageName::Hierarchy => run.build_hierarchy(
+            backends.hierarchy().as_ref(),
+            backends.namer()?.as_ref(),
+            backends.embedder()?.as_ref(),
+        )?,
         StageName::Map => run.project(backends.reducer().as_ref())?,
     };
     finish(&run, &reporter, &[outcome])

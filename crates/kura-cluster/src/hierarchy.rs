@@ -1,21 +1,26 @@
 //! Clio's hierarchy: base clusters are grouped into fewer, broader parents, round
 //! after round, until at most `top_clusters` roots remain.
 //!
-//! Each round embeds the current level's clusters (their normalised mean vectors),
-//! groups them with k-means into about `1/ratio` as many groups, and names each
-//! group's parent from its children's names with the cluster namer, shown the
-//! nearest clusters outside the group for contrast. Every round is guaranteed to
-//! shrink the level, so the loop always ends with one forest.
+//! Each round aims for about `1/ratio` as many clusters as the level below. When
+//! the namer can, the round follows Clio (see [`crate::parents`]): candidate
+//! parents proposed per neighbourhood, de-duplicated, and every cluster placed
+//! under one of them by the model's choice from a list. When the namer declines,
+//! or its grouping would not shrink the level, the round groups the clusters'
+//! normalised mean vectors with k-means instead. Either way each parent is then
+//! named from its actual children, shown the nearest clusters outside the group
+//! for contrast. Every round shrinks the level, so the loop always ends with one
+//! forest.
 
 use std::collections::HashSet;
 
 use kura_core::text::slugify;
 use kura_core::NamingRequest;
-use kura_core::{BoxError, Cluster, ClusterName, ClusterNamer, HierarchyBuilder, Matrix};
+use kura_core::{BoxError, Cluster, ClusterName, ClusterNamer, Embedder, HierarchyBuilder, Matrix};
 use sha2::{Digest, Sha256};
 
 use crate::error::ClusterError;
 use crate::kmeans::kmeans;
+use crate::parents::{group_by_model, LevelView};
 use crate::vector::{check_finite, nearest_rows, normalized_mean, normalized_rows};
 
 /// Neighbouring clusters shown to the namer as contrast.
@@ -53,7 +58,7 @@ impl HierarchyBuilder for ClioHierarchy {
             .levels
             .map_or_else(|| "auto".to_string(), |l| l.to_string());
         format!(
-            "clio-hierarchy-v1(top={},levels={levels},ratio={},restarts={RESTARTS},max_iter={MAX_ITER})",
+            "clio-hierarchy-v2(top={},levels={levels},ratio={},restarts={RESTARTS},max_iter={MAX_ITER})",
             self.top_clusters, self.ratio
         )
     }
@@ -63,9 +68,10 @@ impl HierarchyBuilder for ClioHierarchy {
         base: Vec<Cluster>,
         base_vectors: &Matrix,
         namer: &dyn ClusterNamer,
+        embedder: &dyn Embedder,
         seed: u64,
     ) -> Result<Vec<Cluster>, BoxError> {
-        Ok(self.build_tree(base, base_vectors, namer, seed)?)
+        Ok(self.build_tree(base, base_vectors, namer, embedder, seed)?)
     }
 }
 
@@ -115,6 +121,7 @@ impl ClioHierarchy {
         base: Vec<Cluster>,
         base_vectors: &Matrix,
         namer: &dyn ClusterNamer,
+        embedder: &dyn Embedder,
         seed: u64,
     ) -> Result<Vec<Cluster>, ClusterError> {
         self.validate(&base, base_vectors)?;
@@ -126,7 +133,7 @@ impl ClioHierarchy {
         let mut round = 0;
         while level.clusters.len() > self.top_clusters && self.levels.is_none_or(|l| round < l) {
             round += 1;
-            level = self.group_level(&mut all, &level, namer, seed, round)?;
+            level = self.group_level(&mut all, &level, namer, embedder, seed, round)?;
         }
         Ok(all)
     }
@@ -145,27 +152,39 @@ impl ClioHierarchy {
         all: &mut Vec<Cluster>,
         level: &Level,
         namer: &dyn ClusterNamer,
+        embedder: &dyn Embedder,
         seed: u64,
         round: usize,
     ) -> Result<Level, ClusterError> {
         let n = level.clusters.len();
         let m = self.target_groups(n);
-        let fit = kmeans(
-            &level.vectors,
-            m,
-            round_seed(seed, round),
-            RESTARTS,
-            MAX_ITER,
-        )?;
-        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); fit.centroids.rows()];
-        for (member, &label) in fit.labels.iter().enumerate() {
-            groups[label].push(member);
-        }
+        let view = LevelView::new(all, &level.clusters, &level.vectors);
+        let groups = match group_by_model(&view, m, namer, embedder, round_seed(seed, round)) {
+            Ok((groups, report)) if groups.len() < n => {
+                tracing::info!(
+                    "hierarchy round {round}: {n} clusters into {} by the model \
+                     ({} candidates, {} after de-duplication, {} placed by embeddings)",
+                    groups.len(),
+                    report.candidates,
+                    report.after_dedup,
+                    report.fallback_assignments
+                );
+                groups
+            }
+            Ok((groups, _)) => {
+                tracing::warn!(
+                    "hierarchy round {round}: the model's {} parents would not shrink {n} \
+                     clusters; grouping by embeddings",
+                    groups.len()
+                );
+                self.group_by_embeddings(level, m, seed, round)?
+            }
+            Err(e) => {
+                tracing::info!("hierarchy round {round}: grouping by embeddings ({e})");
+                self.group_by_embeddings(level, m, seed, round)?
+            }
+        };
         assert!(groups.len() < n, "a hierarchy round must shrink the level");
-        tracing::info!(
-            "hierarchy round {round}: {n} clusters into {}",
-            groups.len()
-        );
 
         let mut parents = Vec::with_capacity(groups.len());
         let mut vectors = Vec::with_capacity(groups.len());
@@ -185,6 +204,30 @@ impl ClioHierarchy {
             clusters: parents,
             vectors: Matrix::from_rows(&vectors).unwrap_or_default(),
         })
+    }
+
+    /// k-means on the level's vectors into `m` groups (fewer than the level, since
+    /// `m < n`), the fallback that always shrinks.
+    fn group_by_embeddings(
+        &self,
+        level: &Level,
+        m: usize,
+        seed: u64,
+        round: usize,
+    ) -> Result<Vec<Vec<usize>>, ClusterError> {
+        let fit = kmeans(
+            &level.vectors,
+            m,
+            round_seed(seed, round),
+            RESTARTS,
+            MAX_ITER,
+        )?;
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); fit.centroids.rows()];
+        for (member, &label) in fit.labels.iter().enumerate() {
+            groups[label].push(member);
+        }
+        groups.retain(|g| !g.is_empty());
+        Ok(groups)
     }
 
     /// The parent's name: a single child's own, otherwise the namer's; when the namer

@@ -16,6 +16,7 @@ mod error;
 mod hierarchy;
 mod kmeans;
 pub mod metrics;
+mod parents;
 mod pca;
 mod vector;
 

@@ -5,8 +5,35 @@ use std::sync::Mutex;
 
 use kura_cluster::{ClioHierarchy, ClusterError};
 use kura_core::{
-    BoxError, Cluster, ClusterName, ClusterNamer, HierarchyBuilder, Matrix, NamingRequest,
+    BoxError, ChoiceRequest, Cluster, ClusterName, ClusterNamer, Embedder, HierarchyBuilder,
+    Matrix, NamingRequest, ProposalRequest,
 };
+
+/// Embeds a text as hashed word counts: texts that share words are similar.
+struct WordEmbedder;
+
+impl Embedder for WordEmbedder {
+    fn id(&self) -> String {
+        "words".into()
+    }
+    fn dim(&self) -> usize {
+        16
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Matrix, BoxError> {
+        let rows: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|text| {
+                let mut row = vec![0.0f32; 16];
+                for word in text.split_whitespace() {
+                    let h = word.bytes().fold(7usize, |h, b| h * 31 + usize::from(b));
+                    row[h % 16] += 1.0;
+                }
+                row
+            })
+            .collect();
+        Ok(Matrix::from_rows(&rows).unwrap())
+    }
+}
 
 /// Names a group from a hash of its members, so names are deterministic and distinct,
 /// and records every request it was sent.
@@ -137,7 +164,7 @@ fn builds_a_valid_forest() {
         ..ClioHierarchy::default()
     };
     let tree = builder
-        .build(clusters.clone(), &vectors, &namer, 1)
+        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 1)
         .unwrap();
     assert!(tree.len() > clusters.len());
     check_invariants(&tree, &clusters, 4);
@@ -166,10 +193,22 @@ fn same_seed_builds_the_same_tree() {
     let (clusters, vectors) = base(45, 5);
     let builder = ClioHierarchy::default();
     let a = builder
-        .build(clusters.clone(), &vectors, &ScriptedNamer::default(), 3)
+        .build(
+            clusters.clone(),
+            &vectors,
+            &ScriptedNamer::default(),
+            &WordEmbedder,
+            3,
+        )
         .unwrap();
     let b = builder
-        .build(clusters, &vectors, &ScriptedNamer::default(), 3)
+        .build(
+            clusters,
+            &vectors,
+            &ScriptedNamer::default(),
+            &WordEmbedder,
+            3,
+        )
         .unwrap();
     assert_eq!(a, b);
 }
@@ -183,7 +222,13 @@ fn a_level_limit_stops_early() {
         ratio: 3.0,
     };
     let tree = builder
-        .build(clusters.clone(), &vectors, &ScriptedNamer::default(), 0)
+        .build(
+            clusters.clone(),
+            &vectors,
+            &ScriptedNamer::default(),
+            &WordEmbedder,
+            0,
+        )
         .unwrap();
     check_invariants(&tree, &clusters, 60);
     assert_eq!(levels(&tree, 60).values().max(), Some(&1));
@@ -193,7 +238,13 @@ fn a_level_limit_stops_early() {
 fn a_single_base_cluster_is_its_own_root() {
     let (clusters, vectors) = base(1, 1);
     let tree = ClioHierarchy::default()
-        .build(clusters.clone(), &vectors, &ScriptedNamer::default(), 0)
+        .build(
+            clusters.clone(),
+            &vectors,
+            &ScriptedNamer::default(),
+            &WordEmbedder,
+            0,
+        )
         .unwrap();
     assert_eq!(tree, clusters);
 }
@@ -206,7 +257,7 @@ fn few_base_clusters_get_no_parents() {
         top_clusters: 8,
         ..ClioHierarchy::default()
     }
-    .build(clusters.clone(), &vectors, &namer, 0)
+    .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
     .unwrap();
     assert_eq!(tree, clusters);
     assert!(namer.requests.lock().unwrap().is_empty());
@@ -223,7 +274,7 @@ fn a_failing_namer_still_gives_one_forest() {
         top_clusters: 3,
         ..ClioHierarchy::default()
     }
-    .build(clusters.clone(), &vectors, &namer, 0)
+    .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
     .unwrap();
     check_invariants(&tree, &clusters, 3);
     assert!(!namer.requests.lock().unwrap().is_empty());
@@ -242,7 +293,13 @@ fn identical_vectors_collapse_into_one_root() {
         top_clusters: 3,
         ..ClioHierarchy::default()
     }
-    .build(clusters.clone(), &vectors, &ScriptedNamer::default(), 0)
+    .build(
+        clusters.clone(),
+        &vectors,
+        &ScriptedNamer::default(),
+        &WordEmbedder,
+        0,
+    )
     .unwrap();
     check_invariants(&tree, &clusters, 3);
     assert_eq!(tree.iter().filter(|c| c.parent_id.is_none()).count(), 1);
@@ -252,7 +309,9 @@ fn identical_vectors_collapse_into_one_root() {
 fn bad_input_is_rejected_with_a_reason() {
     let (clusters, vectors) = base(10, 2);
     let namer = ScriptedNamer::default();
-    let build = |b: ClioHierarchy, c: Vec<Cluster>, v: &Matrix| b.build_tree(c, v, &namer, 0);
+    let build = |b: ClioHierarchy, c: Vec<Cluster>, v: &Matrix| {
+        b.build_tree(c, v, &namer, &WordEmbedder, 0)
+    };
     let fewer = vectors.select(&[0, 1, 2]);
     assert!(matches!(
         build(ClioHierarchy::default(), clusters.clone(), &fewer),
@@ -312,4 +371,111 @@ fn id_changes_with_parameters() {
     .into_iter()
     .collect();
     assert_eq!(ids.len(), 4);
+}
+
+/// Proposes distinct candidate parents and places each cluster by a fixed rule,
+/// recording what it was asked and what it chose.
+#[derive(Default)]
+struct ProposingNamer {
+    inner: ScriptedNamer,
+    proposals: Mutex<Vec<ProposalRequest>>,
+    choices: Mutex<HashMap<String, String>>,
+    out_of_range: bool,
+}
+
+impl ClusterNamer for ProposingNamer {
+    fn id(&self) -> String {
+        "proposing".into()
+    }
+    fn name(&self, request: &NamingRequest) -> Result<ClusterName, BoxError> {
+        self.inner.name(request)
+    }
+    fn propose_parents(&self, request: &ProposalRequest) -> Result<Vec<String>, BoxError> {
+        let mut proposals = self.proposals.lock().unwrap();
+        let batch = proposals.len();
+        proposals.push(request.clone());
+        Ok((0..request.count)
+            .map(|i| format!("Parent{batch}x{i} alpha{batch}{i} beta{i}{batch}"))
+            .collect())
+    }
+    fn choose_parent(&self, request: &ChoiceRequest) -> Result<usize, BoxError> {
+        if self.out_of_range {
+            return Ok(request.options.len());
+        }
+        let index = request.item.len() % request.options.len();
+        self.choices
+            .lock()
+            .unwrap()
+            .insert(request.item.clone(), request.options[index].clone());
+        Ok(index)
+    }
+}
+
+#[test]
+fn a_proposing_namer_groups_clusters_by_its_choices() {
+    let (clusters, vectors) = base(60, 6);
+    let namer = ProposingNamer::default();
+    let tree = ClioHierarchy {
+        top_clusters: 4,
+        ..ClioHierarchy::default()
+    }
+    .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 5)
+    .unwrap();
+    check_invariants(&tree, &clusters, 4);
+
+    let proposals = namer.proposals.lock().unwrap();
+    assert!(!proposals.is_empty());
+    assert!(proposals
+        .iter()
+        .all(|p| p.count >= 1 && !p.members.is_empty()));
+    // 60 clusters make three neighbourhoods of about 20 in the first round.
+    assert!(proposals.len() >= 3, "{} proposals", proposals.len());
+
+    // Children of one first-level parent all chose the same candidate.
+    let choices = namer.choices.lock().unwrap();
+    let describe = |c: &Cluster| format!("{}: {}", c.name, c.description);
+    let mut chosen_by_parent: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for child in &tree[..60] {
+        let parent = child.parent_id.as_deref().unwrap();
+        if let Some(choice) = choices.get(&describe(child)) {
+            chosen_by_parent.entry(parent).or_default().insert(choice);
+        }
+    }
+    assert!(!chosen_by_parent.is_empty());
+    assert!(chosen_by_parent.values().all(|chosen| chosen.len() == 1));
+}
+
+#[test]
+fn model_grouping_is_deterministic_for_a_seed() {
+    let (clusters, vectors) = base(45, 5);
+    let build = || {
+        ClioHierarchy::default()
+            .build(
+                clusters.clone(),
+                &vectors,
+                &ProposingNamer::default(),
+                &WordEmbedder,
+                11,
+            )
+            .unwrap()
+    };
+    assert_eq!(build(), build());
+}
+
+#[test]
+fn an_out_of_range_choice_falls_back_to_the_nearest_parent() {
+    let (clusters, vectors) = base(30, 3);
+    let namer = ProposingNamer {
+        out_of_range: true,
+        ..ProposingNamer::default()
+    };
+    let tree = ClioHierarchy {
+        top_clusters: 3,
+        ..ClioHierarchy::default()
+    }
+    .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
+    .unwrap();
+    check_invariants(&tree, &clusters, 3);
+    assert!(!namer.proposals.lock().unwrap().is_empty());
+    assert!(namer.choices.lock().unwrap().is_empty());
 }

@@ -28,7 +28,7 @@ pub use loaders::{
 };
 pub use matrix::Matrix;
 pub use traits::{
-    ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest, Reducer,
-    Summarizer,
+    ChoiceRequest, ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest,
+    ProposalRequest, Reducer, Summarizer,
 };
 pub use types::{Cluster, Conversation, ConversationSummary, Message, ProjectedCluster, Role};

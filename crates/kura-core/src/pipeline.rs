@@ -22,8 +22,8 @@ use crate::matrix::Matrix;
 use crate::store::{self, fingerprint, Journal};
 use crate::text::{slugify, truncate_chars};
 use crate::traits::{
-    ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest, Reducer,
-    Summarizer,
+    ChoiceRequest, ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest,
+    ProposalRequest, Reducer, Summarizer,
 };
 use crate::tree::Tree;
 use crate::types::{
@@ -417,6 +417,7 @@ impl Run {
         &self,
         builder: &dyn HierarchyBuilder,
         namer: &dyn ClusterNamer,
+        embedder: &dyn Embedder,
     ) -> Result<StageOutcome> {
         let upstream = self.upstream_key("clusters", "hierarchy")?;
         let key = fingerprint(&[
@@ -454,7 +455,7 @@ impl Run {
         let namer = self.journaled_namer(namer)?;
         self.progress.begin("hierarchy", 0);
         let all = builder
-            .build(base.clone(), &vectors, &namer, self.seed)
+            .build(base.clone(), &vectors, &namer, embedder, self.seed)
             .map_err(|e| Error::backend("hierarchy", e))?;
         check_hierarchy(&base, &all)?;
         store::write_jsonl(&self.path(META_CLUSTERS), &all)?;
@@ -556,6 +557,7 @@ impl Run {
         Ok(JournaledNamer {
             inner,
             journal: Journal::open(&self.path("cache/names.journal.jsonl"))?,
+            decisions: Journal::open(&self.path("cache/hierarchy.journal.jsonl"))?,
         })
     }
 
@@ -837,6 +839,19 @@ fn remove_if_exists(path: &Path) -> Result<()> {
 struct JournaledNamer<'a> {
     inner: &'a dyn ClusterNamer,
     journal: Journal<(String, String)>,
+    /// Parent proposals (lists of names) and choices (indices).
+    decisions: Journal<Value>,
+}
+
+impl JournaledNamer<'_> {
+    fn key(&self, kind: &str, lists: &[&[String]]) -> String {
+        let mut parts = vec![self.inner.id(), kind.to_string()];
+        for list in lists {
+            parts.push("\u{0}".into());
+            parts.extend(list.iter().cloned());
+        }
+        fingerprint(&parts)
+    }
 }
 
 impl ClusterNamer for JournaledNamer<'_> {
@@ -857,5 +872,36 @@ impl ClusterNamer for JournaledNamer<'_> {
         self.journal
             .append(&key, &(named.name.clone(), named.description.clone()))?;
         Ok(named)
+    }
+
+    fn propose_parents(
+        &self,
+        request: &ProposalRequest,
+    ) -> std::result::Result<Vec<String>, BoxError> {
+        let count = [request.count.to_string()];
+        let key = self.key("propose", &[&request.members, &request.contrast, &count]);
+        if let Some(names) = self
+            .decisions
+            .get(&key)
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+        {
+            return Ok(names);
+        }
+        let names = self.inner.propose_parents(request)?;
+        self.decisions.append(&key, &Value::from(names.clone()))?;
+        Ok(names)
+    }
+
+    fn choose_parent(&self, request: &ChoiceRequest) -> std::result::Result<usize, BoxError> {
+        let key = self.key(
+            "choose",
+            &[std::slice::from_ref(&request.item), &request.options],
+        );
+        if let Some(index) = self.decisions.get(&key).and_then(|v| v.as_u64()) {
+            return Ok(index as usize);
+        }
+        let index = self.inner.choose_parent(request)?;
+        self.decisions.append(&key, &Value::from(index))?;
+        Ok(index)
     }
 }

@@ -65,10 +65,49 @@ pub struct ClusterName {
     pub description: String,
 }
 
+/// What a namer is shown to propose parents for a neighbourhood of clusters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProposalRequest {
+    /// "name: description" of each cluster in the neighbourhood.
+    pub members: Vec<String>,
+    /// Names of the nearest clusters outside the neighbourhood.
+    pub contrast: Vec<String>,
+    /// How many candidate parent names are wanted.
+    pub count: usize,
+}
+
+/// What a namer is shown to place one cluster under one of several parents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceRequest {
+    /// "name: description" of the cluster being placed.
+    pub item: String,
+    /// The candidate parent names, already shuffled by the caller (so the order
+    /// carries no hint).
+    pub options: Vec<String>,
+}
+
 /// Names clusters (base and parent) with an LLM or anything else.
+///
+/// `propose_parents` and `choose_parent` are Clio's other two hierarchy steps.
+/// They are optional: a namer that only names (a rule-based one, or a model too
+/// weak to choose) keeps the defaults, which decline, and the hierarchy then
+/// groups clusters by their embeddings alone. That is also what happens when a
+/// model answers but its answer would not shrink the level.
 pub trait ClusterNamer: Send + Sync {
     fn id(&self) -> String;
     fn name(&self, request: &NamingRequest) -> Result<ClusterName, BoxError>;
+
+    /// Up to `request.count` distinct candidate names for parents of the
+    /// neighbourhood's clusters.
+    fn propose_parents(&self, _request: &ProposalRequest) -> Result<Vec<String>, BoxError> {
+        Err("this namer does not propose parent clusters".into())
+    }
+
+    /// The index in `request.options` of the best parent for `request.item`.
+    /// Must be in range; the hierarchy treats an out-of-range answer as a failure.
+    fn choose_parent(&self, _request: &ChoiceRequest) -> Result<usize, BoxError> {
+        Err("this namer does not assign clusters to parents".into())
+    }
 }
 
 /// Builds the hierarchy above the base clusters (Clio's meta-clusters).
@@ -78,11 +117,14 @@ pub trait HierarchyBuilder: Send + Sync {
     /// per base cluster (the normalised mean of its members' embeddings). Returns
     /// every cluster of every level — the base clusters with `parent_id` filled in,
     /// then their ancestors — forming one forest whose roots have `parent_id: None`.
+    /// `embedder` is the one that embedded the summaries, so names it embeds (such
+    /// as candidate parents) share the space of `base_vectors`.
     fn build(
         &self,
         base: Vec<Cluster>,
         base_vectors: &Matrix,
         namer: &dyn ClusterNamer,
+        embedder: &dyn Embedder,
         seed: u64,
     ) -> Result<Vec<Cluster>, BoxError>;
 }

@@ -142,6 +142,7 @@ impl HierarchyBuilder for OneRoot {
         mut base: Vec<Cluster>,
         _: &Matrix,
         namer: &dyn ClusterNamer,
+        _: &dyn Embedder,
         _: u64,
     ) -> Result<Vec<Cluster>, BoxError> {
         let name = namer.name(&NamingRequest {
@@ -229,7 +230,9 @@ fn full_run(
         )
         .unwrap()
         .reused,
-        run.build_hierarchy(&OneRoot, namer).unwrap().reused,
+        run.build_hierarchy(&OneRoot, namer, &TopicEmbedder)
+            .unwrap()
+            .reused,
         run.project(&FirstTwo).unwrap().reused,
     ]
 }

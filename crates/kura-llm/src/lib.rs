@@ -18,6 +18,7 @@ mod gguf;
 mod llm;
 mod model;
 mod namer;
+mod parents;
 mod prefix;
 mod prompts;
 mod structured;

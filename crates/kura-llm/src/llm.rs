@@ -298,6 +298,18 @@ impl<'a> Session<'a> {
         argmax(weights.iter().copied().enumerate())
     }
 
+    /// The log-probability of `token` as the next token.
+    pub(crate) fn log_prob(&self, token: u32) -> Result<f32, LlmError> {
+        let logits = self.logits()?;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let total: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+        let logit = logits
+            .get(token as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+        Ok(logit - max - total.ln())
+    }
+
     /// The index into `candidates` of the most likely candidate token.
     pub(crate) fn choose(&self, candidates: &[u32]) -> Result<usize, LlmError> {
         let logits = self.logits()?;

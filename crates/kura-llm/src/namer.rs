@@ -1,16 +1,22 @@
 //! [`LlmClusterNamer`]: Clio's cluster names (an imperative sentence of at most ten
 //! words) and two-sentence descriptions, filled into a forced JSON skeleton.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use kura_core::{BoxError, ClusterName, ClusterNamer, NamingRequest};
+use kura_core::{
+    BoxError, ChoiceRequest, ClusterName, ClusterNamer, NamingRequest, ProposalRequest,
+};
 
 use crate::chat::ChatRole;
 use crate::error::LlmError;
 use crate::fit::truncate_middle;
 use crate::llm::{LocalLlm, Session};
 use crate::prefix::SharedPrefix;
-use crate::prompts::{NAMING_PARENT_NOTE, NAMING_PROMPT_VERSION, NAMING_REQUEST, NAMING_SYSTEM};
+use crate::prompts::{
+    CHOOSE_SYSTEM, NAMING_PARENT_NOTE, NAMING_PROMPT_VERSION, NAMING_REQUEST, NAMING_SYSTEM,
+    PROPOSE_SYSTEM,
+};
 use crate::structured::FormWriter;
 
 const NAME_TOKENS: usize = 24;
@@ -28,6 +34,10 @@ const RETRY_TEMPERATURE: f32 = 0.5;
 pub struct LlmClusterNamer {
     llm: Arc<LocalLlm>,
     prefix: SharedPrefix,
+    propose_prefix: SharedPrefix,
+    choose_prefix: SharedPrefix,
+    /// Each candidate parent's log-probability with no group shown.
+    option_priors: Mutex<HashMap<String, f32>>,
 }
 
 impl LlmClusterNamer {
@@ -35,7 +45,26 @@ impl LlmClusterNamer {
         LlmClusterNamer {
             llm,
             prefix: SharedPrefix::new(NAMING_SYSTEM),
+            propose_prefix: SharedPrefix::new(PROPOSE_SYSTEM),
+            choose_prefix: SharedPrefix::new(CHOOSE_SYSTEM),
+            option_priors: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(crate) fn llm(&self) -> &LocalLlm {
+        &self.llm
+    }
+
+    pub(crate) fn propose_prefix(&self) -> &SharedPrefix {
+        &self.propose_prefix
+    }
+
+    pub(crate) fn choose_prefix(&self) -> &SharedPrefix {
+        &self.choose_prefix
+    }
+
+    pub(crate) fn option_priors(&self) -> &Mutex<HashMap<String, f32>> {
+        &self.option_priors
     }
 
     pub fn name_cluster(&self, request: &NamingRequest) -> Result<ClusterName, LlmError> {
@@ -83,7 +112,6 @@ impl LlmClusterNamer {
         let room = session
             .remaining()
             .saturating_sub(RESERVED_TOKENS + ITEM_TOKENS);
-        let tokenizer = chat.text_tokenizer();
         let count = |text: &str| chat.encode_text(text).map(|ids| ids.len());
 
         let mut body = String::new();
@@ -91,50 +119,76 @@ impl LlmClusterNamer {
             body.push_str(NAMING_PARENT_NOTE);
             body.push_str("\n\n");
         }
-        body.push_str("<group>\n");
         let mut used = count(&body)? + count(NAMING_REQUEST)? + 32;
         let contrast_room = if request.contrast.is_empty() {
             0
         } else {
             room / CONTRAST_SHARE
         };
-        let member_room = room.saturating_sub(contrast_room);
-        for member in &request.members {
-            let line = format!(
-                "- {}\n",
-                truncate_middle(tokenizer, member.trim(), ITEM_TOKENS)?
-            );
-            let cost = count(&line)?;
-            if used + cost > member_room {
-                break;
-            }
-            body.push_str(&line);
-            used += cost;
-        }
-        body.push_str("</group>\n");
+        let mut list = BulletList::new(llm, &mut used);
+        list.push(
+            "group",
+            &request.members,
+            room.saturating_sub(contrast_room),
+            &mut body,
+        )?;
         if !request.contrast.is_empty() {
-            body.push_str("<contrast>\n");
-            for other in &request.contrast {
-                let line = format!(
-                    "- {}\n",
-                    truncate_middle(tokenizer, other.trim(), ITEM_TOKENS)?
-                );
-                let cost = count(&line)?;
-                if used + cost > room {
-                    break;
-                }
-                body.push_str(&line);
-                used += cost;
-            }
-            body.push_str("</contrast>\n");
+            list.push("contrast", &request.contrast, room, &mut body)?;
         }
         body.push('\n');
         body.push_str(NAMING_REQUEST);
-        let mut ids = chat.encode_text(&body)?;
-        ids.extend(chat.close()?);
-        ids.extend(chat.open(ChatRole::Assistant)?);
-        session.feed(&ids)?;
+        end_user_turn(&mut session, &body)?;
         Ok(session)
+    }
+}
+
+/// Feeds the rest of the user's turn and opens the assistant's, where the answer's
+/// JSON begins.
+pub(crate) fn end_user_turn(session: &mut Session<'_>, body: &str) -> Result<(), LlmError> {
+    let chat = session.llm().chat();
+    let mut ids = chat.encode_text(body)?;
+    ids.extend(chat.close()?);
+    ids.extend(chat.open(ChatRole::Assistant)?);
+    session.feed(&ids)
+}
+
+/// Tagged bullet lists of descriptions, each cut to [`ITEM_TOKENS`], added while
+/// they fit in a token budget: the shape of every prompt that shows clusters.
+pub(crate) struct BulletList<'l, 'u> {
+    llm: &'l LocalLlm,
+    used: &'u mut usize,
+}
+
+impl<'l, 'u> BulletList<'l, 'u> {
+    pub(crate) fn new(llm: &'l LocalLlm, used: &'u mut usize) -> Self {
+        BulletList { llm, used }
+    }
+
+    /// Appends `<tag>`, as many `- item` lines as fit until `room` tokens are used,
+    /// and `</tag>` to `body`.
+    pub(crate) fn push(
+        &mut self,
+        tag: &str,
+        items: &[String],
+        room: usize,
+        body: &mut String,
+    ) -> Result<(), LlmError> {
+        let chat = self.llm.chat();
+        body.push_str(&format!("<{tag}>\n"));
+        for item in items {
+            let line = format!(
+                "- {}\n",
+                truncate_middle(chat.text_tokenizer(), item.trim(), ITEM_TOKENS)?
+            );
+            let cost = chat.encode_text(&line)?.len();
+            if *self.used + cost > room {
+                break;
+            }
+            body.push_str(&line);
+            *self.used += cost;
+        }
+        body.push_str(&format!("</{tag}>\n"));
+        Ok(())
     }
 }
 
@@ -169,5 +223,13 @@ impl ClusterNamer for LlmClusterNamer {
 
     fn name(&self, request: &NamingRequest) -> Result<ClusterName, BoxError> {
         self.name_cluster(request).map_err(BoxError::from)
+    }
+
+    fn propose_parents(&self, request: &ProposalRequest) -> Result<Vec<String>, BoxError> {
+        self.propose(request).map_err(BoxError::from)
+    }
+
+    fn choose_parent(&self, request: &ChoiceRequest) -> Result<usize, BoxError> {
+        self.choose(request).map_err(BoxError::from)
     }
 }

@@ -4,7 +4,7 @@
 //! results made with the old prompt are recomputed.
 
 pub const SUMMARY_PROMPT_VERSION: &str = "summary-v5";
-pub const NAMING_PROMPT_VERSION: &str = "naming-v2";
+pub const NAMING_PROMPT_VERSION: &str = "naming-v3";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\
 You read a conversation between a user and an AI assistant and describe it as JSON with these fields:
@@ -38,3 +38,25 @@ pub(crate) const NAMING_PARENT_NOTE: &str =
     "Each description below is itself a group of conversations (name: description); name the larger group they form together.";
 
 pub(crate) const NAMING_REQUEST: &str = "Name this group as JSON.";
+
+pub(crate) const PROPOSE_SYSTEM: &str = "\
+You organise groups of conversations between users and an AI assistant into broader categories.
+You see a list of groups (name: description), and some groups from elsewhere for contrast.
+Answer as JSON with one field:
+- categories: names of broader categories that together cover every group in the list. Each name is an imperative sentence of at most ten words saying what the users asked for (\"Write…\", \"Fix…\", \"Explain…\"). The categories must differ from each other and be broader than the groups.
+Privacy: never write names of people, places or companies, nor any detail that could identify someone.";
+
+pub(crate) const PROPOSE_REQUEST: &str = "Name the broader categories as JSON.";
+
+pub(crate) const CHOOSE_SYSTEM: &str = "\
+You sort groups of conversations between users and an AI assistant into broad categories.
+You see one group (name: description). Say which broad category its subject belongs to.";
+
+pub(crate) const CHOOSE_REQUEST: &str = "Which broad category does this group belong to?";
+
+/// Written by us at the start of the answer; each category is scored as its
+/// continuation.
+pub(crate) const CHOOSE_ANSWER: &str = "The broad category is:";
+
+/// Stands in for the group when measuring how likely a category is on its own.
+pub(crate) const CHOOSE_NO_GROUP: &str = "(no group given)";

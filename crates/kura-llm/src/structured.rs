@@ -60,6 +60,31 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         Ok(clean_value(&format!("{prefix}{raw}")))
     }
 
+    /// A list of exactly `count` one-line strings of at most `max_tokens` each: the
+    /// program writes the brackets and separators, so the list always has its length.
+    pub(crate) fn text_list(
+        &mut self,
+        key: &str,
+        count: usize,
+        max_tokens: usize,
+    ) -> Result<Vec<String>, LlmError> {
+        self.open_key(key);
+        self.pending.push('[');
+        let mut items = Vec::with_capacity(count);
+        for i in 0..count {
+            if i > 0 {
+                self.pending.push_str(", ");
+            }
+            self.pending.push('"');
+            self.flush()?;
+            let (raw, unfed) = self.decode_string(max_tokens, 1)?;
+            self.pending = format!("{unfed}\"");
+            items.push(clean_value(&raw));
+        }
+        self.pending.push(']');
+        Ok(items)
+    }
+
     /// A string value whose first word is one of `options` (chosen by the logits of
     /// each option's first token, so it is always one of them), then continued freely
     /// like [`FormWriter::text`]. Used where a small model may otherwise write nothing

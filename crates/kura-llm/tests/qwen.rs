@@ -33,3 +33,48 @@ fn qwen_generates_deterministically_and_summarizes() {
         assert_valid_summary(conversation, &summary);
     }
 }
+
+#[test]
+fn qwen_proposes_parents_and_places_clusters_under_the_fitting_one() {
+    use kura_core::{ChoiceRequest, ClusterNamer, ProposalRequest};
+    let namer = kura_llm::LlmClusterNamer::new(llm(QWEN));
+    let groups: Vec<String> = [
+        "Bake sourdough bread: Users asked how to feed a starter and shape loaves.",
+        "Cook weeknight pasta dinners: Users asked for quick pasta recipes.",
+        "Fix Python import errors: Users asked why modules were not found.",
+        "Write SQL joins: Users asked how to combine tables in queries.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let proposed = namer
+        .propose_parents(&ProposalRequest {
+            members: groups.clone(),
+            contrast: vec!["Plan a wedding: Users asked about venues.".into()],
+            count: 2,
+        })
+        .expect("proposals");
+    eprintln!("proposed: {proposed:?}");
+    assert!(!proposed.is_empty() && proposed.len() <= 2, "{proposed:?}");
+    assert!(proposed.iter().all(|p| p.split_whitespace().count() <= 12));
+
+    let cooking = "Cook and bake food at home".to_string();
+    let coding = "Write and debug computer programs".to_string();
+    for (item, expected) in [(&groups[0], &cooking), (&groups[2], &coding)] {
+        // Both orders: the answer follows the content, not the position.
+        for options in [
+            vec![cooking.clone(), coding.clone()],
+            vec![coding.clone(), cooking.clone()],
+        ] {
+            let chosen = namer
+                .choose_parent(&ChoiceRequest {
+                    item: item.clone(),
+                    options: options.clone(),
+                })
+                .expect("choice");
+            assert_eq!(
+                &options[chosen], expected,
+                "{item} placed under {options:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Clio's way of grouping one level of the hierarchy with a language model:
+//! propose candidate parents per neighbourhood of clusters, de-duplicate the
+//! candidates across neighbourhoods, then place every cluster under one of them.
+//!
+//! The model only ever picks from a list (the namer's `choose_parent` answers with
+//! an index), so an invalid assignment cannot happen; a cluster whose choice fails
+//! goes to its nearest candidate in embedding space instead. Whether the resulting
+//! grouping shrinks the level is the caller's check.
+
+use kura_core::ProposalRequest;
+use kura_core::{BoxError, ChoiceRequest, Cluster, ClusterNamer, Embedder, Matrix};
+use rand::seq::SliceRandom;
+
+use crate::kmeans::kmeans;
+use crate::vector::{nearest_rows, normalized_mean, normalized_rows, seeded_rng};
+
+/// Clusters per neighbourhood: what a small model can read in one prompt.
+const NEIGHBOURHOOD: usize = 20;
+/// Outside clusters shown beside a neighbourhood.
+const CONTRAST: usize = 5;
+/// Candidate parents offered for one cluster (its nearest ones): a list a small
+/// model can still read, and single digits for its answer.
+const OPTIONS: usize = 8;
+/// Candidate names this similar are the same parent said twice.
+const DUPLICATE_COSINE: f32 = 0.9;
+const RESTARTS: usize = 4;
+const MAX_ITER: usize = 100;
+/// Random streams of this module, apart from the hierarchy's own.
+const NEIGHBOURHOOD_STREAM: u64 = 0x6e65_6967;
+const DEDUP_STREAM: u64 = 0x6465_6475;
+const SHUFFLE_STREAM: u64 = 0x7368_7566;
+
+/// One level being grouped: the clusters (as "name: description") and their
+/// normalised vectors, row for row.
+pub(crate) struct LevelView<'a> {
+    pub(crate) described: Vec<String>,
+    pub(crate) vectors: &'a Matrix,
+}
+
+impl<'a> LevelView<'a> {
+    pub(crate) fn new(all: &[Cluster], clusters: &[usize], vectors: &'a Matrix) -> Self {
+        LevelView {
+            described: clusters
+                .iter()
+                .map(|&c| format!("{}: {}", all[c].name, all[c].description))
+                .collect(),
+            vectors,
+        }
+    }
+}
+
+/// What a round of grouping by the model produced, for the log.
+#[derive(Debug, Default)]
+pub(crate) struct GroupingReport {
+    pub(crate) candidates: usize,
+    pub(crate) after_dedup: usize,
+    pub(crate) fallback_assignments: usize,
+}
+
+/// Groups the level into at most about `target` parents; each group lists row
+/// indices of `level`. Fails when the namer declines to propose.
+pub(crate) fn group_by_model(
+    level: &LevelView<'_>,
+    target: usize,
+    namer: &dyn ClusterNamer,
+    embedder: &dyn Embedder,
+    seed: u64,
+) -> Result<(Vec<Vec<usize>>, GroupingReport), BoxError> {
+    let mut report = GroupingReport::default();
+    let candidates = propose(level, target, namer, seed)?;
+    report.candidates = candidates.len();
+    let (names, vectors) = deduplicate(candidates, embedder, target, seed)?;
+    report.after_dedup = names.len();
+
+    let mut groups = vec![Vec::new(); names.len()];
+    for row in 0..level.described.len() {
+        let chosen = assign(level, row, &names, &vectors, namer, seed, &mut report);
+        groups[chosen].push(row);
+    }
+    groups.retain(|g| !g.is_empty());
+    Ok((groups, report))
+}
+
+/// Candidate parent names from every neighbourhood, each asked for its share of
+/// `target`.
+fn propose(
+    level: &LevelView<'_>,
+    target: usize,
+    namer: &dyn ClusterNamer,
+    seed: u64,
+) -> Result<Vec<String>, BoxError> {
+    let n = level.described.len();
+    let mut candidates = Vec::new();
+    for hood in neighbourhoods(level.vectors, seed)? {
+        let centre = normalized_mean(level.vectors, &hood);
+        let contrast = nearest_rows(level.vectors, &centre, |i| hood.contains(&i), CONTRAST)
+            .into_iter()
+            .map(|i| level.described[i].clone())
+            .collect();
+        let count = (target * hood.len()).div_ceil(n).max(1);
+        let request = ProposalRequest {
+            members: hood.iter().map(|&i| level.described[i].clone()).collect(),
+            contrast,
+            count,
+        };
+        let proposed = namer.propose_parents(&request)?;
+        candidates.extend(
+            proposed
+                .into_iter()
+                .map(|name| name.trim().to_string())
+                .filter(|name| !name.is_empty())
+                .take(count),
+        );
+    }
+    if candidates.is_empty() {
+        return Err("the namer proposed no parent names".into());
+    }
+    Ok(candidates)
+}
+
+/// Neighbourhoods of about [`NEIGHBOURHOOD`] clusters, by k-means on their vectors.
+fn neighbourhoods(vectors: &Matrix, seed: u64) -> Result<Vec<Vec<usize>>, BoxError> {
+    let n = vectors.rows();
+    let k = n.div_ceil(NEIGHBOURHOOD);
+    if k <= 1 {
+        return Ok(vec![(0..n).collect()]);
+    }
+    let fit = kmeans(vectors, k, seed ^ NEIGHBOURHOOD_STREAM, RESTARTS, MAX_ITER)?;
+    Ok(members_by_label(&fit.labels, fit.centroids.rows()))
+}
+
+/// Drops candidates that say the same as an earlier one (by the embeddings of the
+/// names), then, if more than `target` remain, keeps the most central name of each
+/// of `target` k-means groups of them.
+fn deduplicate(
+    candidates: Vec<String>,
+    embedder: &dyn Embedder,
+    target: usize,
+    seed: u64,
+) -> Result<(Vec<String>, Matrix), BoxError> {
+    let texts: Vec<&str> = candidates.iter().map(String::as_str).collect();
+    let embedded = embedder.embed(&texts)?;
+    let embedded = normalized_rows(&embedded).into_owned();
+
+    let mut kept: Vec<usize> = Vec::new();
+    for (i, name) in candidates.iter().enumerate() {
+        let same_text = kept
+            .iter()
+            .any(|&k| candidates[k].eq_ignore_ascii_case(name));
+        let same_meaning = kept
+            .iter()
+            .any(|&k| crate::vector::dot(embedded.row(k), embedded.row(i)) >= DUPLICATE_COSINE);
+        if !same_text && !same_meaning {
+            kept.push(i);
+        }
+    }
+    if kept.len() > target && target > 0 {
+        let vectors = embedded.select(&kept);
+        let fit = kmeans(&vectors, target, seed ^ DEDUP_STREAM, RESTARTS, MAX_ITER)?;
+        kept = members_by_label(&fit.labels, fit.centroids.rows())
+            .into_iter()
+            .filter(|group| !group.is_empty())
+            .filter_map(|group| {
+                let centre = normalized_mean(&vectors, &group);
+                nearest_rows(&vectors, &centre, |i| !group.contains(&i), 1)
+                    .first()
+                    .map(|&best| kept[best])
+            })
+            .collect();
+        kept.sort_unstable();
+    }
+    let names = kept.iter().map(|&i| candidates[i].clone()).collect();
+    Ok((names, embedded.select(&kept)))
+}
+
+/// The candidate `row` goes under: the model's choice among its nearest candidates
+/// (shuffled, so position carries no hint), or the nearest one if the model fails.
+fn assign(
+    level: &LevelView<'_>,
+    row: usize,
+    names: &[String],
+    vectors: &Matrix,
+    namer: &dyn ClusterNamer,
+    seed: u64,
+    report: &mut GroupingReport,
+) -> usize {
+    let nearest = nearest_rows(vectors, level.vectors.row(row), |_| false, OPTIONS);
+    let Some(&closest) = nearest.first() else {
+        return 0;
+    };
+    if nearest.len() == 1 {
+        return closest;
+    }
+    let mut options = nearest;
+    options.shuffle(&mut seeded_rng(seed ^ SHUFFLE_STREAM, row as u64));
+    let request = ChoiceRequest {
+        item: level.described[row].clone(),
+        options: options.iter().map(|&c| names[c].clone()).collect(),
+    };
+    match namer.choose_parent(&request) {
+        Ok(index) if index < options.len() => options[index],
+        Ok(index) => {
+            tracing::warn!("the namer chose option {index} of {}", options.len());
+            report.fallback_assignments += 1;
+            closest
+        }
+        Err(e) => {
+            tracing::warn!("placing a cluster failed ({e}); using the nearest parent");
+            report.fallback_assignments += 1;
+            closest
+        }
+    }
+}
+
+fn members_by_label(labels: &[usize], k: usize) -> Vec<Vec<usize>> {
+    let mut groups = vec![Vec::new(); k];
+    for (member, &label) in labels.iter().enumerate() {
+        groups[label].push(member);
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
