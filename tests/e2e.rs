@@ -242,17 +242,16 @@ fn a_killed_run_resumes_without_redoing_finished_summaries() {
     let _turn = one_at_a_time();
     let out = tempfile::tempdir().unwrap();
     let journal = out.path().join("cache/summaries.journal.jsonl");
-    let mut child = kura()
-        .args([
-            "run",
-            "examples/conversations.jsonl",
-            "--limit",
-            "4",
-            "--quiet",
-            "--out",
-        ])
-        .arg(out.path())
-        .args(FAST)
+    let the_run = || {
+        let mut command = kura();
+        command
+            .args(["run", "examples/conversations.jsonl", "--limit", "4"])
+            .args(["--quiet", "--out"])
+            .arg(out.path())
+            .args(FAST);
+        command
+    };
+    let mut child = the_run()
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -283,19 +282,7 @@ fn a_killed_run_resumes_without_redoing_finished_summaries() {
         "no partial results are published"
     );
 
-    run_ok(
-        kura()
-            .args([
-                "run",
-                "examples/conversations.jsonl",
-                "--limit",
-                "4",
-                "--quiet",
-                "--out",
-            ])
-            .arg(out.path())
-            .args(FAST),
-    );
+    run_ok(&mut the_run());
     assert_complete_run(out.path());
     assert_eq!(
         lines(&journal),
