@@ -58,9 +58,14 @@ fn inertia_and_centroids_match_the_labels() {
             .map(|i| &unit[i])
             .collect();
         assert!(!members.is_empty(), "cluster {cluster} is empty");
-        for (d, &c) in fit.centroids.row(cluster).iter().enumerate() {
-            let mean = members.iter().map(|m| m[d]).sum::<f32>() / members.len() as f32;
-            assert!((mean - c).abs() < 1e-5);
+        let dim = fit.centroids.cols();
+        let mean = common::unit(
+            (0..dim)
+                .map(|d| members.iter().map(|m| m[d]).sum())
+                .collect(),
+        );
+        for (&m, &c) in mean.iter().zip(fit.centroids.row(cluster)) {
+            assert!((m - c).abs() < 1e-5);
         }
         for m in members {
             inertia += m
