@@ -19,6 +19,8 @@ use rayon::prelude::*;
 const GROUP: usize = 6;
 /// Centroids per register block (two AVX2 vectors).
 const TILE: usize = 16;
+/// The narrow register block, for tiles of at most this many centroids.
+const HALF_TILE: usize = 8;
 /// Point groups per parallel task; fixed, so the split never depends on the
 /// thread count (and each point's result depends only on its own row anyway).
 const GROUPS_PER_TASK: usize = 48;
@@ -78,7 +80,8 @@ struct PackedCentroids {
 struct Tile {
     start: usize,
     width: usize,
-    /// `dim × TILE`, column `j` holding centroid `start + j`, zero-padded.
+    /// `dim` rows of [`TILE`] (or [`HALF_TILE`] for a narrow tile) coordinates,
+    /// column `j` holding centroid `start + j`, zero-padded.
     data: Vec<f32>,
     /// Squared norms; +∞ for padding so it never wins.
     norms: [f32; TILE],
@@ -91,13 +94,14 @@ impl PackedCentroids {
             .step_by(TILE)
             .map(|start| {
                 let width = TILE.min(k - start);
-                let mut data = vec![0.0f32; dim * TILE];
+                let stride = if width <= HALF_TILE { HALF_TILE } else { TILE };
+                let mut data = vec![0.0f32; dim * stride];
                 let mut norms = [f32::INFINITY; TILE];
                 for j in 0..width {
                     let c = centroids.row(start + j);
                     norms[j] = crate::vector::dot(c, c);
                     for (d, &x) in c.iter().enumerate() {
-                        data[d * TILE + j] = x;
+                        data[d * stride + j] = x;
                     }
                 }
                 Tile {
@@ -176,33 +180,50 @@ pub(crate) fn squared_distances(points: &PackedPoints, centroids: &Matrix) -> Ve
     out
 }
 
-/// The [`GROUP`] × [`TILE`] dot products of one point group with one tile.
+/// The [`GROUP`] × [`TILE`] dot products of one point group with one tile (columns
+/// past the tile's width are zero). A tile of at most [`HALF_TILE`] columns, as the
+/// candidates of a seeding step usually are, is computed at half the cost.
 fn group_dots(group: &[f32], tile: &Tile) -> [[f32; TILE]; GROUP] {
+    if tile.width <= HALF_TILE {
+        let mut out = [[0.0f32; TILE]; GROUP];
+        for (o, h) in out
+            .iter_mut()
+            .zip(dots_dispatch::<HALF_TILE>(group, &tile.data))
+        {
+            o[..HALF_TILE].copy_from_slice(&h);
+        }
+        return out;
+    }
+    dots_dispatch::<TILE>(group, &tile.data)
+}
+
+fn dots_dispatch<const W: usize>(group: &[f32], tile: &[f32]) -> [[f32; W]; GROUP] {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { group_dots_avx2(group, &tile.data) };
+            return unsafe { dots_avx2::<W>(group, tile) };
         }
     }
-    group_dots_portable(group, &tile.data)
+    dots_portable::<W>(group, tile)
 }
 
-/// [`group_dots_portable`] compiled for AVX2. FMA is deliberately not enabled:
-/// fused multiply-adds round differently, and results must match the portable path.
+/// [`dots_portable`] compiled for AVX2. FMA is deliberately not enabled: fused
+/// multiply-adds round differently, and results must match the portable path.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn group_dots_avx2(group: &[f32], tile: &[f32]) -> [[f32; TILE]; GROUP] {
-    group_dots_portable(group, tile)
+fn dots_avx2<const W: usize>(group: &[f32], tile: &[f32]) -> [[f32; W]; GROUP] {
+    dots_portable::<W>(group, tile)
 }
 
+/// `tile` is `dim` rows of `W` centroid coordinates, read with that stride.
 #[inline(always)]
-fn group_dots_portable(group: &[f32], tile: &[f32]) -> [[f32; TILE]; GROUP] {
-    let mut acc = [[0.0f32; TILE]; GROUP];
-    for (x, c) in group.chunks_exact(GROUP).zip(tile.chunks_exact(TILE)) {
+fn dots_portable<const W: usize>(group: &[f32], tile: &[f32]) -> [[f32; W]; GROUP] {
+    let mut acc = [[0.0f32; W]; GROUP];
+    for (x, c) in group.chunks_exact(GROUP).zip(tile.chunks_exact(W)) {
         for p in 0..GROUP {
             let xp = x[p];
-            for j in 0..TILE {
+            for j in 0..W {
                 acc[p][j] += xp * c[j];
             }
         }
@@ -264,7 +285,13 @@ mod tests {
         let packed = PackedPoints::new(&points);
         let tiles = PackedCentroids::new(&centroids);
         let group = &packed.groups[..6 * 50];
-        let portable = group_dots_portable(group, &tiles.tiles[0].data);
+        let portable = dots_portable::<TILE>(group, &tiles.tiles[0].data);
         assert_eq!(group_dots(group, &tiles.tiles[0]), portable);
+        let narrow = PackedCentroids::new(&matrix(5, 50, 7));
+        let portable = dots_portable::<HALF_TILE>(group, &narrow.tiles[0].data);
+        let got = group_dots(group, &narrow.tiles[0]);
+        for (g, p) in got.iter().zip(portable) {
+            assert_eq!(g[..HALF_TILE], p);
+        }
     }
 }
