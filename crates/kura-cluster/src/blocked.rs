@@ -131,8 +131,9 @@ pub(crate) fn nearest(points: &PackedPoints, centroids: &Matrix) -> Vec<(usize, 
                     let dots = group_dots(group, tile);
                     for (p, row) in dots.iter().enumerate() {
                         let b = &mut best[g * GROUP + p];
-                        for j in 0..tile.width {
-                            let score = tile.norms[j] - 2.0 * row[j];
+                        let columns = tile.norms.iter().zip(row).take(tile.width);
+                        for (j, (&norm, &dot)) in columns.enumerate() {
+                            let score = norm - 2.0 * dot;
                             if score < b.1 {
                                 *b = (tile.start + j, score);
                             }

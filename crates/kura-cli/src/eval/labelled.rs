@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 /// Texts with their known classes; `labels[i]` indexes `label_names`.
+#[derive(Debug)]
 pub struct Labelled {
     pub texts: Vec<String>,
     pub labels: Vec<usize>,
