@@ -1,4 +1,5 @@
-//! k-means with k-means++ seeding and restarts, on L2-normalised rows.
+//! Spherical k-means with greedy k-means++ seeding and restarts, on L2-normalised
+//! rows; distances come from the blocked kernel in `blocked.rs`.
 //!
 //! Determinism is the main constraint: a run directory must reproduce byte for byte
 //! from a seed, whatever the machine's core count. Every parallel step therefore
@@ -43,7 +44,7 @@ impl Clusterer for KMeans {
     fn id(&self) -> String {
         let k = self.k.map_or_else(|| "auto".to_string(), |k| k.to_string());
         format!(
-            "kmeans-v1(k={k},restarts={},max_iter={},tol={})",
+            "kmeans-v2(k={k},restarts={},max_iter={},tol={})",
             self.restarts, self.max_iter, self.tol
         )
     }
