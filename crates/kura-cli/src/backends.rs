@@ -40,6 +40,11 @@ impl Backends {
         })
     }
 
+    /// Kura's cache directory (models live in `models/` under it).
+    pub fn cache_dir(&self) -> &std::path::Path {
+        self.resolver.cache_dir()
+    }
+
     fn cuda(&self) -> bool {
         self.config.device == "cuda"
     }

@@ -5,6 +5,7 @@
 
 mod backends;
 mod config;
+mod eval;
 mod progress;
 mod tree;
 
@@ -39,6 +40,9 @@ enum Command {
     Stage(StageArgs),
     /// Print the cluster hierarchy of a run directory (ours or Python Kura's).
     Tree(TreeArgs),
+    /// Cluster a labelled data set and score the clusters against its labels
+    /// (V-measure, NMI, ARI), beside published reference figures.
+    Eval(eval::EvalArgs),
     /// List, download or verify the local models.
     Models {
         #[command(subcommand)]
@@ -210,6 +214,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run(args),
         Command::Stage(args) => stage(args),
         Command::Tree(args) => print_tree(args),
+        Command::Eval(args) => {
+            let reporter = reporter(&args.common);
+            eval::eval(args, reporter)
+        }
         Command::Models { command } => models(command),
     }
 }

@@ -12,6 +12,7 @@
 //! (L2-normalised rows), the geometry sentence embeddings are trained for, except
 //! PCA, which maps whatever geometry it is given.
 
+mod blocked;
 mod error;
 mod hierarchy;
 mod kmeans;

@@ -34,42 +34,6 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-/// Four dot products against one shared vector `c`: each load of `c` serves four
-/// rows, which is what makes the k-means assignment compute-bound rather than
-/// memory-bound. Each result is summed exactly as [`dot`] sums it, so blocking never
-/// changes a label.
-pub(crate) fn dot4(rows: [&[f32]; 4], c: &[f32]) -> [f32; 4] {
-    let mut acc = [[0.0f32; 8]; 4];
-    let blocks = eights(c)
-        .zip(eights(rows[0]))
-        .zip(eights(rows[1]))
-        .zip(eights(rows[2]))
-        .zip(eights(rows[3]));
-    for ((((cc, x0), x1), x2), x3) in blocks {
-        for i in 0..8 {
-            acc[0][i] += x0[i] * cc[i];
-            acc[1][i] += x1[i] * cc[i];
-            acc[2][i] += x2[i] * cc[i];
-            acc[3][i] += x3[i] * cc[i];
-        }
-    }
-    let full = c.len() / 8 * 8;
-    let mut out = [0.0f32; 4];
-    for ((o, a), row) in out.iter_mut().zip(acc).zip(&rows) {
-        let mut sum = lanes_sum(a);
-        for (x, y) in row[full..].iter().zip(&c[full..]) {
-            sum += x * y;
-        }
-        *o = sum;
-    }
-    out
-}
-
-/// The whole blocks of eight of `v` (the tail is summed separately).
-fn eights(v: &[f32]) -> std::slice::ChunksExact<'_, f32> {
-    v.chunks_exact(8)
-}
-
 /// The exact squared Euclidean distance; used where an expanded
 /// `|x|² + |c|² − 2x·c` would round a true zero to a tiny positive number.
 pub(crate) fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
@@ -223,22 +187,6 @@ mod tests {
         let b: Vec<f32> = (0..13).map(|i| 1.0 - i as f32 * 0.25).collect();
         let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!((dot(&a, &b) - naive).abs() < 1e-4);
-    }
-
-    #[test]
-    fn dot4_equals_four_dots_bit_for_bit() {
-        let rows: Vec<Vec<f32>> = (0..4)
-            .map(|r| {
-                (0..21)
-                    .map(|i| ((i * 7 + r * 3) % 11) as f32 * 0.37 - 1.3)
-                    .collect()
-            })
-            .collect();
-        let c: Vec<f32> = (0..21).map(|i| (i as f32 * 0.9).cos()).collect();
-        let four = dot4([&rows[0], &rows[1], &rows[2], &rows[3]], &c);
-        for (r, got) in rows.iter().zip(four) {
-            assert_eq!(got.to_bits(), dot(r, &c).to_bits());
-        }
     }
 
     #[test]

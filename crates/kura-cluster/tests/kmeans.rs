@@ -58,9 +58,14 @@ fn inertia_and_centroids_match_the_labels() {
             .map(|i| &unit[i])
             .collect();
         assert!(!members.is_empty(), "cluster {cluster} is empty");
-        for (d, &c) in fit.centroids.row(cluster).iter().enumerate() {
-            let mean = members.iter().map(|m| m[d]).sum::<f32>() / members.len() as f32;
-            assert!((mean - c).abs() < 1e-5);
+        let dim = fit.centroids.cols();
+        let mean = common::unit(
+            (0..dim)
+                .map(|d| members.iter().map(|m| m[d]).sum())
+                .collect(),
+        );
+        for (&m, &c) in mean.iter().zip(fit.centroids.row(cluster)) {
+            assert!((m - c).abs() < 1e-5);
         }
         for m in members {
             inertia += m
@@ -224,4 +229,53 @@ fn default_k_stays_within_bounds_and_grows() {
     // Kura's ten conversations per cluster for small sets, far fewer for large ones.
     assert_eq!(default_k(100), 10);
     assert!(default_k(10_000) < 10_000 / 10);
+}
+
+#[test]
+fn all_zero_vectors_form_one_cluster_at_the_origin() {
+    let points = Matrix::zeros(12, 5);
+    let fit = kmeans(&points, 3, 0, 2, 10).unwrap();
+    assert_eq!(fit.centroids.rows(), 1);
+    assert!(fit.labels.iter().all(|&l| l == 0));
+    assert!(fit.centroids.as_slice().iter().all(|&v| v == 0.0));
+    assert_eq!(fit.inertia, 0.0);
+}
+
+#[test]
+fn infinity_is_an_error_naming_row_and_column_through_the_trait() {
+    let mut rows = vec![[0.1f32, 0.2, 0.3]; 5];
+    rows[3][2] = f32::INFINITY;
+    let points = Matrix::from_rows(&rows).unwrap();
+    let err = KMeans::default()
+        .cluster(&points, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("row 3, column 2") && err.contains("finite"),
+        "{err}"
+    );
+}
+
+#[test]
+fn k_equal_to_the_number_of_points_gives_singletons() {
+    let (points, _) = common::blobs(3, 4, 6, 0.2, 8);
+    let fit = kmeans(&points, points.rows(), 1, 2, 20).unwrap();
+    assert_eq!(fit.centroids.rows(), points.rows());
+    let distinct: std::collections::BTreeSet<usize> = fit.labels.iter().copied().collect();
+    assert_eq!(distinct.len(), points.rows());
+    assert!(fit.inertia < 1e-9, "{}", fit.inertia);
+}
+
+#[test]
+fn the_clusterer_asked_for_more_clusters_than_points_labels_each_point_alone() {
+    let points = Matrix::from_rows(&[[1.0f32, 0.0], [0.0, 1.0]]).unwrap();
+    let labels = KMeans {
+        k: Some(50),
+        ..KMeans::default()
+    }
+    .cluster(&points, 0)
+    .unwrap();
+    assert_eq!(labels.len(), 2);
+    assert_ne!(labels[0], labels[1]);
+    assert!(labels.iter().all(|l| l.is_some_and(|c| c < 2)));
 }

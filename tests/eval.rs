@@ -1,0 +1,155 @@
+//! End-to-end tests of `kura eval` with the real MiniLM embedder on part of the
+//! banking77 intent set.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kura_cluster::metrics::v_measure;
+use serde_json::Value;
+
+const ROWS: usize = 1500;
+
+fn kura() -> Command {
+    // target/release/deps/eval-HASH -> target/release/kura
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("kura{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build --release -p kura-cli`",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+fn banking77() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/labeled/banking77.jsonl")
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run kura");
+    assert!(
+        out.status.success(),
+        "kura failed: {}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The `result` object among the JSON lines `kura eval --json` prints.
+fn result(out: &Output) -> Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "result")
+        .expect("a result line")
+}
+
+/// The labels of the first `ROWS` rows, numbered in order of appearance.
+fn true_labels() -> Vec<usize> {
+    let text = std::fs::read_to_string(banking77()).unwrap();
+    let mut names: Vec<String> = Vec::new();
+    text.lines()
+        .take(ROWS)
+        .map(|l| {
+            let row: Value = serde_json::from_str(l).unwrap();
+            let name = row["label"].as_str().unwrap().to_string();
+            match names.iter().position(|n| *n == name) {
+                Some(i) => i,
+                None => {
+                    names.push(name);
+                    names.len() - 1
+                }
+            }
+        })
+        .collect()
+}
+
+/// A labelling that ignores the texts: a fixed pseudo-random cluster per row.
+fn random_labels(n: usize, k: usize) -> Vec<usize> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % k as u64) as usize
+        })
+        .collect()
+}
+
+#[test]
+fn eval_scores_minilm_clusters_far_above_a_random_labelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("banking77.npy");
+    let eval = |extra: &[&str]| {
+        let mut cmd = kura();
+        cmd.arg("eval")
+            .arg(banking77())
+            .args([
+                "--limit",
+                &ROWS.to_string(),
+                "--embedder",
+                "all-minilm-l6-v2",
+            ])
+            .arg("--embeddings-cache")
+            .arg(&cache)
+            .args(extra);
+        run_ok(&mut cmd)
+    };
+    let first = result(&eval(&["--k-from-labels", "--json"]));
+    let truth = true_labels();
+    let labels = 1 + truth.iter().max().unwrap();
+    assert_eq!(first["rows"], ROWS);
+    assert_eq!(first["labels"], labels);
+    assert_eq!(first["k"], labels);
+    assert_eq!(first["clusters"], labels);
+    assert_eq!(first["noise"], 0.0);
+    assert_eq!(first["embeddings_cached"], false);
+    let v = first["v_measure"].as_f64().unwrap();
+    let random = v_measure(&truth, &random_labels(ROWS, labels));
+    assert!(
+        v <= 1.0 && v > random + 0.4,
+        "V-measure {v}, random {random}"
+    );
+    assert!((first["nmi"].as_f64().unwrap() - v).abs() < 1e-9);
+    assert!(first["ari"].as_f64().unwrap() > 0.3, "{first}");
+    assert!(cache.exists());
+
+    // The second run reads the cached embeddings and, with the same seed, gives
+    // the same clusters.
+    let second = result(&eval(&["--k-from-labels", "--json"]));
+    assert_eq!(second["embeddings_cached"], true);
+    assert_eq!(second["v_measure"], first["v_measure"]);
+
+    let table = String::from_utf8_lossy(&eval(&["--clusters", "20"]).stdout).to_string();
+    assert!(
+        table.contains("V-measure") && table.contains("banking77"),
+        "{table}"
+    );
+    assert!(
+        table.contains("scikit-learn KMeans") && table.contains("0.771"),
+        "{table}"
+    );
+    let ours = table.lines().nth(1).unwrap_or_default();
+    assert!(ours.split_whitespace().any(|w| w == "20"), "{table}");
+}
+
+#[test]
+fn eval_names_file_line_and_field_of_a_bad_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("set.jsonl");
+    std::fs::write(
+        &file,
+        "{\"text\": \"hi\", \"label\": \"a\"}\n{\"text\": \"yo\"}\n",
+    )
+    .unwrap();
+    let out = kura().arg("eval").arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("set.jsonl: line 2") && stderr.contains("\"label\""),
+        "{stderr}"
+    );
+}
