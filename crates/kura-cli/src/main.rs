@@ -5,7 +5,11 @@
 
 mod backends;
 mod config;
+mod export;
 mod progress;
+mod search;
+mod semantic;
+mod serve;
 mod tree;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +43,14 @@ enum Command {
     Stage(StageArgs),
     /// Print the cluster hierarchy of a run directory (ours or Python Kura's).
     Tree(TreeArgs),
+    /// Explore a run directory (ours or Python Kura's) in the browser: the
+    /// hierarchy, a map of every conversation, facets and search.
+    Serve(serve::ServeArgs),
+    /// Find the conversations or clusters of a run that match a query.
+    Search(search::SearchArgs),
+    /// Write one row per conversation (cluster path, facets, map coordinates,
+    /// metadata) as CSV, JSON or Parquet.
+    Export(export::ExportArgs),
     /// List, download or verify the local models.
     Models {
         #[command(subcommand)]
@@ -210,6 +222,9 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run(args),
         Command::Stage(args) => stage(args),
         Command::Tree(args) => print_tree(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Search(args) => search::run(args),
+        Command::Export(args) => export::run(args),
         Command::Models { command } => models(command),
     }
 }
