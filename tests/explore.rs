@@ -45,12 +45,13 @@ impl Served {
         format!("http://{}/", self.address)
     }
 
-    /// One raw HTTP/1.1 request; the target is sent exactly as given.
+    /// One raw HTTP/1.0 request (so the body is not chunked); the target is sent
+    /// exactly as given.
     fn request(&self, method: &str, target: &str, host: &str) -> (u16, String) {
         let mut stream = TcpStream::connect(&self.address).expect("connect");
         write!(
             stream,
-            "{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            "{method} {target} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
         )
         .unwrap();
         let mut response = Vec::new();
@@ -155,13 +156,18 @@ fn large_run(dir: &Path, n: usize) {
         conversations.push('\n');
         summaries.push_str(&json!({"summary": format!("The user asks question {i} about topic {top}."), "request": null, "topic": null, "languages": ["english"], "task": null, "concerning_score": 1 + i % 5, "user_frustration": 1 + i % 3, "assistant_errors": [], "chat_id": id, "metadata": {}, "embedding": null}).to_string());
         summaries.push('\n');
-        coords.push_str(&json!({"chat_id": id, "x": x, "y": y, "cluster_id": format!("base-{base}")}).to_string());
+        coords.push_str(
+            &json!({"chat_id": id, "x": x, "y": y, "cluster_id": format!("base-{base}")})
+                .to_string(),
+        );
         coords.push('\n');
     }
     let mut clusters = String::new();
     let mut projected = String::new();
     for top in 0..tops {
-        let ids: Vec<String> = (0..per_top).flat_map(|s| members[top * per_top + s].clone()).collect();
+        let ids: Vec<String> = (0..per_top)
+            .flat_map(|s| members[top * per_top + s].clone())
+            .collect();
         let angle = top as f64 / tops as f64 * std::f64::consts::TAU;
         let record = json!({"id": format!("top-{top}"), "name": format!("Topic {top}"), "description": "A top cluster", "slug": "t", "chat_ids": ids, "parent_id": null, "count": ids.len()});
         clusters.push_str(&format!("{record}\n"));
@@ -190,7 +196,11 @@ fn large_run(dir: &Path, n: usize) {
     ] {
         std::fs::write(dir.join(file), text).unwrap();
     }
-    std::fs::write(dir.join("run.json"), r#"{"models": {"embedder": {"name": "all-minilm-l6-v2"}}}"#).unwrap();
+    std::fs::write(
+        dir.join("run.json"),
+        r#"{"models": {"embedder": {"name": "all-minilm-l6-v2"}}}"#,
+    )
+    .unwrap();
 }
 
 /// Runs the browser script, or says exactly what is missing to run it.
@@ -237,7 +247,10 @@ fn the_api_serves_a_python_kura_checkpoint() {
     let run = served.json("/api/run");
     assert_eq!(run["kind"], "python-kura");
     assert_eq!(run["conversations"], 1000);
-    assert!(run["fields"].as_array().unwrap().contains(&json!("metadata.model")));
+    assert!(run["fields"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("metadata.model")));
 
     let tree = served.json("/api/tree");
     let clusters = tree["clusters"].as_array().unwrap();
@@ -246,11 +259,18 @@ fn the_api_serves_a_python_kura_checkpoint() {
     let total: u64 = roots.iter().map(|c| c["count"].as_u64().unwrap()).sum();
     assert_eq!(total, 1000);
     let shares: f64 = roots.iter().map(|c| c["share"].as_f64().unwrap()).sum();
-    assert!((shares - 1.0).abs() < 1e-9, "root shares add up to the whole: {shares}");
+    assert!(
+        (shares - 1.0).abs() < 1e-9,
+        "root shares add up to the whole: {shares}"
+    );
     for c in clusters {
         if let Some(p) = c["parent"].as_i64().filter(|&p| p >= 0) {
             let parent = &clusters[p as usize];
-            assert!(parent["children"].as_array().unwrap().iter().any(|k| k.as_i64() == Some(clusters.iter().position(|x| x == c).unwrap() as i64)));
+            assert!(parent["children"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k.as_i64() == Some(clusters.iter().position(|x| x == c).unwrap() as i64)));
         }
     }
 
@@ -258,16 +278,40 @@ fn the_api_serves_a_python_kura_checkpoint() {
     for column in ["x", "y", "base", "top"] {
         assert_eq!(points[column].as_array().unwrap().len(), 1000, "{column}");
     }
-    assert!(points["x"].as_array().unwrap().iter().all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())));
-    assert!(points["top"].as_array().unwrap().iter().all(|t| clusters[t.as_u64().unwrap() as usize]["parent"] == -1));
+    assert!(points["x"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())));
+    assert!(points["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| clusters[t.as_u64().unwrap() as usize]["parent"] == -1));
 
-    let pregnancy = clusters.iter().find(|c| c["name"].as_str().unwrap().contains("pregnancy") && c["parent"] != -1).unwrap();
-    let cluster = served.json(&format!("/api/cluster/{}", pregnancy["id"].as_str().unwrap()));
+    let pregnancy = clusters
+        .iter()
+        .find(|c| c["name"].as_str().unwrap().contains("pregnancy") && c["parent"] != -1)
+        .unwrap();
+    let cluster = served.json(&format!(
+        "/api/cluster/{}",
+        pregnancy["id"].as_str().unwrap()
+    ));
     assert_eq!(cluster["count"], 12);
     assert_eq!(cluster["conversations"].as_array().unwrap().len(), 12);
     assert_eq!(cluster["path"].as_array().unwrap().len(), 2);
-    let facets: Vec<&str> = cluster["facets"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
-    for f in ["languages", "concerning_score", "user_frustration", "metadata.model"] {
+    let facets: Vec<&str> = cluster["facets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    for f in [
+        "languages",
+        "concerning_score",
+        "user_frustration",
+        "metadata.model",
+    ] {
         assert!(facets.contains(&f), "{f} in {facets:?}");
     }
 
@@ -280,14 +324,21 @@ fn the_api_serves_a_python_kura_checkpoint() {
     let hits = served.json("/api/search?q=pregnancy+pain&mode=keyword");
     let hits = hits["hits"].as_array().unwrap();
     assert!(!hits.is_empty());
-    assert!(hits[0]["cluster_ids"].as_array().unwrap().contains(&pregnancy["id"]));
-    let filtered = served.json("/api/search?q=the&mode=keyword&field=metadata.model&value=claude-v1&limit=2000");
+    assert!(hits[0]["cluster_ids"]
+        .as_array()
+        .unwrap()
+        .contains(&pregnancy["id"]));
+    let filtered = served
+        .json("/api/search?q=the&mode=keyword&field=metadata.model&value=claude-v1&limit=2000");
     for hit in filtered["hits"].as_array().unwrap() {
         let c = served.json(&format!("/api/conversation/{}", hit["index"]));
         assert_eq!(c["metadata"]["model"], "claude-v1");
     }
     let only = served.json("/api/filter?field=metadata.model&value=claude-v1");
-    assert_eq!(only["count"].as_u64().unwrap() as usize, only["indices"].as_array().unwrap().len());
+    assert_eq!(
+        only["count"].as_u64().unwrap() as usize,
+        only["indices"].as_array().unwrap().len()
+    );
     assert!(only["count"].as_u64().unwrap() > 0);
 
     let colours = served.json("/api/field?name=languages");
@@ -314,7 +365,10 @@ fn the_server_refuses_paths_outside_its_routes_writes_and_foreign_hosts() {
     ] {
         let (status, body) = served.get(target);
         assert!(status == 400 || status == 404, "{target}: {status}");
-        assert!(!body.contains("chat_id") && !body.contains("root:"), "{target} leaked {body}");
+        assert!(
+            !body.contains("chat_id") && !body.contains("root:"),
+            "{target} leaked {body}"
+        );
     }
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         let (status, _) = served.request(method, "/api/run", &served.address);
@@ -330,25 +384,69 @@ fn the_server_refuses_paths_outside_its_routes_writes_and_foreign_hosts() {
 #[test]
 fn search_and_export_work_on_python_kura_checkpoints() {
     let dir = reference();
-    let out = run_ok(kura().args(["search"]).arg(&dir).args(["pregnancy abdominal pain treatment", "--json", "--limit", "5"]));
-    let hits: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = run_ok(kura().args(["search"]).arg(&dir).args([
+        "pregnancy abdominal pain treatment",
+        "--json",
+        "--limit",
+        "5",
+    ]));
+    let hits: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(hits.len(), 5);
     assert_eq!(hits[0]["mode"], "semantic");
     for hit in &hits {
-        let path: Vec<&str> = hit["result"]["cluster_path"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        assert!(path.iter().any(|p| p.to_lowercase().contains("pregnan")), "{path:?}");
+        let path: Vec<&str> = hit["result"]["cluster_path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            path.iter().any(|p| p.to_lowercase().contains("pregnan")),
+            "{path:?}"
+        );
     }
-    let scores: Vec<f64> = hits.iter().map(|h| h["result"]["score"].as_f64().unwrap()).collect();
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+    let scores: Vec<f64> = hits
+        .iter()
+        .map(|h| h["result"]["score"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {scores:?}"
+    );
 
-    let out = run_ok(kura().args(["search"]).arg(&dir).args(["pregnancy", "--clusters", "--mode", "keyword", "--json"]));
-    let first: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
-    assert!(first["result"]["name"].as_str().unwrap().to_lowercase().contains("pregnancy"));
+    let out = run_ok(kura().args(["search"]).arg(&dir).args([
+        "pregnancy",
+        "--clusters",
+        "--mode",
+        "keyword",
+        "--json",
+    ]));
+    let first: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert!(first["result"]["name"]
+        .as_str()
+        .unwrap()
+        .to_lowercase()
+        .contains("pregnancy"));
 
-    let out = run_ok(kura().args(["search"]).arg(&dir).args(["travel blog", "--mode", "keyword", "--filter", "metadata.model=alpaca-13b"]));
+    let out = run_ok(kura().args(["search"]).arg(&dir).args([
+        "travel blog",
+        "--mode",
+        "keyword",
+        "--filter",
+        "metadata.model=alpaca-13b",
+    ]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("1. "), "{text}");
-    assert!(text.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).all(|l| l.contains("alpaca-13b")), "{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .all(|l| l.contains("alpaca-13b")),
+        "{text}"
+    );
 
     assert_exports(&dir, 1000);
 }
@@ -356,20 +454,42 @@ fn search_and_export_work_on_python_kura_checkpoints() {
 #[test]
 fn search_export_and_api_work_on_our_runs() {
     let dir = &hostile_run();
-    let out = run_ok(kura().args(["search"]).arg(dir).args(["cooking recipe", "--json", "--limit", "2"]));
-    let hits: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out =
+        run_ok(
+            kura()
+                .args(["search"])
+                .arg(dir)
+                .args(["cooking recipe", "--json", "--limit", "2"]),
+        );
+    let hits: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(hits.len(), 2);
     let conversations = read_jsonl(&dir.join("conversations.jsonl"));
     let recipe_ids: Vec<&str> = conversations
         .iter()
-        .filter(|c| c["messages"][0]["content"].as_str().unwrap().contains("recipe"))
+        .filter(|c| {
+            c["messages"][0]["content"]
+                .as_str()
+                .unwrap()
+                .contains("recipe")
+        })
         .map(|c| c["chat_id"].as_str().unwrap())
         .collect();
     let top = hits[0]["result"]["chat_id"].as_str().unwrap();
-    assert!(recipe_ids.contains(&top), "a recipe conversation ranks first, got {top}");
+    assert!(
+        recipe_ids.contains(&top),
+        "a recipe conversation ranks first, got {top}"
+    );
 
     // Terminal output never carries raw control characters from the run.
-    let out = run_ok(kura().args(["search"]).arg(dir).args(["recipe", "--mode", "keyword"]));
+    let out = run_ok(
+        kura()
+            .args(["search"])
+            .arg(dir)
+            .args(["recipe", "--mode", "keyword"]),
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).contains('\x1b'));
 
     assert_exports(dir, conversations.len());
@@ -381,7 +501,13 @@ fn search_export_and_api_work_on_our_runs() {
     let semantic = served.json("/api/search?q=cooking%20recipe&mode=semantic&limit=1");
     assert!(recipe_ids.contains(&semantic["hits"][0]["chat_id"].as_str().unwrap()));
     let conversation = served.json("/api/conversation/0");
-    assert!(conversation["messages"][0]["content"].as_str().unwrap().contains("<script>"), "text is served as it is, for the page to show as text");
+    assert!(
+        conversation["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("<script>"),
+        "text is served as it is, for the page to show as text"
+    );
 }
 
 /// Every export format has one row per conversation with the cluster path,
@@ -389,25 +515,53 @@ fn search_export_and_api_work_on_our_runs() {
 fn assert_exports(dir: &Path, rows: usize) {
     let out = tempfile::tempdir().unwrap();
     for format in ["csv", "json", "parquet"] {
-        run_ok(kura().args(["export"]).arg(dir).args(["--format", format, "--out"]).arg(out.path().join(format!("x.{format}"))));
+        run_ok(
+            kura()
+                .args(["export"])
+                .arg(dir)
+                .args(["--format", format, "--out"])
+                .arg(out.path().join(format!("x.{format}"))),
+        );
     }
-    let names: Vec<String> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names.len(), 3, "no temp files are left: {names:?}");
 
     let mut csv = csv_rows(&out.path().join("x.csv"));
     let header = csv.remove(0);
     assert_eq!(csv.len(), rows);
-    for column in ["chat_id", "cluster_path", "x", "y", "summary", "languages", "concerning_score", "user_frustration", "assistant_errors"] {
-        assert!(header.contains(&column.to_string()), "{column} in {header:?}");
+    for column in [
+        "chat_id",
+        "cluster_path",
+        "x",
+        "y",
+        "summary",
+        "languages",
+        "concerning_score",
+        "user_frustration",
+        "assistant_errors",
+    ] {
+        assert!(
+            header.contains(&column.to_string()),
+            "{column} in {header:?}"
+        );
     }
     assert!(header.iter().any(|h| h.starts_with("metadata.")));
     let path_col = header.iter().position(|h| h == "cluster_path").unwrap();
-    assert!(csv.iter().all(|r| !r[path_col].is_empty()), "every conversation has a cluster path");
+    assert!(
+        csv.iter().all(|r| !r[path_col].is_empty()),
+        "every conversation has a cluster path"
+    );
 
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("x.json")).unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("x.json")).unwrap()).unwrap();
     let json = json.as_array().unwrap();
     assert_eq!(json.len(), rows);
-    assert!(json[0]["cluster_path"].as_array().unwrap().len() >= 2);
+    assert!(json
+        .iter()
+        .all(|r| !r["cluster_path"].as_array().unwrap().is_empty()));
     assert!(json[0]["metadata"].is_object() && json[0]["x"].is_number());
 
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -415,10 +569,20 @@ fn assert_exports(dir: &Path, rows: usize) {
     let reader = SerializedFileReader::new(file).unwrap();
     let meta = reader.metadata();
     assert_eq!(meta.file_metadata().num_rows() as usize, rows);
-    let fields: Vec<String> = meta.file_metadata().schema().get_fields().iter().map(|f| f.name().to_string()).collect();
+    let fields: Vec<String> = meta
+        .file_metadata()
+        .schema()
+        .get_fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
     assert_eq!(fields, header, "Parquet has the CSV's columns");
     let first = reader.get_row_iter(None).unwrap().next().unwrap().unwrap();
-    let first_id = first.get_column_iter().next().map(|(_, v)| v.to_string()).unwrap();
+    let first_id = first
+        .get_column_iter()
+        .next()
+        .map(|(_, v)| v.to_string())
+        .unwrap();
     assert!(first_id.contains(&csv[0][0]), "{first_id} vs {}", csv[0][0]);
 }
 
@@ -456,7 +620,14 @@ fn the_page_explores_a_run_and_runs_nothing_from_its_data() {
     assert!(result["conversations"].as_u64().unwrap() > 0);
     assert!(result["literal"].as_u64().unwrap() > 0);
     assert!(result["semanticHits"].as_u64().unwrap() > 0);
-    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot was saved");
+    assert_eq!(
+        result["tooltip"], true,
+        "hovering a point shows its summary"
+    );
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "a screenshot was saved"
+    );
 }
 
 #[test]

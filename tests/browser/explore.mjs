@@ -62,7 +62,7 @@ async function assertNothingRan(page, events, origin) {
   check(injected.images === 0, `${injected.images} images were created from the data`);
   check(injected.handlers.length === 0, `event handler attributes in the page: ${injected.handlers}`);
   check(injected.links === 0, "links or embedded content were created from the data");
-  const foreign = events.requests.filter((r) => !r.startsWith(origin));
+  const foreign = events.requests.filter((r) => !r.startsWith(origin) && !r.startsWith("about:"));
   check(foreign.length === 0, `requests left the server: ${foreign}`);
   check(events.errors.length === 0, `page errors: ${events.errors.join(" | ")}`);
 }
@@ -101,20 +101,14 @@ async function explore(page, events) {
     if (text.includes("<script>") || text.includes("onerror=") || text.includes("javascript:")) literal++;
   }
 
-  // Hover a point on the map: the tooltip shows a summary.
+  // Hover the open conversation's point on the map: the tooltip shows its summary.
   const box = await page.locator("#map").boundingBox();
-  const point = await page.evaluate(() => {
-    const rect = document.getElementById("map").getBoundingClientRect();
-    return { w: rect.width, h: rect.height };
-  });
-  check(point.w > 100 && point.h > 100, "the map has room");
-  for (let gx = 0.2; gx < 0.85 && !(await page.isVisible("#tooltip")); gx += 0.05) {
-    for (let gy = 0.2; gy < 0.85; gy += 0.05) {
-      await page.mouse.move(box.x + gx * box.width, box.y + gy * box.height);
-      await page.waitForTimeout(15);
-      if (await page.isVisible("#tooltip")) break;
-    }
-  }
+  const open = Number(await page.evaluate(() => new URLSearchParams(location.hash.slice(1)).get("conv")));
+  const [px, py] = await page.evaluate((i) => window.kuraMap.pointOnScreen(i), open);
+  await page.mouse.move(box.x + px, box.y + py);
+  await page.waitForSelector("#tooltip:not([hidden])", { timeout: 5000 }).catch(() => {});
+  const tooltip = await page.isVisible("#tooltip") ? await page.textContent("#tooltip") : null;
+  await page.mouse.move(box.x + 2, box.y + 2);
 
   // Search by keyword, then by meaning (the embedder loads on the first one).
   await page.fill("#q", "script");
@@ -148,8 +142,7 @@ async function explore(page, events) {
   await page.screenshot({ path: screenshot, fullPage: false });
   await assertNothingRan(page, events, origin);
   check(literal > 0, "the hostile markup is shown as text");
-  const tooltip = await page.isVisible("#tooltip");
-  return { cluster: clusterName, conversations: count, literal, keywordHits, semanticHits, tooltip, seconds: (Date.now() - started) / 1000 };
+  return { cluster: clusterName, conversations: count, literal, keywordHits, semanticHits, tooltip: tooltip != null && tooltip.length > 10, seconds: (Date.now() - started) / 1000 };
 }
 
 async function load(page) {
@@ -162,6 +155,7 @@ async function load(page) {
   }));
   check(timing.points.includes(`${expected} conversations`), `the page shows ${expected} conversations: ${timing.points}`);
   check(timing.tree > 0, "the tree is drawn");
+  await page.screenshot({ path: screenshot });
   // Pan and zoom redraws: the average frame over a few wheel steps.
   const box = await page.locator("#map").boundingBox();
   await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
@@ -174,7 +168,6 @@ async function load(page) {
     }
     return (performance.now() - t0) / 10;
   });
-  await page.screenshot({ path: screenshot });
   return { load_ms: Math.round(timing.ready), zoom_frame_ms: Math.round(frames) };
 }
 

@@ -52,11 +52,22 @@ function el(tag, props, ...children) {
 
 const $ = (id) => document.getElementById(id);
 
+/// Replaces a node's children, skipping the absent (null) ones.
+function fill(node, ...children) {
+  node.replaceChildren(...children.filter((c) => c != null));
+}
+
 async function api(path) {
   const res = await fetch(path, { headers: { Accept: "application/json" } });
   const body = await res.json().catch(() => ({ error: res.statusText }));
   if (!res.ok) throw new Error(body.error || res.statusText);
   return body;
+}
+
+/// Scrolls a pane (never the page) so that `child` is at its top.
+function scrollWithin(pane, child) {
+  const top = child.getBoundingClientRect().top - pane.getBoundingClientRect().top + pane.scrollTop;
+  if (top < pane.scrollTop || top > pane.scrollTop + pane.clientHeight - 40) pane.scrollTop = Math.max(0, top - 8);
 }
 
 function percent(share) {
@@ -151,7 +162,7 @@ function revealInTree(index) {
   const node = data.clusters[index].node;
   if (node) {
     node.firstChild.classList.add("selected");
-    node.firstChild.scrollIntoView({ block: "nearest" });
+    scrollWithin($("tree-pane"), node.firstChild);
   }
 }
 
@@ -186,7 +197,7 @@ async function selectCluster(id, opts = {}) {
   const panel = $("cluster-panel");
   panel.hidden = false;
   $("hint").hidden = true;
-  panel.replaceChildren(el("p", { text: "Loading…" }));
+  fill(panel, el("p", { text: "Loading…" }));
   try {
     const c = await api(`/api/cluster/${encodeURIComponent(id)}`);
     if (state.cluster !== id) return;
@@ -194,7 +205,7 @@ async function selectCluster(id, opts = {}) {
     const size = c.share == null ? `${c.count} conversations` : `${c.count} conversations, ${percent(c.share)} of its parent`;
     const convs = el("ul", { class: "items" }, ...c.conversations.map((v) => el("li", {},
       el("button", { class: "link conv-item", type: "button", "data-index": String(v.index), text: v.summary || v.chat_id, on: { click: () => openConversation(v.index) } }))));
-    panel.replaceChildren(
+    fill(panel, 
       el("button", { class: "close link", type: "button", text: "close", on: { click: () => { state.cluster = null; data.selectedMembers = null; panel.hidden = true; writeHash(); map.draw(); } } }),
       pathLinks(c.path.slice(0, -1)),
       el("h2", { text: c.name }),
@@ -208,7 +219,7 @@ async function selectCluster(id, opts = {}) {
       convs);
     map.draw();
   } catch (e) {
-    panel.replaceChildren(el("p", { class: "error", text: String(e.message || e) }));
+    fill(panel, el("p", { class: "error", text: String(e.message || e) }));
   }
 }
 
@@ -239,14 +250,14 @@ async function openConversation(index, opts = {}) {
   const panel = $("conversation-panel");
   panel.hidden = false;
   $("hint").hidden = true;
-  panel.replaceChildren(el("p", { text: "Loading…" }));
+  fill(panel, el("p", { text: "Loading…" }));
   map.draw();
   try {
     const c = await api(`/api/conversation/${index}`);
     if (state.conv !== index) return;
     const s = c.summary || {};
     const list = (v) => (Array.isArray(v) ? v.join(", ") : v);
-    panel.replaceChildren(
+    fill(panel, 
       el("button", { class: "close link", type: "button", text: "close", on: { click: () => { state.conv = null; panel.hidden = true; writeHash(); map.draw(); } } }),
       pathLinks(c.path),
       el("h2", { text: c.chat_id }),
@@ -263,9 +274,9 @@ async function openConversation(index, opts = {}) {
       ...c.messages.map((m) => el("div", { class: `message ${m.role === "assistant" ? "assistant" : "user"}` },
         el("div", { class: "role", text: m.role }),
         el("div", { class: "content", text: m.content }))));
-    panel.scrollIntoView({ block: "nearest" });
+    scrollWithin($("side"), panel);
   } catch (e) {
-    panel.replaceChildren(el("p", { class: "error", text: String(e.message || e) }));
+    fill(panel, el("p", { class: "error", text: String(e.message || e) }));
   }
 }
 
@@ -280,14 +291,14 @@ async function runSearch(q, mode, opts = {}) {
   if (!state.q) { panel.hidden = true; map.draw(); return; }
   panel.hidden = false;
   $("hint").hidden = true;
-  panel.replaceChildren(el("p", { text: mode === "semantic" ? "Searching by meaning (the embedder loads on first use)…" : "Searching…" }));
+  fill(panel, el("p", { text: mode === "semantic" ? "Searching by meaning (the embedder loads on first use)…" : "Searching…" }));
   const p = new URLSearchParams({ q: state.q, mode });
   if (state.ff) { p.set("field", state.ff); p.set("value", state.fv); }
   try {
     const r = await api(`/api/search?${p}`);
     if (state.q !== q.trim() || state.mode !== mode) return;
     data.hits = new Set(r.hits.map((h) => h.index));
-    panel.replaceChildren(
+    fill(panel, 
       el("button", { class: "close link", type: "button", text: "clear", on: { click: () => { $("q").value = ""; runSearch("", state.mode); } } }),
       el("h2", { text: `${r.hits.length} results for “${r.query}”` }),
       r.clusters.length ? el("h3", { text: "clusters" }) : null,
@@ -299,7 +310,7 @@ async function runSearch(q, mode, opts = {}) {
         el("button", { class: "link", type: "button", text: h.summary || h.chat_id, on: { click: () => openConversation(h.index) } }),
         el("div", { class: "score", text: `${h.score.toFixed(3)} · ${h.cluster_path.join(" › ")}` })))));
   } catch (e) {
-    panel.replaceChildren(el("p", { class: "error", text: String(e.message || e) }));
+    fill(panel, el("p", { class: "error", text: String(e.message || e) }));
   }
   map.draw();
 }
@@ -405,7 +416,8 @@ const map = (() => {
     const pixels = new Uint32Array(image.data.buffer);
     pixels.fill(rgba("#fbfbfd"));
     const s = scale();
-    const size = Math.max(2, Math.min(6, Math.round((1.5 + Math.log2(zoom)) * ratio)));
+    const sparse = n < 2000 ? 2 : 0;
+    const size = Math.max(2, Math.min(8, Math.round((2 + sparse + Math.log2(zoom)) * ratio)));
     const dim = rgba("#e3e5ea");
     const focus = data.filtered || data.selectedMembers;
     for (let i = 0; i < n; i++) {
@@ -561,6 +573,8 @@ const map = (() => {
     init() { resize(); },
     draw,
     setView([x, y, z]) { cx = x; cy = y; zoom = z; draw(); },
+    /// Where conversation `i` is drawn, in canvas pixels (for tests and tools).
+    pointOnScreen(i) { return toScreen(data.points.x[i], data.points.y[i]); },
   };
 })();
 
@@ -591,6 +605,7 @@ async function start() {
   $("filter-clear").addEventListener("click", () => { $("filter-field").value = ""; $("filter-value").value = ""; applyFilter("", ""); });
   window.addEventListener("hashchange", () => applyState(readHash()));
 
+  window.kuraMap = { pointOnScreen: map.pointOnScreen };
   requestAnimationFrame(() => {
     document.body.dataset.ready = "true";
     window.kuraLoadedMs = performance.now();

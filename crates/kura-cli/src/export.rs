@@ -58,10 +58,11 @@ pub fn run(args: ExportArgs) -> Result<()> {
     match (&args.out, args.format) {
         (Some(path), _) => write_file(path, &bytes),
         (None, ExportFormat::Parquet) => bail!("--format parquet needs --out FILE"),
-        (None, _) => std::io::stdout()
-            .lock()
-            .write_all(&bytes)
-            .context("cannot write to standard output"),
+        (None, _) => match std::io::stdout().lock().write_all(&bytes) {
+            // A reader that stopped early (`| head`) is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.context("cannot write to standard output"),
+        },
     }
 }
 
@@ -76,13 +77,19 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 fn table(view: &RunView) -> Table {
     let n = view.conversations.len();
     let summary = |f: &dyn Fn(&kura_core::ConversationSummary) -> Option<String>| {
-        Column::Text((0..n).map(|i| view.summaries[i].as_ref().and_then(f)).collect())
+        Column::Text(
+            (0..n)
+                .map(|i| view.summaries[i].as_ref().and_then(f))
+                .collect(),
+        )
     };
     let path = |f: &dyn Fn(&[usize]) -> Option<String>| {
         Column::Text((0..n).map(|i| f(&view.conversation_path(i))).collect())
     };
     let names_of = |p: &[usize]| -> Vec<String> {
-        p.iter().map(|&c| view.clusters[c].cluster.name.clone()).collect()
+        p.iter()
+            .map(|&c| view.clusters[c].cluster.name.clone())
+            .collect()
     };
     let mut names: Vec<String> = [
         "chat_id",
@@ -104,8 +111,18 @@ fn table(view: &RunView) -> Table {
     .map(String::from)
     .to_vec();
     let mut columns = vec![
-        Column::Text(view.conversations.iter().map(|c| Some(c.chat_id.clone())).collect()),
-        Column::Text(view.conversations.iter().map(|c| Some(c.created_at.clone())).collect()),
+        Column::Text(
+            view.conversations
+                .iter()
+                .map(|c| Some(c.chat_id.clone()))
+                .collect(),
+        ),
+        Column::Text(
+            view.conversations
+                .iter()
+                .map(|c| Some(c.created_at.clone()))
+                .collect(),
+        ),
         path(&|p| (!p.is_empty()).then(|| names_of(p).join(" > "))),
         path(&|p| {
             (!p.is_empty()).then(|| {
@@ -127,12 +144,15 @@ fn table(view: &RunView) -> Table {
         Column::Int(score(view, |s| s.user_frustration)),
         summary(&|s| s.assistant_errors.as_ref().map(|e| e.join("; "))),
     ];
-    for field in view.fields().into_iter().filter(|f| f.starts_with("metadata.")) {
+    for field in view
+        .fields()
+        .into_iter()
+        .filter(|f| f.starts_with("metadata."))
+    {
         let key = &field["metadata.".len()..];
         columns.push(Column::Text(
-            view.conversations
-                .iter()
-                .map(|c| c.metadata.get(key).map(metadata_text))
+            (0..n)
+                .map(|i| view.metadata(i, key).map(metadata_text))
                 .collect(),
         ));
         names.push(field);
@@ -189,25 +209,42 @@ fn json_bytes(view: &RunView) -> Result<Vec<u8>> {
             row.insert("created_at".into(), c.created_at.clone().into());
             row.insert(
                 "cluster_path".into(),
-                path.iter().map(|&p| view.clusters[p].cluster.name.clone()).collect(),
+                path.iter()
+                    .map(|&p| view.clusters[p].cluster.name.clone())
+                    .collect(),
             );
             row.insert(
                 "cluster_ids".into(),
-                path.iter().map(|&p| view.clusters[p].cluster.id.clone()).collect(),
+                path.iter()
+                    .map(|&p| view.clusters[p].cluster.id.clone())
+                    .collect(),
             );
             row.insert("x".into(), view.points[i].x.into());
             row.insert("y".into(), view.points[i].y.into());
             row.insert("summary".into(), s.map(|s| s.summary.clone()).into());
             row.insert("request".into(), s.and_then(|s| s.request.clone()).into());
             row.insert("task".into(), s.and_then(|s| s.task.clone()).into());
-            row.insert("languages".into(), s.and_then(|s| s.languages.clone()).into());
-            row.insert("concerning_score".into(), s.and_then(|s| s.concerning_score).into());
-            row.insert("user_frustration".into(), s.and_then(|s| s.user_frustration).into());
+            row.insert(
+                "languages".into(),
+                s.and_then(|s| s.languages.clone()).into(),
+            );
+            row.insert(
+                "concerning_score".into(),
+                s.and_then(|s| s.concerning_score).into(),
+            );
+            row.insert(
+                "user_frustration".into(),
+                s.and_then(|s| s.user_frustration).into(),
+            );
             row.insert(
                 "assistant_errors".into(),
                 s.and_then(|s| s.assistant_errors.clone()).into(),
             );
-            row.insert("metadata".into(), Value::Object(c.metadata.clone()));
+            let mut metadata = c.metadata.clone();
+            for (k, v) in s.map(|s| &s.metadata).into_iter().flatten() {
+                metadata.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            row.insert("metadata".into(), Value::Object(metadata));
             Value::Object(row)
         })
         .collect();
@@ -224,7 +261,11 @@ fn parquet_bytes(table: &Table) -> Result<Vec<u8>> {
         .zip(&table.columns)
         .map(|(name, column)| {
             let (physical, logical, repetition) = match column {
-                Column::Text(_) => (PhysicalType::BYTE_ARRAY, Some(LogicalType::String), Repetition::OPTIONAL),
+                Column::Text(_) => (
+                    PhysicalType::BYTE_ARRAY,
+                    Some(LogicalType::String),
+                    Repetition::OPTIONAL,
+                ),
                 Column::Int(_) => (PhysicalType::INT32, None, Repetition::OPTIONAL),
                 Column::Float(_) => (PhysicalType::DOUBLE, None, Repetition::REQUIRED),
             };
@@ -235,7 +276,11 @@ fn parquet_bytes(table: &Table) -> Result<Vec<u8>> {
                 .map(Arc::new)
         })
         .collect::<parquet::errors::Result<Vec<_>>>()?;
-    let schema = Arc::new(Type::group_type_builder("conversation").with_fields(fields).build()?);
+    let schema = Arc::new(
+        Type::group_type_builder("conversation")
+            .with_fields(fields)
+            .build()?,
+    );
     let mut writer = SerializedFileWriter::new(
         Vec::new(),
         schema,
@@ -250,14 +295,18 @@ fn parquet_bytes(table: &Table) -> Result<Vec<u8>> {
         match column {
             Column::Text(values) => {
                 let (levels, present) = definition_levels(values);
-                let bytes: Vec<ByteArray> =
-                    present.into_iter().map(|s| ByteArray::from(s.as_str())).collect();
-                out.typed::<ByteArrayType>().write_batch(&bytes, Some(&levels), None)?;
+                let bytes: Vec<ByteArray> = present
+                    .into_iter()
+                    .map(|s| ByteArray::from(s.as_str()))
+                    .collect();
+                out.typed::<ByteArrayType>()
+                    .write_batch(&bytes, Some(&levels), None)?;
             }
             Column::Int(values) => {
                 let (levels, present) = definition_levels(values);
                 let ints: Vec<i32> = present.into_iter().copied().collect();
-                out.typed::<Int32Type>().write_batch(&ints, Some(&levels), None)?;
+                out.typed::<Int32Type>()
+                    .write_batch(&ints, Some(&levels), None)?;
             }
             Column::Float(values) => {
                 out.typed::<DoubleType>().write_batch(values, None, None)?;
@@ -266,7 +315,9 @@ fn parquet_bytes(table: &Table) -> Result<Vec<u8>> {
         out.close()?;
     }
     group.close()?;
-    writer.into_inner().context("cannot finish the Parquet file")
+    writer
+        .into_inner()
+        .context("cannot finish the Parquet file")
 }
 
 /// Parquet's encoding of optional values: a level per row (1 present, 0 null) and

@@ -103,7 +103,12 @@ pub fn run(args: SearchArgs) -> Result<()> {
             conversation_record(&view, hit)
         };
         if args.json {
-            println!("{}", serde_json::to_string(&json!({"rank": rank + 1, "mode": args.mode.as_str(), "result": record}))?);
+            println!(
+                "{}",
+                serde_json::to_string(
+                    &json!({"rank": rank + 1, "mode": args.mode.as_str(), "result": record})
+                )?
+            );
         } else {
             println!("{}", render(rank + 1, hit.score, &record));
         }

@@ -44,7 +44,11 @@ impl Semantic {
     }
 
     /// The query's vector and the run's embeddings to rank against.
-    pub fn prepare<'a>(&'a self, view: &'a RunView, query: &str) -> Result<(Vec<f32>, &'a Embeddings)> {
+    pub fn prepare<'a>(
+        &'a self,
+        view: &'a RunView,
+        query: &str,
+    ) -> Result<(Vec<f32>, &'a Embeddings)> {
         let embedder = self.embedder()?;
         let vector = embedder
             .embed(&[query])
@@ -72,7 +76,11 @@ impl Semantic {
         Ok(self.embedder.get_or_init(|| e).clone())
     }
 
-    fn embeddings<'a>(&'a self, view: &'a RunView, embedder: &dyn Embedder) -> Result<&'a Embeddings> {
+    fn embeddings<'a>(
+        &'a self,
+        view: &'a RunView,
+        embedder: &dyn Embedder,
+    ) -> Result<&'a Embeddings> {
         if let Some(e) = &view.embeddings {
             return Ok(e);
         }
@@ -86,7 +94,11 @@ impl Semantic {
                 .embed(chunk)
                 .map_err(|e| anyhow::anyhow!("cannot embed the run's summaries: {e}"))?;
             if rows.rows() != chunk.len() {
-                bail!("the embedder returned {} rows for {} summaries", rows.rows(), chunk.len());
+                bail!(
+                    "the embedder returned {} rows for {} summaries",
+                    rows.rows(),
+                    chunk.len()
+                );
             }
             data.extend_from_slice(rows.as_slice());
         }

@@ -144,7 +144,9 @@ impl Explorer {
         let indices: Vec<usize> = (0..self.view.conversations.len())
             .filter(|&i| self.view.has_value(i, field, value))
             .collect();
-        Response::json(&json!({"field": field, "value": value, "count": indices.len(), "indices": indices}))
+        Response::json(
+            &json!({"field": field, "value": value, "count": indices.len(), "indices": indices}),
+        )
     }
 
     fn search(&self, query: &HashMap<String, String>) -> Response {
@@ -173,7 +175,9 @@ impl Explorer {
                     search::semantic(embeddings, &q, limit, keep),
                     search::semantic_clusters(view, embeddings, &q, 5),
                 ),
-                Err(e) => return Response::error(503, &format!("semantic search is unavailable: {e:#}")),
+                Err(e) => {
+                    return Response::error(503, &format!("semantic search is unavailable: {e:#}"))
+                }
             }
         } else {
             (
@@ -324,8 +328,16 @@ struct Frame {
 
 impl Frame {
     fn of(view: &RunView) -> Frame {
-        let xs = view.points.iter().map(|p| p.x as f64).chain(view.clusters.iter().map(|c| c.x));
-        let ys = view.points.iter().map(|p| p.y as f64).chain(view.clusters.iter().map(|c| c.y));
+        let xs = view
+            .points
+            .iter()
+            .map(|p| p.x as f64)
+            .chain(view.clusters.iter().map(|c| c.x));
+        let ys = view
+            .points
+            .iter()
+            .map(|p| p.y as f64)
+            .chain(view.clusters.iter().map(|c| c.y));
         let (min_x, max_x) = bounds(xs);
         let (min_y, max_y) = bounds(ys);
         let extent = (max_x - min_x).max(max_y - min_y);
@@ -399,11 +411,26 @@ fn points(view: &RunView, frame: &Frame) -> String {
         out.push(']');
     };
     out.push('{');
-    column(&mut out, "x", &mut view.points.iter().map(|p| fmt5(frame.x(p.x as f64))));
+    column(
+        &mut out,
+        "x",
+        &mut view.points.iter().map(|p| fmt5(frame.x(p.x as f64))),
+    );
     out.push(',');
-    column(&mut out, "y", &mut view.points.iter().map(|p| fmt5(frame.y(p.y as f64))));
+    column(
+        &mut out,
+        "y",
+        &mut view.points.iter().map(|p| fmt5(frame.y(p.y as f64))),
+    );
     out.push(',');
-    column(&mut out, "base", &mut view.points.iter().map(|p| p.base.map_or(-1, |b| b as i64).to_string()));
+    column(
+        &mut out,
+        "base",
+        &mut view
+            .points
+            .iter()
+            .map(|p| p.base.map_or(-1, |b| b as i64).to_string()),
+    );
     out.push(',');
     column(
         &mut out,
@@ -445,7 +472,10 @@ mod tests {
         ] {
             assert!(segments(bad).is_none(), "{bad}");
         }
-        assert_eq!(segments("/api/cluster/a%20b").unwrap(), ["api", "cluster", "a b"]);
+        assert_eq!(
+            segments("/api/cluster/a%20b").unwrap(),
+            ["api", "cluster", "a b"]
+        );
     }
 
     #[test]

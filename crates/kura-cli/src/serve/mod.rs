@@ -137,8 +137,5 @@ fn local_host(request: &Request) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => host.split(':').next().unwrap_or(""),
     };
-    name == "localhost"
-        || name
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

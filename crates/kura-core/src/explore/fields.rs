@@ -58,15 +58,10 @@ impl RunView {
     /// languages; none when it has no value).
     pub fn values(&self, conversation: usize, field: &str) -> Vec<String> {
         if let Some(key) = field.strip_prefix(METADATA_PREFIX) {
-            let value = self.conversations[conversation]
-                .metadata
-                .get(key)
-                .or_else(|| {
-                    self.summaries[conversation]
-                        .as_ref()
-                        .and_then(|s| s.metadata.get(key))
-                });
-            return value.map(json_values).unwrap_or_default();
+            return self
+                .metadata(conversation, key)
+                .map(json_values)
+                .unwrap_or_default();
         }
         let Some(s) = &self.summaries[conversation] else {
             return Vec::new();
@@ -78,8 +73,16 @@ impl RunView {
                 .flatten()
                 .map(|l| l.to_lowercase())
                 .collect(),
-            "concerning_score" => s.concerning_score.map(|v| v.to_string()).into_iter().collect(),
-            "user_frustration" => s.user_frustration.map(|v| v.to_string()).into_iter().collect(),
+            "concerning_score" => s
+                .concerning_score
+                .map(|v| v.to_string())
+                .into_iter()
+                .collect(),
+            "user_frustration" => s
+                .user_frustration
+                .map(|v| v.to_string())
+                .into_iter()
+                .collect(),
             "assistant_errors" => s
                 .assistant_errors
                 .as_ref()
@@ -88,6 +91,19 @@ impl RunView {
                 .collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// A metadata value of a conversation: its own, else its summary's (Python
+    /// Kura copies some metadata, such as turn counts, only to the summary).
+    pub fn metadata(&self, conversation: usize, key: &str) -> Option<&Value> {
+        self.conversations[conversation]
+            .metadata
+            .get(key)
+            .or_else(|| {
+                self.summaries[conversation]
+                    .as_ref()
+                    .and_then(|s| s.metadata.get(key))
+            })
     }
 
     /// Whether a conversation has `value` among its values of `field`.

@@ -33,24 +33,31 @@ pub fn terms(query: &str) -> Vec<String> {
 /// Conversations holding every word of the query, in their summary, facets or
 /// messages. Words in the summary weigh more than words deep in a message, and
 /// repeats count with diminishing returns.
-pub fn keyword(view: &RunView, query: &str, limit: usize, keep: impl Fn(usize) -> bool) -> Vec<Hit> {
+pub fn keyword(
+    view: &RunView,
+    query: &str,
+    limit: usize,
+    keep: impl Fn(usize) -> bool,
+) -> Vec<Hit> {
     let terms = terms(query);
     if terms.is_empty() {
         return Vec::new();
     }
-    let scored = (0..view.conversations.len()).filter(|&i| keep(i)).filter_map(|i| {
-        let mut fields: Vec<(String, f32)> = Vec::new();
-        if let Some(s) = &view.summaries[i] {
-            fields.push((s.summary.to_lowercase(), 3.0));
-            for facet in [&s.request, &s.task, &s.topic].into_iter().flatten() {
-                fields.push((facet.to_lowercase(), 2.0));
+    let scored = (0..view.conversations.len())
+        .filter(|&i| keep(i))
+        .filter_map(|i| {
+            let mut fields: Vec<(String, f32)> = Vec::new();
+            if let Some(s) = &view.summaries[i] {
+                fields.push((s.summary.to_lowercase(), 3.0));
+                for facet in [&s.request, &s.task, &s.topic].into_iter().flatten() {
+                    fields.push((facet.to_lowercase(), 2.0));
+                }
             }
-        }
-        for m in &view.conversations[i].messages {
-            fields.push((m.content.to_lowercase(), 1.0));
-        }
-        score_fields(&terms, &fields).map(|score| Hit { index: i, score })
-    });
+            for m in &view.conversations[i].messages {
+                fields.push((m.content.to_lowercase(), 1.0));
+            }
+            score_fields(&terms, &fields).map(|score| Hit { index: i, score })
+        });
     top(scored, limit)
 }
 

@@ -60,7 +60,11 @@ fn our_run(dir: &Path) {
         conversation("c", "bake sourdough bread", "m1"),
     ];
     let summaries = vec![
-        summary("a", "The user debugs a Rust borrow error.", &["English", "rust"]),
+        summary(
+            "a",
+            "The user debugs a Rust borrow error.",
+            &["English", "rust"],
+        ),
         summary("b", "The user asks about Rust lifetimes.", &["english"]),
         summary("c", "The user wants a bread recipe.", &["french"]),
     ];
@@ -75,9 +79,24 @@ fn our_run(dir: &Path) {
         .map(|(i, c)| ProjectedCluster::new(c, i as f64, 0.0, usize::from(i > 0)))
         .collect();
     let points = vec![
-        ConversationPoint { chat_id: "a".into(), x: 1.0, y: 0.5, cluster_id: "code".into() },
-        ConversationPoint { chat_id: "b".into(), x: 1.2, y: 0.4, cluster_id: "code".into() },
-        ConversationPoint { chat_id: "c".into(), x: 2.0, y: -1.0, cluster_id: "food".into() },
+        ConversationPoint {
+            chat_id: "a".into(),
+            x: 1.0,
+            y: 0.5,
+            cluster_id: "code".into(),
+        },
+        ConversationPoint {
+            chat_id: "b".into(),
+            x: 1.2,
+            y: 0.4,
+            cluster_id: "code".into(),
+        },
+        ConversationPoint {
+            chat_id: "c".into(),
+            x: 2.0,
+            y: -1.0,
+            cluster_id: "food".into(),
+        },
     ];
     store::write_jsonl(&dir.join(CONVERSATIONS), &conversations).unwrap();
     store::write_jsonl(&dir.join(SUMMARIES), &summaries).unwrap();
@@ -111,7 +130,10 @@ fn opens_our_run_with_points_paths_and_embeddings() {
     assert_eq!(path, ["root", "code"]);
     let root = view.cluster_index("root").unwrap();
     assert_eq!(view.clusters[root].children.len(), 2);
-    assert_eq!(view.clusters[view.clusters[root].children[0]].cluster.id, "code", "largest child first");
+    assert_eq!(
+        view.clusters[view.clusters[root].children[0]].cluster.id, "code",
+        "largest child first"
+    );
     assert_eq!(view.embeddings.as_ref().unwrap().matrix.rows(), 3);
 }
 
@@ -122,7 +144,11 @@ fn breakdowns_count_facets_and_metadata() {
     let view = RunView::open(dir.path()).unwrap();
     let all = [0, 1, 2];
     let languages = view.breakdown("languages", &all, 10);
-    assert_eq!(languages.values[0], ("english".to_string(), 2), "languages are case-folded");
+    assert_eq!(
+        languages.values[0],
+        ("english".to_string(), 2),
+        "languages are case-folded"
+    );
     let models = view.breakdown("metadata.model", &all, 1);
     assert_eq!(models.values, vec![("m1".to_string(), 2)]);
     assert_eq!(models.other, 1);
@@ -139,10 +165,15 @@ fn keyword_search_needs_every_word_and_ranks_summary_matches_first() {
     our_run(dir.path());
     let view = RunView::open(dir.path()).unwrap();
     let hits = search::keyword(&view, "Rust", 10, |_| true);
-    let ids: Vec<&str> = hits.iter().map(|h| view.conversations[h.index].chat_id.as_str()).collect();
+    let ids: Vec<&str> = hits
+        .iter()
+        .map(|h| view.conversations[h.index].chat_id.as_str())
+        .collect();
     assert_eq!(ids.len(), 2);
     assert!(search::keyword(&view, "rust bread", 10, |_| true).is_empty());
-    let only_m2 = search::keyword(&view, "rust", 10, |i| view.has_value(i, "metadata.model", "m2"));
+    let only_m2 = search::keyword(&view, "rust", 10, |i| {
+        view.has_value(i, "metadata.model", "m2")
+    });
     assert_eq!(only_m2.len(), 1);
     let clusters = search::keyword_clusters(&view, "food", 10);
     assert_eq!(view.clusters[clusters[0].index].cluster.id, "food");
@@ -165,10 +196,18 @@ fn semantic_search_ranks_by_cosine() {
 fn a_point_for_an_unknown_conversation_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     our_run(dir.path());
-    let bad = [ConversationPoint { chat_id: "zz".into(), x: 0.0, y: 0.0, cluster_id: "code".into() }];
+    let bad = [ConversationPoint {
+        chat_id: "zz".into(),
+        x: 0.0,
+        y: 0.0,
+        cluster_id: "code".into(),
+    }];
     store::write_jsonl(&dir.path().join(CONVERSATION_COORDS), &bad).unwrap();
     let err = RunView::open(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("conversation_coords.jsonl") && err.contains("line 1"), "{err}");
+    assert!(
+        err.contains("conversation_coords.jsonl") && err.contains("line 1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -178,13 +217,26 @@ fn opens_python_kura_checkpoint_with_stable_jittered_points() {
     assert_eq!(view.conversations.len(), 1000);
     assert!(view.embeddings.is_none());
     assert!(view.summaries.iter().all(Option::is_some));
-    assert!(view.points.iter().all(|p| p.base.is_some()), "every conversation is in a base cluster");
+    assert!(
+        view.points.iter().all(|p| p.base.is_some()),
+        "every conversation is in a base cluster"
+    );
     let again = RunView::open(&reference()).unwrap();
-    assert_eq!(view.points, again.points, "the map is the same on every open");
+    assert_eq!(
+        view.points, again.points,
+        "the map is the same on every open"
+    );
     // Each point lies nearer its own base cluster than the map's whole extent.
-    let distinct: std::collections::HashSet<(u32, u32)> =
-        view.points.iter().map(|p| (p.x.to_bits(), p.y.to_bits())).collect();
-    assert!(distinct.len() > 990, "jitter separates points: {}", distinct.len());
+    let distinct: std::collections::HashSet<(u32, u32)> = view
+        .points
+        .iter()
+        .map(|p| (p.x.to_bits(), p.y.to_bits()))
+        .collect();
+    assert!(
+        distinct.len() > 990,
+        "jitter separates points: {}",
+        distinct.len()
+    );
     for (i, p) in view.points.iter().enumerate() {
         let base = &view.clusters[p.base.unwrap()];
         assert!(base.children.is_empty());
@@ -196,5 +248,9 @@ fn opens_python_kura_checkpoint_with_stable_jittered_points() {
     let hits = search::keyword(&view, "pregnancy", 5, |_| true);
     assert!(!hits.is_empty());
     let top = view.top_cluster(hits[0].index).unwrap();
-    assert!(view.clusters[top].cluster.name.to_lowercase().contains("pregnancy"));
+    assert!(view.clusters[top]
+        .cluster
+        .name
+        .to_lowercase()
+        .contains("pregnancy"));
 }
