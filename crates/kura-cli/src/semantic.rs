@@ -1,13 +1,16 @@
 //! Semantic search over a run: the query is embedded by the same local model as
 //! the run's summaries. Both the model and, for runs that carry no embeddings
 //! (Python Kura's checkpoints), the summaries' embeddings are made on first use,
-//! so opening a run or a keyword search never loads a model.
+//! so opening a run or a keyword search never loads a model. Embeddings made for
+//! such a run are kept in the local cache (`CACHE/embeddings/KEY.npy`).
 
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Result};
 use kura_core::explore::{Embeddings, RunView};
+use kura_core::store::{self, fingerprint};
 use kura_core::{Embedder, Matrix};
+use kura_models::Resolver;
 
 use crate::backends::Backends;
 use crate::config::Config;
@@ -88,25 +91,52 @@ impl Semantic {
             return Ok(e);
         }
         let (texts, conversation_of_row) = view.summary_texts();
-        let mut data = Vec::with_capacity(texts.len() * embedder.dim());
-        for chunk in texts.chunks(BATCH) {
-            let rows = embedder
-                .embed(chunk)
-                .map_err(|e| anyhow::anyhow!("cannot embed the run's summaries: {e}"))?;
-            if rows.rows() != chunk.len() {
-                bail!(
-                    "the embedder returned {} rows for {} summaries",
-                    rows.rows(),
-                    chunk.len()
-                );
-            }
-            data.extend_from_slice(rows.as_slice());
-        }
-        let cols = data.len().checked_div(texts.len()).unwrap_or(0);
+        let matrix = cached_embeddings(embedder, &texts)?;
         let embeddings = Embeddings {
-            matrix: Matrix::new(texts.len(), cols, data),
+            matrix,
             conversation_of_row,
         };
         Ok(self.computed.get_or_init(|| embeddings))
     }
+}
+
+/// The summaries' embeddings from the local cache, else computed and cached: a
+/// run without embeddings would otherwise be embedded again on every search. The
+/// key covers the embedder (name and checksum) and every text.
+fn cached_embeddings(embedder: &dyn Embedder, texts: &[&str]) -> Result<Matrix> {
+    let id = embedder.id();
+    let key = fingerprint(
+        &std::iter::once(id.as_str())
+            .chain(texts.iter().copied())
+            .collect::<Vec<_>>(),
+    );
+    let path = Resolver::from_env()
+        .cache_dir()
+        .join("embeddings")
+        .join(format!("{key}.npy"));
+    if let Ok(matrix) = store::read_npy(&path) {
+        if matrix.rows() == texts.len() {
+            return Ok(matrix);
+        }
+    }
+    let mut data = Vec::with_capacity(texts.len() * embedder.dim());
+    for chunk in texts.chunks(BATCH) {
+        let rows = embedder
+            .embed(chunk)
+            .map_err(|e| anyhow::anyhow!("cannot embed the run's summaries: {e}"))?;
+        if rows.rows() != chunk.len() {
+            bail!(
+                "the embedder returned {} rows for {} summaries",
+                rows.rows(),
+                chunk.len()
+            );
+        }
+        data.extend_from_slice(rows.as_slice());
+    }
+    let cols = data.len().checked_div(texts.len()).unwrap_or(0);
+    let matrix = Matrix::new(texts.len(), cols, data);
+    if let Err(e) = store::write_npy(&path, &matrix) {
+        tracing::warn!("cannot cache the summaries' embeddings: {e}");
+    }
+    Ok(matrix)
 }
