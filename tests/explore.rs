@@ -105,7 +105,7 @@ fn hostile_run() -> PathBuf {
             ("<a href=\"javascript:window.__xss = 3\">click me</a>", "Fix this Rust borrow checker error in my function."),
             ("<svg onload=\"window.__xss = 4\"></svg><iframe src=\"javascript:alert(4)\">", "Explain Python list comprehensions with an example."),
             ("\"><b onmouseover=\"window.__xss = 5\">hover</b>", "Write a SQL query that joins two tables."),
-            ("<style>body{display:none}</style><script src=\"http://203.0.113.1/x.js\"></script>", "Suggest a vegetarian pasta recipe for four people."),
+            ("<style>body{display:none}</style><script src=\"http://127.0.0.1:9/x.js\"></script>", "Suggest a vegetarian pasta recipe for four people."),
         ];
         let mut lines = String::new();
         for (i, (payload, question)) in payloads.iter().enumerate() {
