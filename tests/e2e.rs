@@ -5,11 +5,14 @@
 //! whole suite stays within CI's budget; the default model runs the same code.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod support;
+use support::{kura, read_jsonl, repo, run_ok, shared, FAST};
 
 /// Runs of the real models are CPU-bound and use every core: two at once only
 /// slow each other down, so the tests that run them take turns.
@@ -20,51 +23,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-
-fn kura() -> Command {
-    // target/release/deps/e2e-HASH -> target/release/kura
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("kura{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not built: run `cargo test --release --workspace`",
-        bin.display()
-    );
-    let mut cmd = Command::new(bin);
-    cmd.current_dir(repo());
-    cmd
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn shared(rel: &str) -> PathBuf {
-    repo().join("../shared/data").join(rel)
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run kura");
-    assert!(
-        out.status.success(),
-        "kura failed: {}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-const FAST: [&str; 4] = ["--llm", "smollm2-135m-instruct", "--top-clusters", "2"];
 
 /// Checks what every complete run directory must hold.
 fn assert_complete_run(dir: &Path) {

@@ -5,8 +5,15 @@
 
 mod backends;
 mod config;
+<<<<<<< HEAD
 mod eval;
+=======
+mod export;
+>>>>>>> serve
 mod progress;
+mod search;
+mod semantic;
+mod serve;
 mod tree;
 
 use std::path::{Path, PathBuf};
@@ -40,9 +47,20 @@ enum Command {
     Stage(StageArgs),
     /// Print the cluster hierarchy of a run directory (ours or Python Kura's).
     Tree(TreeArgs),
+<<<<<<< HEAD
     /// Cluster a labelled data set and score the clusters against its labels
     /// (V-measure, NMI, ARI), beside published reference figures.
     Eval(eval::EvalArgs),
+=======
+    /// Explore a run directory (ours or Python Kura's) in the browser: the
+    /// hierarchy, a map of every conversation, facets and search.
+    Serve(serve::ServeArgs),
+    /// Find the conversations or clusters of a run that match a query.
+    Search(search::SearchArgs),
+    /// Write one row per conversation (cluster path, facets, map coordinates,
+    /// metadata) as CSV, JSON or Parquet.
+    Export(export::ExportArgs),
+>>>>>>> serve
     /// List, download or verify the local models.
     Models {
         #[command(subcommand)]
@@ -214,10 +232,16 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run(args),
         Command::Stage(args) => stage(args),
         Command::Tree(args) => print_tree(args),
+<<<<<<< HEAD
         Command::Eval(args) => {
             let reporter = reporter(&args.common);
             eval::eval(args, reporter)
         }
+=======
+        Command::Serve(args) => serve::run(args),
+        Command::Search(args) => search::run(args),
+        Command::Export(args) => export::run(args),
+>>>>>>> serve
         Command::Models { command } => models(command),
     }
 }

@@ -12,6 +12,7 @@
 //! makes a stale result impossible to reuse by accident.
 
 pub mod error;
+pub mod explore;
 pub mod loaders;
 pub mod matrix;
 pub mod pipeline;
