@@ -14,8 +14,11 @@ use serde_json::Value;
 /// the line and the field.
 pub fn read_texts(path: &Path, field: Option<&str>) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // A final newline ends the last line; it does not start an empty one.
+    let content = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let lines = (!bytes.is_empty()).then(|| content.split(|&b| b == b'\n'));
     let mut texts = Vec::new();
-    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+    for (index, line) in lines.into_iter().flatten().enumerate() {
         let number = index + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let line = std::str::from_utf8(line).map_err(|e| {
@@ -35,10 +38,6 @@ pub fn read_texts(path: &Path, field: Option<&str>) -> Result<Vec<String>> {
                 )
             })?),
         }
-    }
-    // A final newline ends the last line; it does not start an empty one.
-    if field.is_none() && bytes.ends_with(b"\n") {
-        texts.pop();
     }
     if texts.is_empty() {
         bail!("{}: no texts to embed", path.display());

@@ -7,9 +7,9 @@ use serde_json::Value;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
 
-fn kura() -> Command {
+fn kura(subcommand: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kura"));
-    cmd.arg("--quiet");
+    cmd.args([subcommand, "--quiet"]);
     cmd
 }
 
@@ -42,8 +42,8 @@ fn embed_writes_one_row_per_record_in_input_order_matching_sentence_transformers
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vectors.npy");
     succeed(
-        kura()
-            .args(["embed", "--embedder", "all-minilm-l6-v2", "--field", "text"])
+        kura("embed")
+            .args(["--embedder", "all-minilm-l6-v2", "--field", "text"])
             .arg(&reference)
             .arg("--out")
             .arg(&out),
@@ -81,7 +81,7 @@ fn embed_handles_empty_exotic_and_overlong_lines() {
     ];
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let out = dir.path().join("texts.npy");
-    succeed(kura().arg("embed").arg(&input).arg("--out").arg(&out));
+    succeed(kura("embed").arg(&input).arg("--out").arg(&out));
     let matrix = kura_core::store::read_npy(&out).unwrap();
     assert_eq!(matrix.rows(), lines.len());
     for (i, row) in matrix.iter_rows().enumerate() {
@@ -104,8 +104,8 @@ fn embed_errors_name_file_line_and_field_and_write_nothing() {
     let check = |name: &str, content: &[u8], field: Option<&str>, expected: &str| {
         let input = dir.path().join(name);
         std::fs::write(&input, content).unwrap();
-        let mut cmd = kura();
-        cmd.arg("embed").arg(&input).arg("--out").arg(&out);
+        let mut cmd = kura("embed");
+        cmd.arg(&input).arg("--out").arg(&out);
         if let Some(field) = field {
             cmd.args(["--field", field]);
         }
@@ -144,8 +144,8 @@ fn bench_quick_measures_every_figure_and_writes_json() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
     let output = succeed(
-        kura()
-            .args(["bench", "--quick", "--llm", "smollm2-135m-instruct"])
+        kura("bench")
+            .args(["--quick", "--llm", "smollm2-135m-instruct"])
             .args(["--embedder", "all-minilm-l6-v2", "--data", DATA])
             .arg("--out")
             .arg(&out),
@@ -188,14 +188,8 @@ fn bench_falls_back_to_synthetic_texts_without_the_data_set() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
     succeed(
-        kura()
-            .args([
-                "bench",
-                "--quick",
-                "--llm",
-                "smollm2-135m-instruct",
-                "--data",
-            ])
+        kura("bench")
+            .args(["--quick", "--llm", "smollm2-135m-instruct", "--data"])
             .arg(dir.path().join("absent"))
             .arg("--out")
             .arg(&out),
