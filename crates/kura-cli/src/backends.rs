@@ -110,7 +110,7 @@ impl Backends {
     }
 
     pub fn reducer(&self) -> Box<dyn Reducer> {
-        Box::new(Pca::default())
+        Box::new(Pca)
     }
 
     /// Which models the run used, for `run.json`.

@@ -294,13 +294,14 @@ fn load_input(args: &InputArgs) -> Result<loaders::Loaded> {
         .format
         .parse()
         .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
-    let mut mapping = FieldMapping::default();
-    mapping.id = args.id_field.clone();
-    mapping.messages = args.messages_field.clone();
-    mapping.role = args.role_field.clone();
-    mapping.content = args.content_field.clone();
-    mapping.text = args.text_field.clone();
-    mapping.created_at = args.created_at_field.clone();
+    let mapping = FieldMapping {
+        id: args.id_field.clone(),
+        messages: args.messages_field.clone(),
+        role: args.role_field.clone(),
+        content: args.content_field.clone(),
+        text: args.text_field.clone(),
+        created_at: args.created_at_field.clone(),
+    };
     let options = LoadOptions {
         format,
         mapping,
