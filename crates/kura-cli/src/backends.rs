@@ -49,7 +49,7 @@ impl Backends {
         self.config.device == "cuda"
     }
 
-    fn llm(&self) -> Result<Arc<LocalLlm>> {
+    pub fn llm(&self) -> Result<Arc<LocalLlm>> {
         if let Some((llm, _)) = self.llm.get() {
             return Ok(llm.clone());
         }

@@ -4,12 +4,11 @@
 //! writes it all to a run directory in Python Kura's file formats.
 
 mod backends;
+mod bench;
 mod config;
-<<<<<<< HEAD
 mod eval;
-=======
 mod export;
->>>>>>> serve
+mod embed;
 mod progress;
 mod search;
 mod semantic;
@@ -47,11 +46,9 @@ enum Command {
     Stage(StageArgs),
     /// Print the cluster hierarchy of a run directory (ours or Python Kura's).
     Tree(TreeArgs),
-<<<<<<< HEAD
     /// Cluster a labelled data set and score the clusters against its labels
     /// (V-measure, NMI, ARI), beside published reference figures.
     Eval(eval::EvalArgs),
-=======
     /// Explore a run directory (ours or Python Kura's) in the browser: the
     /// hierarchy, a map of every conversation, facets and search.
     Serve(serve::ServeArgs),
@@ -60,7 +57,12 @@ enum Command {
     /// Write one row per conversation (cluster path, facets, map coordinates,
     /// metadata) as CSV, JSON or Parquet.
     Export(export::ExportArgs),
->>>>>>> serve
+    /// Embed every line of a text file (or one field of every JSON Lines record)
+    /// into a float32 .npy, one row per text in input order.
+    Embed(EmbedArgs),
+    /// Measure the configured models on this machine (embedding, prompt and
+    /// decoding speed, conversations per second) beside reference figures.
+    Bench(BenchArgs),
     /// List, download or verify the local models.
     Models {
         #[command(subcommand)]
@@ -182,6 +184,35 @@ enum StageName {
 }
 
 #[derive(Args)]
+struct EmbedArgs {
+    /// A text file (one text per line) or JSON Lines with --field.
+    input: PathBuf,
+    /// Embed this string field of every JSON Lines record instead of whole lines.
+    #[arg(long)]
+    field: Option<String>,
+    /// The .npy file to write (float32, one row per text).
+    #[arg(long, short)]
+    out: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Also write the figures to this JSON file, to compare runs.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Fewer texts and tokens: a quick check that every measurement works.
+    #[arg(long)]
+    quick: bool,
+    /// Real texts and conversations to measure on.
+    #[arg(long, default_value = "../shared/data")]
+    data: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
 struct TreeArgs {
     /// A run directory (ours or a Python Kura checkpoint directory).
     dir: PathBuf,
@@ -232,16 +263,15 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => run(args),
         Command::Stage(args) => stage(args),
         Command::Tree(args) => print_tree(args),
-<<<<<<< HEAD
         Command::Eval(args) => {
             let reporter = reporter(&args.common);
             eval::eval(args, reporter)
         }
-=======
         Command::Serve(args) => serve::run(args),
         Command::Search(args) => search::run(args),
         Command::Export(args) => export::run(args),
->>>>>>> serve
+        Command::Embed(args) => embed(args),
+        Command::Bench(args) => bench(args),
         Command::Models { command } => models(command),
     }
 }
@@ -392,6 +422,45 @@ fn finish(run: &Run, reporter: &Reporter, outcomes: &[StageOutcome]) -> Result<(
             "{failed} conversations failed; reasons in {}",
             run.path(kura_core::pipeline::FAILED).display()
         ));
+    }
+    Ok(())
+}
+
+fn embed(args: EmbedArgs) -> Result<()> {
+    let reporter = reporter(&args.common);
+    let config = config(&args.common)?;
+    let backends = backends::Backends::new(&config, reporter.clone())?;
+    let embedder = backends.embedder()?;
+    let done = embed::embed_file(
+        embedder.as_ref(),
+        &args.input,
+        args.field.as_deref(),
+        &args.out,
+    )?;
+    reporter.say(&format!(
+        "embedded {} texts ({} dimensions) in {:.1} s ({:.0} texts/s) into {}",
+        done.rows,
+        done.dim,
+        done.seconds,
+        done.rows as f64 / done.seconds.max(1e-9),
+        args.out.display()
+    ));
+    reporter.event(json!({"event": "result", "out": args.out.display().to_string(), "rows": done.rows, "dim": done.dim, "seconds": done.seconds}));
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let reporter = reporter(&args.common);
+    let config = config(&args.common)?;
+    let options = bench::Options {
+        quick: args.quick,
+        data: args.data,
+    };
+    let report = bench::run(&config, &options, &reporter)?;
+    print!("{}", bench::table(&report));
+    if let Some(out) = &args.out {
+        store::write_json(out, &report)?;
+        reporter.say(&format!("figures written to {}", out.display()));
     }
     Ok(())
 }

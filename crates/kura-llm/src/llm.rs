@@ -132,16 +132,7 @@ impl LocalLlm {
         messages: &[ChatMessage],
         max_new_tokens: usize,
     ) -> Result<String, LlmError> {
-        let prompt = self.chat.prompt(messages)?;
-        if prompt.len() >= self.max_context {
-            return Err(LlmError::InvalidOutput(format!(
-                "the prompt has {} tokens; the context holds {}",
-                prompt.len(),
-                self.max_context
-            )));
-        }
-        let mut session = self.session(self.options.temperature, self.options.seed);
-        session.feed(&prompt)?;
+        let mut session = self.prompted_session(messages)?;
         let mut output = Vec::new();
         while output.len() < max_new_tokens && session.remaining() > 0 {
             let token = session.sample()?;
@@ -152,6 +143,57 @@ impl LocalLlm {
             session.feed(&[token])?;
         }
         self.decode(&output)
+    }
+
+    /// Answers several conversations at once: each prompt is read on its own, then
+    /// all answers are decoded together, every weight read once per step for all of
+    /// them. Each answer is the one [`LocalLlm::generate`] gives for its conversation.
+    pub fn generate_batch(
+        &self,
+        conversations: &[Vec<ChatMessage>],
+        max_new_tokens: usize,
+    ) -> Result<Vec<String>, LlmError> {
+        let mut sessions = conversations
+            .iter()
+            .map(|messages| self.prompted_session(messages))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut outputs = vec![Vec::new(); sessions.len()];
+        loop {
+            let mut running = Vec::new();
+            let mut tokens = Vec::new();
+            for (session, output) in sessions.iter_mut().zip(outputs.iter_mut()) {
+                if output.len() >= max_new_tokens || session.remaining() == 0 {
+                    continue;
+                }
+                let token = session.sample()?;
+                if self.is_stop(token) {
+                    continue;
+                }
+                output.push(token);
+                running.push(session);
+                tokens.push(token);
+            }
+            if running.is_empty() {
+                break;
+            }
+            feed_each(&mut running, &tokens)?;
+        }
+        outputs.iter().map(|ids| self.decode(ids)).collect()
+    }
+
+    /// A session that has read `messages` and the opening of the assistant's turn.
+    fn prompted_session(&self, messages: &[ChatMessage]) -> Result<Session<'_>, LlmError> {
+        let prompt = self.chat.prompt(messages)?;
+        if prompt.len() >= self.max_context {
+            return Err(LlmError::InvalidOutput(format!(
+                "the prompt has {} tokens; the context holds {}",
+                prompt.len(),
+                self.max_context
+            )));
+        }
+        let mut session = self.session(self.options.temperature, self.options.seed);
+        session.feed(&prompt)?;
+        Ok(session)
     }
 
     pub(crate) fn chat(&self) -> &ChatMl {
@@ -324,6 +366,30 @@ impl<'a> Session<'a> {
         });
         argmax(scored).map(|i| i as usize)
     }
+}
+
+/// Feeds `tokens[i]` to `sessions[i]` in one batched decoding step. Every session
+/// must have room for one more token.
+pub(crate) fn feed_each(sessions: &mut [&mut Session<'_>], tokens: &[u32]) -> Result<(), LlmError> {
+    let Some(first) = sessions.first() else {
+        return Ok(());
+    };
+    let model = &first.llm.model;
+    let mut caches: Vec<Cache> = sessions
+        .iter_mut()
+        .map(|s| std::mem::take(&mut s.cache))
+        .collect();
+    let logits = model.decode(tokens, &mut caches);
+    for (session, cache) in sessions.iter_mut().zip(caches) {
+        session.cache = cache;
+    }
+    let logits = logits?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec2::<f32>()?;
+    for (session, row) in sessions.iter_mut().zip(logits) {
+        session.logits = Some(row);
+    }
+    Ok(())
 }
 
 fn argmax(scores: impl Iterator<Item = (usize, f32)>) -> Result<u32, LlmError> {

@@ -92,14 +92,14 @@ struct Linear {
     bias: Option<Tensor>,
 }
 
-/// Up to this many rows go through the quantised kernel.
-const QUANTIZED_MAX_ROWS: usize = 1;
-
 impl Linear {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let rows = xs.elem_count() / xs.dim(D::Minus1)?;
+    /// `decoding`: every sequence in `xs` is one new token. Then the Q8_0 copy is used
+    /// whatever the number of sequences, so a row's result does not depend on the
+    /// batch it is in (the quantised kernel computes rows independently) and batched
+    /// decoding gives exactly the tokens of one-at-a-time decoding.
+    fn forward(&self, xs: &Tensor, decoding: bool) -> candle_core::Result<Tensor> {
         let ys = match &self.quantized {
-            Some(q) if rows <= QUANTIZED_MAX_ROWS => q.forward(xs)?,
+            Some(q) if decoding => q.forward(xs)?,
             _ => xs.broadcast_matmul(&self.dense.t()?)?,
         };
         match &self.bias {
@@ -134,7 +134,7 @@ pub(crate) struct Model {
 /// Keys and values of every layer for the tokens seen so far. A plain value: cloning
 /// it is cheap (tensors are shared, appending creates new ones) and gives an
 /// independent continuation, which is how a prompt prefix is reused.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(crate) struct Cache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
@@ -270,87 +270,157 @@ impl Model {
         if count == 0 {
             return Err(LlmError::InvalidOutput("no tokens to run".into()));
         }
-        let start = cache.len;
-        if start + count > self.cos.dim(0)? {
-            return Err(LlmError::InvalidOutput(format!(
-                "{} tokens exceed the context of {}",
-                start + count,
-                self.cos.dim(0)?
-            )));
-        }
+        self.check_room(cache.len + count)?;
         let device = self.embedding.device();
         let ids = Tensor::new(tokens, device)?;
-        let mut xs = self.embedding.index_select(&ids, 0)?.unsqueeze(0)?;
-        let cos = self.cos.narrow(0, start, count)?;
-        let sin = self.sin.narrow(0, start, count)?;
-        let mask = causal_mask(count, start, device)?;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let normed = candle_nn::ops::rms_norm(&xs, &layer.attn_norm, self.config.rms_eps)?;
-            let attended = self.attention(layer, &normed, &cos, &sin, mask.as_ref(), slot)?;
-            xs = (xs + attended)?;
-            let normed = candle_nn::ops::rms_norm(&xs, &layer.ffn_norm, self.config.rms_eps)?;
-            let gated = (candle_nn::ops::silu(&layer.gate.forward(&normed)?)?
-                * layer.up.forward(&normed)?)?;
-            xs = (xs + layer.down.forward(&gated)?)?;
-        }
-        cache.len += count;
+        let xs = self.embedding.index_select(&ids, 0)?.unsqueeze(0)?;
+        let mask = causal_mask(count, cache.len, device)?;
+        let xs = self.layers_forward(xs, std::slice::from_mut(cache), mask.as_ref())?;
         let last = xs.narrow(1, count - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.config.rms_eps)?;
-        Ok(self.output.forward(&last)?.flatten_all()?)
+        Ok(self.logits(&last, true)?.flatten_all()?)
     }
 
+    /// Decodes one step of several sequences at once: `tokens[i]` follows what
+    /// `caches[i]` holds. Every weight is read once per step for all sequences, which
+    /// is what decoding (bound by memory, not arithmetic) needs to go faster. Returns
+    /// the logits `[sequences, vocabulary]`.
+    pub(crate) fn decode(&self, tokens: &[u32], caches: &mut [Cache]) -> Result<Tensor, LlmError> {
+        if tokens.is_empty() || tokens.len() != caches.len() {
+            return Err(LlmError::InvalidOutput(format!(
+                "{} tokens for {} sequences",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        for cache in caches.iter() {
+            self.check_room(cache.len + 1)?;
+        }
+        let ids = Tensor::new(tokens, self.embedding.device())?;
+        let xs = self.embedding.index_select(&ids, 0)?.unsqueeze(1)?;
+        let xs = self.layers_forward(xs, caches, None)?;
+        Ok(self.logits(&xs, true)?.squeeze(1)?)
+    }
+
+    fn check_room(&self, total: usize) -> Result<(), LlmError> {
+        let context = self.cos.dim(0)?;
+        if total > context {
+            return Err(LlmError::InvalidOutput(format!(
+                "{total} tokens exceed the context of {context}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `xs` is `[sequences, tokens, width]`, sequence `i` continuing `caches[i]`.
+    fn layers_forward(
+        &self,
+        mut xs: Tensor,
+        caches: &mut [Cache],
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let decoding = xs.dim(1)? == 1;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let normed = candle_nn::ops::rms_norm(&xs, &layer.attn_norm, self.config.rms_eps)?;
+            let attended = self.attention(index, &normed, mask, caches)?;
+            xs = (xs + attended)?;
+            let normed = candle_nn::ops::rms_norm(&xs, &layer.ffn_norm, self.config.rms_eps)?;
+            let gated = (candle_nn::ops::silu(&layer.gate.forward(&normed, decoding)?)?
+                * layer.up.forward(&normed, decoding)?)?;
+            xs = (xs + layer.down.forward(&gated, decoding)?)?;
+        }
+        let count = xs.dim(1)?;
+        for cache in caches.iter_mut() {
+            cache.len += count;
+        }
+        Ok(xs)
+    }
+
+    fn logits(&self, xs: &Tensor, decoding: bool) -> candle_core::Result<Tensor> {
+        let normed = candle_nn::ops::rms_norm(xs, &self.output_norm, self.config.rms_eps)?;
+        self.output.forward(&normed, decoding)
+    }
+
+    /// Projections run on all sequences together; rotation, the cache and attention
+    /// per sequence, since each has its own position and history.
     fn attention(
         &self,
-        layer: &Layer,
+        index: usize,
         xs: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
         mask: Option<&Tensor>,
-        slot: &mut Option<(Tensor, Tensor)>,
+        caches: &mut [Cache],
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
+        let layer = &self.layers[index];
         let (batch, count, width) = xs.dims3()?;
+        let decoding = count == 1;
         let split = |t: Tensor, heads: usize| {
             t.reshape((batch, count, heads, c.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(layer.q.forward(xs)?, c.heads)?;
-        let k = split(layer.k.forward(xs)?, c.kv_heads)?;
-        let v = split(layer.v.forward(xs)?, c.kv_heads)?;
+        let q = split(layer.q.forward(xs, decoding)?, c.heads)?;
+        let k = split(layer.k.forward(xs, decoding)?, c.kv_heads)?;
+        let v = split(layer.v.forward(xs, decoding)?, c.kv_heads)?;
+        let mut outs = Vec::with_capacity(batch);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let pick = |t: &Tensor| t.narrow(0, i, 1);
+            let cos = self.cos.narrow(0, cache.len, count)?;
+            let sin = self.sin.narrow(0, cache.len, count)?;
+            outs.push(self.attend(
+                &pick(&q)?,
+                &pick(&k)?,
+                &pick(&v)?,
+                (&cos, &sin),
+                mask,
+                &mut cache.layers[index],
+            )?);
+        }
+        let out = Tensor::cat(&outs, 0)?;
+        let out = out.transpose(1, 2)?.reshape((batch, count, width))?;
+        layer.o.forward(&out, decoding)
+    }
+
+    /// One sequence's attention: `q`, `k`, `v` are `[1, heads, tokens, head_dim]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        mask: Option<&Tensor>,
+        slot: &mut Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
         let (q, k) = match c.architecture {
             Architecture::Llama => (
-                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(k, cos, sin)?,
             ),
             Architecture::Qwen2 => (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+                candle_nn::rotary_emb::rope(q, cos, sin)?,
+                candle_nn::rotary_emb::rope(k, cos, sin)?,
             ),
         };
         let (k, v) = match slot.take() {
             Some((past_k, past_v)) => (
                 Tensor::cat(&[&past_k, &k], 2)?,
-                Tensor::cat(&[&past_v, &v], 2)?,
+                Tensor::cat(&[&past_v, v], 2)?,
             ),
-            None => (k, v),
+            None => (k, v.clone()),
         };
         *slot = Some((k.clone(), v.clone()));
         let k = repeat_kv(k, c.heads / c.kv_heads)?;
         let v = repeat_kv(v, c.heads / c.kv_heads)?;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let out = if count == 1 {
-            single_query_attention(&q, &k, &v, scale)?
-        } else {
-            let scores = (q.matmul(&k.t()?)? * scale)?;
-            let scores = match mask {
-                Some(mask) => scores.broadcast_add(mask)?,
-                None => scores,
-            };
-            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?
+        if q.dim(2)? == 1 {
+            return single_query_attention(&q, &k, &v, scale);
+        }
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
         };
-        let out = out.transpose(1, 2)?.reshape((batch, count, width))?;
-        layer.o.forward(&out)
+        candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
     }
 }
 

@@ -179,3 +179,53 @@ fn namer_returns_a_short_name_and_a_description() {
     assert!(!name.description.trim().is_empty(), "{name:?}");
     assert!(namer.id().contains(kura_llm::NAMING_PROMPT_VERSION));
 }
+
+#[test]
+fn batched_generation_gives_each_answer_of_one_at_a_time_generation() {
+    let llm = llm(SMOLLM2);
+    // Prompts of different lengths (each sequence has its own position) and answers
+    // that end at different steps (finished sequences leave the batch).
+    let conversations = vec![
+        vec![
+            ChatMessage::system("You are a helpful assistant. Answer in one short sentence."),
+            ChatMessage::user("What is the capital of France?"),
+        ],
+        vec![ChatMessage::user(
+            "Write a short poem about the sea and the wind.",
+        )],
+        vec![
+            ChatMessage::system("You are a careful programmer."),
+            ChatMessage::user(
+                "Explain what a hash map is, when to use one instead of a sorted list, \
+                 and what happens when two keys collide.",
+            ),
+        ],
+    ];
+    let batched = llm.generate_batch(&conversations, 40).expect("batch");
+    assert_eq!(batched.len(), conversations.len());
+    for (messages, answer) in conversations.iter().zip(&batched) {
+        let alone = llm.generate(messages, 40).expect("generate");
+        assert_eq!(answer, &alone);
+    }
+    assert!(batched[0].contains("Paris"), "{:?}", batched[0]);
+    let lengths: Vec<usize> = batched.iter().map(String::len).collect();
+    assert!(
+        lengths.iter().any(|&l| l != lengths[0]),
+        "answers should end at different steps: {batched:?}"
+    );
+}
+
+#[test]
+fn batched_generation_rejects_a_prompt_over_the_context() {
+    let llm = llm(SMOLLM2);
+    let long = "word ".repeat(llm.max_context() * 2);
+    let conversations = vec![
+        vec![ChatMessage::user("Hello")],
+        vec![ChatMessage::user(long)],
+    ];
+    let err = llm
+        .generate_batch(&conversations, 8)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the context holds"), "{err}");
+}

@@ -1,0 +1,380 @@
+//! `kura bench`: how fast the configured models run on this machine — embedding
+//! sentences per second (short and long texts), LLM prompt reading (prefill) and
+//! writing (decode) tokens per second, one sequence and batched, and conversations
+//! per second through the summariser — beside the Python/llama.cpp reference stack
+//! measured on the same kind of machine. Each figure is the best of a few repeats,
+//! since other work on a shared machine only ever makes a run slower.
+
+mod data;
+mod memory;
+mod table;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use kura_core::{Embedder, Summarizer};
+use kura_llm::{LocalLlm, Timing};
+use serde::Serialize;
+
+use crate::backends::Backends;
+use crate::config::Config;
+use crate::progress::{Mode, Reporter};
+
+pub use table::render as table;
+
+pub struct Options {
+    /// Fewer texts, tokens and repeats: checks that every measurement works.
+    pub quick: bool,
+    /// The shared data set (real texts); synthetic texts are used without it.
+    pub data: PathBuf,
+}
+
+/// How much work each measurement does.
+struct Sizes {
+    short_texts: usize,
+    long_texts: usize,
+    prompt_tokens: usize,
+    decode_prompt_tokens: usize,
+    decode_steps: usize,
+    batch: usize,
+    conversations: usize,
+    repeats: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Sizes {
+                short_texts: 64,
+                long_texts: 8,
+                prompt_tokens: 128,
+                decode_prompt_tokens: 64,
+                decode_steps: 8,
+                batch: 4,
+                conversations: 1,
+                repeats: 1,
+            }
+        } else {
+            Sizes {
+                short_texts: 1000,
+                long_texts: 200,
+                prompt_tokens: 512,
+                decode_prompt_tokens: 128,
+                decode_steps: 64,
+                batch: 8,
+                conversations: 4,
+                repeats: 3,
+            }
+        }
+    }
+}
+
+/// Conversations for the summariser figure hold about this many tokens.
+const CONVERSATION_TOKENS: std::ops::RangeInclusive<usize> = 350..=650;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub quick: bool,
+    pub machine: Machine,
+    pub data: String,
+    pub embedder: String,
+    pub llm: String,
+    pub figures: Vec<Figure>,
+    pub memory: Vec<Memory>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub threads: usize,
+    pub load_average: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Figure {
+    /// Stable name for comparing runs.
+    pub key: &'static str,
+    pub name: String,
+    pub unit: &'static str,
+    pub value: f64,
+    pub reference: Option<Reference>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reference {
+    pub value: f64,
+    pub source: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Memory {
+    pub model: String,
+    pub peak_rss_mib: f64,
+}
+
+pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Report> {
+    let sizes = Sizes::new(options.quick);
+    let machine = machine();
+    let texts = data::load(&options.data, sizes.short_texts, sizes.long_texts)?;
+    let mut figures = Vec::new();
+    let mut memory = Vec::new();
+
+    // Each model gets its own backends, dropped before the next one loads, so that
+    // each phase's peak memory is that model's.
+    {
+        memory::reset_peak();
+        let backends = Backends::new(config, std::sync::Arc::new(Reporter::new(Mode::Quiet)))?;
+        reporter.say(&format!("measuring the embedder {}", config.embedder));
+        let embedder = backends.embedder()?;
+        figures.extend(embedder_figures(
+            embedder.as_ref(),
+            &texts,
+            &config.embedder,
+            sizes.repeats,
+        )?);
+        memory.extend(peak(&config.embedder));
+    }
+    {
+        memory::reset_peak();
+        let backends = Backends::new(config, std::sync::Arc::new(Reporter::new(Mode::Quiet)))?;
+        reporter.say(&format!("measuring the LLM {}", config.llm));
+        let llm = backends.llm()?;
+        figures.extend(llm_figures(&llm, &texts, &config.llm, &sizes)?);
+        reporter.say("measuring the summariser");
+        let summarizer = backends.summarizer()?;
+        figures.push(summarizer_figure(
+            summarizer.as_ref(),
+            &llm,
+            &texts,
+            sizes.conversations,
+        )?);
+        memory.extend(peak(&config.llm));
+    }
+    Ok(Report {
+        version: 1,
+        quick: options.quick,
+        machine,
+        data: texts.source,
+        embedder: config.embedder.clone(),
+        llm: config.llm.clone(),
+        figures,
+        memory,
+    })
+}
+
+fn peak(model: &str) -> Option<Memory> {
+    memory::peak_rss_mib().map(|mib| Memory {
+        model: model.to_string(),
+        peak_rss_mib: mib,
+    })
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string());
+    Machine {
+        cpu,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average,
+    }
+}
+
+/// The shortest of `repeats` runs of `work`, which returns how many items it did.
+fn best_rate(repeats: usize, mut work: impl FnMut() -> Result<usize>) -> Result<f64> {
+    let mut best = 0f64;
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        let items = work()?;
+        best = best.max(items as f64 / start.elapsed().as_secs_f64().max(1e-9));
+    }
+    Ok(best)
+}
+
+fn embedder_figures(
+    embedder: &dyn Embedder,
+    texts: &data::Texts,
+    model: &str,
+    repeats: usize,
+) -> Result<Vec<Figure>> {
+    let embed = |texts: &[String]| -> Result<usize> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let matrix = embedder
+            .embed(&refs)
+            .map_err(|e| anyhow!("embedding: {e}"))?;
+        Ok(matrix.rows())
+    };
+    // The first call pays for allocations and thread start-up.
+    embed(&texts.short[..texts.short.len().min(8)])?;
+    let reference = references(model);
+    Ok(vec![
+        Figure {
+            key: "embed_short",
+            name: format!("embedding {} short texts", texts.short.len()),
+            unit: "sentences/s",
+            value: best_rate(repeats, || embed(&texts.short))?,
+            reference: reference.embed_short,
+        },
+        Figure {
+            key: "embed_long",
+            name: format!("embedding {} long texts", texts.long.len()),
+            unit: "sentences/s",
+            value: best_rate(repeats, || embed(&texts.long))?,
+            reference: reference.embed_long,
+        },
+    ])
+}
+
+fn llm_figures(
+    llm: &LocalLlm,
+    texts: &data::Texts,
+    model: &str,
+    sizes: &Sizes,
+) -> Result<Vec<Figure>> {
+    let tokens = llm.encode(&texts.long.join("\n\n"))?;
+    let prompt = tokens
+        .get(..sizes.prompt_tokens)
+        .ok_or_else(|| anyhow!("the benchmark texts hold only {} tokens", tokens.len()))?;
+    let decode_prompts: Vec<Vec<u32>> = tokens
+        .chunks_exact(sizes.decode_prompt_tokens)
+        .take(sizes.batch)
+        .map(<[u32]>::to_vec)
+        .collect();
+    if decode_prompts.len() < sizes.batch {
+        return Err(anyhow!(
+            "not enough benchmark text for {} prompts",
+            sizes.batch
+        ));
+    }
+    llm.time_prefill(&prompt[..prompt.len().min(16)])?;
+    let rate = |timing: Timing| Ok(timing.per_second());
+    let reference = references(model);
+    Ok(vec![
+        Figure {
+            key: "llm_prefill",
+            name: format!("LLM prefill, {}-token prompt", prompt.len()),
+            unit: "tokens/s",
+            value: best_of(sizes.repeats, || rate(llm.time_prefill(prompt)?))?,
+            reference: reference.prefill,
+        },
+        Figure {
+            key: "llm_decode",
+            name: "LLM decode, 1 sequence".to_string(),
+            unit: "tokens/s",
+            value: best_of(sizes.repeats, || {
+                rate(llm.time_decode(&decode_prompts[..1], sizes.decode_steps)?)
+            })?,
+            reference: reference.decode,
+        },
+        Figure {
+            key: "llm_decode_batched",
+            name: format!("LLM decode, {} sequences at once", sizes.batch),
+            unit: "tokens/s",
+            value: best_of(sizes.repeats, || {
+                rate(llm.time_decode(&decode_prompts, sizes.decode_steps)?)
+            })?,
+            reference: None,
+        },
+    ])
+}
+
+fn best_of(repeats: usize, mut measure: impl FnMut() -> Result<f64>) -> Result<f64> {
+    let mut best = 0f64;
+    for _ in 0..repeats.max(1) {
+        best = best.max(measure()?);
+    }
+    Ok(best)
+}
+
+/// Conversations per second through the whole summariser (prompt, template-forced
+/// facets, validation), on conversations of about 500 tokens; the shared instruction
+/// prefix is read once, as in a real run.
+fn summarizer_figure(
+    summarizer: &dyn Summarizer,
+    llm: &LocalLlm,
+    texts: &data::Texts,
+    count: usize,
+) -> Result<Figure> {
+    let mut chosen = Vec::new();
+    for conversation in &texts.conversations {
+        let text: Vec<&str> = conversation
+            .messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect();
+        if CONVERSATION_TOKENS.contains(&llm.encode(&text.join("\n"))?.len()) {
+            chosen.push(conversation.clone());
+        }
+        if chosen.len() == count {
+            break;
+        }
+    }
+    if chosen.is_empty() {
+        chosen.extend(texts.conversations.iter().take(count).cloned());
+    }
+    let start = Instant::now();
+    let results = summarizer.summarize(&chosen);
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        return Err(anyhow!("the summariser failed: {e}"));
+    }
+    Ok(Figure {
+        key: "summaries",
+        name: format!("summariser, {} conversations of ~500 tokens", chosen.len()),
+        unit: "conversations/s",
+        value: chosen.len() as f64 / seconds.max(1e-9),
+        reference: Some(Reference {
+            value: 1.0,
+            source: "target".to_string(),
+        }),
+    })
+}
+
+/// What the reference stack does with the same models on a 2-core machine of this
+/// kind: sentence-transformers 6 on PyTorch for the embedder, llama.cpp on the same
+/// GGUF and thread count for the LLMs.
+#[derive(Default)]
+struct References {
+    embed_short: Option<Reference>,
+    embed_long: Option<Reference>,
+    prefill: Option<Reference>,
+    decode: Option<Reference>,
+}
+
+fn references(model: &str) -> References {
+    let r = |value: f64, source: &str| {
+        Some(Reference {
+            value,
+            source: source.to_string(),
+        })
+    };
+    const ST: &str = "sentence-transformers on PyTorch, 2 cores";
+    match model {
+        "all-minilm-l6-v2" => References {
+            embed_short: r(213.0, ST),
+            embed_long: r(40.0, ST),
+            ..References::default()
+        },
+        "qwen2.5-coder-0.5b-instruct" => References {
+            prefill: r(105.0, "llama.cpp, same GGUF, 2 threads"),
+            decode: r(22.0, "llama.cpp batch 1, same GGUF, 2 threads"),
+            ..References::default()
+        },
+        "smollm2-135m-instruct" => References {
+            prefill: r(306.0, "llama.cpp, SmolLM2 Q8_0, 2 threads"),
+            decode: r(59.0, "llama.cpp batch 1, SmolLM2 Q8_0, 2 threads"),
+            ..References::default()
+        },
+        _ => References::default(),
+    }
+}

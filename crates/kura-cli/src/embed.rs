@@ -1,0 +1,150 @@
+//! `kura embed`: any text file to a float32 `.npy`, one row per text in input order,
+//! with the configured sentence encoder. Useful on its own (semantic search, other
+//! clustering tools) and to time the encoder on real data.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use kura_core::{store, Embedder};
+use serde_json::Value;
+
+/// Reads the texts of `path`: every line as it is, or with `field` the string field
+/// of every JSON Lines record (blank lines are skipped there). Errors name the file,
+/// the line and the field.
+pub fn read_texts(path: &Path, field: Option<&str>) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // A final newline ends the last line; it does not start an empty one.
+    let content = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let lines = (!bytes.is_empty()).then(|| content.split(|&b| b == b'\n'));
+    let mut texts = Vec::new();
+    for (index, line) in lines.into_iter().flatten().enumerate() {
+        let number = index + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = std::str::from_utf8(line).map_err(|e| {
+            anyhow!(
+                "{}: line {number}: not valid UTF-8 (byte {})",
+                path.display(),
+                e.valid_up_to() + 1
+            )
+        })?;
+        match field {
+            None => texts.push(line.to_string()),
+            Some(_) if line.trim().is_empty() => {}
+            Some(field) => texts.push(field_text(line, field).map_err(|message| {
+                anyhow!(
+                    "{}: line {number}: field `{field}`: {message}",
+                    path.display()
+                )
+            })?),
+        }
+    }
+    if texts.is_empty() {
+        bail!("{}: no texts to embed", path.display());
+    }
+    Ok(texts)
+}
+
+fn field_text(line: &str, field: &str) -> Result<String, String> {
+    let record: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON ({e})"))?;
+    let object = record
+        .as_object()
+        .ok_or("the record is not a JSON object")?;
+    match object.get(field) {
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(other) => Err(format!("expected a string, found {}", json_kind(other))),
+        None => Err("missing".to_string()),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// What one `kura embed` call did, for the closing message.
+pub struct Embedded {
+    pub rows: usize,
+    pub dim: usize,
+    pub seconds: f64,
+}
+
+/// Embeds the texts of `input` and writes them to `out` (atomically).
+pub fn embed_file(
+    embedder: &dyn Embedder,
+    input: &Path,
+    field: Option<&str>,
+    out: &Path,
+) -> Result<Embedded> {
+    let texts = read_texts(input, field)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let start = Instant::now();
+    let matrix = embedder
+        .embed(&refs)
+        .map_err(|e| anyhow!("embedding {}: {e}", input.display()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    store::write_npy(out, &matrix)?;
+    Ok(Embedded {
+        rows: matrix.rows(),
+        dim: matrix.cols(),
+        seconds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn write(content: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, content).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn plain_lines_keep_empty_lines_as_rows() {
+        let (_dir, path) = write(b"one\n\nthree\r\n");
+        assert_eq!(read_texts(&path, None).unwrap(), ["one", "", "three"]);
+    }
+
+    #[test]
+    fn json_lines_read_the_field_and_skip_blank_lines() {
+        let (_dir, path) = write(b"{\"text\": \"a\"}\n\n{\"text\": \"b\", \"x\": 1}\n");
+        assert_eq!(read_texts(&path, Some("text")).unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn bad_records_name_file_line_and_field() {
+        let (_dir, path) = write(b"{\"text\": \"a\"}\n{\"text\": 3}\n");
+        let err = read_texts(&path, Some("text")).unwrap_err().to_string();
+        assert!(
+            err.contains("in.txt: line 2: field `text`: expected a string, found a number"),
+            "{err}"
+        );
+        let (_dir, path) = write(b"{\"body\": \"a\"}\n");
+        let err = read_texts(&path, Some("text")).unwrap_err().to_string();
+        assert!(err.contains("line 1: field `text`: missing"), "{err}");
+        let (_dir, path) = write(b"{\"text\": \"a\"\n");
+        let err = read_texts(&path, Some("text")).unwrap_err().to_string();
+        assert!(err.contains("line 1: field `text`: invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn invalid_utf8_and_empty_files_are_errors() {
+        let (_dir, path) = write(b"fine\nbad \xff byte\n");
+        let err = read_texts(&path, None).unwrap_err().to_string();
+        assert!(err.contains("line 2: not valid UTF-8 (byte 5)"), "{err}");
+        let (_dir, path) = write(b"");
+        let err = read_texts(&path, None).unwrap_err().to_string();
+        assert!(err.contains("no texts to embed"), "{err}");
+    }
+}
