@@ -6,9 +6,9 @@
 mod backends;
 mod bench;
 mod config;
+mod embed;
 mod eval;
 mod export;
-mod embed;
 mod progress;
 mod search;
 mod semantic;
