@@ -24,5 +24,5 @@ mod vector;
 pub use error::ClusterError;
 pub use hierarchy::ClioHierarchy;
 pub use kmeans::{default_k, kmeans, KMeans, KMeansFit};
+pub use kura_core::vector::{nearest_rows, normalized_mean};
 pub use pca::{pca_2d, Pca};
-pub use vector::{nearest_rows, normalized_mean};

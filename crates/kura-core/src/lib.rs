@@ -21,6 +21,7 @@ pub mod text;
 pub mod traits;
 pub mod tree;
 pub mod types;
+pub mod vector;
 
 pub use error::{BoxError, Error, Result};
 pub use loaders::{

@@ -29,6 +29,7 @@ use crate::tree::Tree;
 use crate::types::{
     Cluster, Conversation, ConversationPoint, ConversationSummary, ProjectedCluster, SkippedRecord,
 };
+use crate::vector::{dot, nearest_rows, normalized_mean};
 
 pub const CONVERSATIONS: &str = "conversations.jsonl";
 pub const SUMMARIES: &str = "summaries.jsonl";
@@ -369,19 +370,19 @@ impl Run {
         for members in &groups {
             let centroid = normalized_mean(&embeddings, members);
             let request = NamingRequest {
-                members: closest(
+                members: nearest_rows(
                     &embeddings,
                     &centroid,
-                    |i| members.contains(&i),
+                    |i| !members.contains(&i),
                     NAMING_MEMBERS,
                 )
                 .into_iter()
                 .map(|i| summaries[i].summary.clone())
                 .collect(),
-                contrast: closest(
+                contrast: nearest_rows(
                     &embeddings,
                     &centroid,
-                    |i| !members.contains(&i),
+                    |i| members.contains(&i),
                     NAMING_CONTRAST,
                 )
                 .into_iter()
@@ -765,34 +766,6 @@ fn groups_with_noise_reassigned(
     }
     groups.sort_by_key(|g| g.iter().copied().min().unwrap_or(usize::MAX));
     Ok(groups)
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn normalized_mean(points: &Matrix, rows: &[usize]) -> Vec<f32> {
-    let mut mean = vec![0f32; points.cols()];
-    for &r in rows {
-        for (m, v) in mean.iter_mut().zip(points.row(r)) {
-            *m += v;
-        }
-    }
-    let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        mean.iter_mut().for_each(|v| *v /= norm);
-    }
-    mean
-}
-
-/// The `k` rows most similar to `query` among those `keep` accepts, most similar first.
-fn closest(points: &Matrix, query: &[f32], keep: impl Fn(usize) -> bool, k: usize) -> Vec<usize> {
-    let mut scored: Vec<(f32, usize)> = (0..points.rows())
-        .filter(|&i| keep(i))
-        .map(|i| (dot(points.row(i), query), i))
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    scored.into_iter().take(k).map(|(_, i)| i).collect()
 }
 
 /// Checks what a hierarchy builder returned: one forest with no orphans, every base

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::{Embeddings, RunView};
+use crate::vector::{cosine_to_unit, dot, normalize_in_place, normalized_mean};
 
 /// A conversation or cluster (by index) and how well it matches; higher is better.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -92,7 +93,7 @@ pub fn semantic(
         .filter(|(_, &c)| keep(c))
         .map(|(row, &c)| Hit {
             index: c,
-            score: dot(&unit(row), &query),
+            score: cosine_to_unit(row, &query),
         });
     top(scored, limit)
 }
@@ -113,17 +114,14 @@ pub fn semantic_clusters(
         .map(|(row, &c)| (c, row))
         .collect();
     let scored = view.clusters.iter().enumerate().filter_map(|(i, node)| {
-        let mut centroid = vec![0.0f32; embeddings.matrix.cols()];
-        let mut n = 0;
-        for row in node.members.iter().filter_map(|m| row_of.get(m)) {
-            for (c, v) in centroid.iter_mut().zip(unit(embeddings.matrix.row(*row))) {
-                *c += v;
-            }
-            n += 1;
-        }
-        (n > 0).then(|| Hit {
+        let rows: Vec<usize> = node
+            .members
+            .iter()
+            .filter_map(|m| row_of.get(m).copied())
+            .collect();
+        (!rows.is_empty()).then(|| Hit {
             index: i,
-            score: dot(&unit(&centroid), &query),
+            score: dot(&normalized_mean(&embeddings.matrix, &rows), &query),
         })
     });
     top(scored, limit)
@@ -153,19 +151,6 @@ fn top(hits: impl Iterator<Item = Hit>, limit: usize) -> Vec<Hit> {
     hits
 }
 
-fn unit(v: &[f32]) -> Vec<f32> {
-    let norm = dot(v, v).sqrt();
-    if norm > 0.0 {
-        v.iter().map(|x| x / norm).collect()
-    } else {
-        v.to_vec()
-    }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 impl RunView {
     /// The summaries to embed for semantic search when the run has no embeddings,
     /// with the conversation each belongs to.
@@ -176,4 +161,11 @@ impl RunView {
             .filter_map(|(i, s)| s.as_ref().map(|s| (s.summary.as_str(), i)))
             .unzip()
     }
+}
+
+/// `v` scaled to unit length (zero stays zero).
+fn unit(v: &[f32]) -> Vec<f32> {
+    let mut unit = v.to_vec();
+    normalize_in_place(&mut unit);
+    unit
 }
