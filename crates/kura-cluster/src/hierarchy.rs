@@ -222,12 +222,7 @@ impl ClioHierarchy {
             RESTARTS,
             MAX_ITER,
         )?;
-        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); fit.centroids.rows()];
-        for (member, &label) in fit.labels.iter().enumerate() {
-            groups[label].push(member);
-        }
-        groups.retain(|g| !g.is_empty());
-        Ok(groups)
+        Ok(fit.groups())
     }
 
     /// The parent's name: a single child's own, otherwise the namer's; when the namer

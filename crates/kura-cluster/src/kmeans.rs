@@ -69,6 +69,23 @@ pub struct KMeansFit {
     pub inertia: f64,
 }
 
+impl KMeansFit {
+    /// The members (row indices) of each cluster, in label order.
+    pub fn groups(&self) -> Vec<Vec<usize>> {
+        members_by_label(&self.labels, self.centroids.rows())
+    }
+}
+
+/// The members of each of `k` labels, in row order; a label without members gets
+/// an empty list, so indices stay aligned with the labels.
+fn members_by_label(labels: &[usize], k: usize) -> Vec<Vec<usize>> {
+    let mut members = vec![Vec::new(); k];
+    for (row, &label) in labels.iter().enumerate() {
+        members[label].push(row);
+    }
+    members
+}
+
 /// The number of base clusters when the user gives none.
 ///
 /// Python Kura uses `n / 10` (ten conversations per cluster). That is kept while it
@@ -320,10 +337,7 @@ fn compact_labels(labels: &mut [usize], sizes: &[usize]) -> usize {
 /// Parallel over clusters, each summed over its members in row order in `f64`, so
 /// the result does not depend on the thread count.
 fn cluster_directions(points: &Matrix, labels: &[usize], k: usize) -> Matrix {
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); k];
-    for (i, &l) in labels.iter().enumerate() {
-        members[l].push(i);
-    }
+    let members = members_by_label(labels, k);
     let d = points.cols();
     let rows: Vec<Vec<f32>> = members
         .par_iter()

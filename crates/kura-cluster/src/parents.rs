@@ -126,7 +126,7 @@ fn neighbourhoods(vectors: &Matrix, seed: u64) -> Result<Vec<Vec<usize>>, BoxErr
         return Ok(vec![(0..n).collect()]);
     }
     let fit = kmeans(vectors, k, seed ^ NEIGHBOURHOOD_STREAM, RESTARTS, MAX_ITER)?;
-    Ok(members_by_label(&fit.labels, fit.centroids.rows()))
+    Ok(fit.groups())
 }
 
 /// Drops candidates that say the same as an earlier one (by the embeddings of the
@@ -157,9 +157,9 @@ fn deduplicate(
     if kept.len() > target && target > 0 {
         let vectors = embedded.select(&kept);
         let fit = kmeans(&vectors, target, seed ^ DEDUP_STREAM, RESTARTS, MAX_ITER)?;
-        kept = members_by_label(&fit.labels, fit.centroids.rows())
+        kept = fit
+            .groups()
             .into_iter()
-            .filter(|group| !group.is_empty())
             .filter_map(|group| {
                 let centre = normalized_mean(&vectors, &group);
                 nearest_rows(&vectors, &centre, |i| !group.contains(&i), 1)
@@ -210,13 +210,4 @@ fn assign(
             closest
         }
     }
-}
-
-fn members_by_label(labels: &[usize], k: usize) -> Vec<Vec<usize>> {
-    let mut groups = vec![Vec::new(); k];
-    for (member, &label) in labels.iter().enumerate() {
-        groups[label].push(member);
-    }
-    groups.retain(|g| !g.is_empty());
-    groups
 }
