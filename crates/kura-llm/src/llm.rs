@@ -248,6 +248,12 @@ fn stop_tokens(
     Ok(stops)
 }
 
+/// How many times a structured answer is asked for before the item is recorded
+/// as failed.
+const ATTEMPTS: u64 = 3;
+/// Retries sample, so a retry can write something other than the greedy answer.
+const RETRY_TEMPERATURE: f32 = 0.5;
+
 /// One decoding pass: the KV cache of everything fed so far and the logits that
 /// predict the next token.
 pub(crate) struct Session<'a> {
@@ -274,6 +280,43 @@ impl<'a> Session<'a> {
             temperature,
             rng: StdRng::seed_from_u64(seed),
         }
+    }
+
+    /// Answers the prompt held by this session up to [`ATTEMPTS`] times (greedy at
+    /// the configured temperature first, then sampled at [`RETRY_TEMPERATURE`] with
+    /// a new seed each time) and returns the first answer `attempt` accepts. Each
+    /// attempt continues from a copy of the prompt's cache, so the prompt is computed
+    /// once. `attempt` returns `Ok(Err(reason))` for an answer it refuses; the error
+    /// after the last attempt lists every reason, prefixed by `what`.
+    pub(crate) fn first_valid<T>(
+        &self,
+        what: &str,
+        mut attempt: impl FnMut(&mut Session<'a>) -> Result<Result<T, String>, LlmError>,
+    ) -> Result<T, LlmError> {
+        let options = self.llm.options();
+        let mut failures = Vec::new();
+        for round in 0..ATTEMPTS {
+            let temperature = if round == 0 {
+                options.temperature
+            } else {
+                RETRY_TEMPERATURE
+            };
+            let mut session = Session::resume(
+                self.llm,
+                self.cache.clone(),
+                self.logits.clone(),
+                temperature,
+                options.seed.wrapping_add(round),
+            );
+            match attempt(&mut session)? {
+                Ok(answer) => return Ok(answer),
+                Err(reason) => failures.push(reason),
+            }
+        }
+        Err(LlmError::InvalidOutput(format!(
+            "{what}: no valid answer after {ATTEMPTS} attempts ({})",
+            failures.join("; ")
+        )))
     }
 
     pub(crate) fn snapshot(&self) -> (Cache, Option<Vec<f32>>) {

@@ -28,9 +28,6 @@ const ITEM_TOKENS: usize = 96;
 const CONTRAST_SHARE: usize = 4;
 const MAX_NAME_WORDS: usize = 10;
 
-const ATTEMPTS: u64 = 3;
-const RETRY_TEMPERATURE: f32 = 0.5;
-
 pub struct LlmClusterNamer {
     llm: Arc<LocalLlm>,
     prefix: SharedPrefix,
@@ -74,35 +71,13 @@ impl LlmClusterNamer {
             ));
         }
         let prompt = self.prompt_session(request)?;
-        let (cache, logits) = prompt.snapshot();
-        let options = self.llm.options();
-        let mut failures = Vec::new();
-        for attempt in 0..ATTEMPTS {
-            let temperature = if attempt == 0 {
-                options.temperature
-            } else {
-                RETRY_TEMPERATURE
-            };
-            let mut session = Session::resume(
-                &self.llm,
-                cache.clone(),
-                logits.clone(),
-                temperature,
-                options.seed.wrapping_add(attempt),
-            );
-            let mut form = FormWriter::new(&mut session);
+        prompt.first_valid("cluster name", |session| {
+            let mut form = FormWriter::new(session);
             let name = form.text("name", "", NAME_TOKENS, 1)?;
             let description = form.text("description", "", DESCRIPTION_TOKENS, 2)?;
             let name = name.trim_end_matches(['.', '!']).trim().to_string();
-            match validate(&name, &description) {
-                Ok(()) => return Ok(ClusterName { name, description }),
-                Err(reason) => failures.push(reason),
-            }
-        }
-        Err(LlmError::InvalidOutput(format!(
-            "no valid cluster name after {ATTEMPTS} attempts ({})",
-            failures.join("; ")
-        )))
+            Ok(validate(&name, &description).map(|()| ClusterName { name, description }))
+        })
     }
 
     fn prompt_session(&self, request: &NamingRequest) -> Result<Session<'_>, LlmError> {

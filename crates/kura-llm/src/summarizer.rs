@@ -34,8 +34,6 @@ const RESERVED_TOKENS: usize = SUMMARY_TOKENS
 const MIN_TRANSCRIPT_TOKENS: usize = 64;
 
 /// The first attempt uses the configured temperature; retries sample a little.
-const ATTEMPTS: u64 = 3;
-const RETRY_TEMPERATURE: f32 = 0.5;
 
 const SCORES: [u8; 5] = [1, 2, 3, 4, 5];
 
@@ -64,33 +62,12 @@ impl LlmSummarizer {
             )));
         }
         let prompt = self.prompt_session(conversation)?;
-        let (cache, logits) = prompt.snapshot();
-        let options = self.llm.options();
-        let mut failures = Vec::new();
-        for attempt in 0..ATTEMPTS {
-            let temperature = if attempt == 0 {
-                options.temperature
-            } else {
-                RETRY_TEMPERATURE
-            };
-            let mut session = Session::resume(
-                &self.llm,
-                cache.clone(),
-                logits.clone(),
-                temperature,
-                options.seed.wrapping_add(attempt),
-            );
-            let facets = fill_facets(&mut session)?;
-            match facets.validate() {
-                Ok(()) => return Ok(facets.into_summary(conversation)),
-                Err(reason) => failures.push(reason),
-            }
-        }
-        Err(LlmError::InvalidOutput(format!(
-            "conversation {}: no valid summary after {ATTEMPTS} attempts ({})",
-            conversation.chat_id,
-            failures.join("; ")
-        )))
+        let what = format!("conversation {}", conversation.chat_id);
+        let facets = prompt.first_valid(&what, |session| {
+            let facets = fill_facets(session)?;
+            Ok(facets.validate().map(|()| facets))
+        })?;
+        Ok(facets.into_summary(conversation))
     }
 
     /// The conversation as the model is shown it, fitted into `budget` tokens: the
