@@ -79,9 +79,11 @@ impl LlmClusterNamer {
                 "a choice needs 1 to {MAX_OPTIONS} options, not {n}"
             )));
         }
+        let priors = self.option_priors_for(&request.options)?;
+        let answer = self.answer_session(&request.item)?;
         let mut best: Option<(usize, f32)> = None;
-        for (index, option) in request.options.iter().enumerate() {
-            let score = self.option_log_prob(&request.item, option)? - self.option_prior(option)?;
+        for (index, (option, prior)) in request.options.iter().zip(priors).enumerate() {
+            let score = continuation_log_prob(&answer, option)? - prior;
             if best.is_none_or(|(_, b)| score > b) {
                 best = Some((index, score));
             }
@@ -90,26 +92,28 @@ impl LlmClusterNamer {
             .ok_or_else(|| LlmError::InvalidOutput("no option could be scored".into()))
     }
 
-    /// How likely `option` is as a category with no group shown; the same for
-    /// every item, so computed once per option.
-    fn option_prior(&self, option: &str) -> Result<f32, LlmError> {
-        let key = option.trim().to_string();
-        let known = self
+    /// How likely each option is as a category with no group shown. The same for
+    /// every item, so each option's prior is computed once per namer, and the
+    /// missing ones from one prompt.
+    fn option_priors_for(&self, options: &[String]) -> Result<Vec<f32>, LlmError> {
+        let mut known = self
             .option_priors()
             .lock()
-            .ok()
-            .and_then(|priors| priors.get(&key).copied());
-        if let Some(prior) = known {
-            return Ok(prior);
+            .map_err(|_| LlmError::InvalidOutput("option priors poisoned".into()))?;
+        if options.iter().any(|o| !known.contains_key(o.trim())) {
+            let answer = self.answer_session(CHOOSE_NO_GROUP)?;
+            for option in options {
+                if !known.contains_key(option.trim()) {
+                    let prior = continuation_log_prob(&answer, option)?;
+                    known.insert(option.trim().to_string(), prior);
+                }
+            }
         }
-        let prior = self.option_log_prob(CHOOSE_NO_GROUP, option)?;
-        if let Ok(mut priors) = self.option_priors().lock() {
-            priors.insert(key, prior);
-        }
-        Ok(prior)
+        Ok(options.iter().map(|o| known[o.trim()]).collect())
     }
 
-    fn option_log_prob(&self, item: &str, option: &str) -> Result<f32, LlmError> {
+    /// A session whose next tokens are the category chosen for `item`.
+    fn answer_session(&self, item: &str) -> Result<Session<'_>, LlmError> {
         let llm = self.llm();
         let mut session = self.choose_prefix().session(llm, 0.0, 0)?;
         let room = session.remaining().saturating_sub(ANSWER_SLACK);
@@ -120,14 +124,20 @@ impl LlmClusterNamer {
         body.push_str(CHOOSE_REQUEST);
         end_user_turn(&mut session, &body)?;
         session.feed_text(CHOOSE_ANSWER)?;
-        mean_log_prob(&mut session, &format!(" {}", option.trim()))
+        Ok(session)
     }
 }
 
-/// The mean log-probability of `text`'s tokens as the session's continuation: the
-/// model's preference among fixed answers, not swayed by their length.
-fn mean_log_prob(session: &mut Session<'_>, text: &str) -> Result<f32, LlmError> {
-    let tokens = session.llm().chat().encode_text(text)?;
+/// The mean log-probability of `option`'s tokens as the continuation of `answer`
+/// (left as it was: each option continues from a copy of its cache): the model's
+/// preference among fixed answers, not swayed by their length.
+fn continuation_log_prob(answer: &Session<'_>, option: &str) -> Result<f32, LlmError> {
+    let (cache, logits) = answer.snapshot();
+    let mut session = Session::resume(answer.llm(), cache, logits, 0.0, 0);
+    let tokens = session
+        .llm()
+        .chat()
+        .encode_text(&format!(" {}", option.trim()))?;
     if tokens.is_empty() {
         return Ok(f32::NEG_INFINITY);
     }
