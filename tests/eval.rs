@@ -1,41 +1,15 @@
 //! End-to-end tests of `kura eval` with the real MiniLM embedder on part of the
 //! banking77 intent set.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Output;
 
 use kura_cluster::metrics::v_measure;
 use serde_json::Value;
+use support::{kura, run_ok, shared};
 
 const ROWS: usize = 1500;
-
-fn kura() -> Command {
-    // target/release/deps/eval-HASH -> target/release/kura
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("kura{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not built: run `cargo build --release -p kura-cli`",
-        bin.display()
-    );
-    Command::new(bin)
-}
-
-fn banking77() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/labeled/banking77.jsonl")
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run kura");
-    assert!(
-        out.status.success(),
-        "kura failed: {}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// The `result` object among the JSON lines `kura eval --json` prints.
 fn result(out: &Output) -> Value {
@@ -48,7 +22,7 @@ fn result(out: &Output) -> Value {
 
 /// The labels of the first `ROWS` rows, numbered in order of appearance.
 fn true_labels() -> Vec<usize> {
-    let text = std::fs::read_to_string(banking77()).unwrap();
+    let text = std::fs::read_to_string(shared("labeled/banking77.jsonl")).unwrap();
     let mut names: Vec<String> = Vec::new();
     text.lines()
         .take(ROWS)
@@ -86,7 +60,7 @@ fn eval_scores_minilm_clusters_far_above_a_random_labelling() {
     let eval = |extra: &[&str]| {
         let mut cmd = kura();
         cmd.arg("eval")
-            .arg(banking77())
+            .arg(shared("labeled/banking77.jsonl"))
             .args([
                 "--limit",
                 &ROWS.to_string(),

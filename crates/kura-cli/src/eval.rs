@@ -2,7 +2,6 @@
 //! (V-measure, NMI, ARI), so a change to either is judged by numbers that can be put
 //! beside published ones (MTEB's clustering protocol when k = number of labels).
 
-mod cache;
 mod labelled;
 mod report;
 
@@ -18,12 +17,10 @@ use kura_core::pipeline::Progress;
 use kura_core::{Embedder, Matrix};
 
 use crate::backends::Backends;
+use crate::embedding_cache;
 use crate::progress::{Mode, Reporter};
 use crate::Common;
 use report::Score;
-
-/// Texts per call to the embedder (the embedder batches further inside).
-const EMBED_CHUNK: usize = 256;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -124,39 +121,17 @@ fn embeddings(
     texts: &[String],
     reporter: &Reporter,
 ) -> Result<(Matrix, bool)> {
-    let key = cache::key(&embedder.id(), texts);
-    let path = cache::path(
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let key = embedding_cache::key(&embedder.id(), &texts);
+    let path = embedding_cache::path(
         args.embeddings_cache.as_deref(),
         &backends.cache_dir().join("eval"),
         &key,
     );
-    if let Some(matrix) = cache::load(&path, &key, texts.len()) {
+    let (matrix, cached) = embedding_cache::load_or_embed(embedder, &texts, &path, &key, reporter)
+        .with_context(|| format!("embeddings cache {}", path.display()))?;
+    if cached {
         reporter.say(&format!("embeddings from {}", path.display()));
-        return Ok((matrix, true));
     }
-    reporter.begin("embeddings", texts.len() as u64);
-    let mut data = Vec::with_capacity(texts.len() * embedder.dim());
-    for chunk in texts.chunks(EMBED_CHUNK) {
-        let batch: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let rows = embedder
-            .embed(&batch)
-            .map_err(|e| anyhow::anyhow!("embedding failed: {e}"))?;
-        if rows.rows() != batch.len() {
-            bail!(
-                "the embedder returned {} rows for {} texts",
-                rows.rows(),
-                batch.len()
-            );
-        }
-        data.extend_from_slice(rows.as_slice());
-        reporter.advance(chunk.len() as u64);
-    }
-    let matrix = Matrix::new(texts.len(), data.len() / texts.len(), data);
-    reporter.end(
-        "embeddings",
-        &format!("{} × {}", matrix.rows(), matrix.cols()),
-    );
-    cache::save(&path, &key, &matrix)
-        .with_context(|| format!("cannot write the embeddings cache {}", path.display()))?;
-    Ok((matrix, false))
+    Ok((matrix, cached))
 }

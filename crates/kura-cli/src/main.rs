@@ -7,6 +7,7 @@ mod backends;
 mod bench;
 mod config;
 mod embed;
+mod embedding_cache;
 mod eval;
 mod export;
 mod progress;

@@ -8,16 +8,14 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Result};
 use kura_core::explore::{Embeddings, RunView};
-use kura_core::store::{self, fingerprint};
+use kura_core::pipeline::NoProgress;
 use kura_core::{Embedder, Matrix};
 use kura_models::Resolver;
 
 use crate::backends::Backends;
 use crate::config::Config;
+use crate::embedding_cache;
 use crate::progress::{Mode, Reporter};
-
-/// How many summaries go to the embedder at once.
-const BATCH: usize = 256;
 
 pub struct Semantic {
     backends: Backends,
@@ -104,39 +102,10 @@ impl Semantic {
 /// run without embeddings would otherwise be embedded again on every search. The
 /// key covers the embedder (name and checksum) and every text.
 fn cached_embeddings(embedder: &dyn Embedder, texts: &[&str]) -> Result<Matrix> {
-    let id = embedder.id();
-    let key = fingerprint(
-        &std::iter::once(id.as_str())
-            .chain(texts.iter().copied())
-            .collect::<Vec<_>>(),
-    );
-    let path = Resolver::from_env()
-        .cache_dir()
-        .join("embeddings")
-        .join(format!("{key}.npy"));
-    if let Ok(matrix) = store::read_npy(&path) {
-        if matrix.rows() == texts.len() {
-            return Ok(matrix);
-        }
-    }
-    let mut data = Vec::with_capacity(texts.len() * embedder.dim());
-    for chunk in texts.chunks(BATCH) {
-        let rows = embedder
-            .embed(chunk)
-            .map_err(|e| anyhow::anyhow!("cannot embed the run's summaries: {e}"))?;
-        if rows.rows() != chunk.len() {
-            bail!(
-                "the embedder returned {} rows for {} summaries",
-                rows.rows(),
-                chunk.len()
-            );
-        }
-        data.extend_from_slice(rows.as_slice());
-    }
-    let cols = data.len().checked_div(texts.len()).unwrap_or(0);
-    let matrix = Matrix::new(texts.len(), cols, data);
-    if let Err(e) = store::write_npy(&path, &matrix) {
-        tracing::warn!("cannot cache the summaries' embeddings: {e}");
-    }
+    let key = embedding_cache::key(&embedder.id(), texts);
+    let dir = Resolver::from_env().cache_dir().join("embeddings");
+    let path = embedding_cache::path(None, &dir, &key);
+    let (matrix, _) = embedding_cache::load_or_embed(embedder, texts, &path, &key, &NoProgress)
+        .map_err(|e| anyhow::anyhow!("cannot embed the run's summaries: {e:#}"))?;
     Ok(matrix)
 }

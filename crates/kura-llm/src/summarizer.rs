@@ -33,8 +33,6 @@ const RESERVED_TOKENS: usize = SUMMARY_TOKENS
 /// Below this, there is no room to show the conversation at all.
 const MIN_TRANSCRIPT_TOKENS: usize = 64;
 
-/// The first attempt uses the configured temperature; retries sample a little.
-
 const SCORES: [u8; 5] = [1, 2, 3, 4, 5];
 
 pub struct LlmSummarizer {
