@@ -139,36 +139,29 @@ fn assert_complete_run(dir: &Path) {
 fn the_example_runs_end_to_end_with_real_models_and_prints_a_tree() {
     let _turn = one_at_a_time();
     let out = tempfile::tempdir().unwrap();
-    let result = run_ok(
-        kura()
-            .args([
-                "run",
-                "examples/conversations.jsonl",
-                "--limit",
-                "5",
-                "--out",
-            ])
+    // Four base clusters above a top level of two: one hierarchy round, in which the
+    // real model proposes the parents (Clio's path, not the k-means fallback).
+    let the_run = || {
+        let mut command = kura();
+        command
+            .args(["run", "examples/conversations.jsonl", "--limit", "5"])
+            .args(["--clusters", "4", "--out"])
             .arg(out.path())
-            .args(FAST),
-    );
+            .args(FAST);
+        command
+    };
+    let result = run_ok(&mut the_run());
     assert_complete_run(out.path());
     let tree = String::from_utf8_lossy(&result.stdout);
     assert!(tree.starts_with("Clusters (5 conversations)"), "{tree}");
+    let decisions = read_jsonl(&out.path().join("cache/hierarchy.journal.jsonl"));
+    assert!(
+        decisions.iter().any(|d| d["value"].is_array()),
+        "the model proposed parents: {decisions:?}"
+    );
 
     // Again with the same command: everything is reused, nothing recomputed.
-    let again = run_ok(
-        kura()
-            .args([
-                "run",
-                "examples/conversations.jsonl",
-                "--limit",
-                "5",
-                "--json",
-                "--out",
-            ])
-            .arg(out.path())
-            .args(FAST),
-    );
+    let again = run_ok(the_run().arg("--json"));
     let events: Vec<Value> = String::from_utf8_lossy(&again.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
