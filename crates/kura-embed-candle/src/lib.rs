@@ -133,9 +133,19 @@ impl CandleEmbedder {
     pub fn embed_texts(&self, texts: &[&str]) -> Result<Matrix, EmbedError> {
         let encodings = self.tokenize(texts)?;
         let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        let batches = length_batches(&lengths, self.batch_size);
+        let embed = |batch: &Vec<usize>| self.embed_batch(batch.iter().map(|&i| &encodings[i]));
+        // On the CPU, Candle spreads only its matrix products over the cores; the
+        // layer norms, GELUs, softmax inputs and copies between them run on one. Two
+        // batches in flight at once keep every core busy through those (the products
+        // still share the cores through rayon's work stealing). A GPU gains nothing.
+        let embedded: Vec<Vec<Vec<f32>>> = if self.device.is_cpu() {
+            batches.par_iter().map(embed).collect::<Result<_, _>>()?
+        } else {
+            batches.iter().map(embed).collect::<Result<_, _>>()?
+        };
         let mut out = Matrix::zeros(texts.len(), self.dim);
-        for batch in length_batches(&lengths, self.batch_size) {
-            let rows = self.embed_batch(batch.iter().map(|&i| &encodings[i]))?;
+        for (batch, rows) in batches.iter().zip(embedded) {
             for (&i, row) in batch.iter().zip(rows) {
                 out.row_mut(i).copy_from_slice(&row);
             }
@@ -226,10 +236,16 @@ impl Embedder for CandleEmbedder {
 /// Below this many tokens a batch is cheap whatever its padding, so it is not split.
 const SPLIT_ABOVE_TOKENS: usize = 32;
 
+/// Padded tokens per batch at most. Attention holds `heads × width²` scores per
+/// text, so a batch of long texts is capped by tokens, not only by count: with two
+/// batches in flight, that keeps memory where one full batch of 32 would put it.
+const MAX_BATCH_TOKENS: usize = 4096;
+
 /// Groups text indices into batches of similar token length, longest first. A
-/// batch pads to its first (longest) text, so it closes when full or when the next
-/// text is under half that length: padding then never costs more than the real
-/// tokens, whatever the mix of short and long texts.
+/// batch pads to its first (longest) text, so it closes when full (by count or
+/// by [`MAX_BATCH_TOKENS`]) or when the next text is under half that length:
+/// padding then never costs more than the real tokens, whatever the mix of short
+/// and long texts.
 fn length_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
@@ -237,7 +253,9 @@ fn length_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
     let mut width = 0;
     for i in order {
         let fits = batches.last().is_some_and(|b| {
-            b.len() < batch_size && (width <= SPLIT_ABOVE_TOKENS || lengths[i] * 2 >= width)
+            b.len() < batch_size
+                && (b.len() + 1) * width <= MAX_BATCH_TOKENS
+                && (width <= SPLIT_ABOVE_TOKENS || lengths[i] * 2 >= width)
         });
         match batches.last_mut() {
             Some(batch) if fits => batch.push(i),
@@ -311,6 +329,7 @@ mod tests {
             assert!(batch.len() <= 3);
             let width = lengths[batch[0]];
             assert!(batch.iter().all(|&i| lengths[i] <= width));
+            assert!(batch.len() == 1 || batch.len() * width <= super::MAX_BATCH_TOKENS);
             assert!(
                 width <= 32 || batch.iter().all(|&i| lengths[i] * 2 >= width),
                 "{batch:?}"
@@ -318,5 +337,8 @@ mod tests {
         }
         assert_eq!(batches[0], vec![1, 7, 3]);
         assert!(length_batches(&[], 4).is_empty());
+        // Long texts are capped by tokens before count: 4096 / 512 = 8 per batch.
+        let long = length_batches(&[512; 20], 32);
+        assert_eq!(long.iter().map(Vec::len).collect::<Vec<_>>(), [8, 8, 4]);
     }
 }
