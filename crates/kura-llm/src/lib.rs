@@ -15,6 +15,7 @@ mod chat;
 mod error;
 mod fit;
 mod gguf;
+mod kv;
 mod llm;
 mod model;
 mod namer;

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use crate::error::LlmError;
 use crate::gguf::Metadata;
+use crate::kv::{Heads, HostKv};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Architecture {
@@ -132,12 +133,23 @@ pub(crate) struct Model {
 }
 
 /// Keys and values of every layer for the tokens seen so far. A plain value: cloning
-/// it is cheap (tensors are shared, appending creates new ones) and gives an
-/// independent continuation, which is how a prompt prefix is reused.
+/// it is cheap (buffers are shared until one side appends) and gives an independent
+/// continuation, which is how a prompt prefix is reused.
 #[derive(Clone, Default)]
 pub(crate) struct Cache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<LayerKv>,
     len: usize,
+}
+
+/// One layer's keys and values.
+#[derive(Clone, Default)]
+enum LayerKv {
+    #[default]
+    Empty,
+    /// On the CPU: host memory, appended in place (see `kv`).
+    Host(HostKv),
+    /// On a GPU: tensors `[1, kv_heads, tokens, head_dim]`, appended with `cat`.
+    Device(Tensor, Tensor),
 }
 
 impl Cache {
@@ -259,7 +271,7 @@ impl Model {
 
     pub(crate) fn new_cache(&self) -> Cache {
         Cache {
-            layers: vec![None; self.layers.len()],
+            layers: vec![LayerKv::Empty; self.layers.len()],
             len: 0,
         }
     }
@@ -388,7 +400,7 @@ impl Model {
         v: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
         mask: Option<&Tensor>,
-        slot: &mut Option<(Tensor, Tensor)>,
+        slot: &mut LayerKv,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (q, k) = match c.architecture {
@@ -401,44 +413,82 @@ impl Model {
                 candle_nn::rotary_emb::rope(k, cos, sin)?,
             ),
         };
-        let (k, v) = match slot.take() {
-            Some((past_k, past_v)) => (
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        if k.device().is_cpu() {
+            return self.attend_host(&q, &k, v, mask, slot, scale);
+        }
+        let (k, v) = match std::mem::take(slot) {
+            LayerKv::Device(past_k, past_v) => (
                 Tensor::cat(&[&past_k, &k], 2)?,
                 Tensor::cat(&[&past_v, v], 2)?,
             ),
-            None => (k, v.clone()),
+            _ => (k, v.clone()),
         };
-        *slot = Some((k.clone(), v.clone()));
+        *slot = LayerKv::Device(k.clone(), v.clone());
         let k = repeat_kv(k, c.heads / c.kv_heads)?;
         let v = repeat_kv(v, c.heads / c.kv_heads)?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        if q.dim(2)? == 1 {
-            return single_query_attention(&q, &k, &v, scale);
-        }
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
-            None => scores,
+        masked_attention(&q, &k, &v, mask, scale)
+    }
+
+    /// [`Model::attend`] on the CPU: one new token attends straight from host memory;
+    /// a prompt of several tokens goes through GEMM over the cache widened once.
+    fn attend_host(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        slot: &mut LayerKv,
+        scale: f64,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let shape = Heads {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
         };
-        candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
+        // [1, kv_heads, tokens, head_dim] -> [tokens, kv_heads, head_dim]
+        let token_major = |t: &Tensor| t.squeeze(0)?.transpose(0, 1)?.flatten_all()?.to_vec1();
+        if !matches!(slot, LayerKv::Host(_)) {
+            *slot = LayerKv::Host(HostKv::default());
+        }
+        let LayerKv::Host(kv) = slot else {
+            unreachable!("the slot was made a host cache above")
+        };
+        kv.append(&token_major(k)?, &token_major(v)?);
+        let device = q.device();
+        if q.dim(2)? == 1 {
+            let query = q.flatten_all()?.to_vec1::<f32>()?;
+            let out = kv.attend_one(&query, shape, scale as f32);
+            return Tensor::from_vec(out, (1, c.heads, 1, c.head_dim), device);
+        }
+        let tokens = kv.keys().len() / (c.kv_heads * c.head_dim);
+        let as_heads = |buf: &[f32]| {
+            Tensor::from_slice(buf, (tokens, c.kv_heads, c.head_dim), device)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)
+        };
+        let k = repeat_kv(as_heads(kv.keys())?, c.heads / c.kv_heads)?;
+        let v = repeat_kv(as_heads(kv.values())?, c.heads / c.kv_heads)?;
+        masked_attention(q, &k, &v, mask, scale)
     }
 }
 
-/// Attention of one new token, as element-wise products and sums rather than GEMM:
-/// candle's GEMM splits even these tiny products across threads, and on a busy
-/// machine waiting for those threads made decoding ten times slower (measured with
-/// SmolLM2 on two shared cores: 2 vs 25 tokens/s).
-fn single_query_attention(
+/// Softmax attention of `q` over `k`, `v` (`[1, heads, tokens, head_dim]`).
+fn masked_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    mask: Option<&Tensor>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    // q: [b, h, 1, d]; k, v: [b, h, t, d]
-    let scores = (k.broadcast_mul(q)?.sum_keepdim(D::Minus1)? * scale)?; // [b, h, t, 1]
-    let scores = scores.transpose(2, 3)?.contiguous()?; // [b, h, 1, t]
-    let weights = candle_nn::ops::softmax_last_dim(&scores)?.transpose(2, 3)?; // [b, h, t, 1]
-    v.broadcast_mul(&weights)?.sum_keepdim(2) // [b, h, 1, d]
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(mask) => scores.broadcast_add(mask)?,
+        None => scores,
+    };
+    candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
 }
 
 fn tied_output(embedding: &Tensor, device: &Device) -> Result<Linear, LlmError> {
