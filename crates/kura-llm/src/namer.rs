@@ -175,6 +175,9 @@ fn validate(name: &str, description: &str) -> Result<(), String> {
     if words > MAX_NAME_WORDS {
         return Err(format!("name has {words} words: {name:?}"));
     }
+    if echoes_the_instructions(name) {
+        return Err(format!("name only repeats the instructions: {name:?}"));
+    }
     if description.trim_end_matches('.').eq_ignore_ascii_case(name) {
         return Err(format!("description repeats the name: {description:?}"));
     }
@@ -182,6 +185,24 @@ fn validate(name: &str, description: &str) -> Result<(), String> {
         return Err(format!("description too short: {description:?}"));
     }
     Ok(())
+}
+
+/// Whether every word of `name` comes from the naming instructions: small models
+/// answer "Group of similar conversations between users and an AI assistant" or
+/// "JSON", which names nothing. Numbers do not count as content ("Group 1").
+fn echoes_the_instructions(name: &str) -> bool {
+    let words = |text: &str| -> Vec<String> {
+        text.split(|c: char| !c.is_alphabetic())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let instructions: std::collections::HashSet<String> =
+        [NAMING_SYSTEM, NAMING_PARENT_NOTE, NAMING_REQUEST]
+            .into_iter()
+            .flat_map(words)
+            .collect();
+    words(name).iter().all(|w| instructions.contains(w))
 }
 
 impl ClusterNamer for LlmClusterNamer {
@@ -206,5 +227,25 @@ impl ClusterNamer for LlmClusterNamer {
 
     fn choose_parent(&self, request: &ChoiceRequest) -> Result<usize, BoxError> {
         self.choose(request).map_err(BoxError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate;
+
+    #[test]
+    fn a_name_made_only_of_the_instructions_words_is_refused() {
+        let description = "Users asked for help with their code. They differ from others.";
+        for echo in [
+            "Group of similar conversations between users and an AI assistant",
+            "JSON",
+            "Group 1",
+        ] {
+            let refused = validate(echo, description).unwrap_err();
+            assert!(refused.contains("repeats the instructions"), "{refused}");
+        }
+        assert!(validate("AI and Private Equity Group", description).is_ok());
+        assert!(validate("Fix Rust borrow checker errors", description).is_ok());
     }
 }
