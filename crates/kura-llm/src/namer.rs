@@ -194,7 +194,8 @@ fn echoes_the_instructions(name: &str) -> bool {
     let words = |text: &str| -> Vec<String> {
         text.split(|c: char| !c.is_alphabetic())
             .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
+            // Singular and plural alike: "Conversation Group" echoes "conversations".
+            .map(|w| w.to_lowercase().trim_end_matches('s').to_string())
             .collect()
     };
     let instructions: std::collections::HashSet<String> =
@@ -241,6 +242,7 @@ mod tests {
             "Group of similar conversations between users and an AI assistant",
             "JSON",
             "Group 1",
+            "Conversation Group",
         ] {
             let refused = validate(echo, description).unwrap_err();
             assert!(refused.contains("repeats the instructions"), "{refused}");
