@@ -10,6 +10,8 @@
 
 use std::sync::Arc;
 
+use kura_core::vector::dot;
+
 /// One layer's keys and values, token-major (`[tokens, kv_heads, head_dim]`), so a
 /// new token appends at the end. Cloning shares the buffers; the first append to a
 /// shared buffer copies it (a prompt prefix continued by many sessions).
@@ -75,20 +77,6 @@ impl HostKv {
         }
         out
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight lanes, so the compiler vectorises without reassociating a single sum.
-    let mut lanes = [0.0f32; 8];
-    let (a8, a_rest) = a.split_at(a.len() - a.len() % 8);
-    let (b8, b_rest) = b.split_at(a8.len());
-    for (a, b) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
-        for i in 0..8 {
-            lanes[i] += a[i] * b[i];
-        }
-    }
-    let tail: f32 = a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum();
-    lanes.iter().sum::<f32>() + tail
 }
 
 fn softmax_in_place(scores: &mut [f32]) {
