@@ -11,41 +11,33 @@ use crate::matrix::Matrix;
 /// on the thread count.
 const SEARCH_BLOCK: usize = 1024;
 
-/// A dot product with eight independent accumulators, so the compiler can keep them
-/// in one SIMD register; the summation order is fixed, so results are reproducible.
+/// A dot product; the summation order is fixed, so results are reproducible.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let chunks_a = a.chunks_exact(8);
-    let chunks_b = b.chunks_exact(8);
-    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
-    let mut acc = [0.0f32; 8];
-    for (x, y) in chunks_a.zip(chunks_b) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut sum = lanes_sum(acc);
-    for (x, y) in rest_a.iter().zip(rest_b) {
-        sum += x * y;
-    }
-    sum
+    sum_of_terms(a, b, |x, y| x * y)
 }
 
 /// The exact squared Euclidean distance; used where an expanded
 /// `|x|² + |c|² − 2x·c` would round a true zero to a tiny positive number.
 pub fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+    sum_of_terms(a, b, |x, y| (x - y) * (x - y))
+}
+
+/// `Σ term(a[i], b[i])` with eight independent accumulators, so the compiler can
+/// keep them in one SIMD register, added in a fixed order.
+#[inline(always)]
+fn sum_of_terms(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     let chunks_a = a.chunks_exact(8);
     let chunks_b = b.chunks_exact(8);
     let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
     let mut acc = [0.0f32; 8];
     for (x, y) in chunks_a.zip(chunks_b) {
         for i in 0..8 {
-            let d = x[i] - y[i];
-            acc[i] += d * d;
+            acc[i] += term(x[i], y[i]);
         }
     }
     let mut sum = lanes_sum(acc);
-    for (x, y) in rest_a.iter().zip(rest_b) {
-        sum += (x - y) * (x - y);
+    for (&x, &y) in rest_a.iter().zip(rest_b) {
+        sum += term(x, y);
     }
     sum
 }
