@@ -7,65 +7,57 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use kura_core::{store, Embedder};
-use serde_json::Value;
+
+use crate::records;
 
 /// Reads the texts of `path`: every line as it is, or with `field` the string field
-/// of every JSON Lines record (blank lines are skipped there). Errors name the file,
-/// the line and the field.
+/// of every JSON Lines record (blank lines are skipped there).
+/// Errors name the file, the line and the field.
 pub fn read_texts(path: &Path, field: Option<&str>) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    // A final newline ends the last line; it does not start an empty one.
-    let content = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-    let lines = (!bytes.is_empty()).then(|| content.split(|&b| b == b'\n'));
-    let mut texts = Vec::new();
-    for (index, line) in lines.into_iter().flatten().enumerate() {
-        let number = index + 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let line = std::str::from_utf8(line).map_err(|e| {
-            anyhow!(
-                "{}: line {number}: not valid UTF-8 (byte {})",
-                path.display(),
-                e.valid_up_to() + 1
-            )
-        })?;
-        match field {
-            None => texts.push(line.to_string()),
-            Some(_) if line.trim().is_empty() => {}
-            Some(field) => texts.push(field_text(line, field).map_err(|message| {
-                anyhow!(
-                    "{}: line {number}: field `{field}`: {message}",
-                    path.display()
-                )
-            })?),
-        }
-    }
+    let texts = match field {
+        Some(field) => field_texts(path, field)?,
+        None => plain_lines(path)?,
+    };
     if texts.is_empty() {
         bail!("{}: no texts to embed", path.display());
     }
     Ok(texts)
 }
 
-fn field_text(line: &str, field: &str) -> Result<String, String> {
-    let record: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON ({e})"))?;
-    let object = record
-        .as_object()
-        .ok_or("the record is not a JSON object")?;
-    match object.get(field) {
-        Some(Value::String(text)) => Ok(text.clone()),
-        Some(other) => Err(format!("expected a string, found {}", json_kind(other))),
-        None => Err("missing".to_string()),
-    }
+fn field_texts(path: &Path, field: &str) -> Result<Vec<String>> {
+    let mut texts = Vec::new();
+    records::for_each(path, None, |record| {
+        let text = record
+            .and_then(|record| records::string_field(&record, field))
+            .map_err(|message| format!("field `{field}`: {message}"))?;
+        texts.push(text);
+        Ok(())
+    })?;
+    Ok(texts)
 }
 
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+fn plain_lines(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.is_empty() {
+        return Ok(Vec::new());
     }
+    // A final newline ends the last line; it does not start an empty one.
+    let content = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    content
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(index, line)| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            std::str::from_utf8(line).map(str::to_string).map_err(|e| {
+                anyhow!(
+                    "{}: line {}: not valid UTF-8 (byte {})",
+                    path.display(),
+                    index + 1,
+                    e.valid_up_to() + 1
+                )
+            })
+        })
+        .collect()
 }
 
 /// What one `kura embed` call did, for the closing message.

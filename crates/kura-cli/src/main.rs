@@ -18,6 +18,7 @@ mod embedding_cache;
 mod eval;
 mod export;
 mod progress;
+mod records;
 mod search;
 mod semantic;
 mod serve;

@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kura_core::loaders::FALLBACK_TIMESTAMP;
 use kura_core::{Conversation, Message, Role};
-use serde_json::Value;
+
+use crate::records;
 
 /// Short texts: one-line customer questions (Banking77).
 const SHORT: &str = "labeled/banking77.jsonl";
@@ -45,24 +46,13 @@ pub fn load(dir: &Path, short: usize, long: usize) -> Result<Texts> {
     })
 }
 
+/// The `field` strings of the first `limit` records that have one.
 fn read_field(path: &Path, field: &str, limit: usize) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut texts = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let record: Value = serde_json::from_str(line)
-            .with_context(|| format!("{}: line {}", path.display(), i + 1))?;
-        if let Some(t) = record.get(field).and_then(Value::as_str) {
-            texts.push(t.to_string());
-        }
-        if texts.len() == limit {
-            break;
-        }
-    }
+    records::for_each(path, Some(limit), |record| {
+        texts.extend(record.and_then(|r| records::string_field(&r, field)));
+        Ok(())
+    })?;
     Ok(texts)
 }
 

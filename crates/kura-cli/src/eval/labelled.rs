@@ -1,11 +1,12 @@
 //! Reading a labelled data set: JSON Lines with one text and one label per row.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
+
+use crate::records;
 
 /// Texts with their known classes; `labels[i]` indexes `label_names`.
 #[derive(Debug)]
@@ -24,44 +25,30 @@ pub fn read(
     label_field: &str,
     limit: Option<usize>,
 ) -> Result<Labelled> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut set = Labelled {
         texts: Vec::new(),
         labels: Vec::new(),
         label_names: Vec::new(),
     };
     let mut index: HashMap<String, usize> = HashMap::new();
-    for (number, line) in BufReader::new(file).lines().enumerate() {
-        if limit.is_some_and(|l| set.texts.len() >= l) {
-            break;
-        }
-        let at = || format!("{}: line {}", path.display(), number + 1);
-        let line = line.with_context(at)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row: Value =
-            serde_json::from_str(&line).with_context(|| format!("{}: invalid JSON", at()))?;
-        let text = match row.get(text_field) {
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => bail!("{}: field {text_field:?} must be a string", at()),
-            None => bail!(
-                "{}: no field {text_field:?} (choose the text field with --text-field)",
-                at()
-            ),
-        };
+    records::for_each(path, limit, |row| {
+        let row = row?;
+        let text = records::string_field(&row, text_field).map_err(|message| {
+            format!("field {text_field:?}: {message} (choose the text field with --text-field)")
+        })?;
         let label = match row.get(label_field) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
-            Some(_) => bail!(
-                "{}: field {label_field:?} must be a string or a number",
-                at()
-            ),
-            None => bail!(
-                "{}: no field {label_field:?} (choose the label field with --label-field)",
-                at()
-            ),
+            Some(_) => {
+                return Err(format!(
+                    "field {label_field:?} must be a string or a number"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "no field {label_field:?} (choose the label field with --label-field)"
+                ))
+            }
         };
         let next = index.len();
         let id = *index.entry(label.clone()).or_insert(next);
@@ -70,7 +57,8 @@ pub fn read(
         }
         set.texts.push(text);
         set.labels.push(id);
-    }
+        Ok(())
+    })?;
     if set.texts.is_empty() {
         bail!("{}: no labelled rows", path.display());
     }
