@@ -1,31 +1,17 @@
 //! `kura embed` and `kura bench` on the real binary with the real local models.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Command;
 
 use serde_json::Value;
+use support::{run_ok as succeed, shared};
 
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
-
+/// `kura SUBCOMMAND --quiet` on the real binary.
 fn kura(subcommand: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kura"));
+    let mut cmd = support::kura();
     cmd.args([subcommand, "--quiet"]);
     cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("run kura")
-}
-
-fn succeed(cmd: &mut Command) -> Output {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "kura failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn norm(row: &[f32]) -> f32 {
@@ -38,7 +24,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn embed_writes_one_row_per_record_in_input_order_matching_sentence_transformers() {
-    let reference = PathBuf::from(DATA).join("reference/minilm_embeddings.jsonl");
+    let reference = shared("reference/minilm_embeddings.jsonl");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vectors.npy");
     succeed(
@@ -109,7 +95,7 @@ fn embed_errors_name_file_line_and_field_and_write_nothing() {
         if let Some(field) = field {
             cmd.args(["--field", field]);
         }
-        let result = run(&mut cmd);
+        let result = cmd.output().expect("run kura");
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert!(!result.status.success(), "{name} should fail");
         assert!(
@@ -146,7 +132,8 @@ fn bench_quick_measures_every_figure_and_writes_json() {
     let output = succeed(
         kura("bench")
             .args(["--quick", "--llm", "smollm2-135m-instruct"])
-            .args(["--embedder", "all-minilm-l6-v2", "--data", DATA])
+            .args(["--embedder", "all-minilm-l6-v2", "--data"])
+            .arg(shared(""))
             .arg("--out")
             .arg(&out),
     );
