@@ -68,6 +68,14 @@ impl ClusterNamer for ScriptedNamer {
 }
 
 /// `n` base clusters with 1–4 conversations each, their vectors drawn from `topics` blobs.
+/// The default builder with `top_clusters` at the top.
+fn with_top(top_clusters: usize) -> ClioHierarchy {
+    ClioHierarchy {
+        top_clusters,
+        ..ClioHierarchy::default()
+    }
+}
+
 fn base(n: usize, topics: usize) -> (Vec<Cluster>, Matrix) {
     let (vectors, _) = common::blobs(topics, n.div_ceil(topics), 16, 0.2, 9);
     let vectors = vectors.select(&(0..n).collect::<Vec<_>>());
@@ -159,10 +167,7 @@ fn check_invariants(tree: &[Cluster], base_in: &[Cluster], top_clusters: usize) 
 fn builds_a_valid_forest() {
     let (clusters, vectors) = base(60, 6);
     let namer = ScriptedNamer::default();
-    let builder = ClioHierarchy {
-        top_clusters: 4,
-        ..ClioHierarchy::default()
-    };
+    let builder = with_top(4);
     let tree = builder
         .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 1)
         .unwrap();
@@ -253,12 +258,9 @@ fn a_single_base_cluster_is_its_own_root() {
 fn few_base_clusters_get_no_parents() {
     let (clusters, vectors) = base(8, 3);
     let namer = ScriptedNamer::default();
-    let tree = ClioHierarchy {
-        top_clusters: 8,
-        ..ClioHierarchy::default()
-    }
-    .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
-    .unwrap();
+    let tree = with_top(8)
+        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
+        .unwrap();
     assert_eq!(tree, clusters);
     assert!(namer.requests.lock().unwrap().is_empty());
 }
@@ -270,12 +272,9 @@ fn a_failing_namer_still_gives_one_forest() {
         fail: true,
         ..ScriptedNamer::default()
     };
-    let tree = ClioHierarchy {
-        top_clusters: 3,
-        ..ClioHierarchy::default()
-    }
-    .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
-    .unwrap();
+    let tree = with_top(3)
+        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
+        .unwrap();
     check_invariants(&tree, &clusters, 3);
     assert!(!namer.requests.lock().unwrap().is_empty());
     // Every parent falls back to the name of one of its base descendants.
@@ -289,18 +288,15 @@ fn a_failing_namer_still_gives_one_forest() {
 fn identical_vectors_collapse_into_one_root() {
     let (clusters, _) = base(12, 1);
     let vectors = Matrix::from_rows(&[[0.1f32, 0.7, -0.2]; 12]).unwrap();
-    let tree = ClioHierarchy {
-        top_clusters: 3,
-        ..ClioHierarchy::default()
-    }
-    .build(
-        clusters.clone(),
-        &vectors,
-        &ScriptedNamer::default(),
-        &WordEmbedder,
-        0,
-    )
-    .unwrap();
+    let tree = with_top(3)
+        .build(
+            clusters.clone(),
+            &vectors,
+            &ScriptedNamer::default(),
+            &WordEmbedder,
+            0,
+        )
+        .unwrap();
     check_invariants(&tree, &clusters, 3);
     assert_eq!(tree.iter().filter(|c| c.parent_id.is_none()).count(), 1);
 }
@@ -334,10 +330,7 @@ fn bad_input_is_rejected_with_a_reason() {
         build(flat, clusters.clone(), &vectors),
         Err(ClusterError::InvalidParameter { name: "ratio", .. })
     ));
-    let rootless = ClioHierarchy {
-        top_clusters: 0,
-        ..ClioHierarchy::default()
-    };
+    let rootless = with_top(0);
     assert!(matches!(
         build(rootless, clusters, &vectors),
         Err(ClusterError::InvalidParameter {
@@ -417,12 +410,9 @@ impl ClusterNamer for ProposingNamer {
 fn a_proposing_namer_groups_clusters_by_its_choices() {
     let (clusters, vectors) = base(60, 6);
     let namer = ProposingNamer::default();
-    let tree = ClioHierarchy {
-        top_clusters: 4,
-        ..ClioHierarchy::default()
-    }
-    .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 5)
-    .unwrap();
+    let tree = with_top(4)
+        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 5)
+        .unwrap();
     check_invariants(&tree, &clusters, 4);
 
     let proposals = namer.proposals.lock().unwrap();
@@ -471,12 +461,9 @@ fn an_out_of_range_choice_falls_back_to_the_nearest_parent() {
         out_of_range: true,
         ..ProposingNamer::default()
     };
-    let tree = ClioHierarchy {
-        top_clusters: 3,
-        ..ClioHierarchy::default()
-    }
-    .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
-    .unwrap();
+    let tree = with_top(3)
+        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
+        .unwrap();
     check_invariants(&tree, &clusters, 3);
     assert!(!namer.proposals.lock().unwrap().is_empty());
     assert!(
