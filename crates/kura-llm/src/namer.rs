@@ -1,8 +1,8 @@
 //! [`LlmClusterNamer`]: Clio's cluster names (an imperative sentence of at most ten
 //! words) and two-sentence descriptions, filled into a forced JSON skeleton.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use kura_core::{
     BoxError, ChoiceRequest, ClusterName, ClusterNamer, NamingRequest, ProposalRequest,
@@ -191,19 +191,23 @@ fn validate(name: &str, description: &str) -> Result<(), String> {
 /// answer "Group of similar conversations between users and an AI assistant" or
 /// "JSON", which names nothing. Numbers do not count as content ("Group 1").
 fn echoes_the_instructions(name: &str) -> bool {
-    let words = |text: &str| -> Vec<String> {
-        text.split(|c: char| !c.is_alphabetic())
-            .filter(|w| !w.is_empty())
-            // Singular and plural alike: "Conversation Group" echoes "conversations".
-            .map(|w| w.to_lowercase().trim_end_matches('s').to_string())
-            .collect()
-    };
-    let instructions: std::collections::HashSet<String> =
+    static INSTRUCTIONS: OnceLock<HashSet<String>> = OnceLock::new();
+    let instructions = INSTRUCTIONS.get_or_init(|| {
         [NAMING_SYSTEM, NAMING_PARENT_NOTE, NAMING_REQUEST]
             .into_iter()
             .flat_map(words)
-            .collect();
+            .collect()
+    });
     words(name).iter().all(|w| instructions.contains(w))
+}
+
+/// The alphabetic words of `text`, lower-cased, singular and plural alike
+/// ("Conversation Group" echoes "conversations").
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphabetic())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase().trim_end_matches('s').to_string())
+        .collect()
 }
 
 impl ClusterNamer for LlmClusterNamer {
