@@ -116,31 +116,61 @@ impl PackedCentroids {
     }
 }
 
+/// Streams every point against every tile of `centroids`: for each point (its row
+/// within the task) and each tile, `visit` gets the tile and the point's row of dot
+/// products with it. Each task's state starts as `start(rows in the task)`; the
+/// states come back in row order with the first row each covers.
+fn scan<S, Start, Visit>(
+    points: &PackedPoints,
+    centroids: &PackedCentroids,
+    start: Start,
+    visit: Visit,
+) -> Vec<(usize, S)>
+where
+    S: Send,
+    Start: Fn(usize) -> S + Sync,
+    Visit: Fn(&mut S, usize, &Tile, &[f32; TILE]) + Sync,
+{
+    let dim = points.dim;
+    points
+        .tasks()
+        .map(|(first, chunk)| {
+            let count = chunk.len() / (GROUP * dim).max(1);
+            let mut state = start(count * GROUP);
+            for tile in &centroids.tiles {
+                for (g, group) in chunk.chunks_exact((GROUP * dim).max(1)).enumerate() {
+                    for (p, row) in group_dots(group, tile).iter().enumerate() {
+                        visit(&mut state, g * GROUP + p, tile, row);
+                    }
+                }
+            }
+            (first, state)
+        })
+        .collect()
+}
+
 /// The nearest centroid of every point and its squared Euclidean distance (by
 /// `|x|² + |c|² − 2x·c`, clamped at 0). Ties go to the lower centroid index.
 pub(crate) fn nearest(points: &PackedPoints, centroids: &Matrix) -> Vec<(usize, f32)> {
     let packed = PackedCentroids::new(centroids);
-    let dim = points.dim;
-    let mut out: Vec<(usize, f32)> = points
-        .tasks()
-        .flat_map_iter(|(first, chunk)| {
-            let count = chunk.len() / (GROUP * dim).max(1);
-            let mut best = vec![(0usize, f32::INFINITY); count * GROUP];
-            for tile in &packed.tiles {
-                for (g, group) in chunk.chunks_exact((GROUP * dim).max(1)).enumerate() {
-                    let dots = group_dots(group, tile);
-                    for (p, row) in dots.iter().enumerate() {
-                        let b = &mut best[g * GROUP + p];
-                        let columns = tile.norms.iter().zip(row).take(tile.width);
-                        for (j, (&norm, &dot)) in columns.enumerate() {
-                            let score = norm - 2.0 * dot;
-                            if score < b.1 {
-                                *b = (tile.start + j, score);
-                            }
-                        }
-                    }
+    let tasks = scan(
+        points,
+        &packed,
+        |rows| vec![(0usize, f32::INFINITY); rows],
+        |best, i, tile, row| {
+            let b = &mut best[i];
+            let columns = tile.norms.iter().zip(row).take(tile.width);
+            for (j, (&norm, &dot)) in columns.enumerate() {
+                let score = norm - 2.0 * dot;
+                if score < b.1 {
+                    *b = (tile.start + j, score);
                 }
             }
+        },
+    );
+    let mut out: Vec<(usize, f32)> = tasks
+        .into_iter()
+        .flat_map(|(first, best)| {
             best.into_iter().enumerate().map(move |(i, (j, score))| {
                 let norm = points.norms.get(first + i).copied().unwrap_or(0.0);
                 (j, (norm + score).max(0.0))
@@ -155,29 +185,70 @@ pub(crate) fn nearest(points: &PackedPoints, centroids: &Matrix) -> Vec<(usize, 
 /// meant for a handful of centroids (the candidates of k-means++ seeding).
 pub(crate) fn squared_distances(points: &PackedPoints, centroids: &Matrix) -> Vec<f32> {
     let packed = PackedCentroids::new(centroids);
-    let (dim, k) = (points.dim, centroids.rows());
-    let mut out: Vec<f32> = points
-        .tasks()
-        .flat_map_iter(|(first, chunk)| {
-            let count = chunk.len() / (GROUP * dim).max(1);
-            let mut block = vec![0.0f32; count * GROUP * k];
-            for tile in &packed.tiles {
-                for (g, group) in chunk.chunks_exact((GROUP * dim).max(1)).enumerate() {
-                    let dots = group_dots(group, tile);
-                    for (p, row) in dots.iter().enumerate() {
-                        let i = g * GROUP + p;
-                        let norm = points.norms.get(first + i).copied().unwrap_or(0.0);
-                        for j in 0..tile.width {
-                            block[i * k + tile.start + j] =
-                                (norm + tile.norms[j] - 2.0 * row[j]).max(0.0);
-                        }
-                    }
-                }
+    let k = centroids.rows();
+    let tasks = scan(
+        points,
+        &packed,
+        |rows| vec![0.0f32; rows * k],
+        |block, i, tile, row| {
+            for j in 0..tile.width {
+                block[i * k + tile.start + j] = tile.norms[j] - 2.0 * row[j];
             }
-            block
+        },
+    );
+    let mut out: Vec<f32> = tasks
+        .into_iter()
+        .flat_map(|(first, block)| {
+            block.into_iter().enumerate().map(move |(e, score)| {
+                let norm = points
+                    .norms
+                    .get(first + e / k.max(1))
+                    .copied()
+                    .unwrap_or(0.0);
+                (norm + score).max(0.0)
+            })
         })
         .collect();
     out.truncate(points.rows * k);
+    out
+}
+
+/// The `k` nearest rows of `others` to every point, nearest first, as
+/// `(row, squared distance)`; a point that is also a row of `others` finds itself.
+/// Ties go to the lower row, so the lists are deterministic.
+pub(crate) fn k_nearest(points: &PackedPoints, others: &Matrix, k: usize) -> Vec<Vec<(u32, f32)>> {
+    let k = k.min(others.rows());
+    let packed = PackedCentroids::new(others);
+    let tasks = scan(
+        points,
+        &packed,
+        |rows| vec![Vec::<(u32, f32)>::with_capacity(k + 1); rows],
+        |lists, i, tile, row| {
+            let list = &mut lists[i];
+            let columns = tile.norms.iter().zip(row).take(tile.width);
+            for (j, (&norm, &dot)) in columns.enumerate() {
+                let score = norm - 2.0 * dot;
+                if list.len() == k && list.last().is_some_and(|&(_, worst)| score >= worst) {
+                    continue;
+                }
+                let at = list.partition_point(|&(_, s)| s <= score);
+                list.insert(at, ((tile.start + j) as u32, score));
+                list.truncate(k);
+            }
+        },
+    );
+    let mut out: Vec<Vec<(u32, f32)>> = tasks
+        .into_iter()
+        .flat_map(|(first, lists)| {
+            lists.into_iter().enumerate().map(move |(i, list)| {
+                let norm = points.norms.get(first + i).copied().unwrap_or(0.0);
+                list.into_iter()
+                    .map(|(j, score)| (j, (norm + score).max(0.0)))
+                    .collect()
+            })
+        })
+        .collect();
+    out.truncate(points.rows);
     out
 }
 
@@ -277,6 +348,32 @@ mod tests {
                 assert!((got[i * 5 + j] - e).abs() < 1e-3 * e.max(1.0));
             }
         }
+    }
+
+    #[test]
+    fn k_nearest_matches_a_sorted_naive_search() {
+        let points = matrix(40, 7, 8);
+        let got = k_nearest(&PackedPoints::new(&points), &points, 5);
+        assert_eq!(got.len(), 40);
+        for (i, list) in got.iter().enumerate() {
+            let mut naive: Vec<(usize, f32)> = (0..40)
+                .map(|j| (j, exact(points.row(i), points.row(j))))
+                .collect();
+            naive.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            assert_eq!(list.len(), 5);
+            assert_eq!(list[0].0 as usize, i, "a point is its own nearest row");
+            for (&(j, d), &(_, e)) in list.iter().zip(&naive) {
+                assert!((d - e).abs() < 1e-3 * e.max(1.0), "row {i}");
+                assert!(
+                    (exact(points.row(i), points.row(j as usize)) - e).abs() < 1e-3 * e.max(1.0)
+                );
+            }
+        }
+        let few = k_nearest(&PackedPoints::new(&points), &matrix(3, 7, 9), 5);
+        assert!(
+            few.iter().all(|l| l.len() == 3),
+            "k is capped at the rows there are"
+        );
     }
 
     #[test]

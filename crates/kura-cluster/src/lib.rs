@@ -1,7 +1,8 @@
-//! The clustering algorithms of Kura for Rust: k-means for base clusters
-//! ([`KMeans`]), Clio's hierarchy of meta-clusters ([`ClioHierarchy`]), PCA for the
-//! 2-D map ([`Pca`]), the nearest-neighbour helpers naming and search share, and
-//! external metrics for scoring against known labels.
+//! The clustering algorithms of Kura for Rust: k-means ([`KMeans`]) and HDBSCAN on
+//! a UMAP reduction ([`Hdbscan`]) for base clusters, Clio's hierarchy of
+//! meta-clusters ([`ClioHierarchy`]), UMAP ([`Umap`]) and PCA ([`Pca`]) for the 2-D
+//! map, exact k-nearest-neighbour lists, and external metrics for scoring against
+//! known labels.
 //!
 //! The key design decision is exact, deterministic numerics without a BLAS: all
 //! of it is plain Rust over [`kura_core::Matrix`] with rayon for parallelism, every
@@ -14,15 +15,21 @@
 
 mod blocked;
 mod error;
+mod hdbscan;
 mod hierarchy;
 mod kmeans;
+mod knn;
 pub mod metrics;
 mod parents;
 mod pca;
+mod umap;
 mod vector;
 
 pub use error::ClusterError;
+pub use hdbscan::{hdbscan, Hdbscan};
 pub use hierarchy::ClioHierarchy;
 pub use kmeans::{default_k, kmeans, KMeans, KMeansFit};
+pub use knn::{cosine_neighbours, euclidean_neighbours, Neighbours};
 pub use kura_core::vector::{nearest_rows, normalized_mean};
-pub use pca::{pca_2d, Pca};
+pub use pca::{pca, pca_2d, Pca};
+pub use umap::Umap;

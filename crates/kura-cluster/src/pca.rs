@@ -1,4 +1,4 @@
-//! PCA to two dimensions by randomized subspace iteration.
+//! PCA to two (or a few) dimensions by randomized subspace iteration.
 //!
 //! The covariance matrix is never formed: each iteration multiplies a thin random
 //! basis by `Xᵀ(X·Q)`, which costs `O(n·d·p)` instead of `O(n·d²)` and stays fast
@@ -48,18 +48,24 @@ impl Reducer for Pca {
 
 /// Projects the rows of `points` onto their top two principal components.
 pub fn pca_2d(points: &Matrix, seed: u64) -> Result<Matrix, ClusterError> {
+    pca(points, 2, seed)
+}
+
+/// Projects the rows of `points` onto their top `count` principal components (UMAP
+/// starts its layout from these).
+pub fn pca(points: &Matrix, count: usize, seed: u64) -> Result<Matrix, ClusterError> {
     check_finite(points)?;
     let (n, d) = (points.rows(), points.cols());
     if n == 0 || d == 0 {
-        return Ok(Matrix::zeros(n, 2));
+        return Ok(Matrix::zeros(n, count));
     }
     let centred = centre(points);
-    let components = top_components(&centred, seed);
+    let components = top_components(&centred, count, seed);
     let coords: Vec<f32> = centred
         .iter_rows()
-        .flat_map(|x| [dot(x, &components[0]), dot(x, &components[1])])
+        .flat_map(|x| components.iter().map(|c| dot(x, c)).collect::<Vec<_>>())
         .collect();
-    Ok(Matrix::new(n, 2, coords))
+    Ok(Matrix::new(n, count, coords))
 }
 
 /// The rows minus their mean (the mean summed in `f64`, in row order).
@@ -82,11 +88,11 @@ fn centre(points: &Matrix) -> Matrix {
     out
 }
 
-/// The top two unit principal directions of centred data (a zero vector for a
+/// The top `count` unit principal directions of centred data (a zero vector for a
 /// direction the data does not have), with the sign convention applied.
-fn top_components(x: &Matrix, seed: u64) -> [Vec<f32>; 2] {
+fn top_components(x: &Matrix, count: usize, seed: u64) -> Vec<Vec<f32>> {
     let d = x.cols();
-    let p = (2 + OVERSAMPLE).min(d);
+    let p = (count + OVERSAMPLE).min(d);
     let mut rng = seeded_rng(seed, 0);
     let random: Vec<Vec<f64>> = (0..p)
         .map(|_| (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect())
@@ -101,7 +107,7 @@ fn top_components(x: &Matrix, seed: u64) -> [Vec<f32>; 2] {
         fix_sign(&mut v);
         v.into_iter().map(|c| c as f32).collect()
     };
-    [component(0), component(1)]
+    (0..count).map(component).collect()
 }
 
 /// `Xᵀ(X·q)` for every basis vector `q` (the covariance times `q`, up to scale).

@@ -1,0 +1,505 @@
+//! HDBSCAN (Campello, Moulavi & Sander, 2013; McInnes & Healy's `hdbscan`
+//! package) on a UMAP reduction of the embeddings, the pipeline BERTopic made the
+//! default for topic discovery.
+//!
+//! Density in 384 dimensions is meaningless and quadratic to compute, so points are
+//! first laid out by UMAP in a few dimensions (five, as BERTopic does), where
+//! HDBSCAN is both fast and sensible. Then, as in the `hdbscan` package: core
+//! distances from the `min_samples`-th neighbour, the minimum spanning tree of the
+//! mutual reachability graph (Prim's algorithm on the implicit dense graph:
+//! `O(n²)` time, `O(n)` memory), the single-linkage tree, its condensed form for
+//! `min_cluster_size`, and the excess-of-mass selection of stable clusters. Points
+//! in no selected cluster are noise (`None`), which the pipeline keeps visible as
+//! such. Ties are broken by index throughout, so a seed gives the same labels.
+
+use kura_core::{BoxError, Clusterer, Matrix};
+use rayon::prelude::*;
+
+use crate::error::ClusterError;
+use crate::knn::euclidean_neighbours;
+use crate::umap::Umap;
+use crate::vector::check_finite;
+
+/// UMAP to a few dimensions, then HDBSCAN, as a [`Clusterer`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hdbscan {
+    /// The fewest points a cluster may have (BERTopic's default is 10).
+    pub min_cluster_size: usize,
+    /// Neighbours that define a point's density; `None` takes `min_cluster_size`.
+    pub min_samples: Option<usize>,
+    /// The reduction clustered in; `components: 0` clusters the points as given.
+    pub reduction: Umap,
+}
+
+impl Default for Hdbscan {
+    fn default() -> Self {
+        Hdbscan {
+            min_cluster_size: 10,
+            min_samples: None,
+            reduction: Umap {
+                components: 5,
+                min_dist: 0.0,
+                ..Umap::default()
+            },
+        }
+    }
+}
+
+impl Clusterer for Hdbscan {
+    fn id(&self) -> String {
+        let samples = self
+            .min_samples
+            .map_or_else(|| "auto".into(), |s| s.to_string());
+        let reduction = if self.reduction.components == 0 {
+            "none".to_string()
+        } else {
+            kura_core::Reducer::id(&self.reduction)
+        };
+        format!(
+            "hdbscan-v1(min_cluster_size={},min_samples={samples},reduction={reduction})",
+            self.min_cluster_size
+        )
+    }
+
+    fn cluster(&self, points: &Matrix, seed: u64) -> Result<Vec<Option<usize>>, BoxError> {
+        if points.is_empty() {
+            return Err(ClusterError::NoPoints.into());
+        }
+        check_finite(points)?;
+        let reduced = if self.reduction.components == 0 {
+            points.clone()
+        } else {
+            self.reduction.embed(points, seed)?
+        };
+        let min_samples = self.min_samples.unwrap_or(self.min_cluster_size);
+        Ok(hdbscan(&reduced, self.min_cluster_size, min_samples)?)
+    }
+}
+
+/// HDBSCAN labels for the rows of `points` (Euclidean): `Some(cluster)` numbered
+/// from 0 by the cluster's first point, `None` for noise.
+pub fn hdbscan(
+    points: &Matrix,
+    min_cluster_size: usize,
+    min_samples: usize,
+) -> Result<Vec<Option<usize>>, ClusterError> {
+    if min_cluster_size < 2 {
+        return Err(ClusterError::invalid(
+            "min_cluster_size",
+            min_cluster_size,
+            "must be at least 2",
+        ));
+    }
+    if min_samples == 0 {
+        return Err(ClusterError::invalid(
+            "min_samples",
+            0,
+            "must be at least 1",
+        ));
+    }
+    check_finite(points)?;
+    let n = points.rows();
+    if n < min_cluster_size {
+        tracing::warn!("{n} points are fewer than min_cluster_size {min_cluster_size}: all noise");
+        return Ok(vec![None; n]);
+    }
+    let core = core_distances(points, min_samples);
+    let tree = single_linkage(n, minimum_spanning_tree(points, &core));
+    let condensed = condense(&tree, n, min_cluster_size);
+    let selected = select_eom(&condensed);
+    Ok(label(&condensed, &selected, n))
+}
+
+/// Each point's distance to its `min_samples`-th nearest point, itself counted
+/// first (as the `hdbscan` package counts).
+fn core_distances(points: &Matrix, min_samples: usize) -> Vec<f32> {
+    if min_samples <= 1 {
+        return vec![0.0; points.rows()];
+    }
+    let nn = euclidean_neighbours(points, min_samples - 1);
+    (0..points.rows())
+        .map(|i| nn.of(i).last().map_or(0.0, |(_, d)| d))
+        .collect()
+}
+
+/// An MST edge or a merge of the single-linkage tree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Link {
+    a: usize,
+    b: usize,
+    distance: f32,
+}
+
+/// Prim's algorithm on the mutual reachability distance
+/// `max(core(a), core(b), |a − b|)`, computed on the fly. Each step updates every
+/// point outside the tree in parallel; the next point is the nearest, the lowest
+/// index on ties.
+fn minimum_spanning_tree(points: &Matrix, core: &[f32]) -> Vec<Link> {
+    let n = points.rows();
+    let mut in_tree = vec![false; n];
+    let mut best = vec![(f32::INFINITY, 0usize); n];
+    let mut edges = Vec::with_capacity(n.saturating_sub(1));
+    let mut current = 0usize;
+    in_tree[0] = true;
+    for _ in 1..n {
+        let from = points.row(current);
+        let core_from = core[current];
+        let next = best
+            .par_iter_mut()
+            .enumerate()
+            .with_min_len(1024)
+            .filter(|(j, _)| !in_tree[*j])
+            .map(|(j, slot)| {
+                let distance = euclidean(from, points.row(j)).max(core_from).max(core[j]);
+                if distance < slot.0 {
+                    *slot = (distance, current);
+                }
+                (slot.0, j)
+            })
+            .reduce(
+                || (f32::INFINITY, usize::MAX),
+                |x, y| if (y.0, y.1) < (x.0, x.1) { y } else { x },
+            );
+        let (distance, j) = next;
+        if j == usize::MAX {
+            break;
+        }
+        edges.push(Link {
+            a: best[j].1,
+            b: j,
+            distance,
+        });
+        in_tree[j] = true;
+        current = j;
+    }
+    edges
+}
+
+fn euclidean(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt()
+}
+
+/// A merge of the single-linkage dendrogram: nodes `0..n` are points, node `n + i`
+/// is the `i`-th merge.
+#[derive(Debug, Clone, Copy)]
+struct Merge {
+    left: usize,
+    right: usize,
+    distance: f32,
+    size: usize,
+}
+
+/// The dendrogram of the MST edges taken in order of distance (scipy's layout).
+fn single_linkage(n: usize, mut edges: Vec<Link>) -> Vec<Merge> {
+    edges.sort_by(|x, y| x.distance.total_cmp(&y.distance).then(x.b.cmp(&y.b)));
+    let mut parent: Vec<usize> = (0..2 * n).collect();
+    let mut size = vec![1usize; 2 * n];
+    fn find(parent: &mut [usize], mut x: usize) -> usize {
+        while parent[x] != x {
+            parent[x] = parent[parent[x]];
+            x = parent[x];
+        }
+        x
+    }
+    let mut merges = Vec::with_capacity(edges.len());
+    for edge in edges {
+        let (ra, rb) = (find(&mut parent, edge.a), find(&mut parent, edge.b));
+        let node = n + merges.len();
+        parent[ra] = node;
+        parent[rb] = node;
+        size[node] = size[ra] + size[rb];
+        merges.push(Merge {
+            left: ra,
+            right: rb,
+            distance: edge.distance,
+            size: size[node],
+        });
+    }
+    merges
+}
+
+/// A row of the condensed tree: `child` (a point below `n`, or a cluster id at or
+/// above `n`) leaves cluster `parent` at density `lambda = 1 / distance`.
+#[derive(Debug, Clone, Copy)]
+struct Condensed {
+    parent: usize,
+    child: usize,
+    lambda: f32,
+    size: usize,
+}
+
+/// The condensed tree (the `hdbscan` package's `condense_tree`): walking down from
+/// the root, a split where both sides have at least `min_cluster_size` points makes
+/// two new clusters; otherwise the small side's points fall out of the cluster,
+/// which lives on as the big side. Cluster ids start at `n` (the root).
+fn condense(merges: &[Merge], n: usize, min_cluster_size: usize) -> Vec<Condensed> {
+    let mut out = Vec::new();
+    let Some(root_merge) = merges.len().checked_sub(1) else {
+        return out;
+    };
+    let node_size = |node: usize| if node < n { 1 } else { merges[node - n].size };
+    let lambda_of = |d: f32| if d > 0.0 { 1.0 / d } else { f32::INFINITY };
+    let mut next_cluster = n + 1;
+    // (dendrogram node, the cluster it belongs to)
+    let mut stack = vec![(n + root_merge, n)];
+    while let Some((node, cluster)) = stack.pop() {
+        if node < n {
+            continue;
+        }
+        let merge = merges[node - n];
+        let lambda = lambda_of(merge.distance);
+        let (left, right) = (merge.left, merge.right);
+        let (left_size, right_size) = (node_size(left), node_size(right));
+        let left_big = left_size >= min_cluster_size;
+        let right_big = right_size >= min_cluster_size;
+        if left_big && right_big {
+            for (child, size) in [(left, left_size), (right, right_size)] {
+                let id = next_cluster;
+                next_cluster += 1;
+                out.push(Condensed {
+                    parent: cluster,
+                    child: id,
+                    lambda,
+                    size,
+                });
+                stack.push((child, id));
+            }
+        } else {
+            for (child, big) in [(left, left_big), (right, right_big)] {
+                if big {
+                    stack.push((child, cluster));
+                } else {
+                    for point in leaves(merges, n, child) {
+                        out.push(Condensed {
+                            parent: cluster,
+                            child: point,
+                            lambda,
+                            size: 1,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The points under dendrogram node `node`.
+fn leaves(merges: &[Merge], n: usize, node: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut stack = vec![node];
+    while let Some(x) = stack.pop() {
+        if x < n {
+            out.push(x);
+        } else {
+            let m = merges[x - n];
+            stack.push(m.right);
+            stack.push(m.left);
+        }
+    }
+    out
+}
+
+/// Excess-of-mass selection: a cluster is kept when its stability beats the summed
+/// stability of the best selection below it. The root is never selected (a single
+/// cluster of everything says nothing). Returns the selected cluster ids, sorted.
+fn select_eom(condensed: &[Condensed]) -> Vec<usize> {
+    let Some(root) = condensed.iter().map(|c| c.parent).min() else {
+        return Vec::new();
+    };
+    let last = condensed
+        .iter()
+        .map(|c| c.parent.max(if c.size > 1 { c.child } else { 0 }))
+        .max()
+        .unwrap_or(root);
+    let count = last - root + 1;
+    let mut birth = vec![0.0f32; count];
+    for c in condensed.iter().filter(|c| c.size > 1) {
+        birth[c.child - root] = c.lambda;
+    }
+    let mut stability = vec![0.0f64; count];
+    for c in condensed {
+        let gained = f64::from(c.lambda.min(f32::MAX) - birth[c.parent - root]);
+        stability[c.parent - root] += gained * c.size as f64;
+    }
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); count];
+    for c in condensed.iter().filter(|c| c.size > 1) {
+        children[c.parent - root].push(c.child - root);
+    }
+    // Children always have larger ids than their parent, so a reverse sweep sees
+    // every cluster after all of its descendants.
+    let mut selected = vec![false; count];
+    let mut best = stability.clone();
+    for id in (1..count).rev() {
+        let below: f64 = children[id].iter().map(|&c| best[c]).sum();
+        if children[id].is_empty() || stability[id] >= below {
+            selected[id] = true;
+            best[id] = stability[id];
+            let mut stack = children[id].clone();
+            while let Some(c) = stack.pop() {
+                selected[c] = false;
+                stack.extend(&children[c]);
+            }
+        } else {
+            best[id] = below;
+        }
+    }
+    (1..count)
+        .filter(|&id| selected[id])
+        .map(|id| id + root)
+        .collect()
+}
+
+/// Each point's selected cluster (the one it fell out of, or its selected
+/// ancestor), numbered from 0 in order of each cluster's first point.
+fn label(condensed: &[Condensed], selected: &[usize], n: usize) -> Vec<Option<usize>> {
+    let mut parent_of = std::collections::HashMap::new();
+    for c in condensed.iter().filter(|c| c.size > 1) {
+        parent_of.insert(c.child, c.parent);
+    }
+    let chosen: std::collections::HashSet<usize> = selected.iter().copied().collect();
+    let owner = |mut cluster: usize| -> Option<usize> {
+        loop {
+            if chosen.contains(&cluster) {
+                return Some(cluster);
+            }
+            cluster = *parent_of.get(&cluster)?;
+        }
+    };
+    let mut raw = vec![None; n];
+    for c in condensed.iter().filter(|c| c.size == 1) {
+        raw[c.child] = owner(c.parent);
+    }
+    let mut numbering = std::collections::HashMap::new();
+    raw.into_iter()
+        .map(|cluster| {
+            cluster.map(|c| {
+                let next = numbering.len();
+                *numbering.entry(c).or_insert(next)
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::v_measure;
+    use rand::Rng;
+
+    /// Three tight 2-D blobs of 30 points and 6 far-flung outliers.
+    fn blobs_with_outliers() -> (Matrix, Vec<Option<usize>>) {
+        let mut rng = crate::vector::seeded_rng(11, 0);
+        let centres = [(0.0f32, 0.0f32), (10.0, 0.0), (0.0, 10.0)];
+        let mut rows = Vec::new();
+        let mut truth = Vec::new();
+        for i in 0..90 {
+            let (cx, cy) = centres[i % 3];
+            rows.push([cx + rng.gen_range(-1.0..1.0), cy + rng.gen_range(-1.0..1.0)]);
+            truth.push(Some(i % 3));
+        }
+        for (x, y) in [
+            (30.0, 30.0),
+            (-30.0, 5.0),
+            (5.0, -30.0),
+            (40.0, -40.0),
+            (-25.0, -25.0),
+            (25.0, 60.0),
+        ] {
+            rows.push([x, y]);
+            truth.push(None);
+        }
+        (Matrix::from_rows(&rows).unwrap(), truth)
+    }
+
+    #[test]
+    fn finds_the_blobs_and_calls_outliers_noise() {
+        let (points, truth) = blobs_with_outliers();
+        let labels = hdbscan(&points, 5, 5).unwrap();
+        assert_eq!(labels.len(), truth.len());
+        for (i, (got, want)) in labels.iter().zip(&truth).enumerate() {
+            assert_eq!(got.is_none(), want.is_none(), "point {i}: {got:?}");
+        }
+        let clustered: Vec<(usize, usize)> = labels
+            .iter()
+            .zip(&truth)
+            .filter_map(|(g, w)| Some(((*g)?, (*w)?)))
+            .collect();
+        let (got, want): (Vec<usize>, Vec<usize>) = clustered.into_iter().unzip();
+        assert!((v_measure(&want, &got) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_mst_matches_a_naive_prim() {
+        let (points, _) = blobs_with_outliers();
+        let core = core_distances(&points, 4);
+        let total: f32 = minimum_spanning_tree(&points, &core)
+            .iter()
+            .map(|l| l.distance)
+            .sum();
+        // Kruskal over all pairs as the reference.
+        let n = points.rows();
+        let mut pairs = Vec::new();
+        for a in 0..n {
+            for b in a + 1..n {
+                let d = euclidean(points.row(a), points.row(b))
+                    .max(core[a])
+                    .max(core[b]);
+                pairs.push((d, a, b));
+            }
+        }
+        pairs.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let mut group: Vec<usize> = (0..n).collect();
+        let mut expected = 0.0f32;
+        for (d, a, b) in pairs {
+            let (ga, gb) = (group[a], group[b]);
+            if ga != gb {
+                expected += d;
+                group.iter_mut().filter(|g| **g == gb).for_each(|g| *g = ga);
+            }
+        }
+        assert!(
+            (total - expected).abs() < 1e-3 * expected,
+            "{total} {expected}"
+        );
+    }
+
+    #[test]
+    fn degenerate_inputs_have_defined_answers() {
+        let one = Matrix::new(1, 3, vec![0.2; 3]);
+        assert_eq!(hdbscan(&one, 5, 5).unwrap(), vec![None]);
+        let same = Matrix::new(20, 3, vec![1.0; 60]);
+        let labels = hdbscan(&same, 5, 5).unwrap();
+        assert_eq!(labels.len(), 20);
+        assert!(hdbscan(&same, 1, 5)
+            .unwrap_err()
+            .to_string()
+            .contains("min_cluster_size"));
+        let mut bad = same.clone();
+        bad.row_mut(3)[0] = f32::INFINITY;
+        assert!(hdbscan(&bad, 5, 5)
+            .unwrap_err()
+            .to_string()
+            .contains("row 3"));
+    }
+
+    #[test]
+    fn clusters_embeddings_through_umap_deterministically() {
+        let (points, truth) = crate::umap::tests::blobs(4, 30, 24, 0.5);
+        let clusterer = Hdbscan::default();
+        let labels = clusterer.cluster(&points, 5).unwrap();
+        let noise = labels.iter().filter(|l| l.is_none()).count();
+        assert!(noise < 12, "{noise} noise points");
+        let (got, want): (Vec<usize>, Vec<usize>) = labels
+            .iter()
+            .zip(&truth)
+            .filter_map(|(g, &w)| Some(((*g)?, w)))
+            .unzip();
+        assert!(v_measure(&want, &got) > 0.95);
+        assert_eq!(labels, clusterer.cluster(&points, 5).unwrap());
+    }
+}
