@@ -108,6 +108,22 @@ fn eval_scores_minilm_clusters_far_above_a_random_labelling() {
     );
     let ours = table.lines().nth(1).unwrap_or_default();
     assert!(ours.split_whitespace().any(|w| w == "20"), "{table}");
+
+    // HDBSCAN on UMAP finds its own number of clusters and reports its noise; it
+    // must still be far better than chance, and repeat for a seed.
+    let density = result(&eval(&["--clusterer", "hdbscan", "--json"]));
+    let clusters = density["clusters"].as_u64().unwrap();
+    let noise = density["noise"].as_f64().unwrap();
+    assert!((10..300).contains(&clusters), "{density}");
+    assert!(noise > 0.0 && noise < 0.5, "{density}");
+    let v = density["v_measure"].as_f64().unwrap();
+    assert!(v > random + 0.3, "V-measure {v}, random {random}");
+    assert!(density["clusterer"]
+        .as_str()
+        .unwrap()
+        .starts_with("hdbscan"));
+    let again = result(&eval(&["--clusterer", "hdbscan", "--json"]));
+    assert_eq!(again["v_measure"], density["v_measure"]);
 }
 
 #[test]

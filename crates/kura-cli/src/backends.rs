@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
-use kura_cluster::{ClioHierarchy, KMeans, Pca};
+use kura_cluster::{ClioHierarchy, Hdbscan, KMeans, Pca, Umap};
 use kura_core::{ClusterNamer, Clusterer, Embedder, HierarchyBuilder, Reducer, Summarizer};
 use kura_embed_candle::{CandleEmbedder, EmbedderOptions};
 use kura_llm::{LlmClusterNamer, LlmOptions, LlmSummarizer, LocalLlm};
@@ -31,6 +31,21 @@ impl Backends {
     pub fn new(config: &Config, reporter: Arc<Reporter>) -> Result<Self> {
         if config.device != "cpu" && config.device != "cuda" {
             bail!("device must be cpu or cuda, not {:?}", config.device);
+        }
+        if config.clusterer != "kmeans" && config.clusterer != "hdbscan" {
+            bail!(
+                "clusterer must be kmeans or hdbscan, not {:?}",
+                config.clusterer
+            );
+        }
+        if config.map != "umap" && config.map != "pca" {
+            bail!("map must be umap or pca, not {:?}", config.map);
+        }
+        if config.min_cluster_size < 2 {
+            bail!(
+                "min_cluster_size must be at least 2, not {}",
+                config.min_cluster_size
+            );
         }
         Ok(Backends {
             config: config.clone(),
@@ -98,6 +113,12 @@ impl Backends {
     }
 
     pub fn clusterer(&self) -> Box<dyn Clusterer> {
+        if self.config.clusterer == "hdbscan" {
+            return Box::new(Hdbscan {
+                min_cluster_size: self.config.min_cluster_size,
+                ..Hdbscan::default()
+            });
+        }
         let k = Some(self.config.clusters).filter(|&k| k > 0);
         Box::new(KMeans {
             k,
@@ -115,7 +136,10 @@ impl Backends {
     }
 
     pub fn reducer(&self) -> Box<dyn Reducer> {
-        Box::new(Pca)
+        if self.config.map == "pca" {
+            return Box::new(Pca);
+        }
+        Box::new(Umap::default())
     }
 
     /// Which models the run used, for `run.json`.

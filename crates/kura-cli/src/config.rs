@@ -17,8 +17,15 @@ pub struct Config {
     /// `cpu` or `cuda`.
     pub device: String,
     pub seed: u64,
-    /// Number of base clusters; 0 chooses from the number of conversations.
+    /// Base clustering: `kmeans`, or `hdbscan` (on a 5-D UMAP reduction; finds its
+    /// own number of clusters and leaves outliers as noise).
+    pub clusterer: String,
+    /// Number of base clusters for k-means; 0 chooses from the number of conversations.
     pub clusters: usize,
+    /// HDBSCAN's smallest cluster.
+    pub min_cluster_size: usize,
+    /// The 2-D map: `umap`, or `pca` (faster, keeps only the broadest structure).
+    pub map: String,
     /// Target number of clusters at the top of the hierarchy.
     pub top_clusters: usize,
     /// Most levels above the base clusters; 0 means as many as needed.
@@ -36,7 +43,10 @@ impl Default for Config {
             embedder: "all-minilm-l6-v2".into(),
             device: "cpu".into(),
             seed: 42,
+            clusterer: "kmeans".into(),
             clusters: 0,
+            min_cluster_size: 10,
+            map: "umap".into(),
             top_clusters: 8,
             levels: 0,
             max_context: 2048,

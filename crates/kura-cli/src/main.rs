@@ -96,9 +96,20 @@ struct Common {
     /// Seed for clustering, the hierarchy and the map (same seed, same result).
     #[arg(long, global = true)]
     seed: Option<u64>,
-    /// Number of base clusters (default: chosen from the number of conversations).
+    /// Base clustering: k-means (every conversation in a cluster) or HDBSCAN on a
+    /// UMAP reduction (finds its own number of clusters; outliers are noise).
+    #[arg(long, value_enum, global = true)]
+    clusterer: Option<ClustererArg>,
+    /// Number of base clusters for k-means (default: chosen from the number of
+    /// conversations).
     #[arg(long, global = true)]
     clusters: Option<usize>,
+    /// HDBSCAN's smallest cluster.
+    #[arg(long, global = true)]
+    min_cluster_size: Option<usize>,
+    /// The 2-D map: UMAP, or PCA (faster; keeps only the broadest structure).
+    #[arg(long, value_enum, global = true)]
+    map: Option<MapArg>,
     /// Target number of clusters at the top of the hierarchy.
     #[arg(long, global = true)]
     top_clusters: Option<usize>,
@@ -115,6 +126,18 @@ struct Common {
     /// Print machine-readable progress and results, one JSON object per line.
     #[arg(long, global = true)]
     json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ClustererArg {
+    Kmeans,
+    Hdbscan,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MapArg {
+    Umap,
+    Pca,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -311,7 +334,20 @@ fn config(common: &Common) -> Result<Config> {
         };
     }
     c.seed = common.seed.unwrap_or(c.seed);
+    if let Some(v) = common.clusterer {
+        c.clusterer = match v {
+            ClustererArg::Kmeans => "kmeans".into(),
+            ClustererArg::Hdbscan => "hdbscan".into(),
+        };
+    }
+    if let Some(v) = common.map {
+        c.map = match v {
+            MapArg::Umap => "umap".into(),
+            MapArg::Pca => "pca".into(),
+        };
+    }
     c.clusters = common.clusters.unwrap_or(c.clusters);
+    c.min_cluster_size = common.min_cluster_size.unwrap_or(c.min_cluster_size);
     c.top_clusters = common.top_clusters.unwrap_or(c.top_clusters);
     c.levels = common.levels.unwrap_or(c.levels);
     c.max_context = common.max_context.unwrap_or(c.max_context);
