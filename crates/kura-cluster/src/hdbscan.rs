@@ -7,7 +7,7 @@
 //! HDBSCAN is both fast and sensible. Then, as in the `hdbscan` package: core
 //! distances from the `min_samples`-th neighbour, the minimum spanning tree of the
 //! mutual reachability graph (Prim's algorithm on the implicit dense graph:
-//! `O(n²)` time, `O(n)` memory), the single-linkage tree, its condensed form for
+//! `O(n²)` time but streaming and vectorised, `O(n)` memory), the single-linkage tree, its condensed form for
 //! `min_cluster_size`, and the excess-of-mass selection of stable clusters. Points
 //! in no selected cluster are noise (`None`), which the pipeline keeps visible as
 //! such. Ties are broken by index throughout, so a seed gives the same labels.
@@ -130,57 +130,232 @@ struct Link {
     distance: f32,
 }
 
+/// Points per block of the Prim update: small enough that a block's squared
+/// distances stay in L1 while the coordinates stream past.
+const BLOCK: usize = 256;
+/// Points per parallel task of the Prim update; below this one thread does it all.
+const TASK: usize = 16_384;
+
 /// Prim's algorithm on the mutual reachability distance
-/// `max(core(a), core(b), |a − b|)`, computed on the fly. Each step updates every
-/// point outside the tree in parallel; the next point is the nearest, the lowest
-/// index on ties.
+/// `max(core(a), core(b), |a − b|)`, computed on the fly in squared form (the
+/// same tree, no square roots). The points outside the tree are kept dense,
+/// coordinate by coordinate, and shrunk by swap-removal, so each step is a few
+/// streaming passes the compiler vectorises. The next point is the nearest, the
+/// lowest index on ties, so the tree does not depend on the thread count.
 fn minimum_spanning_tree(points: &Matrix, core: &[f32]) -> Vec<Link> {
-    let n = points.rows();
-    let mut in_tree = vec![false; n];
-    let mut best = vec![(f32::INFINITY, 0usize); n];
+    let (n, dim) = (points.rows(), points.cols());
+    let mut outside = Outside {
+        coords: (0..dim)
+            .map(|c| (0..n).map(|i| points.row(i)[c]).collect())
+            .collect(),
+        core2: core.iter().map(|c| c * c).collect(),
+        best: vec![f32::INFINITY; n],
+        source: vec![0; n],
+        index: (0..n as u32).collect(),
+    };
     let mut edges = Vec::with_capacity(n.saturating_sub(1));
     let mut current = 0usize;
-    in_tree[0] = true;
-    for _ in 1..n {
-        let from = points.row(current);
-        let core_from = core[current];
-        let next = best
-            .par_iter_mut()
-            .enumerate()
-            .with_min_len(1024)
-            .filter(|(j, _)| !in_tree[*j])
-            .map(|(j, slot)| {
-                let distance = euclidean(from, points.row(j)).max(core_from).max(core[j]);
-                if distance < slot.0 {
-                    *slot = (distance, current);
-                }
-                (slot.0, j)
-            })
-            .reduce(
-                || (f32::INFINITY, usize::MAX),
-                |x, y| if (y.0, y.1) < (x.0, x.1) { y } else { x },
-            );
-        let (distance, j) = next;
-        if j == usize::MAX {
-            break;
-        }
+    outside.remove(0);
+    while !outside.index.is_empty() {
+        let from: Vec<f32> = points.row(current).to_vec();
+        let (distance2, at) = outside.relax(&from, core[current] * core[current], current as u32);
         edges.push(Link {
-            a: best[j].1,
-            b: j,
-            distance,
+            a: outside.source[at] as usize,
+            b: outside.index[at] as usize,
+            distance: distance2.sqrt(),
         });
-        in_tree[j] = true;
-        current = j;
+        current = outside.index[at] as usize;
+        outside.remove(at);
     }
     edges
 }
 
-fn euclidean(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt()
+/// One block of [`Outside::relax`]: the entries' squared distances to the new
+/// tree point are summed into `d2`, then `best` and `source` are lowered.
+struct Block<'a> {
+    d2: &'a mut [f32],
+    core2: &'a [f32],
+    best: &'a mut [f32],
+    source: &'a mut [u32],
+}
+
+impl Block<'_> {
+    /// Returns the lowest `best` of the block.
+    fn relax<'c>(
+        self,
+        columns: impl Iterator<Item = &'c [f32]>,
+        from: &[f32],
+        from_core2: f32,
+        from_index: u32,
+    ) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                return unsafe { self.relax_avx2(columns, from, from_core2, from_index) };
+            }
+        }
+        self.relax_portable(columns, from, from_core2, from_index)
+    }
+
+    /// [`Block::relax_portable`] compiled for AVX2 (no FMA, so the same bits).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn relax_avx2<'c>(
+        self,
+        columns: impl Iterator<Item = &'c [f32]>,
+        from: &[f32],
+        from_core2: f32,
+        from_index: u32,
+    ) -> f32 {
+        self.relax_portable(columns, from, from_core2, from_index)
+    }
+
+    /// Fixed-width lanes and branch-free selects (no NaN can occur: the input is
+    /// finite), so the loops compile to vector arithmetic, compares and blends.
+    #[inline(always)]
+    fn relax_portable<'c>(
+        self,
+        columns: impl Iterator<Item = &'c [f32]>,
+        from: &[f32],
+        from_core2: f32,
+        from_index: u32,
+    ) -> f32 {
+        const LANES: usize = 8;
+        self.d2.fill(0.0);
+        for (column, &x) in columns.zip(from) {
+            for (d, &y) in self.d2.iter_mut().zip(column) {
+                let t = y - x;
+                *d += t * t;
+            }
+        }
+        let mut lane_min = [f32::INFINITY; LANES];
+        let relax_one = |d: f32, c: f32, slot: &mut f32, src: &mut u32| {
+            let reach = larger(larger(d, c), from_core2);
+            let closer = reach < *slot;
+            *slot = if closer { reach } else { *slot };
+            *src = if closer { from_index } else { *src };
+        };
+        let whole = self.d2.len() / LANES * LANES;
+        let (d2, d2_tail) = self.d2.split_at(whole);
+        let (core2, core2_tail) = self.core2.split_at(whole);
+        let (best, best_tail) = self.best.split_at_mut(whole);
+        let (source, source_tail) = self.source.split_at_mut(whole);
+        for (((d, c), b), s) in d2
+            .chunks_exact(LANES)
+            .zip(core2.chunks_exact(LANES))
+            .zip(best.chunks_exact_mut(LANES))
+            .zip(source.chunks_exact_mut(LANES))
+        {
+            for l in 0..LANES {
+                relax_one(d[l], c[l], &mut b[l], &mut s[l]);
+                lane_min[l] = smaller(lane_min[l], b[l]);
+            }
+        }
+        let mut tail_min = f32::INFINITY;
+        for (((&d, &c), b), s) in d2_tail
+            .iter()
+            .zip(core2_tail)
+            .zip(best_tail.iter_mut())
+            .zip(source_tail.iter_mut())
+        {
+            relax_one(d, c, b, s);
+            tail_min = smaller(tail_min, *b);
+        }
+        lane_min.iter().fold(tail_min, |m, &v| smaller(m, v))
+    }
+}
+
+fn larger(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+fn smaller(a: f32, b: f32) -> f32 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The points not yet in the spanning tree, structure of arrays.
+struct Outside {
+    coords: Vec<Vec<f32>>,
+    core2: Vec<f32>,
+    /// Squared mutual reachability to the nearest tree point so far.
+    best: Vec<f32>,
+    /// That tree point.
+    source: Vec<u32>,
+    /// The original index of each entry.
+    index: Vec<u32>,
+}
+
+impl Outside {
+    fn remove(&mut self, at: usize) {
+        for column in &mut self.coords {
+            column.swap_remove(at);
+        }
+        self.core2.swap_remove(at);
+        self.best.swap_remove(at);
+        self.source.swap_remove(at);
+        self.index.swap_remove(at);
+    }
+
+    /// Lowers each entry's `best` by the new tree point `from`, then returns the
+    /// entry with the lowest `(best, index)`: its squared distance and position.
+    fn relax(&mut self, from: &[f32], from_core2: f32, from_index: u32) -> (f32, usize) {
+        let (coords, core2, index) = (&self.coords, &self.core2, &self.index);
+        let task = |(t, (best, source)): (usize, (&mut [f32], &mut [u32]))| {
+            let start = t * TASK;
+            let mut winner = (f32::INFINITY, u32::MAX, usize::MAX);
+            let mut d2 = [0.0f32; BLOCK];
+            for (b, (best, source)) in best
+                .chunks_mut(BLOCK)
+                .zip(source.chunks_mut(BLOCK))
+                .enumerate()
+            {
+                let lo = start + b * BLOCK;
+                let len = best.len();
+                let columns = coords.iter().map(|c| &c[lo..lo + len]);
+                let block = Block {
+                    d2: &mut d2[..len],
+                    core2: &core2[lo..lo + len],
+                    best,
+                    source,
+                };
+                let block_min = block.relax(columns, from, from_core2, from_index);
+                if block_min <= winner.0 {
+                    for (j, &value) in best.iter().enumerate() {
+                        let candidate = (value, index[lo + j], lo + j);
+                        if (candidate.0, candidate.1) < (winner.0, winner.1) {
+                            winner = candidate;
+                        }
+                    }
+                }
+            }
+            winner
+        };
+        let pick = |x: (f32, u32, usize), y: (f32, u32, usize)| {
+            if (y.0, y.1) < (x.0, x.1) {
+                y
+            } else {
+                x
+            }
+        };
+        let tasks = self
+            .best
+            .par_chunks_mut(TASK)
+            .zip(self.source.par_chunks_mut(TASK))
+            .enumerate();
+        let (value, _, at) = tasks
+            .map(task)
+            .reduce(|| (f32::INFINITY, u32::MAX, usize::MAX), pick);
+        (value, at)
+    }
 }
 
 /// A merge of the single-linkage dendrogram: nodes `0..n` are points, node `n + i`
@@ -390,6 +565,14 @@ mod tests {
     use super::*;
     use crate::metrics::v_measure;
     use rand::Rng;
+
+    fn euclidean(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f32>()
+            .sqrt()
+    }
 
     /// Three tight 2-D blobs of 30 points and 6 far-flung outliers.
     fn blobs_with_outliers() -> (Matrix, Vec<Option<usize>>) {
