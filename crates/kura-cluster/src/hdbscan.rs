@@ -13,9 +13,12 @@
 //! such. Ties are broken by index throughout, so a seed gives the same labels.
 
 use kura_core::{BoxError, Clusterer, Matrix};
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use rayon::prelude::*;
 
 use crate::error::ClusterError;
+use crate::kdtree::{squared, KdTree};
 use crate::knn::euclidean_neighbours;
 use crate::umap::Umap;
 use crate::vector::check_finite;
@@ -104,7 +107,12 @@ pub fn hdbscan(
         return Ok(vec![None; n]);
     }
     let core = core_distances(points, min_samples);
-    let tree = single_linkage(n, minimum_spanning_tree(points, &core));
+    let spanning_tree = if points.cols() <= TREE_DIMENSIONS {
+        boruvka_spanning_tree(points, &core)
+    } else {
+        minimum_spanning_tree(points, &core)
+    };
+    let tree = single_linkage(n, spanning_tree);
     let condensed = condense(&tree, n, min_cluster_size);
     let selected = select_eom(&condensed);
     Ok(label(&condensed, &selected, n))
@@ -130,11 +138,203 @@ struct Link {
     distance: f32,
 }
 
+/// Up to this many dimensions the spanning tree comes from Borůvka's algorithm on a
+/// k-d tree; above it from Prim's dense scan, which no tree would prune.
+const TREE_DIMENSIONS: usize = 16;
+
+/// Borůvka's algorithm on the mutual reachability distance with a k-d tree (the
+/// `hdbscan` package's `boruvka_kdtree`): each round finds, for every component,
+/// its cheapest edge to another component and adds them all, so at most `log₂ n`
+/// rounds. A point's search skips subtrees wholly inside its own component and
+/// subtrees whose bound (box distance, the smallest core distance in it, the
+/// point's own core distance) exceeds the cheapest edge its component has found.
+/// Edges compare by `(distance, lower end, higher end)`, which makes every round's
+/// choice, and so the tree, independent of thread timing.
+fn boruvka_spanning_tree(points: &Matrix, core: &[f32]) -> Vec<Link> {
+    let n = points.rows();
+    let tree = KdTree::new(points);
+    let core2: Vec<f32> = core.iter().map(|c| c * c).collect();
+    let mut node_core2 = vec![f32::INFINITY; tree.nodes.len()];
+    for (id, node) in tree.nodes.iter().enumerate().rev() {
+        node_core2[id] = match node.split {
+            Some(s) => node_core2[s.below].min(node_core2[s.above]),
+            None => tree.order[node.start..node.end]
+                .iter()
+                .map(|&i| core2[i as usize])
+                .fold(f32::INFINITY, f32::min),
+        };
+    }
+    let mut sets = UnionFind::new(n);
+    let mut edges = Vec::with_capacity(n.saturating_sub(1));
+    while edges.len() + 1 < n {
+        let component: Vec<u32> = (0..n).map(|i| sets.find(i) as u32).collect();
+        let search = ForeignSearch {
+            tree: &tree,
+            core2: &core2,
+            node_core2: &node_core2,
+            node_component: node_components(&tree, &component),
+            component: &component,
+            bound: (0..n)
+                .map(|_| AtomicU32::new(f32::INFINITY.to_bits()))
+                .collect(),
+        };
+        let found: Vec<(f32, u32)> = (0..n)
+            .into_par_iter()
+            .map(|p| {
+                let mut best = (f32::INFINITY, u32::MAX);
+                search.visit(0, p, &mut best);
+                best
+            })
+            .collect();
+        let mut cheapest: Vec<Option<(f32, u32, u32)>> = vec![None; n];
+        for (p, &(w, q)) in found.iter().enumerate() {
+            if q == u32::MAX {
+                continue;
+            }
+            let key = (w, (p as u32).min(q), (p as u32).max(q));
+            let slot = &mut cheapest[component[p] as usize];
+            if slot.is_none_or(|s| key < s) {
+                *slot = Some(key);
+            }
+        }
+        let mut round: Vec<(f32, u32, u32)> = cheapest.into_iter().flatten().collect();
+        round.sort_by(|x, y| x.0.total_cmp(&y.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+        let before = edges.len();
+        for (w, a, b) in round {
+            if sets.union(a as usize, b as usize) {
+                edges.push(Link {
+                    a: a as usize,
+                    b: b as usize,
+                    distance: w.sqrt(),
+                });
+            }
+        }
+        if edges.len() == before {
+            break; // cannot happen with n > 1; guards against an endless loop
+        }
+    }
+    edges
+}
+
+/// Each node's component when all its points share one, else `u32::MAX`.
+fn node_components(tree: &KdTree, component: &[u32]) -> Vec<u32> {
+    let mut out = vec![u32::MAX; tree.nodes.len()];
+    for (id, node) in tree.nodes.iter().enumerate().rev() {
+        out[id] = match node.split {
+            Some(s) if out[s.below] == out[s.above] => out[s.below],
+            Some(_) => u32::MAX,
+            None => {
+                let mut members = tree.order[node.start..node.end]
+                    .iter()
+                    .map(|&i| component[i as usize]);
+                let first = members.next().unwrap_or(u32::MAX);
+                if members.all(|c| c == first) {
+                    first
+                } else {
+                    u32::MAX
+                }
+            }
+        };
+    }
+    out
+}
+
+/// One Borůvka round's search for each point's cheapest edge out of its component.
+struct ForeignSearch<'a> {
+    tree: &'a KdTree<'a>,
+    core2: &'a [f32],
+    node_core2: &'a [f32],
+    component: &'a [u32],
+    node_component: Vec<u32>,
+    /// The cheapest edge weight each component (by root) has found so far, as f32
+    /// bits: for non-negative floats the bit patterns order like the values.
+    bound: Vec<AtomicU32>,
+}
+
+impl ForeignSearch<'_> {
+    fn visit(&self, node: usize, p: usize, best: &mut (f32, u32)) {
+        let own = self.component[p];
+        if self.node_component[node] == own {
+            return;
+        }
+        let query = self.tree.points.row(p);
+        let shared = f32::from_bits(self.bound[own as usize].load(Ordering::Relaxed));
+        let limit = best.0.min(shared);
+        let floor = self.core2[p]
+            .max(self.node_core2[node])
+            .max(self.tree.box_distance2(node, query));
+        if floor > limit {
+            return;
+        }
+        let here = self.tree.nodes[node];
+        let Some(split) = here.split else {
+            for &q in &self.tree.order[here.start..here.end] {
+                let qi = q as usize;
+                if self.component[qi] == own {
+                    continue;
+                }
+                let w = squared(query, self.tree.points.row(qi))
+                    .max(self.core2[p])
+                    .max(self.core2[qi]);
+                if (w, q) < *best {
+                    *best = (w, q);
+                    self.bound[own as usize].fetch_min(w.to_bits(), Ordering::Relaxed);
+                }
+            }
+            return;
+        };
+        let (near, far) = if query[split.dim] < split.value {
+            (split.below, split.above)
+        } else {
+            (split.above, split.below)
+        };
+        self.visit(near, p, best);
+        self.visit(far, p, best);
+    }
+}
+
+/// Disjoint sets with path halving and union by size.
+struct UnionFind {
+    parent: Vec<usize>,
+    size: Vec<usize>,
+}
+
+impl UnionFind {
+    fn new(n: usize) -> Self {
+        UnionFind {
+            parent: (0..n).collect(),
+            size: vec![1; n],
+        }
+    }
+
+    fn find(&mut self, mut x: usize) -> usize {
+        while self.parent[x] != x {
+            self.parent[x] = self.parent[self.parent[x]];
+            x = self.parent[x];
+        }
+        x
+    }
+
+    /// Joins the sets of `a` and `b`; false when they were one already.
+    fn union(&mut self, a: usize, b: usize) -> bool {
+        let (mut ra, mut rb) = (self.find(a), self.find(b));
+        if ra == rb {
+            return false;
+        }
+        if self.size[ra] < self.size[rb] {
+            std::mem::swap(&mut ra, &mut rb);
+        }
+        self.parent[rb] = ra;
+        self.size[ra] += self.size[rb];
+        true
+    }
+}
+
 /// Points per block of the Prim update: small enough that a block's squared
 /// distances stay in L1 while the coordinates stream past.
 const BLOCK: usize = 256;
 /// Points per parallel task of the Prim update; below this one thread does it all.
-const TASK: usize = 16_384;
+const TASK: usize = 4_096;
 
 /// Prim's algorithm on the mutual reachability distance
 /// `max(core(a), core(b), |a − b|)`, computed on the fly in squared form (the
@@ -620,10 +820,12 @@ mod tests {
     fn the_mst_matches_a_naive_prim() {
         let (points, _) = blobs_with_outliers();
         let core = core_distances(&points, 4);
-        let total: f32 = minimum_spanning_tree(&points, &core)
-            .iter()
-            .map(|l| l.distance)
-            .sum();
+        let weight = |tree: Vec<Link>| -> f32 {
+            assert_eq!(tree.len(), points.rows() - 1);
+            tree.iter().map(|l| l.distance).sum()
+        };
+        let prim = weight(minimum_spanning_tree(&points, &core));
+        let boruvka = weight(boruvka_spanning_tree(&points, &core));
         // Kruskal over all pairs as the reference.
         let n = points.rows();
         let mut pairs = Vec::new();
@@ -645,10 +847,12 @@ mod tests {
                 group.iter_mut().filter(|g| **g == gb).for_each(|g| *g = ga);
             }
         }
-        assert!(
-            (total - expected).abs() < 1e-3 * expected,
-            "{total} {expected}"
-        );
+        for total in [prim, boruvka] {
+            assert!(
+                (total - expected).abs() < 1e-3 * expected,
+                "{total} {expected}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use kura_core::Matrix;
 use rayon::prelude::*;
 
 use crate::blocked::{k_nearest, PackedPoints};
+use crate::kdtree::KdTree;
 use crate::vector::normalized_rows;
 
 /// Each point's `k` nearest other points, nearest first.
@@ -87,130 +88,6 @@ fn neighbours(points: &Matrix, k: usize, distance: impl Fn(f32) -> f32) -> Neigh
     }
 }
 
-/// Points per leaf of the k-d tree.
-const LEAF: usize = 16;
-
-/// A k-d tree over the rows of a matrix, split at the median of the widest
-/// coordinate.
-struct KdTree<'a> {
-    points: &'a Matrix,
-    /// Row indices, permuted so that every node's rows are contiguous.
-    order: Vec<u32>,
-    nodes: Vec<Node>,
-}
-
-enum Node {
-    Leaf {
-        start: usize,
-        end: usize,
-    },
-    Split {
-        dim: usize,
-        value: f32,
-        below: usize,
-        above: usize,
-    },
-}
-
-impl<'a> KdTree<'a> {
-    fn new(points: &'a Matrix) -> Self {
-        let mut tree = KdTree {
-            points,
-            order: (0..points.rows() as u32).collect(),
-            nodes: Vec::new(),
-        };
-        tree.build(0, points.rows());
-        tree
-    }
-
-    /// Builds the node for `order[start..end]` and returns its index.
-    fn build(&mut self, start: usize, end: usize) -> usize {
-        let id = self.nodes.len();
-        self.nodes.push(Node::Leaf { start, end });
-        if end - start <= LEAF {
-            return id;
-        }
-        let points = self.points;
-        let spread = |dim: usize| {
-            let values = self.order[start..end]
-                .iter()
-                .map(|&i| points.row(i as usize)[dim]);
-            let (lo, hi) = values.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
-                (lo.min(v), hi.max(v))
-            });
-            hi - lo
-        };
-        let dim = (0..points.cols())
-            .max_by(|&a, &b| spread(a).total_cmp(&spread(b)).then(b.cmp(&a)))
-            .unwrap_or(0);
-        if spread(dim) <= 0.0 {
-            return id; // all rows coincide: one (large) leaf
-        }
-        let mid = start + (end - start) / 2;
-        let key = |&i: &u32| (points.row(i as usize)[dim], i);
-        self.order[start..end].select_nth_unstable_by(mid - start, |a, b| {
-            let (x, y) = (key(a), key(b));
-            x.0.total_cmp(&y.0).then(x.1.cmp(&y.1))
-        });
-        let value = points.row(self.order[mid] as usize)[dim];
-        let below = self.build(start, mid);
-        let above = self.build(mid, end);
-        self.nodes[id] = Node::Split {
-            dim,
-            value,
-            below,
-            above,
-        };
-        id
-    }
-
-    /// The `k` nearest rows to `query` as `(row, squared distance)`, nearest first,
-    /// the lower row first on ties.
-    fn nearest(&self, query: &[f32], k: usize) -> Vec<(u32, f32)> {
-        let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
-        if k > 0 && !self.nodes.is_empty() {
-            self.search(0, query, k, &mut best);
-        }
-        best
-    }
-
-    fn search(&self, node: usize, query: &[f32], k: usize, best: &mut Vec<(u32, f32)>) {
-        match self.nodes[node] {
-            Node::Leaf { start, end } => {
-                for &i in &self.order[start..end] {
-                    let row = self.points.row(i as usize);
-                    let d: f32 = row.iter().zip(query).map(|(a, b)| (a - b) * (a - b)).sum();
-                    let worse = |&(j, e): &(u32, f32)| e < d || (e == d && j < i);
-                    if best.len() == k && best.last().is_some_and(&worse) {
-                        continue;
-                    }
-                    let at = best.partition_point(worse);
-                    best.insert(at, (i, d));
-                    best.truncate(k);
-                }
-            }
-            Node::Split {
-                dim,
-                value,
-                below,
-                above,
-            } => {
-                let offset = query[dim] - value;
-                let (near, far) = if offset < 0.0 {
-                    (below, above)
-                } else {
-                    (above, below)
-                };
-                self.search(near, query, k, best);
-                let bound = best.last().map_or(f32::INFINITY, |&(_, d)| d);
-                if best.len() < k || offset * offset <= bound {
-                    self.search(far, query, k, best);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,23 +109,6 @@ mod tests {
             3,
             "k is capped at n - 1"
         );
-    }
-
-    #[test]
-    fn the_tree_finds_what_a_full_scan_finds() {
-        let data: Vec<f32> = (0..500 * 5)
-            .map(|i| (((i * 7919) % 1009) as f32 / 100.0) - 5.0)
-            .collect();
-        let points = Matrix::new(500, 5, data);
-        let tree = KdTree::new(&points);
-        let scan = k_nearest(&PackedPoints::new(&points), &points, 8);
-        for (i, expected) in scan.iter().enumerate() {
-            let got = tree.nearest(points.row(i), 8);
-            let distances = |l: &[(u32, f32)]| l.iter().map(|&(_, d)| d).collect::<Vec<_>>();
-            for (g, e) in distances(&got).iter().zip(distances(expected)) {
-                assert!((g - e).abs() < 1e-3 * e.max(1.0), "row {i}");
-            }
-        }
     }
 
     #[test]

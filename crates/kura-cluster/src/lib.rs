@@ -17,6 +17,7 @@ mod blocked;
 mod error;
 mod hdbscan;
 mod hierarchy;
+mod kdtree;
 mod kmeans;
 mod knn;
 pub mod metrics;
