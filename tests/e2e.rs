@@ -186,6 +186,39 @@ fn the_example_runs_end_to_end_with_real_models_and_prints_a_tree() {
         "{printed}"
     );
     assert!(printed.contains("╚══"), "{printed}");
+
+    // The density clusterer on the same run directory: summaries and embeddings are
+    // reused, the clusters and everything after them recomputed, and the run is
+    // still complete, with every conversation in exactly one base cluster.
+    let density = run_ok(the_run().args([
+        "--clusterer",
+        "hdbscan",
+        "--min-cluster-size",
+        "2",
+        "--json",
+    ]));
+    let stages: HashMap<String, bool> = String::from_utf8_lossy(&density.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "result")
+        .expect("a result event")["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["reused"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(stages.get("summaries"), Some(&true), "{stages:?}");
+    assert_eq!(stages.get("clusters"), Some(&false), "{stages:?}");
+    assert_complete_run(out.path());
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("run.json")).unwrap())
+            .unwrap();
+    assert_eq!(run["config"]["clusterer"], "hdbscan", "{run}");
 }
 
 #[test]

@@ -363,6 +363,7 @@ impl Run {
             .cluster(&embeddings, self.seed)
             .map_err(|e| Error::backend("clusters", e))?;
         let groups = groups_with_noise_reassigned(&embeddings, &labels)?;
+        let outliers = labels.iter().filter(|l| l.is_none()).count();
 
         let namer = self.journaled_namer(namer)?;
         self.progress.begin("clusters", groups.len() as u64);
@@ -401,8 +402,14 @@ impl Run {
             self.progress.advance(1);
         }
         store::write_jsonl(&self.path(CLUSTERS), &clusters)?;
-        self.progress
-            .end("clusters", &format!("{} clusters", clusters.len()));
+        let outcome = match outliers {
+            0 => format!("{} clusters", clusters.len()),
+            n => format!(
+                "{} clusters ({n} outliers placed with their nearest cluster)",
+                clusters.len()
+            ),
+        };
+        self.progress.end("clusters", &outcome);
         self.finish(
             "clusters",
             &key,
