@@ -23,6 +23,12 @@ pub enum LlmError {
     InvalidOutput(String),
     #[error("{0}")]
     Device(String),
+    /// The instructions and the answer's room fill the whole context.
+    #[error(
+        "a context of {max_context} tokens leaves no room for the conversation; \
+         raise --max-context (or max_context in kura.toml)"
+    )]
+    ContextTooSmall { max_context: usize },
 }
 
 impl LlmError {

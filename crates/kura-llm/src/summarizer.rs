@@ -102,10 +102,9 @@ impl LlmSummarizer {
         let mut budget = room.saturating_sub(wrap("")?.len());
         loop {
             if budget < MIN_TRANSCRIPT_TOKENS {
-                return Err(LlmError::InvalidOutput(format!(
-                    "a context of {} tokens leaves no room for the conversation; raise max_context",
-                    llm.max_context()
-                )));
+                return Err(LlmError::ContextTooSmall {
+                    max_context: llm.max_context(),
+                });
             }
             let transcript = fit_transcript(chat.text_tokenizer(), &turns, budget)?;
             let ids = wrap(&transcript)?;

@@ -229,3 +229,21 @@ fn batched_generation_rejects_a_prompt_over_the_context() {
         .to_string();
     assert!(err.contains("the context holds"), "{err}");
 }
+
+#[test]
+fn a_context_too_small_for_any_conversation_says_which_setting_to_raise() {
+    let options = kura_llm::LlmOptions {
+        max_context: 640,
+        ..kura_llm::LlmOptions::default()
+    };
+    let small =
+        kura_llm::LocalLlm::load(&common::gguf(SMOLLM2), &candle_core::Device::Cpu, options)
+            .expect("load");
+    let summarizer = LlmSummarizer::new(std::sync::Arc::new(small));
+    let results = summarizer.summarize(&arena_conversations(&[0]));
+    let err = results[0].as_ref().expect_err("no room").to_string();
+    assert!(
+        err.contains("640") && err.contains("--max-context"),
+        "{err}"
+    );
+}
