@@ -6,15 +6,17 @@
 //! first laid out by UMAP in a few dimensions (five, as BERTopic does), where
 //! HDBSCAN is both fast and sensible. Then, as in the `hdbscan` package: core
 //! distances from the `min_samples`-th neighbour, the minimum spanning tree of the
-//! mutual reachability graph (Prim's algorithm on the implicit dense graph:
-//! `O(n²)` time but streaming and vectorised, `O(n)` memory), the single-linkage tree, its condensed form for
+//! mutual reachability graph (Borůvka's algorithm on a k-d tree in few dimensions;
+//! Prim's streaming, vectorised scan of the implicit dense graph for wide input;
+//! both in `O(n)` memory), the single-linkage tree, its condensed form for
 //! `min_cluster_size`, and the excess-of-mass selection of stable clusters. Points
-//! in no selected cluster are noise (`None`), which the pipeline keeps visible as
-//! such. Ties are broken by index throughout, so a seed gives the same labels.
+//! in no selected cluster are noise (`None`); the pipeline places them with their
+//! nearest cluster and says how many it placed. Ties are broken by index
+//! throughout, so a seed gives the same labels.
 
-use kura_core::{BoxError, Clusterer, Matrix};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use kura_core::{BoxError, Clusterer, Matrix};
 use rayon::prelude::*;
 
 use crate::error::ClusterError;
