@@ -877,6 +877,26 @@ mod tests {
     }
 
     #[test]
+    fn the_clusterer_handles_tiny_zero_and_identical_inputs() {
+        let clusterer = Hdbscan::default();
+        let one = Matrix::new(1, 8, vec![0.3; 8]);
+        assert_eq!(clusterer.cluster(&one, 1).unwrap(), vec![None]);
+        let err = clusterer.cluster(&Matrix::zeros(0, 8), 1).unwrap_err();
+        assert!(err.to_string().contains("no points"), "{err}");
+        // Zero vectors and exact duplicates among ordinary points.
+        let (mut points, _) = crate::umap::tests::blobs(3, 20, 8, 0.3);
+        points.row_mut(0).fill(0.0);
+        points.row_mut(1).fill(0.0);
+        let copy = points.row(5).to_vec();
+        points.row_mut(6).copy_from_slice(&copy);
+        let labels = clusterer.cluster(&points, 1).unwrap();
+        assert_eq!(labels.len(), 60);
+        assert!(labels.iter().flatten().count() > 30, "{labels:?}");
+        let same = Matrix::new(40, 8, vec![1.0; 320]);
+        assert_eq!(clusterer.cluster(&same, 1).unwrap().len(), 40);
+    }
+
+    #[test]
     fn clusters_embeddings_through_umap_deterministically() {
         let (points, truth) = crate::umap::tests::blobs(4, 30, 24, 0.5);
         let clusterer = Hdbscan::default();
