@@ -115,6 +115,10 @@ fn eval_scores_minilm_clusters_far_above_a_random_labelling() {
     let clusters = density["clusters"].as_u64().unwrap();
     let noise = density["noise"].as_f64().unwrap();
     assert!((10..300).contains(&clusters), "{density}");
+    assert!(
+        density["k"].is_null(),
+        "HDBSCAN was asked for no k: {density}"
+    );
     assert!(noise > 0.0 && noise < 0.5, "{density}");
     let v = density["v_measure"].as_f64().unwrap();
     assert!(v > random + 0.3, "V-measure {v}, random {random}");

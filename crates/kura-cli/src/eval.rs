@@ -50,6 +50,9 @@ pub fn eval(args: EvalArgs, reporter: Arc<Reporter>) -> Result<()> {
     let mut config = crate::config(&args.common)?;
     let set = labelled::read(&args.file, &args.text_field, &args.label_field, args.limit)?;
     if args.k_from_labels {
+        if config.clusterer == "hdbscan" {
+            bail!("--k-from-labels sets k-means' k; HDBSCAN finds its own number of clusters");
+        }
         config.clusters = set.label_names.len();
     }
     let backends = Backends::new(&config, reporter.clone())?;
@@ -85,7 +88,7 @@ pub fn eval(args: EvalArgs, reporter: Arc<Reporter>) -> Result<()> {
     let score = Score {
         rows: set.texts.len(),
         labels: set.label_names.len(),
-        k: Some(config.clusters).filter(|&k| k > 0),
+        k: Some(config.clusters).filter(|&k| k > 0 && config.clusterer == "kmeans"),
         clusters: found.len(),
         noise: noise as f64 / set.texts.len() as f64,
         v_measure: v_measure(&set.labels, &predicted),
