@@ -178,6 +178,9 @@ fn validate(name: &str, description: &str) -> Result<(), String> {
     if echoes_the_instructions(name) {
         return Err(format!("name only repeats the instructions: {name:?}"));
     }
+    if stutters(name) {
+        return Err(format!("name repeats a word over and over: {name:?}"));
+    }
     if description.trim_end_matches('.').eq_ignore_ascii_case(name) {
         return Err(format!("description repeats the name: {description:?}"));
     }
@@ -199,6 +202,15 @@ fn echoes_the_instructions(name: &str) -> bool {
             .collect()
     });
     words(name).iter().all(|w| instructions.contains(w))
+}
+
+/// Whether a word comes back three times or more: a small model caught in a loop
+/// ("The AI and AI-powered AI-powered AI-powered …") fills the ten words that way.
+fn stutters(name: &str) -> bool {
+    let words = words(name);
+    words
+        .iter()
+        .any(|w| words.iter().filter(|other| *other == w).count() >= 3)
 }
 
 /// The alphabetic words of `text`, lower-cased, singular and plural alike
@@ -253,5 +265,14 @@ mod tests {
         }
         assert!(validate("AI and Private Equity Group", description).is_ok());
         assert!(validate("Fix Rust borrow checker errors", description).is_ok());
+    }
+
+    #[test]
+    fn a_name_that_loops_on_one_word_is_refused() {
+        let description = "Users asked for help with their code. They differ from others.";
+        let looped = "The AI and AI-powered AI-powered AI-powered AI-powered";
+        let refused = validate(looped, description).unwrap_err();
+        assert!(refused.contains("repeats a word"), "{refused}");
+        assert!(validate("Compare AI and non-AI tools", description).is_ok());
     }
 }
