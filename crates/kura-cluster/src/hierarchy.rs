@@ -58,7 +58,7 @@ impl HierarchyBuilder for ClioHierarchy {
             .levels
             .map_or_else(|| "auto".to_string(), |l| l.to_string());
         format!(
-            "clio-hierarchy-v2(top={},levels={levels},ratio={},restarts={RESTARTS},max_iter={MAX_ITER})",
+            "clio-hierarchy-v3(top={},levels={levels},ratio={},restarts={RESTARTS},max_iter={MAX_ITER})",
             self.top_clusters, self.ratio
         )
     }
@@ -145,6 +145,14 @@ impl ClioHierarchy {
         shrunk.max(self.top_clusters).min(n - 1).max(1)
     }
 
+    /// The fewest parents a model's grouping of `n` clusters may make: a top level
+    /// more than 30% under `top_clusters` is no longer the size that was asked for
+    /// (small models tend to put everything under one or two broad candidates).
+    fn fewest_groups(&self, n: usize) -> usize {
+        let fewest = (0.7 * self.top_clusters as f64).ceil() as usize;
+        fewest.min(n - 1).max(1)
+    }
+
     /// One round: groups the level, appends a parent per group to `all`, and returns
     /// the parents as the next level.
     fn group_level(
@@ -159,8 +167,9 @@ impl ClioHierarchy {
         let n = level.clusters.len();
         let m = self.target_groups(n);
         let view = LevelView::new(all, &level.clusters, &level.vectors);
+        let fewest = self.fewest_groups(n);
         let groups = match group_by_model(&view, m, namer, embedder, round_seed(seed, round)) {
-            Ok((groups, report)) if groups.len() < n => {
+            Ok((groups, report)) if groups.len() < n && groups.len() >= fewest => {
                 tracing::info!(
                     "hierarchy round {round}: {n} clusters into {} by the model \
                      ({} candidates, {} after de-duplication, {} placed by embeddings)",
@@ -171,11 +180,21 @@ impl ClioHierarchy {
                 );
                 groups
             }
-            Ok((groups, _)) => {
+            Ok((groups, _)) if groups.len() >= n => {
                 tracing::warn!(
                     "hierarchy round {round}: the model's {} parents would not shrink {n} \
                      clusters; grouping by embeddings",
                     groups.len()
+                );
+                self.group_by_embeddings(level, m, seed, round)?
+            }
+            Ok((groups, _)) => {
+                tracing::warn!(
+                    "hierarchy round {round}: the model merged {n} clusters into only {} \
+                     parents, under the {fewest} that a top level of {} allows; grouping \
+                     by embeddings",
+                    groups.len(),
+                    self.top_clusters
                 );
                 self.group_by_embeddings(level, m, seed, round)?
             }

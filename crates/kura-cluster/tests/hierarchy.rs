@@ -375,6 +375,8 @@ struct ProposingNamer {
     choices: Mutex<HashMap<String, String>>,
     choice_requests: Mutex<usize>,
     out_of_range: bool,
+    /// Proposes the same single parent for every neighbourhood.
+    one_parent: bool,
 }
 
 impl ClusterNamer for ProposingNamer {
@@ -388,6 +390,9 @@ impl ClusterNamer for ProposingNamer {
         let mut proposals = self.proposals.lock().unwrap();
         let batch = proposals.len();
         proposals.push(request.clone());
+        if self.one_parent {
+            return Ok(vec!["Everything Else Together".into()]);
+        }
         Ok((0..request.count)
             .map(|i| format!("Parent{batch}x{i} alpha{batch}{i} beta{i}{batch}"))
             .collect())
@@ -435,6 +440,22 @@ fn a_proposing_namer_groups_clusters_by_its_choices() {
     }
     assert!(!chosen_by_parent.is_empty());
     assert!(chosen_by_parent.values().all(|chosen| chosen.len() == 1));
+}
+
+#[test]
+fn a_model_that_merges_everything_does_not_shrink_the_top_below_the_asked_size() {
+    let (clusters, vectors) = base(45, 5);
+    let namer = ProposingNamer {
+        one_parent: true,
+        ..ProposingNamer::default()
+    };
+    let tree = with_top(8)
+        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 3)
+        .unwrap();
+    check_invariants(&tree, &clusters, 8);
+    assert!(!namer.proposals.lock().unwrap().is_empty());
+    let roots = tree.iter().filter(|c| c.parent_id.is_none()).count();
+    assert!((6..=8).contains(&roots), "{roots} roots for a top of 8");
 }
 
 #[test]
