@@ -6,9 +6,9 @@
 //! first laid out by UMAP in a few dimensions (five, as BERTopic does), where
 //! HDBSCAN is both fast and sensible. Then, as in the `hdbscan` package: core
 //! distances from the `min_samples`-th neighbour, the minimum spanning tree of the
-//! mutual reachability graph (Borůvka's algorithm on a k-d tree in few dimensions;
-//! Prim's streaming, vectorised scan of the implicit dense graph for wide input;
-//! both in `O(n)` memory), the single-linkage tree, its condensed form for
+//! mutual reachability graph (Borůvka's algorithm on a k-d tree, in `O(n)` memory;
+//! on wide input the tree prunes little and each round nears an all-pairs scan),
+//! the single-linkage tree, its condensed form for
 //! `min_cluster_size`, and the excess-of-mass selection of stable clusters. Points
 //! in no selected cluster are noise (`None`); the pipeline places them with their
 //! nearest cluster and says how many it placed. Ties are broken by index
@@ -20,10 +20,10 @@ use kura_core::{BoxError, Clusterer, Matrix};
 use rayon::prelude::*;
 
 use crate::error::ClusterError;
-use crate::kdtree::{squared, KdTree};
-use crate::knn::euclidean_neighbours;
+use crate::kdtree::KdTree;
 use crate::umap::Umap;
 use crate::vector::check_finite;
+use crate::vector::squared_distance;
 
 /// UMAP to a few dimensions, then HDBSCAN, as a [`Clusterer`].
 #[derive(Debug, Clone, PartialEq)]
@@ -108,27 +108,24 @@ pub fn hdbscan(
         tracing::warn!("{n} points are fewer than min_cluster_size {min_cluster_size}: all noise");
         return Ok(vec![None; n]);
     }
-    let core = core_distances(points, min_samples);
-    let spanning_tree = if points.cols() <= TREE_DIMENSIONS {
-        boruvka_spanning_tree(points, &core)
-    } else {
-        minimum_spanning_tree(points, &core)
-    };
-    let tree = single_linkage(n, spanning_tree);
-    let condensed = condense(&tree, n, min_cluster_size);
+    let tree = KdTree::new(points);
+    let core = core_distances(&tree, min_samples);
+    let dendrogram = single_linkage(n, boruvka_spanning_tree(&tree, &core));
+    let condensed = condense(&dendrogram, n, min_cluster_size);
     let selected = select_eom(&condensed);
     Ok(label(&condensed, &selected, n))
 }
 
 /// Each point's distance to its `min_samples`-th nearest point, itself counted
 /// first (as the `hdbscan` package counts).
-fn core_distances(points: &Matrix, min_samples: usize) -> Vec<f32> {
-    if min_samples <= 1 {
-        return vec![0.0; points.rows()];
-    }
-    let nn = euclidean_neighbours(points, min_samples - 1);
+fn core_distances(tree: &KdTree, min_samples: usize) -> Vec<f32> {
+    let points = tree.points;
     (0..points.rows())
-        .map(|i| nn.of(i).last().map_or(0.0, |(_, d)| d))
+        .into_par_iter()
+        .map(|i| {
+            let nearest = tree.nearest(points.row(i), min_samples);
+            nearest.last().map_or(0.0, |&(_, d2)| d2.sqrt())
+        })
         .collect()
 }
 
@@ -140,10 +137,6 @@ struct Link {
     distance: f32,
 }
 
-/// Up to this many dimensions the spanning tree comes from Borůvka's algorithm on a
-/// k-d tree; above it from Prim's dense scan, which no tree would prune.
-const TREE_DIMENSIONS: usize = 16;
-
 /// Borůvka's algorithm on the mutual reachability distance with a k-d tree (the
 /// `hdbscan` package's `boruvka_kdtree`): each round finds, for every component,
 /// its cheapest edge to another component and adds them all, so at most `log₂ n`
@@ -152,9 +145,8 @@ const TREE_DIMENSIONS: usize = 16;
 /// point's own core distance) exceeds the cheapest edge its component has found.
 /// Edges compare by `(distance, lower end, higher end)`, which makes every round's
 /// choice, and so the tree, independent of thread timing.
-fn boruvka_spanning_tree(points: &Matrix, core: &[f32]) -> Vec<Link> {
-    let n = points.rows();
-    let tree = KdTree::new(points);
+fn boruvka_spanning_tree(tree: &KdTree, core: &[f32]) -> Vec<Link> {
+    let n = tree.points.rows();
     let core2: Vec<f32> = core.iter().map(|c| c * c).collect();
     let mut node_core2 = vec![f32::INFINITY; tree.nodes.len()];
     for (id, node) in tree.nodes.iter().enumerate().rev() {
@@ -171,10 +163,10 @@ fn boruvka_spanning_tree(points: &Matrix, core: &[f32]) -> Vec<Link> {
     while edges.len() + 1 < n {
         let component: Vec<u32> = (0..n).map(|i| sets.find(i) as u32).collect();
         let search = ForeignSearch {
-            tree: &tree,
+            tree,
             core2: &core2,
             node_core2: &node_core2,
-            node_component: node_components(&tree, &component),
+            node_component: node_components(tree, &component),
             component: &component,
             bound: (0..n)
                 .map(|_| AtomicU32::new(f32::INFINITY.to_bits()))
@@ -275,7 +267,7 @@ impl ForeignSearch<'_> {
                 if self.component[qi] == own {
                     continue;
                 }
-                let w = squared(query, self.tree.points.row(qi))
+                let w = squared_distance(query, self.tree.points.row(qi))
                     .max(self.core2[p])
                     .max(self.core2[qi]);
                 if (w, q) < *best {
@@ -332,234 +324,6 @@ impl UnionFind {
     }
 }
 
-/// Points per block of the Prim update: small enough that a block's squared
-/// distances stay in L1 while the coordinates stream past.
-const BLOCK: usize = 256;
-/// Points per parallel task of the Prim update; below this one thread does it all.
-const TASK: usize = 4_096;
-
-/// Prim's algorithm on the mutual reachability distance
-/// `max(core(a), core(b), |a − b|)`, computed on the fly in squared form (the
-/// same tree, no square roots). The points outside the tree are kept dense,
-/// coordinate by coordinate, and shrunk by swap-removal, so each step is a few
-/// streaming passes the compiler vectorises. The next point is the nearest, the
-/// lowest index on ties, so the tree does not depend on the thread count.
-fn minimum_spanning_tree(points: &Matrix, core: &[f32]) -> Vec<Link> {
-    let (n, dim) = (points.rows(), points.cols());
-    let mut outside = Outside {
-        coords: (0..dim)
-            .map(|c| (0..n).map(|i| points.row(i)[c]).collect())
-            .collect(),
-        core2: core.iter().map(|c| c * c).collect(),
-        best: vec![f32::INFINITY; n],
-        source: vec![0; n],
-        index: (0..n as u32).collect(),
-    };
-    let mut edges = Vec::with_capacity(n.saturating_sub(1));
-    let mut current = 0usize;
-    outside.remove(0);
-    while !outside.index.is_empty() {
-        let from: Vec<f32> = points.row(current).to_vec();
-        let (distance2, at) = outside.relax(&from, core[current] * core[current], current as u32);
-        edges.push(Link {
-            a: outside.source[at] as usize,
-            b: outside.index[at] as usize,
-            distance: distance2.sqrt(),
-        });
-        current = outside.index[at] as usize;
-        outside.remove(at);
-    }
-    edges
-}
-
-/// One block of [`Outside::relax`]: the entries' squared distances to the new
-/// tree point are summed into `d2`, then `best` and `source` are lowered.
-struct Block<'a> {
-    d2: &'a mut [f32],
-    core2: &'a [f32],
-    best: &'a mut [f32],
-    source: &'a mut [u32],
-}
-
-impl Block<'_> {
-    /// Returns the lowest `best` of the block.
-    fn relax<'c>(
-        self,
-        columns: impl Iterator<Item = &'c [f32]>,
-        from: &[f32],
-        from_core2: f32,
-        from_index: u32,
-    ) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, checked just above.
-                return unsafe { self.relax_avx2(columns, from, from_core2, from_index) };
-            }
-        }
-        self.relax_portable(columns, from, from_core2, from_index)
-    }
-
-    /// [`Block::relax_portable`] compiled for AVX2 (no FMA, so the same bits).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn relax_avx2<'c>(
-        self,
-        columns: impl Iterator<Item = &'c [f32]>,
-        from: &[f32],
-        from_core2: f32,
-        from_index: u32,
-    ) -> f32 {
-        self.relax_portable(columns, from, from_core2, from_index)
-    }
-
-    /// Fixed-width lanes and branch-free selects (no NaN can occur: the input is
-    /// finite), so the loops compile to vector arithmetic, compares and blends.
-    #[inline(always)]
-    fn relax_portable<'c>(
-        self,
-        columns: impl Iterator<Item = &'c [f32]>,
-        from: &[f32],
-        from_core2: f32,
-        from_index: u32,
-    ) -> f32 {
-        const LANES: usize = 8;
-        self.d2.fill(0.0);
-        for (column, &x) in columns.zip(from) {
-            for (d, &y) in self.d2.iter_mut().zip(column) {
-                let t = y - x;
-                *d += t * t;
-            }
-        }
-        let mut lane_min = [f32::INFINITY; LANES];
-        let relax_one = |d: f32, c: f32, slot: &mut f32, src: &mut u32| {
-            let reach = larger(larger(d, c), from_core2);
-            let closer = reach < *slot;
-            *slot = if closer { reach } else { *slot };
-            *src = if closer { from_index } else { *src };
-        };
-        let whole = self.d2.len() / LANES * LANES;
-        let (d2, d2_tail) = self.d2.split_at(whole);
-        let (core2, core2_tail) = self.core2.split_at(whole);
-        let (best, best_tail) = self.best.split_at_mut(whole);
-        let (source, source_tail) = self.source.split_at_mut(whole);
-        for (((d, c), b), s) in d2
-            .chunks_exact(LANES)
-            .zip(core2.chunks_exact(LANES))
-            .zip(best.chunks_exact_mut(LANES))
-            .zip(source.chunks_exact_mut(LANES))
-        {
-            for l in 0..LANES {
-                relax_one(d[l], c[l], &mut b[l], &mut s[l]);
-                lane_min[l] = smaller(lane_min[l], b[l]);
-            }
-        }
-        let mut tail_min = f32::INFINITY;
-        for (((&d, &c), b), s) in d2_tail
-            .iter()
-            .zip(core2_tail)
-            .zip(best_tail.iter_mut())
-            .zip(source_tail.iter_mut())
-        {
-            relax_one(d, c, b, s);
-            tail_min = smaller(tail_min, *b);
-        }
-        lane_min.iter().fold(tail_min, |m, &v| smaller(m, v))
-    }
-}
-
-fn larger(a: f32, b: f32) -> f32 {
-    if a > b {
-        a
-    } else {
-        b
-    }
-}
-
-fn smaller(a: f32, b: f32) -> f32 {
-    if a < b {
-        a
-    } else {
-        b
-    }
-}
-
-/// The points not yet in the spanning tree, structure of arrays.
-struct Outside {
-    coords: Vec<Vec<f32>>,
-    core2: Vec<f32>,
-    /// Squared mutual reachability to the nearest tree point so far.
-    best: Vec<f32>,
-    /// That tree point.
-    source: Vec<u32>,
-    /// The original index of each entry.
-    index: Vec<u32>,
-}
-
-impl Outside {
-    fn remove(&mut self, at: usize) {
-        for column in &mut self.coords {
-            column.swap_remove(at);
-        }
-        self.core2.swap_remove(at);
-        self.best.swap_remove(at);
-        self.source.swap_remove(at);
-        self.index.swap_remove(at);
-    }
-
-    /// Lowers each entry's `best` by the new tree point `from`, then returns the
-    /// entry with the lowest `(best, index)`: its squared distance and position.
-    fn relax(&mut self, from: &[f32], from_core2: f32, from_index: u32) -> (f32, usize) {
-        let (coords, core2, index) = (&self.coords, &self.core2, &self.index);
-        let task = |(t, (best, source)): (usize, (&mut [f32], &mut [u32]))| {
-            let start = t * TASK;
-            let mut winner = (f32::INFINITY, u32::MAX, usize::MAX);
-            let mut d2 = [0.0f32; BLOCK];
-            for (b, (best, source)) in best
-                .chunks_mut(BLOCK)
-                .zip(source.chunks_mut(BLOCK))
-                .enumerate()
-            {
-                let lo = start + b * BLOCK;
-                let len = best.len();
-                let columns = coords.iter().map(|c| &c[lo..lo + len]);
-                let block = Block {
-                    d2: &mut d2[..len],
-                    core2: &core2[lo..lo + len],
-                    best,
-                    source,
-                };
-                let block_min = block.relax(columns, from, from_core2, from_index);
-                if block_min <= winner.0 {
-                    for (j, &value) in best.iter().enumerate() {
-                        let candidate = (value, index[lo + j], lo + j);
-                        if (candidate.0, candidate.1) < (winner.0, winner.1) {
-                            winner = candidate;
-                        }
-                    }
-                }
-            }
-            winner
-        };
-        let pick = |x: (f32, u32, usize), y: (f32, u32, usize)| {
-            if (y.0, y.1) < (x.0, x.1) {
-                y
-            } else {
-                x
-            }
-        };
-        let tasks = self
-            .best
-            .par_chunks_mut(TASK)
-            .zip(self.source.par_chunks_mut(TASK))
-            .enumerate();
-        let (value, _, at) = tasks
-            .map(task)
-            .reduce(|| (f32::INFINITY, u32::MAX, usize::MAX), pick);
-        (value, at)
-    }
-}
-
 /// A merge of the single-linkage dendrogram: nodes `0..n` are points, node `n + i`
 /// is the `i`-th merge.
 #[derive(Debug, Clone, Copy)]
@@ -573,27 +337,21 @@ struct Merge {
 /// The dendrogram of the MST edges taken in order of distance (scipy's layout).
 fn single_linkage(n: usize, mut edges: Vec<Link>) -> Vec<Merge> {
     edges.sort_by(|x, y| x.distance.total_cmp(&y.distance).then(x.b.cmp(&y.b)));
-    let mut parent: Vec<usize> = (0..2 * n).collect();
-    let mut size = vec![1usize; 2 * n];
-    fn find(parent: &mut [usize], mut x: usize) -> usize {
-        while parent[x] != x {
-            parent[x] = parent[parent[x]];
-            x = parent[x];
-        }
-        x
-    }
+    let mut sets = UnionFind::new(n);
+    // The dendrogram node that each set's root currently stands for.
+    let mut node: Vec<usize> = (0..n).collect();
     let mut merges = Vec::with_capacity(edges.len());
     for edge in edges {
-        let (ra, rb) = (find(&mut parent, edge.a), find(&mut parent, edge.b));
-        let node = n + merges.len();
-        parent[ra] = node;
-        parent[rb] = node;
-        size[node] = size[ra] + size[rb];
+        let (ra, rb) = (sets.find(edge.a), sets.find(edge.b));
+        let (left, right) = (node[ra], node[rb]);
+        sets.union(ra, rb);
+        let root = sets.find(ra);
+        node[root] = n + merges.len();
         merges.push(Merge {
-            left: ra,
-            right: rb,
+            left,
+            right,
             distance: edge.distance,
-            size: size[node],
+            size: sets.size[root],
         });
     }
     merges
@@ -819,17 +577,22 @@ mod tests {
     }
 
     #[test]
-    fn the_mst_matches_a_naive_prim() {
+    fn core_distances_and_the_spanning_tree_match_naive_ones() {
         let (points, _) = blobs_with_outliers();
-        let core = core_distances(&points, 4);
-        let weight = |tree: Vec<Link>| -> f32 {
-            assert_eq!(tree.len(), points.rows() - 1);
-            tree.iter().map(|l| l.distance).sum()
-        };
-        let prim = weight(minimum_spanning_tree(&points, &core));
-        let boruvka = weight(boruvka_spanning_tree(&points, &core));
-        // Kruskal over all pairs as the reference.
         let n = points.rows();
+        let tree = KdTree::new(&points);
+        let core = core_distances(&tree, 4);
+        for (i, &c) in core.iter().enumerate() {
+            let mut all: Vec<f32> = (0..n)
+                .map(|j| euclidean(points.row(i), points.row(j)))
+                .collect();
+            all.sort_by(f32::total_cmp);
+            assert!((c - all[3]).abs() < 1e-4, "point {i}: {c} vs {}", all[3]);
+        }
+        let spanning = boruvka_spanning_tree(&tree, &core);
+        assert_eq!(spanning.len(), n - 1);
+        let total: f32 = spanning.iter().map(|l| l.distance).sum();
+        // Kruskal over all pairs as the reference.
         let mut pairs = Vec::new();
         for a in 0..n {
             for b in a + 1..n {
@@ -849,12 +612,10 @@ mod tests {
                 group.iter_mut().filter(|g| **g == gb).for_each(|g| *g = ga);
             }
         }
-        for total in [prim, boruvka] {
-            assert!(
-                (total - expected).abs() < 1e-3 * expected,
-                "{total} {expected}"
-            );
-        }
+        assert!(
+            (total - expected).abs() < 1e-3 * expected,
+            "{total} {expected}"
+        );
     }
 
     #[test]

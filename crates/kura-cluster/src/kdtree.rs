@@ -4,6 +4,8 @@
 
 use kura_core::Matrix;
 
+use crate::vector::squared_distance;
+
 /// Points per leaf.
 const LEAF: usize = 16;
 
@@ -128,7 +130,7 @@ impl<'a> KdTree<'a> {
         let Some(split) = split else {
             for &i in &self.order[start..end] {
                 let row = self.points.row(i as usize);
-                let d = squared(row, query);
+                let d = squared_distance(row, query);
                 let worse = |&(j, e): &(u32, f32)| e < d || (e == d && j < i);
                 if best.len() == k && best.last().is_some_and(&worse) {
                     continue;
@@ -151,10 +153,6 @@ impl<'a> KdTree<'a> {
             self.search(far, query, k, best);
         }
     }
-}
-
-pub(crate) fn squared(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
 #[cfg(test)]
@@ -188,7 +186,7 @@ mod tests {
         for (id, node) in tree.nodes.iter().enumerate() {
             let bound = tree.box_distance2(id, &query);
             for &i in &tree.order[node.start..node.end] {
-                assert!(squared(points.row(i as usize), &query) >= bound);
+                assert!(squared_distance(points.row(i as usize), &query) >= bound);
             }
         }
     }

@@ -17,7 +17,7 @@ use rand::Rng;
 use crate::error::ClusterError;
 use crate::knn::{cosine_neighbours, Neighbours};
 use crate::pca::pca;
-use crate::vector::{check_finite, seeded_rng};
+use crate::vector::{check_finite, seeded_rng, squared_distance};
 
 /// Negative samples per positive one (umap-learn's `negative_sample_rate`).
 const NEGATIVE_SAMPLES: f32 = 5.0;
@@ -270,7 +270,7 @@ fn optimize(mut layout: Matrix, edges: &[Edge], curve: Curve, epochs: usize, see
             let (head, tail) = (edge.head as usize, edge.tail as usize);
             current.copy_from_slice(layout.row(head));
             let other = layout.row_mut(tail);
-            let d2 = squared(&current, other);
+            let d2 = squared_distance(&current, other);
             let coeff = if d2 > 0.0 {
                 let p = d2.powf(b);
                 -2.0 * a * b * (p / d2) / (a * p + 1.0)
@@ -293,7 +293,7 @@ fn optimize(mut layout: Matrix, edges: &[Edge], curve: Curve, epochs: usize, see
                     continue;
                 }
                 let other = layout.row(k);
-                let d2 = squared(&current, other);
+                let d2 = squared_distance(&current, other);
                 if d2 <= 0.0 {
                     continue;
                 }
@@ -307,10 +307,6 @@ fn optimize(mut layout: Matrix, edges: &[Edge], curve: Curve, epochs: usize, see
         }
     }
     layout
-}
-
-fn squared(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
 /// Fits `a`, `b` of `1 / (1 + a·x^(2b))` to the target membership curve (1 up to
