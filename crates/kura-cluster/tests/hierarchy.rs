@@ -126,6 +126,21 @@ fn levels(tree: &[Cluster], base_len: usize) -> HashMap<String, usize> {
     level
 }
 
+/// Builds the tree for `top_clusters` and checks what every tree must keep.
+fn build_checked(
+    top_clusters: usize,
+    clusters: &[Cluster],
+    vectors: &Matrix,
+    namer: &dyn ClusterNamer,
+    seed: u64,
+) -> Vec<Cluster> {
+    let tree = with_top(top_clusters)
+        .build(clusters.to_vec(), vectors, namer, &WordEmbedder, seed)
+        .unwrap();
+    check_invariants(&tree, clusters, top_clusters);
+    tree
+}
+
 fn check_invariants(tree: &[Cluster], base_in: &[Cluster], top_clusters: usize) {
     let n = base_in.len();
     for (built, given) in tree.iter().zip(base_in) {
@@ -167,12 +182,8 @@ fn check_invariants(tree: &[Cluster], base_in: &[Cluster], top_clusters: usize) 
 fn builds_a_valid_forest() {
     let (clusters, vectors) = base(60, 6);
     let namer = ScriptedNamer::default();
-    let builder = with_top(4);
-    let tree = builder
-        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 1)
-        .unwrap();
+    let tree = build_checked(4, &clusters, &vectors, &namer, 1);
     assert!(tree.len() > clusters.len());
-    check_invariants(&tree, &clusters, 4);
 
     for request in namer.requests.lock().unwrap().iter() {
         assert!(request.is_parent);
@@ -272,10 +283,7 @@ fn a_failing_namer_still_gives_one_forest() {
         fail: true,
         ..ScriptedNamer::default()
     };
-    let tree = with_top(3)
-        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
-        .unwrap();
-    check_invariants(&tree, &clusters, 3);
+    let tree = build_checked(3, &clusters, &vectors, &namer, 0);
     assert!(!namer.requests.lock().unwrap().is_empty());
     // Every parent falls back to the name of one of its base descendants.
     let base_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
@@ -415,10 +423,7 @@ impl ClusterNamer for ProposingNamer {
 fn a_proposing_namer_groups_clusters_by_its_choices() {
     let (clusters, vectors) = base(60, 6);
     let namer = ProposingNamer::default();
-    let tree = with_top(4)
-        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 5)
-        .unwrap();
-    check_invariants(&tree, &clusters, 4);
+    let tree = build_checked(4, &clusters, &vectors, &namer, 5);
 
     let proposals = namer.proposals.lock().unwrap();
     assert!(!proposals.is_empty());
@@ -449,10 +454,7 @@ fn a_model_that_merges_everything_does_not_shrink_the_top_below_the_asked_size()
         one_parent: true,
         ..ProposingNamer::default()
     };
-    let tree = with_top(8)
-        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 3)
-        .unwrap();
-    check_invariants(&tree, &clusters, 8);
+    let tree = build_checked(8, &clusters, &vectors, &namer, 3);
     assert!(!namer.proposals.lock().unwrap().is_empty());
     let roots = tree.iter().filter(|c| c.parent_id.is_none()).count();
     assert!((6..=8).contains(&roots), "{roots} roots for a top of 8");
@@ -482,10 +484,7 @@ fn an_out_of_range_choice_falls_back_to_the_nearest_parent() {
         out_of_range: true,
         ..ProposingNamer::default()
     };
-    let tree = with_top(3)
-        .build(clusters.clone(), &vectors, &namer, &WordEmbedder, 0)
-        .unwrap();
-    check_invariants(&tree, &clusters, 3);
+    build_checked(3, &clusters, &vectors, &namer, 0);
     assert!(!namer.proposals.lock().unwrap().is_empty());
     assert!(
         *namer.choice_requests.lock().unwrap() > 0,
