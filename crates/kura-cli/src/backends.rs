@@ -13,7 +13,7 @@ use kura_llm::{LlmClusterNamer, LlmOptions, LlmSummarizer, LocalLlm};
 use kura_models::{ResolvedModel, Resolver};
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::config::{ClustererKind, Config, Device, MapKind};
 use crate::progress::{DownloadBars, Reporter};
 
 pub fn resolver(reporter: Arc<Reporter>) -> Resolver {
@@ -29,18 +29,6 @@ pub struct Backends {
 
 impl Backends {
     pub fn new(config: &Config, reporter: Arc<Reporter>) -> Result<Self> {
-        if config.device != "cpu" && config.device != "cuda" {
-            bail!("device must be cpu or cuda, not {:?}", config.device);
-        }
-        if config.clusterer != "kmeans" && config.clusterer != "hdbscan" {
-            bail!(
-                "clusterer must be kmeans or hdbscan, not {:?}",
-                config.clusterer
-            );
-        }
-        if config.map != "umap" && config.map != "pca" {
-            bail!("map must be umap or pca, not {:?}", config.map);
-        }
         if config.min_cluster_size < 2 {
             bail!(
                 "min_cluster_size must be at least 2, not {}",
@@ -61,7 +49,7 @@ impl Backends {
     }
 
     fn cuda(&self) -> bool {
-        self.config.device == "cuda"
+        self.config.device == Device::Cuda
     }
 
     pub fn llm(&self) -> Result<Arc<LocalLlm>> {
@@ -113,7 +101,7 @@ impl Backends {
     }
 
     pub fn clusterer(&self) -> Box<dyn Clusterer> {
-        if self.config.clusterer == "hdbscan" {
+        if self.config.clusterer == ClustererKind::Hdbscan {
             return Box::new(Hdbscan {
                 min_cluster_size: self.config.min_cluster_size,
                 ..Hdbscan::default()
@@ -136,7 +124,7 @@ impl Backends {
     }
 
     pub fn reducer(&self) -> Box<dyn Reducer> {
-        if self.config.map == "pca" {
+        if self.config.map == MapKind::Pca {
             return Box::new(Pca);
         }
         Box::new(Umap::default())

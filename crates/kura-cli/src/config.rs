@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -14,18 +15,14 @@ pub struct Config {
     pub llm: String,
     /// Model name from the manifest or a path to a sentence-transformers directory.
     pub embedder: String,
-    /// `cpu` or `cuda`.
-    pub device: String,
+    pub device: Device,
     pub seed: u64,
-    /// Base clustering: `kmeans`, or `hdbscan` (on a 5-D UMAP reduction; finds its
-    /// own number of clusters and leaves outliers as noise).
-    pub clusterer: String,
+    pub clusterer: ClustererKind,
     /// Number of base clusters for k-means; 0 chooses from the number of conversations.
     pub clusters: usize,
     /// HDBSCAN's smallest cluster.
     pub min_cluster_size: usize,
-    /// The 2-D map: `umap`, or `pca` (faster, keeps only the broadest structure).
-    pub map: String,
+    pub map: MapKind,
     /// Target number of clusters at the top of the hierarchy.
     pub top_clusters: usize,
     /// Most levels above the base clusters; 0 means as many as needed.
@@ -36,17 +33,46 @@ pub struct Config {
     pub temperature: f32,
 }
 
+/// Where models run. The choices are one type for the command line and
+/// `kura.toml`, so both accept (and `run.json` records) the same words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+/// Base clustering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClustererKind {
+    /// Every conversation in one of k clusters.
+    Kmeans,
+    /// Density clusters on a 5-D UMAP reduction: finds its own number of clusters
+    /// and leaves outliers as noise.
+    Hdbscan,
+}
+
+/// The 2-D map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MapKind {
+    Umap,
+    /// Faster; keeps only the broadest structure.
+    Pca,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             llm: "qwen2.5-coder-0.5b-instruct".into(),
             embedder: "all-minilm-l6-v2".into(),
-            device: "cpu".into(),
+            device: Device::Cpu,
             seed: 42,
-            clusterer: "kmeans".into(),
+            clusterer: ClustererKind::Kmeans,
             clusters: 0,
             min_cluster_size: 10,
-            map: "umap".into(),
+            map: MapKind::Umap,
             top_clusters: 8,
             levels: 0,
             max_context: 2048,
@@ -84,6 +110,12 @@ mod tests {
         assert_eq!(config.llm, "smollm2-135m-instruct");
         assert_eq!(config.top_clusters, 3);
         assert_eq!(config.embedder, Config::default().embedder);
+        std::fs::write(&path, "map = \"tsne\"\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        assert!(err.contains("kura.toml") && err.contains("tsne"), "{err}");
+        std::fs::write(&path, "clusterer = \"hdbscan\"\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.clusterer, ClustererKind::Hdbscan);
         std::fs::write(&path, "top_cluster = 3\n").unwrap();
         let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
         assert!(

@@ -17,6 +17,7 @@ use kura_core::pipeline::Progress;
 use kura_core::{Embedder, Matrix};
 
 use crate::backends::Backends;
+use crate::config::ClustererKind;
 use crate::embedding_cache;
 use crate::progress::{Mode, Reporter};
 use crate::Common;
@@ -50,7 +51,7 @@ pub fn eval(args: EvalArgs, reporter: Arc<Reporter>) -> Result<()> {
     let mut config = crate::config(&args.common)?;
     let set = labelled::read(&args.file, &args.text_field, &args.label_field, args.limit)?;
     if args.k_from_labels {
-        if config.clusterer == "hdbscan" {
+        if config.clusterer == ClustererKind::Hdbscan {
             bail!("--k-from-labels sets k-means' k; HDBSCAN finds its own number of clusters");
         }
         config.clusters = set.label_names.len();
@@ -88,7 +89,7 @@ pub fn eval(args: EvalArgs, reporter: Arc<Reporter>) -> Result<()> {
     let score = Score {
         rows: set.texts.len(),
         labels: set.label_names.len(),
-        k: Some(config.clusters).filter(|&k| k > 0 && config.clusterer == "kmeans"),
+        k: Some(config.clusters).filter(|&k| k > 0 && config.clusterer == ClustererKind::Kmeans),
         clusters: found.len(),
         noise: noise as f64 / set.texts.len() as f64,
         v_measure: v_measure(&set.labels, &predicted),

@@ -35,7 +35,7 @@ use kura_core::pipeline::{Progress, Run, StageOutcome, META_CLUSTERS};
 use kura_core::{store, Cluster};
 use serde_json::json;
 
-use crate::config::Config;
+use crate::config::{ClustererKind, Config, Device, MapKind};
 use crate::progress::{Mode, Reporter};
 
 #[derive(Parser)]
@@ -92,14 +92,14 @@ struct Common {
     embedder: Option<String>,
     /// Where models run.
     #[arg(long, value_enum, global = true)]
-    device: Option<DeviceArg>,
+    device: Option<Device>,
     /// Seed for clustering, the hierarchy and the map (same seed, same result).
     #[arg(long, global = true)]
     seed: Option<u64>,
     /// Base clustering: k-means (every conversation in a cluster) or HDBSCAN on a
     /// UMAP reduction (finds its own number of clusters; outliers are noise).
     #[arg(long, value_enum, global = true)]
-    clusterer: Option<ClustererArg>,
+    clusterer: Option<ClustererKind>,
     /// Number of base clusters for k-means (default: chosen from the number of
     /// conversations).
     #[arg(long, global = true)]
@@ -109,7 +109,7 @@ struct Common {
     min_cluster_size: Option<usize>,
     /// The 2-D map: UMAP, or PCA (faster; keeps only the broadest structure).
     #[arg(long, value_enum, global = true)]
-    map: Option<MapArg>,
+    map: Option<MapKind>,
     /// Target number of clusters at the top of the hierarchy.
     #[arg(long, global = true)]
     top_clusters: Option<usize>,
@@ -126,24 +126,6 @@ struct Common {
     /// Print machine-readable progress and results, one JSON object per line.
     #[arg(long, global = true)]
     json: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ClustererArg {
-    Kmeans,
-    Hdbscan,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum MapArg {
-    Umap,
-    Pca,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
 }
 
 #[derive(Args)]
@@ -327,25 +309,9 @@ fn config(common: &Common) -> Result<Config> {
     if let Some(v) = &common.embedder {
         c.embedder = v.clone();
     }
-    if let Some(v) = common.device {
-        c.device = match v {
-            DeviceArg::Cpu => "cpu".into(),
-            DeviceArg::Cuda => "cuda".into(),
-        };
-    }
-    c.seed = common.seed.unwrap_or(c.seed);
-    if let Some(v) = common.clusterer {
-        c.clusterer = match v {
-            ClustererArg::Kmeans => "kmeans".into(),
-            ClustererArg::Hdbscan => "hdbscan".into(),
-        };
-    }
-    if let Some(v) = common.map {
-        c.map = match v {
-            MapArg::Umap => "umap".into(),
-            MapArg::Pca => "pca".into(),
-        };
-    }
+    c.device = common.device.unwrap_or(c.device);
+    c.clusterer = common.clusterer.unwrap_or(c.clusterer);
+    c.map = common.map.unwrap_or(c.map);
     c.clusters = common.clusters.unwrap_or(c.clusters);
     c.min_cluster_size = common.min_cluster_size.unwrap_or(c.min_cluster_size);
     c.top_clusters = common.top_clusters.unwrap_or(c.top_clusters);
