@@ -58,7 +58,7 @@ impl HierarchyBuilder for ClioHierarchy {
             .levels
             .map_or_else(|| "auto".to_string(), |l| l.to_string());
         format!(
-            "clio-hierarchy-v3(top={},levels={levels},ratio={},restarts={RESTARTS},max_iter={MAX_ITER})",
+            "clio-hierarchy-v4(top={},levels={levels},ratio={},restarts={RESTARTS},max_iter={MAX_ITER})",
             self.top_clusters, self.ratio
         )
     }
@@ -172,10 +172,12 @@ impl ClioHierarchy {
             Ok((groups, report)) if groups.len() < n && groups.len() >= fewest => {
                 tracing::info!(
                     "hierarchy round {round}: {n} clusters into {} by the model \
-                     ({} candidates, {} after de-duplication, {} placed by embeddings)",
+                     ({} candidates, {} after de-duplication ({} named by the model), \
+                     {} placed by embeddings)",
                     groups.len(),
                     report.candidates,
                     report.after_dedup,
+                    report.model_merges,
                     report.fallback_assignments
                 );
                 groups

@@ -54,6 +54,8 @@ impl<'a> LevelView<'a> {
 pub(crate) struct GroupingReport {
     pub(crate) candidates: usize,
     pub(crate) after_dedup: usize,
+    /// Groups of near-duplicate candidates whose name the model picked.
+    pub(crate) model_merges: usize,
     pub(crate) fallback_assignments: usize,
 }
 
@@ -69,7 +71,7 @@ pub(crate) fn group_by_model(
     let mut report = GroupingReport::default();
     let candidates = propose(level, target, namer, seed)?;
     report.candidates = candidates.len();
-    let (names, vectors) = deduplicate(candidates, embedder, target, seed)?;
+    let (names, vectors) = deduplicate(candidates, embedder, target, namer, seed, &mut report)?;
     report.after_dedup = names.len();
 
     let mut groups = vec![Vec::new(); names.len()];
@@ -129,14 +131,18 @@ fn neighbourhoods(vectors: &Matrix, seed: u64) -> Result<Vec<Vec<usize>>, BoxErr
     Ok(fit.groups())
 }
 
-/// Drops candidates that say the same as an earlier one (by the embeddings of the
-/// names), then, if more than `target` remain, keeps the most central name of each
-/// of `target` k-means groups of them.
+/// Drops candidates that say the same as an earlier one (the same text, or names
+/// whose embeddings are nearly parallel), then, if more than `target` remain,
+/// groups them into `target` groups by k-means on those embeddings and keeps one
+/// name per group: the one the model picks as naming the whole group (Clio
+/// de-duplicates with the model too), or the most central one if it declines.
 fn deduplicate(
     candidates: Vec<String>,
     embedder: &dyn Embedder,
     target: usize,
+    namer: &dyn ClusterNamer,
     seed: u64,
+    report: &mut GroupingReport,
 ) -> Result<(Vec<String>, Matrix), BoxError> {
     let texts: Vec<&str> = candidates.iter().map(String::as_str).collect();
     let embedded = embedder.embed(&texts)?;
@@ -160,17 +166,59 @@ fn deduplicate(
         kept = fit
             .groups()
             .into_iter()
-            .filter_map(|group| {
+            .enumerate()
+            .filter(|(_, group)| !group.is_empty())
+            .map(|(g, group)| {
                 let centre = normalized_mean(&vectors, &group);
-                nearest_rows(&vectors, &centre, |i| !group.contains(&i), 1)
-                    .first()
-                    .map(|&best| kept[best])
+                let by_centrality =
+                    nearest_rows(&vectors, &centre, |i| !group.contains(&i), OPTIONS);
+                let names: Vec<&str> = by_centrality
+                    .iter()
+                    .map(|&i| candidates[kept[i]].as_str())
+                    .collect();
+                let picked = pick_group_name(&names, namer, seed, g as u64, report);
+                kept[by_centrality[picked]]
             })
             .collect();
         kept.sort_unstable();
     }
     let names = kept.iter().map(|&i| candidates[i].clone()).collect();
     Ok((names, embedded.select(&kept)))
+}
+
+/// Which of a group of near-duplicate candidate names (most central first) stands
+/// for the group: the model's choice of the name that best covers them all, offered
+/// shuffled; the most central one when the model declines or fails.
+fn pick_group_name(
+    names: &[&str],
+    namer: &dyn ClusterNamer,
+    seed: u64,
+    group: u64,
+    report: &mut GroupingReport,
+) -> usize {
+    if names.len() < 2 {
+        return 0;
+    }
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.shuffle(&mut seeded_rng(seed ^ DEDUP_STREAM, group));
+    let request = ChoiceRequest {
+        item: format!(
+            "Candidate categories proposed for neighbouring groups: {}",
+            order
+                .iter()
+                .map(|&i| names[i])
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        options: order.iter().map(|&i| names[i].to_string()).collect(),
+    };
+    match namer.choose_parent(&request) {
+        Ok(index) if index < order.len() => {
+            report.model_merges += 1;
+            order[index]
+        }
+        _ => 0,
+    }
 }
 
 /// The candidate `row` goes under: the model's choice among its nearest candidates
@@ -209,5 +257,115 @@ fn assign(
             report.fallback_assignments += 1;
             closest
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kura_core::{ClusterName, NamingRequest};
+
+    use super::*;
+
+    /// Embeds "Topic Variant" names on a topic axis, plus a smaller component on a
+    /// variant axis: "A" is weak (the most central of its topic), "B" and "C" strong.
+    struct TopicVariantEmbedder;
+
+    impl Embedder for TopicVariantEmbedder {
+        fn id(&self) -> String {
+            "topic-variant".into()
+        }
+        fn dim(&self) -> usize {
+            5
+        }
+        fn embed(&self, texts: &[&str]) -> Result<Matrix, BoxError> {
+            let rows: Vec<[f32; 5]> = texts
+                .iter()
+                .map(|t| {
+                    let mut row = [0.0; 5];
+                    row[if t.starts_with("Cooking") { 0 } else { 1 }] = 1.0;
+                    match t.chars().last() {
+                        Some('A') => row[2] = 0.2,
+                        Some('B') => row[3] = 0.6,
+                        _ => row[4] = 0.6,
+                    }
+                    row
+                })
+                .collect();
+            Ok(Matrix::from_rows(&rows).expect("rows of five"))
+        }
+    }
+
+    /// Picks the option ending in "C" when it may choose at all.
+    struct PicksC {
+        chooses: bool,
+    }
+
+    impl ClusterNamer for PicksC {
+        fn id(&self) -> String {
+            "picks-c".into()
+        }
+        fn name(&self, _: &NamingRequest) -> Result<ClusterName, BoxError> {
+            Err("not used".into())
+        }
+        fn choose_parent(&self, request: &ChoiceRequest) -> Result<usize, BoxError> {
+            if !self.chooses {
+                return Err("declines".into());
+            }
+            Ok(request
+                .options
+                .iter()
+                .position(|o| o.ends_with('C'))
+                .unwrap_or(0))
+        }
+    }
+
+    fn candidates() -> Vec<String> {
+        [
+            "Cooking A",
+            "Travel B",
+            "Cooking B",
+            "Travel A",
+            "Cooking C",
+            "Travel C",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn the_model_names_each_group_of_near_duplicate_candidates() {
+        let mut report = GroupingReport::default();
+        let (names, vectors) = deduplicate(
+            candidates(),
+            &TopicVariantEmbedder,
+            2,
+            &PicksC { chooses: true },
+            3,
+            &mut report,
+        )
+        .unwrap();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["Cooking C", "Travel C"]);
+        assert_eq!(report.model_merges, 2);
+        assert_eq!(vectors.rows(), 2);
+    }
+
+    #[test]
+    fn without_the_model_the_most_central_candidate_names_its_group() {
+        let mut report = GroupingReport::default();
+        let (names, _) = deduplicate(
+            candidates(),
+            &TopicVariantEmbedder,
+            2,
+            &PicksC { chooses: false },
+            3,
+            &mut report,
+        )
+        .unwrap();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["Cooking A", "Travel A"]);
+        assert_eq!(report.model_merges, 0);
     }
 }
