@@ -219,6 +219,24 @@ fn the_example_runs_end_to_end_with_real_models_and_prints_a_tree() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("run.json")).unwrap())
             .unwrap();
     assert_eq!(run["config"]["clusterer"], "hdbscan", "{run}");
+    assert_eq!(run["config"]["outliers"], "keep", "{run}");
+
+    // One stage alone, with another outlier policy: the clusters are recomputed,
+    // and the tree, now older than them, is not printed as if it were current.
+    let alone = run_ok(
+        kura()
+            .args(["stage", "clusters", "--out"])
+            .arg(out.path())
+            .args(FAST)
+            .args(["--clusterer", "hdbscan", "--min-cluster-size", "2"])
+            .args(["--outliers", "assign"]),
+    );
+    let printed = String::from_utf8_lossy(&alone.stdout);
+    assert!(!printed.contains("Clusters ("), "{printed}");
+    let said = String::from_utf8_lossy(&alone.stderr);
+    assert!(said.contains("kura stage NAME"), "{said}");
+    let base = read_jsonl(&out.path().join("clusters.jsonl"));
+    assert!(base.iter().all(|c| c["id"] != "unclustered"), "{base:?}");
 }
 
 #[test]

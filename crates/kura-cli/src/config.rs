@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
+use kura_core::Outliers;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,6 +23,8 @@ pub struct Config {
     pub clusters: usize,
     /// HDBSCAN's smallest cluster.
     pub min_cluster_size: usize,
+    /// What becomes of the points the clusterer leaves as noise.
+    pub outliers: Outliers,
     pub map: MapKind,
     /// Target number of clusters at the top of the hierarchy.
     pub top_clusters: usize,
@@ -72,6 +75,7 @@ impl Default for Config {
             clusterer: ClustererKind::Kmeans,
             clusters: 0,
             min_cluster_size: 10,
+            outliers: Outliers::Keep,
             map: MapKind::Umap,
             top_clusters: 8,
             levels: 0,
@@ -113,9 +117,11 @@ mod tests {
         std::fs::write(&path, "map = \"tsne\"\n").unwrap();
         let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
         assert!(err.contains("kura.toml") && err.contains("tsne"), "{err}");
-        std::fs::write(&path, "clusterer = \"hdbscan\"\n").unwrap();
+        std::fs::write(&path, "clusterer = \"hdbscan\"\noutliers = \"assign\"\n").unwrap();
         let config = Config::load(Some(&path)).unwrap();
         assert_eq!(config.clusterer, ClustererKind::Hdbscan);
+        assert_eq!(config.outliers, Outliers::Assign);
+        assert_eq!(Config::default().outliers, Outliers::Keep);
         std::fs::write(&path, "top_cluster = 3\n").unwrap();
         let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());
         assert!(

@@ -32,7 +32,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kura_core::loaders::{self, FieldMapping, Format, LoadOptions};
 use kura_core::pipeline::{Progress, Run, StageOutcome, META_CLUSTERS};
-use kura_core::{store, Cluster};
+use kura_core::{store, Cluster, Outliers};
 use serde_json::json;
 
 use crate::config::{ClustererKind, Config, Device, MapKind};
@@ -107,6 +107,11 @@ struct Common {
     /// HDBSCAN's smallest cluster.
     #[arg(long, global = true)]
     min_cluster_size: Option<usize>,
+    /// HDBSCAN's outliers: `keep` them together as one "Unclustered
+    /// conversations" group outside the hierarchy (default), or `assign` each to
+    /// its nearest cluster.
+    #[arg(long, global = true, value_name = "keep|assign")]
+    outliers: Option<Outliers>,
     /// The 2-D map: UMAP, or PCA (faster; keeps only the broadest structure).
     #[arg(long, value_enum, global = true)]
     map: Option<MapKind>,
@@ -314,6 +319,7 @@ fn config(common: &Common) -> Result<Config> {
     c.map = common.map.unwrap_or(c.map);
     c.clusters = common.clusters.unwrap_or(c.clusters);
     c.min_cluster_size = common.min_cluster_size.unwrap_or(c.min_cluster_size);
+    c.outliers = common.outliers.unwrap_or(c.outliers);
     c.top_clusters = common.top_clusters.unwrap_or(c.top_clusters);
     c.levels = common.levels.unwrap_or(c.levels);
     c.max_context = common.max_context.unwrap_or(c.max_context);
@@ -368,7 +374,11 @@ fn run(args: RunArgs) -> Result<()> {
     outcomes.push(run.summarize(backends.summarizer()?.as_ref())?);
     outcomes.push(run.embed(backends.embedder()?.as_ref())?);
     let namer = backends.namer()?;
-    outcomes.push(run.cluster(backends.clusterer().as_ref(), namer.as_ref())?);
+    outcomes.push(run.cluster(
+        backends.clusterer().as_ref(),
+        namer.as_ref(),
+        config.outliers,
+    )?);
     outcomes.push(run.build_hierarchy(
         backends.hierarchy().as_ref(),
         namer.as_ref(),
@@ -376,7 +386,7 @@ fn run(args: RunArgs) -> Result<()> {
     )?);
     outcomes.push(run.project(backends.reducer().as_ref())?);
     run.set_config(serde_json::to_value(&config)?, backends.models_record())?;
-    finish(&run, &reporter, &outcomes)
+    finish(&run, &reporter, &outcomes, true)
 }
 
 fn stage(args: StageArgs) -> Result<()> {
@@ -398,9 +408,11 @@ fn stage(args: StageArgs) -> Result<()> {
     let outcome = match args.stage {
         StageName::Summaries => run.summarize(backends.summarizer()?.as_ref())?,
         StageName::Embeddings => run.embed(backends.embedder()?.as_ref())?,
-        StageName::Clusters => {
-            run.cluster(backends.clusterer().as_ref(), backends.namer()?.as_ref())?
-        }
+        StageName::Clusters => run.cluster(
+            backends.clusterer().as_ref(),
+            backends.namer()?.as_ref(),
+            config.outliers,
+        )?,
         StageName::Hierarchy => run.build_hierarchy(
             backends.hierarchy().as_ref(),
             backends.namer()?.as_ref(),
@@ -408,10 +420,28 @@ fn stage(args: StageArgs) -> Result<()> {
         )?,
         StageName::Map => run.project(backends.reducer().as_ref())?,
     };
-    finish(&run, &reporter, &[outcome])
+    let upstream_of_tree = matches!(
+        args.stage,
+        StageName::Summaries | StageName::Embeddings | StageName::Clusters
+    );
+    if upstream_of_tree && !outcome.reused {
+        reporter.say(&format!(
+            "the stages after this one predate it, so no tree is shown; run each of them \
+             with `kura stage NAME --out {}`, or `kura run` again",
+            args.out.display()
+        ));
+    }
+    finish(&run, &reporter, &[outcome], !upstream_of_tree)
 }
 
-fn finish(run: &Run, reporter: &Reporter, outcomes: &[StageOutcome]) -> Result<()> {
+/// Reports the outcomes and, when `tree_is_current` (the hierarchy was built on
+/// the clusters this command left), prints the tree.
+fn finish(
+    run: &Run,
+    reporter: &Reporter,
+    outcomes: &[StageOutcome],
+    tree_is_current: bool,
+) -> Result<()> {
     let manifest = run.manifest();
     reporter.event(json!({
         "event": "result",
@@ -421,7 +451,7 @@ fn finish(run: &Run, reporter: &Reporter, outcomes: &[StageOutcome]) -> Result<(
     }));
     if reporter.mode() == Mode::Bars {
         let meta = run.path(META_CLUSTERS);
-        if meta.exists() {
+        if tree_is_current && meta.exists() {
             let clusters: Vec<Cluster> = store::read_jsonl(&meta)?;
             print!("{}", tree::render(&clusters, None, false)?);
         }

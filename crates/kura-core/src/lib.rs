@@ -33,4 +33,6 @@ pub use traits::{
     ChoiceRequest, ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest,
     ProposalRequest, Reducer, Summarizer,
 };
-pub use types::{Cluster, Conversation, ConversationSummary, Message, ProjectedCluster, Role};
+pub use types::{
+    Cluster, Conversation, ConversationSummary, Message, Outliers, ProjectedCluster, Role,
+};

@@ -27,7 +27,8 @@ use crate::traits::{
 };
 use crate::tree::Tree;
 use crate::types::{
-    Cluster, Conversation, ConversationPoint, ConversationSummary, ProjectedCluster, SkippedRecord,
+    Cluster, Conversation, ConversationPoint, ConversationSummary, Outliers, ProjectedCluster,
+    SkippedRecord,
 };
 use crate::vector::{dot, nearest_rows, normalized_mean};
 
@@ -341,10 +342,14 @@ impl Run {
 
     /// Stage 3: base clusters, each named from its members with the nearest
     /// summaries outside it as contrast.
+    /// The points the clusterer leaves as noise are kept together as one
+    /// unnamed "unclustered" cluster or placed with their nearest cluster, as
+    /// `outliers` says.
     pub fn cluster(
         &self,
         clusterer: &dyn Clusterer,
         namer: &dyn ClusterNamer,
+        outliers: Outliers,
     ) -> Result<StageOutcome> {
         let upstream = self.upstream_key("embeddings", "clusters")?;
         let key = fingerprint(&[
@@ -352,6 +357,7 @@ impl Run {
             &clusterer.id(),
             &namer.id(),
             &self.seed.to_string(),
+            outliers.as_str(),
         ]);
         if self.is_fresh("clusters", &key, &[CLUSTERS]) {
             return self.reused("clusters");
@@ -362,8 +368,15 @@ impl Run {
         let labels = clusterer
             .cluster(&embeddings, self.seed)
             .map_err(|e| Error::backend("clusters", e))?;
-        let groups = groups_with_noise_reassigned(&embeddings, &labels)?;
-        let outliers = labels.iter().filter(|l| l.is_none()).count();
+        let (mut groups, noise) = group_by_label(&labels, embeddings.rows())?;
+        let noise_count = noise.len();
+        let unclustered = match outliers {
+            Outliers::Keep => noise,
+            Outliers::Assign => {
+                assign_to_nearest_group(&embeddings, &mut groups, noise);
+                Vec::new()
+            }
+        };
 
         let namer = self.journaled_namer(namer)?;
         self.progress.begin("clusters", groups.len() as u64);
@@ -401,13 +414,21 @@ impl Run {
             clusters.push(new_cluster(name, chat_ids));
             self.progress.advance(1);
         }
+        let named = clusters.len();
+        if !unclustered.is_empty() {
+            let chat_ids = unclustered
+                .iter()
+                .map(|&i| summaries[i].chat_id.clone())
+                .collect();
+            clusters.push(unclustered_cluster(chat_ids));
+        }
         store::write_jsonl(&self.path(CLUSTERS), &clusters)?;
-        let outcome = match outliers {
-            0 => format!("{} clusters", clusters.len()),
-            n => format!(
-                "{} clusters ({n} outliers placed with their nearest cluster)",
-                clusters.len()
-            ),
+        let outcome = match (noise_count, outliers) {
+            (0, _) => format!("{named} clusters"),
+            (n, Outliers::Keep) => format!("{named} clusters and {n} unclustered outliers"),
+            (n, Outliers::Assign) => {
+                format!("{named} clusters ({n} outliers placed with their nearest cluster)")
+            }
         };
         self.progress.end("clusters", &outcome);
         self.finish(
@@ -441,12 +462,16 @@ impl Run {
         let summaries: Vec<ConversationSummary> = store::read_jsonl(&self.path(SUMMARIES))?;
         let embeddings = self.embeddings(summaries.len())?;
         let base: Vec<Cluster> = store::read_jsonl(&self.path(CLUSTERS))?;
+        // Outliers stay out of the grouping: a parent named after them would name
+        // nothing in common. They come back as a root of their own.
+        let (unclustered, clustered): (Vec<Cluster>, Vec<Cluster>) =
+            base.iter().cloned().partition(Cluster::is_unclustered);
         let row_of: HashMap<&str, usize> = summaries
             .iter()
             .enumerate()
             .map(|(i, s)| (s.chat_id.as_str(), i))
             .collect();
-        let vectors: Vec<Vec<f32>> = base
+        let vectors: Vec<Vec<f32>> = clustered
             .iter()
             .map(|c| {
                 let rows: Vec<usize> = c
@@ -462,9 +487,14 @@ impl Run {
 
         let namer = self.journaled_namer(namer)?;
         self.progress.begin("hierarchy", 0);
-        let all = builder
-            .build(base.clone(), &vectors, &namer, embedder, self.seed)
-            .map_err(|e| Error::backend("hierarchy", e))?;
+        let mut all = if clustered.is_empty() {
+            Vec::new()
+        } else {
+            builder
+                .build(clustered, &vectors, &namer, embedder, self.seed)
+                .map_err(|e| Error::backend("hierarchy", e))?
+        };
+        all.extend(unclustered);
         check_hierarchy(&base, &all)?;
         store::write_jsonl(&self.path(META_CLUSTERS), &all)?;
         let roots = all.iter().filter(|c| c.parent_id.is_none()).count();
@@ -737,14 +767,28 @@ fn new_cluster(name: ClusterName, mut chat_ids: Vec<String>) -> Cluster {
     }
 }
 
-/// Groups row indices by label, placing noise (`None`) with the nearest cluster so
-/// that every conversation is in exactly one base cluster. Groups are ordered by
-/// their first member, which keeps the output stable for a seed.
-fn groups_with_noise_reassigned(
-    points: &Matrix,
-    labels: &[Option<usize>],
-) -> Result<Vec<Vec<usize>>> {
-    if labels.len() != points.rows() {
+/// The cluster that holds the outliers a clusterer left, kept apart; it is not
+/// named by the model because its members share nothing but being far from the rest.
+fn unclustered_cluster(mut chat_ids: Vec<String>) -> Cluster {
+    chat_ids.sort();
+    Cluster {
+        id: Cluster::UNCLUSTERED_ID.to_string(),
+        name: "Unclustered conversations".into(),
+        description: format!(
+            "{} conversations the clusterer left as outliers, near no cluster's core.",
+            chat_ids.len()
+        ),
+        slug: Cluster::UNCLUSTERED_ID.to_string(),
+        count: chat_ids.len(),
+        chat_ids,
+        parent_id: None,
+    }
+}
+
+/// Row indices grouped by label, and the noise (`None`) apart. Groups are ordered
+/// by their first member, which keeps the output stable for a seed.
+fn group_by_label(labels: &[Option<usize>], rows: usize) -> Result<(Vec<Vec<usize>>, Vec<usize>)> {
+    if labels.len() != rows {
         return Err(Error::backend(
             "clusters",
             "clusterer returned the wrong number of labels",
@@ -759,8 +803,20 @@ fn groups_with_noise_reassigned(
         }
     }
     let mut groups: Vec<Vec<usize>> = by_label.into_values().collect();
+    groups.sort_by_key(|g| g[0]);
+    Ok((groups, noise))
+}
+
+/// Places each noise row with the group whose normalised mean is nearest, so every
+/// conversation is in exactly one named cluster; noise alone becomes one group.
+/// Groups stay in the order of their first member.
+fn assign_to_nearest_group(points: &Matrix, groups: &mut Vec<Vec<usize>>, noise: Vec<usize>) {
+    if noise.is_empty() {
+        return;
+    }
     if groups.is_empty() {
-        return Ok(vec![noise]);
+        groups.push(noise);
+        return;
     }
     let centroids: Vec<Vec<f32>> = groups.iter().map(|g| normalized_mean(points, g)).collect();
     for i in noise {
@@ -772,7 +828,6 @@ fn groups_with_noise_reassigned(
         groups[best].push(i);
     }
     groups.sort_by_key(|g| g.iter().copied().min().unwrap_or(usize::MAX));
-    Ok(groups)
 }
 
 /// Checks what a hierarchy builder returned: one forest with no orphans, every base

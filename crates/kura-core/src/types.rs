@@ -83,6 +83,57 @@ pub struct Cluster {
     pub count: usize,
 }
 
+impl Cluster {
+    /// The id of the one base cluster that holds a clusterer's outliers when they
+    /// are kept (see [`Outliers`]). Other ids are content hashes, so it cannot clash.
+    pub const UNCLUSTERED_ID: &'static str = "unclustered";
+
+    /// Whether this is the group of outliers rather than a cluster the clusterer
+    /// found: it is never named by a model nor grouped under a parent.
+    pub fn is_unclustered(&self) -> bool {
+        self.id == Self::UNCLUSTERED_ID
+    }
+}
+
+/// What the clusters stage does with the points a clusterer leaves as noise
+/// (HDBSCAN's outliers; k-means leaves none).
+///
+/// Keeping them is the default because an outlier placed with its nearest cluster
+/// blurs that cluster's name and counts; a user who wants every conversation in a
+/// named group asks for `Assign`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outliers {
+    /// One root-level "unclustered" group, outside the hierarchy.
+    #[default]
+    Keep,
+    /// Each outlier joins the cluster whose centroid is nearest.
+    Assign,
+}
+
+impl Outliers {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outliers::Keep => "keep",
+            Outliers::Assign => "assign",
+        }
+    }
+}
+
+impl std::str::FromStr for Outliers {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "keep" => Ok(Outliers::Keep),
+            "assign" => Ok(Outliers::Assign),
+            other => Err(format!(
+                "unknown outlier policy {other:?}: use keep or assign"
+            )),
+        }
+    }
+}
+
 /// A cluster placed on the 2-D map (Kura's `ProjectedCluster`). `level` is 0 for the
 /// roots and grows towards the base clusters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

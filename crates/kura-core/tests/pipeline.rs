@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kura_core::pipeline::{NoProgress, Run, CLUSTERS, DIMENSIONALITY, META_CLUSTERS, SUMMARIES};
 use kura_core::{
     store, BoxError, Cluster, ClusterName, ClusterNamer, Clusterer, Conversation,
-    ConversationSummary, Embedder, HierarchyBuilder, Matrix, Message, NamingRequest,
+    ConversationSummary, Embedder, HierarchyBuilder, Matrix, Message, NamingRequest, Outliers,
     ProjectedCluster, Reducer, Role, Summarizer,
 };
 
@@ -87,7 +87,7 @@ impl Embedder for TopicEmbedder {
     }
 }
 
-/// Clusters by the axis of the largest value.
+/// Clusters by the axis of the largest value; a point on no axis is noise.
 struct ArgmaxClusterer {
     param: usize,
 }
@@ -103,6 +103,7 @@ impl Clusterer for ArgmaxClusterer {
                 r.iter()
                     .enumerate()
                     .max_by(|a, b| a.1.total_cmp(b.1))
+                    .filter(|(_, v)| **v > 0.0)
                     .map(|(i, _)| i)
             })
             .collect())
@@ -227,6 +228,7 @@ fn full_run(
                 param: cluster_param,
             },
             namer,
+            Outliers::Keep,
         )
         .unwrap()
         .reused,
@@ -429,7 +431,7 @@ fn a_failing_namer_names_clusters_after_a_central_summary_instead_of_failing_the
     run.set_conversations(&[], &corpus(9), &[]).unwrap();
     run.summarize(&ScriptedSummarizer::new("v1")).unwrap();
     run.embed(&TopicEmbedder).unwrap();
-    run.cluster(&ArgmaxClusterer { param: 1 }, &FailingNamer)
+    run.cluster(&ArgmaxClusterer { param: 1 }, &FailingNamer, Outliers::Keep)
         .unwrap();
 
     let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
@@ -442,4 +444,52 @@ fn a_failing_namer_names_clusters_after_a_central_summary_instead_of_failing_the
         assert!(cluster.description.contains("namer failed"));
         assert!(cluster.description.contains(topic));
     }
+}
+
+#[test]
+fn outliers_are_kept_as_one_unnamed_root_or_placed_with_their_nearest_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    let mut convs = corpus(9);
+    convs.push(conversation("odd1", "something unrelated"));
+    convs.push(conversation("odd2", "another stray question"));
+    run.set_conversations(&[], &convs, &[]).unwrap();
+    run.summarize(&ScriptedSummarizer::new("v1")).unwrap();
+    run.embed(&TopicEmbedder).unwrap();
+    let namer = CountingNamer {
+        calls: AtomicUsize::new(0),
+    };
+
+    run.cluster(&ArgmaxClusterer { param: 1 }, &namer, Outliers::Keep)
+        .unwrap();
+    let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
+    assert_eq!(base.len(), 4);
+    let kept: Vec<&Cluster> = base.iter().filter(|c| c.is_unclustered()).collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].chat_ids, ["odd1", "odd2"]);
+    assert_eq!(kept[0].count, 2);
+    assert_eq!(
+        namer.calls.load(Ordering::SeqCst),
+        3,
+        "the outliers' group is not named by the model"
+    );
+
+    run.build_hierarchy(&OneRoot, &namer, &TopicEmbedder)
+        .unwrap();
+    let all: Vec<Cluster> = store::read_jsonl(&dir.path().join(META_CLUSTERS)).unwrap();
+    let roots: Vec<&Cluster> = all.iter().filter(|c| c.parent_id.is_none()).collect();
+    assert_eq!(roots.len(), 2, "{roots:?}");
+    let root = roots.iter().find(|c| c.id == "root").unwrap();
+    assert_eq!(root.count, 9, "the builder never sees the outliers");
+    assert!(roots.iter().any(|c| c.is_unclustered()));
+    run.project(&FirstTwo).unwrap();
+
+    let outcome = run
+        .cluster(&ArgmaxClusterer { param: 1 }, &namer, Outliers::Assign)
+        .unwrap();
+    assert!(!outcome.reused, "a changed policy recomputes the clusters");
+    let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
+    assert_eq!(base.len(), 3);
+    assert!(base.iter().all(|c| !c.is_unclustered()));
+    assert_eq!(base.iter().map(|c| c.count).sum::<usize>(), 11);
 }
