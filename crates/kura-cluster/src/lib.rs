@@ -29,7 +29,7 @@ mod vector;
 pub use error::ClusterError;
 pub use hdbscan::{hdbscan, Hdbscan};
 pub use hierarchy::ClioHierarchy;
-pub use kmeans::{default_k, kmeans, KMeans, KMeansFit};
+pub use kmeans::{default_k, kmeans, KMeans, KMeansFit, KMeansMode, AUTO_LLOYD_MAX_PAIRS};
 pub use knn::{cosine_neighbours, euclidean_neighbours, Neighbours};
 pub use kura_core::vector::{nearest_rows, normalized_mean};
 pub use pca::{pca, pca_2d, Pca};
