@@ -9,13 +9,14 @@
 //! optimisation runs on one thread with a seeded stream, where umap-learn
 //! races threads against each other: the same seed gives the same map, bit for bit,
 //! which is what lets the checkpoint store trust a fingerprint. The layout costs
-//! seconds for tens of thousands of points; the exact k-NN before it dominates.
+//! seconds for tens of thousands of points; the k-NN graph before it dominates,
+//! which is why above a size threshold it comes from NN-descent, as in umap-learn.
 
 use kura_core::{BoxError, Matrix, Reducer};
 use rand::Rng;
 
 use crate::error::ClusterError;
-use crate::knn::{cosine_neighbours, Neighbours};
+use crate::knn::{cosine_neighbours_seeded, Neighbours};
 use crate::pca::pca;
 use crate::vector::{check_finite, seeded_rng, squared_distance};
 
@@ -54,7 +55,7 @@ impl Reducer for Umap {
     fn id(&self) -> String {
         let epochs = self.epochs.map_or_else(|| "auto".into(), |e| e.to_string());
         format!(
-            "umap-v1(neighbours={},components={},min_dist={},epochs={epochs})",
+            "umap-v2(neighbours={},components={},min_dist={},epochs={epochs})",
             self.neighbours, self.components, self.min_dist
         )
     }
@@ -93,7 +94,7 @@ impl Umap {
             .epochs
             .unwrap_or(if n <= 10_000 { 500 } else { 200 })
             .max(1);
-        let neighbours = cosine_neighbours(points, self.neighbours - 1);
+        let neighbours = cosine_neighbours_seeded(points, self.neighbours - 1, seed);
         let edges = fuzzy_graph(&neighbours, self.neighbours, epochs);
         let layout = initial_layout(points, self.components, seed)?;
         let (a, b) = fit_curve(1.0, self.min_dist);
@@ -436,7 +437,7 @@ pub(crate) mod tests {
     #[test]
     fn the_fuzzy_graph_is_symmetric_and_weights_are_memberships() {
         let (points, _) = blobs(3, 10, 8, 0.2);
-        let nn = cosine_neighbours(&points, 5);
+        let nn = crate::knn::cosine_neighbours(&points, 5);
         let edges = fuzzy_graph(&nn, 6, 200);
         assert!(!edges.is_empty());
         for e in &edges {
