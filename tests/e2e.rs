@@ -106,6 +106,27 @@ fn assert_complete_run(dir: &Path) {
     assert!(projected
         .iter()
         .all(|p| p["x_coord"].as_f64().unwrap().is_finite() && p["level"].is_u64()));
+    let level_of: HashMap<&str, u64> = projected
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["level"].as_u64().unwrap()))
+        .collect();
+    for c in &all {
+        let level = level_of[c["id"].as_str().unwrap()];
+        match c["parent_id"].as_str() {
+            Some(parent) => assert_eq!(level, level_of[parent] + 1, "level of {}", c["id"]),
+            None => assert_eq!(level, 0, "a root is at level 0: {}", c["id"]),
+        }
+        let children: Vec<&Value> = all.iter().filter(|k| k["parent_id"] == c["id"]).collect();
+        if !children.is_empty() {
+            let below: u64 = children.iter().map(|k| k["count"].as_u64().unwrap()).sum();
+            assert_eq!(
+                below,
+                c["count"].as_u64().unwrap(),
+                "counts add up under {}",
+                c["id"]
+            );
+        }
+    }
     let points = read_jsonl(&dir.join("conversation_coords.jsonl"));
     assert_eq!(points.len(), ids.len());
 
