@@ -10,6 +10,7 @@
 use kura_core::ProposalRequest;
 use kura_core::{BoxError, ChoiceRequest, Cluster, ClusterNamer, Embedder, Matrix};
 use rand::seq::SliceRandom;
+use rand::Rng;
 
 use crate::kmeans::kmeans;
 use crate::vector::{nearest_rows, normalized_mean, normalized_rows, seeded_rng};
@@ -199,25 +200,21 @@ fn pick_group_name(
     if names.len() < 2 {
         return 0;
     }
-    let mut order: Vec<usize> = (0..names.len()).collect();
-    order.shuffle(&mut seeded_rng(seed ^ DEDUP_STREAM, group));
-    let request = ChoiceRequest {
-        item: format!(
-            "Candidate categories proposed for neighbouring groups: {}",
-            order
-                .iter()
-                .map(|&i| names[i])
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-        options: order.iter().map(|&i| names[i].to_string()).collect(),
-    };
-    match namer.choose_parent(&request) {
-        Ok(index) if index < order.len() => {
+    // Listed alphabetically: the order of centrality would hint at an answer.
+    let mut listed = names.to_vec();
+    listed.sort_unstable();
+    let item = format!(
+        "Candidate categories proposed for neighbouring groups: {}",
+        listed.join("; ")
+    );
+    let everyone: Vec<usize> = (0..names.len()).collect();
+    let shuffle = seeded_rng(seed ^ DEDUP_STREAM, group);
+    match model_choice(namer, item, &everyone, |i| names[i], shuffle) {
+        Ok(picked) => {
             report.model_merges += 1;
-            order[index]
+            picked
         }
-        _ => 0,
+        Err(_) => 0,
     }
 }
 
@@ -239,24 +236,37 @@ fn assign(
     if nearest.len() == 1 {
         return closest;
     }
-    let mut options = nearest;
-    options.shuffle(&mut seeded_rng(seed ^ SHUFFLE_STREAM, row as u64));
-    let request = ChoiceRequest {
-        item: level.described[row].clone(),
-        options: options.iter().map(|&c| names[c].clone()).collect(),
-    };
-    match namer.choose_parent(&request) {
-        Ok(index) if index < options.len() => options[index],
-        Ok(index) => {
-            tracing::warn!("the namer chose option {index} of {}", options.len());
-            report.fallback_assignments += 1;
-            closest
-        }
+    let shuffle = seeded_rng(seed ^ SHUFFLE_STREAM, row as u64);
+    let item = level.described[row].clone();
+    match model_choice(namer, item, &nearest, |c| names[c].as_str(), shuffle) {
+        Ok(chosen) => chosen,
         Err(e) => {
             tracing::warn!("placing a cluster failed ({e}); using the nearest parent");
             report.fallback_assignments += 1;
             closest
         }
+    }
+}
+
+/// The model's choice for `item` among `options` (indices, named by `name`),
+/// offered in an order shuffled by `shuffle` so that position carries no hint. An
+/// answer outside the list counts as a failure: the callers' fallbacks decide.
+fn model_choice<'a>(
+    namer: &dyn ClusterNamer,
+    item: String,
+    options: &[usize],
+    name: impl Fn(usize) -> &'a str,
+    mut shuffle: impl Rng,
+) -> Result<usize, BoxError> {
+    let mut order = options.to_vec();
+    order.shuffle(&mut shuffle);
+    let request = ChoiceRequest {
+        item,
+        options: order.iter().map(|&o| name(o).to_string()).collect(),
+    };
+    match namer.choose_parent(&request)? {
+        index if index < order.len() => Ok(order[index]),
+        index => Err(format!("the namer chose option {index} of {}", order.len()).into()),
     }
 }
 
@@ -332,40 +342,34 @@ mod tests {
         .to_vec()
     }
 
-    #[test]
-    fn the_model_names_each_group_of_near_duplicate_candidates() {
+    /// The names `deduplicate` keeps (sorted) down to two groups, and its report.
+    fn deduplicated(chooses: bool) -> (Vec<String>, GroupingReport) {
         let mut report = GroupingReport::default();
-        let (names, vectors) = deduplicate(
+        let (mut names, vectors) = deduplicate(
             candidates(),
             &TopicVariantEmbedder,
             2,
-            &PicksC { chooses: true },
+            &PicksC { chooses },
             3,
             &mut report,
         )
         .unwrap();
-        let mut sorted = names.clone();
-        sorted.sort();
-        assert_eq!(sorted, ["Cooking C", "Travel C"]);
+        assert_eq!(vectors.rows(), names.len());
+        names.sort();
+        (names, report)
+    }
+
+    #[test]
+    fn the_model_names_each_group_of_near_duplicate_candidates() {
+        let (names, report) = deduplicated(true);
+        assert_eq!(names, ["Cooking C", "Travel C"]);
         assert_eq!(report.model_merges, 2);
-        assert_eq!(vectors.rows(), 2);
     }
 
     #[test]
     fn without_the_model_the_most_central_candidate_names_its_group() {
-        let mut report = GroupingReport::default();
-        let (names, _) = deduplicate(
-            candidates(),
-            &TopicVariantEmbedder,
-            2,
-            &PicksC { chooses: false },
-            3,
-            &mut report,
-        )
-        .unwrap();
-        let mut sorted = names.clone();
-        sorted.sort();
-        assert_eq!(sorted, ["Cooking A", "Travel A"]);
+        let (names, report) = deduplicated(false);
+        assert_eq!(names, ["Cooking A", "Travel A"]);
         assert_eq!(report.model_merges, 0);
     }
 }
