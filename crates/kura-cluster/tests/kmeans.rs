@@ -1,8 +1,22 @@
 mod common;
 
 use kura_cluster::metrics::v_measure;
-use kura_cluster::{default_k, kmeans, ClusterError, KMeans};
+use kura_cluster::{default_k, kmeans, ClusterError, KMeans, KMeansMode};
 use kura_core::{Clusterer, Matrix};
+
+/// k-means with `k` clusters in each mode: full Lloyd as `kmeans(points, k, seed,
+/// 2, 10)` runs it, and mini-batch with batches small enough to take several
+/// steps. The edge cases below must hold for both.
+fn in_each_mode(k: usize) -> [KMeans; 2] {
+    [KMeansMode::Lloyd, KMeansMode::MiniBatch].map(|mode| KMeans {
+        k: Some(k),
+        restarts: 2,
+        max_iter: 10,
+        mode,
+        batch_size: 8,
+        ..KMeans::default()
+    })
+}
 
 #[test]
 fn recovers_well_separated_blobs() {
@@ -81,30 +95,36 @@ fn inertia_and_centroids_match_the_labels() {
 #[test]
 fn more_clusters_than_points_uses_one_cluster_per_point() {
     let points = Matrix::from_rows(&[[1.0f32, 0.0], [0.0, 1.0], [-1.0, 0.0]]).unwrap();
-    let fit = kmeans(&points, 10, 0, 2, 10).unwrap();
-    assert_eq!(fit.centroids.rows(), 3);
-    let mut labels = fit.labels.clone();
-    labels.sort_unstable();
-    assert_eq!(labels, vec![0, 1, 2]);
-    assert_eq!(fit.inertia, 0.0);
+    for config in in_each_mode(10) {
+        let fit = config.fit(&points, 0).unwrap();
+        assert_eq!(fit.centroids.rows(), 3, "{:?}", config.mode);
+        let mut labels = fit.labels.clone();
+        labels.sort_unstable();
+        assert_eq!(labels, vec![0, 1, 2]);
+        assert_eq!(fit.inertia, 0.0);
+    }
 }
 
 #[test]
 fn zero_clusters_is_an_error() {
     let points = Matrix::from_rows(&[[1.0f32, 0.0]]).unwrap();
-    assert!(matches!(
-        kmeans(&points, 0, 0, 1, 10),
-        Err(ClusterError::ZeroClusters)
-    ));
+    for config in in_each_mode(0) {
+        assert!(matches!(
+            config.fit(&points, 0),
+            Err(ClusterError::ZeroClusters)
+        ));
+    }
 }
 
 #[test]
 fn no_points_is_an_error() {
     let points = Matrix::zeros(0, 4);
-    assert!(matches!(
-        kmeans(&points, 3, 0, 1, 10),
-        Err(ClusterError::NoPoints)
-    ));
+    for config in in_each_mode(3) {
+        assert!(matches!(
+            config.fit(&points, 0),
+            Err(ClusterError::NoPoints)
+        ));
+    }
     let err = KMeans::default().cluster(&points, 0).unwrap_err();
     assert!(err.to_string().contains("no points"), "{err}");
 }
@@ -112,10 +132,12 @@ fn no_points_is_an_error() {
 #[test]
 fn identical_points_form_one_cluster() {
     let points = Matrix::from_rows(&[[0.3f32, -0.2, 0.9]; 20]).unwrap();
-    let fit = kmeans(&points, 4, 0, 2, 10).unwrap();
-    assert_eq!(fit.centroids.rows(), 1);
-    assert!(fit.labels.iter().all(|&l| l == 0));
-    assert_eq!(fit.inertia, 0.0);
+    for config in in_each_mode(4) {
+        let fit = config.fit(&points, 0).unwrap();
+        assert_eq!(fit.centroids.rows(), 1, "{:?}", config.mode);
+        assert!(fit.labels.iter().all(|&l| l == 0));
+        assert_eq!(fit.inertia, 0.0);
+    }
 }
 
 #[test]
@@ -136,12 +158,14 @@ fn nan_is_an_error_naming_the_row() {
     let mut rows = vec![[0.5f32, 0.5]; 10];
     rows[7][1] = f32::NAN;
     let points = Matrix::from_rows(&rows).unwrap();
-    let err = kmeans(&points, 2, 0, 1, 10).unwrap_err();
-    assert!(matches!(
-        err,
-        ClusterError::NonFinite { row: 7, col: 1, .. }
-    ));
-    assert!(err.to_string().contains("row 7"), "{err}");
+    for config in in_each_mode(2) {
+        let err = config.fit(&points, 0).unwrap_err();
+        assert!(matches!(
+            err,
+            ClusterError::NonFinite { row: 7, col: 1, .. }
+        ));
+        assert!(err.to_string().contains("row 7"), "{err}");
+    }
 }
 
 #[test]
