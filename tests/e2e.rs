@@ -255,7 +255,7 @@ fn the_example_runs_end_to_end_with_real_models_and_prints_a_tree() {
     let printed = String::from_utf8_lossy(&alone.stdout);
     assert!(!printed.contains("Clusters ("), "{printed}");
     let said = String::from_utf8_lossy(&alone.stderr);
-    assert!(said.contains("kura stage NAME"), "{said}");
+    assert!(said.contains("kura stage hierarchy"), "{said}");
     let base = read_jsonl(&out.path().join("clusters.jsonl"));
     assert!(base.iter().all(|c| c["id"] != "unclustered"), "{base:?}");
 }

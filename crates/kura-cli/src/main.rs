@@ -386,7 +386,7 @@ fn run(args: RunArgs) -> Result<()> {
     )?);
     outcomes.push(run.project(backends.reducer().as_ref())?);
     run.set_config(serde_json::to_value(&config)?, backends.models_record())?;
-    finish(&run, &reporter, &outcomes, true)
+    finish(&run, &reporter, &outcomes)
 }
 
 fn stage(args: StageArgs) -> Result<()> {
@@ -420,28 +420,12 @@ fn stage(args: StageArgs) -> Result<()> {
         )?,
         StageName::Map => run.project(backends.reducer().as_ref())?,
     };
-    let upstream_of_tree = matches!(
-        args.stage,
-        StageName::Summaries | StageName::Embeddings | StageName::Clusters
-    );
-    if upstream_of_tree && !outcome.reused {
-        reporter.say(&format!(
-            "the stages after this one predate it, so no tree is shown; run each of them \
-             with `kura stage NAME --out {}`, or `kura run` again",
-            args.out.display()
-        ));
-    }
-    finish(&run, &reporter, &[outcome], !upstream_of_tree)
+    finish(&run, &reporter, &[outcome])
 }
 
-/// Reports the outcomes and, when `tree_is_current` (the hierarchy was built on
-/// the clusters this command left), prints the tree.
-fn finish(
-    run: &Run,
-    reporter: &Reporter,
-    outcomes: &[StageOutcome],
-    tree_is_current: bool,
-) -> Result<()> {
+/// Reports the outcomes and prints the tree, if the hierarchy was built from the
+/// clusters the run holds now; otherwise says how to bring it up to date.
+fn finish(run: &Run, reporter: &Reporter, outcomes: &[StageOutcome]) -> Result<()> {
     let manifest = run.manifest();
     reporter.event(json!({
         "event": "result",
@@ -451,9 +435,16 @@ fn finish(
     }));
     if reporter.mode() == Mode::Bars {
         let meta = run.path(META_CLUSTERS);
-        if tree_is_current && meta.exists() {
+        if run.is_current("hierarchy") {
             let clusters: Vec<Cluster> = store::read_jsonl(&meta)?;
             print!("{}", tree::render(&clusters, None, false)?);
+        } else if meta.exists() {
+            reporter.say(&format!(
+                "the hierarchy predates the stages before it, so it is not shown; \
+                 bring it up to date with `kura stage hierarchy --out {0}`, then \
+                 `kura stage map --out {0}`",
+                run.dir().display()
+            ));
         }
         eprintln!("results in {}", run.dir().display());
     }

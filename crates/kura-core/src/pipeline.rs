@@ -99,6 +99,11 @@ pub struct InputRecord {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StageRecord {
     pub key: String,
+    /// The key of the stage before it when it was computed (empty for the first
+    /// stage, and in manifests written before this was recorded): a stage whose
+    /// upstream has been recomputed since is out of date.
+    #[serde(default)]
+    pub upstream: String,
     /// The backend that computed it (its `id()`).
     pub backend: String,
     /// False when some items failed: the next run retries them.
@@ -161,6 +166,17 @@ impl Run {
 
     pub fn manifest(&self) -> RunManifest {
         self.manifest.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Whether `stage` is complete and was computed from what the stages before it
+    /// hold now: false once an earlier stage has been recomputed without it (as
+    /// `kura stage clusters` leaves the hierarchy and the map).
+    pub fn is_current(&self, stage: &str) -> bool {
+        let Ok(manifest) = self.manifest.lock() else {
+            return false;
+        };
+        manifest.stages.get(stage).is_some_and(|r| r.complete)
+            && derived_from_current_upstream(&manifest, stage)
     }
 
     /// Records the caller's configuration and model details in `run.json`.
@@ -675,10 +691,15 @@ impl Run {
         seconds: f64,
     ) -> Result<()> {
         self.update_manifest(|m| {
+            let upstream = upstream_of(stage)
+                .and_then(|up| m.stages.get(up))
+                .map(|r| r.key.clone())
+                .unwrap_or_default();
             m.stages.insert(
                 stage.to_string(),
                 StageRecord {
                     key: key.to_string(),
+                    upstream,
                     backend: backend.to_string(),
                     complete: failed == 0,
                     count,
@@ -765,6 +786,25 @@ fn new_cluster(name: ClusterName, mut chat_ids: Vec<String>) -> Cluster {
         chat_ids,
         parent_id: None,
     }
+}
+
+fn upstream_of(stage: &str) -> Option<&'static str> {
+    let at = STAGES.iter().position(|s| *s == stage)?;
+    at.checked_sub(1).map(|up| STAGES[up])
+}
+
+/// Whether every link from `stage` back to the first stage still holds: each
+/// recorded upstream key is the upstream's key now. An empty record (an older
+/// manifest) is taken on trust.
+fn derived_from_current_upstream(manifest: &RunManifest, stage: &str) -> bool {
+    let Some(up) = upstream_of(stage) else {
+        return true;
+    };
+    let (Some(record), Some(above)) = (manifest.stages.get(stage), manifest.stages.get(up)) else {
+        return false;
+    };
+    (record.upstream.is_empty() || record.upstream == above.key)
+        && derived_from_current_upstream(manifest, up)
 }
 
 /// The cluster that holds the outliers a clusterer left, kept apart; it is not

@@ -311,6 +311,38 @@ fn a_changed_parameter_recomputes_that_stage_and_after_but_not_before() {
 }
 
 #[test]
+fn stages_after_a_recomputed_one_are_out_of_date_until_they_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let namer = CountingNamer {
+        calls: AtomicUsize::new(0),
+    };
+    full_run(
+        dir.path(),
+        &corpus(9),
+        &ScriptedSummarizer::new("v1"),
+        &namer,
+        1,
+    );
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    assert!(["summaries", "clusters", "hierarchy", "map"]
+        .iter()
+        .all(|s| run.is_current(s)));
+
+    run.cluster(&ArgmaxClusterer { param: 2 }, &namer, Outliers::Keep)
+        .unwrap();
+    assert!(run.is_current("clusters"));
+    assert!(!run.is_current("hierarchy"), "built from the old clusters");
+    assert!(!run.is_current("map"), "two stages behind");
+
+    run.build_hierarchy(&OneRoot, &namer, &TopicEmbedder)
+        .unwrap();
+    assert!(run.is_current("hierarchy"));
+    assert!(!run.is_current("map"));
+    run.project(&FirstTwo).unwrap();
+    assert!(run.is_current("map"));
+}
+
+#[test]
 fn a_changed_summariser_recomputes_summaries_instead_of_reusing_stale_ones() {
     let dir = tempfile::tempdir().unwrap();
     let namer = CountingNamer {
