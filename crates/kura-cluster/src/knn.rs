@@ -5,8 +5,9 @@
 //! answers each query from a handful of leaves instead. The lists feed UMAP's
 //! graph and HDBSCAN's core distances.
 //!
-//! The exact pass costs `n²` dot products: a second or two at ten thousand
-//! embeddings, twenty at fifty thousand, nearly two minutes at a hundred thousand.
+//! The exact pass costs `n²` dot products: a second and a half at ten thousand
+//! embeddings, half a minute at fifty thousand, two minutes at a hundred thousand
+//! (two cores).
 //! Above [`EXACT_NEIGHBOURS_UP_TO`] points [`cosine_neighbours_seeded`] switches to
 //! NN-descent (`nndescent.rs`), which finds about 99% of the same neighbours on
 //! sentence embeddings in near-linear time.
@@ -54,9 +55,9 @@ pub fn cosine_neighbours(points: &Matrix, k: usize) -> Neighbours {
 /// so that small runs keep exact graphs and the very maps (and checkpoints) they
 /// always had. Below it the exact pass takes seconds, less than UMAP's layout
 /// after it (1–2 s of 12 s at 10 000 points on two cores). Above it the quadratic
-/// pass takes over: 7 s at 22 500 MiniLM embeddings, where NN-descent takes 2 s
-/// and finds 99.1% of the same neighbours; 17–24 s against 2.5–3.3 s at 50 000;
-/// 106 s against 6–10 s at 100 000.
+/// pass takes over: on 22 500 MiniLM embeddings NN-descent finds 99.1% of the
+/// same neighbours; on the density bench's points it takes 4.6 s against 31.6 s at
+/// 50 000, and 10.3 s against 120 s at 100 000.
 pub const EXACT_NEIGHBOURS_UP_TO: usize = 20_000;
 
 /// [`cosine_neighbours`] up to [`EXACT_NEIGHBOURS_UP_TO`] points, approximate lists
