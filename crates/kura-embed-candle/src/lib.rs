@@ -6,16 +6,23 @@
 //! `modules.json`, truncation from `sentence_bert_config.json`. That keeps our
 //! vectors interchangeable with the Python library's (cosine ≥ 0.9999).
 //!
-//! The key design decision is length-sorted batching: texts are tokenized first,
-//! then batched by token count, so a batch pads to a near-equal length and the
-//! quadratic attention cost is spent on real tokens only. Results are put back in
-//! input order, and since padding is masked out, a text's vector does not depend
-//! on which texts share its batch.
+//! The key design decision is that on the CPU we run our own forward pass over
+//! *packed* batches (see `encoder`) rather than candle-transformers' `BertModel`
+//! over padded ones: a batch's real tokens are stacked into one matrix, every
+//! linear layer is one matrix product over all of them, attention runs per text
+//! and head on that text's tokens only, and the work between products is fused
+//! and spread over the cores. No token is padded, so batches need no sorting by
+//! length: texts are taken in input order, and a text's vector does not depend on
+//! which texts share its batch. On CUDA, candle's `BertModel` still runs, on
+//! length-sorted batches so that padding stays small.
 
 mod config;
+mod encoder;
 mod error;
+mod kernels;
 mod pooling;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -26,6 +33,7 @@ use rayon::prelude::*;
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use config::{read_json, read_sentence_config, PoolingMode};
+use encoder::{Encoder, Workspace};
 pub use error::EmbedError;
 
 /// How texts are batched and truncated.
@@ -59,11 +67,18 @@ pub fn device(cuda: bool) -> Result<Device, EmbedError> {
     }
 }
 
+/// Which forward pass runs the model.
+enum Model {
+    /// Ours, over packed batches: the CPU.
+    Packed(Encoder),
+    /// candle-transformers', over padded batches: any other device (CUDA).
+    Candle(BertModel, Device),
+}
+
 /// A sentence-transformers encoder on Candle.
 pub struct CandleEmbedder {
-    model: BertModel,
+    model: Model,
     tokenizer: Tokenizer,
-    device: Device,
     pooling: Vec<PoolingMode>,
     normalize: bool,
     max_length: usize,
@@ -102,11 +117,16 @@ impl CandleEmbedder {
             .unwrap_or(config.max_position_embeddings)
             .clamp(2, config.max_position_embeddings.max(2));
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), max_length)?;
-        let model = load_model(&dir.join("model.safetensors"), &config, device)?;
+        let weights = dir.join("model.safetensors");
+        require(&weights)?;
+        let model = if device.is_cpu() {
+            Model::Packed(Encoder::load(&weights, &config)?)
+        } else {
+            Model::Candle(load_model(&weights, &config, device)?, device.clone())
+        };
         Ok(CandleEmbedder {
             model,
             tokenizer,
-            device: device.clone(),
             dim: config.hidden_size * sentence.pooling.len(),
             pooling: sentence.pooling,
             normalize: sentence.normalize,
@@ -132,25 +152,55 @@ impl CandleEmbedder {
     /// Embeds `texts`, one row each, in input order.
     pub fn embed_texts(&self, texts: &[&str]) -> Result<Matrix, EmbedError> {
         let encodings = self.tokenize(texts)?;
-        let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
-        let batches = length_batches(&lengths, self.batch_size);
-        let embed = |batch: &Vec<usize>| self.embed_batch(batch.iter().map(|&i| &encodings[i]));
-        // On the CPU, Candle spreads only its matrix products over the cores; the
-        // layer norms, GELUs, softmax inputs and copies between them run on one. Two
-        // batches in flight at once keep every core busy through those (the products
-        // still share the cores through rayon's work stealing). A GPU gains nothing.
-        let embedded: Vec<Vec<Vec<f32>>> = if self.device.is_cpu() {
-            batches.par_iter().map(embed).collect::<Result<_, _>>()?
-        } else {
-            batches.iter().map(embed).collect::<Result<_, _>>()?
-        };
-        let mut out = Matrix::zeros(texts.len(), self.dim);
-        for (batch, rows) in batches.iter().zip(embedded) {
-            for (&i, row) in batch.iter().zip(rows) {
-                out.row_mut(i).copy_from_slice(&row);
+        let mut out = vec![0f32; texts.len() * self.dim];
+        match &self.model {
+            Model::Packed(encoder) => self.embed_packed(encoder, &encodings, &mut out)?,
+            Model::Candle(model, device) => {
+                let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+                for batch in length_batches(&lengths, self.batch_size) {
+                    let batch_encodings = batch.iter().map(|&i| &encodings[i]);
+                    let rows = self.embed_padded(model, device, batch_encodings)?;
+                    for (&i, row) in batch.iter().zip(rows) {
+                        out[i * self.dim..(i + 1) * self.dim].copy_from_slice(&row);
+                    }
+                }
             }
         }
-        Ok(out)
+        Ok(Matrix::new(texts.len(), self.dim, out))
+    }
+
+    /// Runs our encoder on batches of consecutive texts and pools each text's rows
+    /// of the packed output into its row of `out`.
+    fn embed_packed(
+        &self,
+        encoder: &Encoder,
+        encodings: &[Encoding],
+        out: &mut [f32],
+    ) -> Result<(), EmbedError> {
+        let hidden = encoder.hidden_size();
+        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+        let mut work = Workspace::default();
+        for range in packed_batches(&lengths, self.batch_size) {
+            let batch: Vec<&Encoding> = encodings[range.clone()].iter().collect();
+            let packed =
+                encoder
+                    .forward(&batch, &mut work)
+                    .map_err(|bad| EmbedError::Tokenize {
+                        index: range.start + bad.position,
+                        message: bad.message,
+                    })?;
+            out[range.start * self.dim..range.end * self.dim]
+                .par_chunks_mut(self.dim)
+                .zip(packed.offsets.par_windows(2))
+                .for_each(|(row, span)| {
+                    let rows = &packed.hidden[span[0] * hidden..span[1] * hidden];
+                    pooling::pool_rows(rows, hidden, &self.pooling, row);
+                    if self.normalize {
+                        pooling::normalize_row(row);
+                    }
+                });
+        }
+        Ok(())
     }
 
     fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoding>, EmbedError> {
@@ -168,9 +218,11 @@ impl CandleEmbedder {
             .collect()
     }
 
-    /// One forward pass over encodings padded to the longest of them.
-    fn embed_batch<'a>(
+    /// One pass of candle's `BertModel` over encodings padded to the longest of them.
+    fn embed_padded<'a>(
         &self,
+        model: &BertModel,
+        device: &Device,
         encodings: impl ExactSizeIterator<Item = &'a Encoding>,
     ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let encodings: Vec<&Encoding> = encodings.collect();
@@ -190,21 +242,23 @@ impl CandleEmbedder {
             type_ids[r * width..r * width + n].copy_from_slice(encoding.get_type_ids());
             mask[r * width..r * width + n].copy_from_slice(encoding.get_attention_mask());
         }
-        self.forward(ids, type_ids, mask, (rows, width))
+        self.forward_padded(model, device, ids, type_ids, mask, (rows, width))
             .map_err(EmbedError::candle("running the encoder"))
     }
 
-    fn forward(
+    fn forward_padded(
         &self,
+        model: &BertModel,
+        device: &Device,
         ids: Vec<u32>,
         type_ids: Vec<u32>,
         mask: Vec<u32>,
         shape: (usize, usize),
     ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let ids = Tensor::from_vec(ids, shape, &self.device)?;
-        let type_ids = Tensor::from_vec(type_ids, shape, &self.device)?;
-        let mask = Tensor::from_vec(mask, shape, &self.device)?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let ids = Tensor::from_vec(ids, shape, device)?;
+        let type_ids = Tensor::from_vec(type_ids, shape, device)?;
+        let mask = Tensor::from_vec(mask, shape, device)?;
+        let hidden = model.forward(&ids, &type_ids, Some(&mask))?;
         let pooled = pooling::pool(&hidden, &mask, &self.pooling)?;
         let pooled = if self.normalize {
             pooling::normalize(&pooled)?
@@ -233,15 +287,42 @@ impl Embedder for CandleEmbedder {
     }
 }
 
-/// Below this many tokens a batch is cheap whatever its padding, so it is not split.
+/// Tokens per packed batch at most. The encoder's activations take
+/// `hidden + max(4·hidden, intermediate)` floats per token (7.5 KiB for MiniLM), so
+/// this bounds a batch's memory (15 MiB for MiniLM) whatever the texts' lengths.
+/// Products over a few hundred rows already run near the kernel's peak, and 8192
+/// tokens measured no faster, so larger batches would only cost memory.
+const MAX_PACKED_TOKENS: usize = 2048;
+
+/// Splits texts, in input order, into batches of at most `batch_size` texts and
+/// [`MAX_PACKED_TOKENS`] tokens (a longer text still gets a batch of its own).
+/// Packing wastes nothing on short texts beside long ones, so there is no sorting.
+fn packed_batches(lengths: &[usize], batch_size: usize) -> Vec<Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &length) in lengths.iter().enumerate() {
+        if i > start && (i - start == batch_size || tokens + length > MAX_PACKED_TOKENS) {
+            batches.push(start..i);
+            (start, tokens) = (i, 0);
+        }
+        tokens += length;
+    }
+    if start < lengths.len() {
+        batches.push(start..lengths.len());
+    }
+    batches
+}
+
+/// Below this many tokens a padded batch is cheap whatever its padding, so it is
+/// not split.
 const SPLIT_ABOVE_TOKENS: usize = 32;
 
-/// Padded tokens per batch at most. Attention holds `heads × width²` scores per
-/// text, so a batch of long texts is capped by tokens, not only by count: with two
-/// batches in flight, that keeps memory where one full batch of 32 would put it.
+/// Padded tokens per batch at most, for candle's padded forward pass. Attention
+/// holds `heads × width²` scores per text, so a batch of long texts is capped by
+/// tokens, not only by count.
 const MAX_BATCH_TOKENS: usize = 4096;
 
-/// Groups text indices into batches of similar token length, longest first. A
+/// Groups text indices into padded batches of similar token length, longest first. A
 /// batch pads to its first (longest) text, so it closes when full (by count or
 /// by [`MAX_BATCH_TOKENS`]) or when the next text is under half that length:
 /// padding then never costs more than the real tokens, whatever the mix of short
@@ -286,7 +367,6 @@ fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, EmbedErro
 }
 
 fn load_model(path: &Path, config: &BertConfig, device: &Device) -> Result<BertModel, EmbedError> {
-    require(path)?;
     let bytes = std::fs::read(path).map_err(|e| EmbedError::invalid(path, e))?;
     let weights = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
         .map_err(|e| EmbedError::invalid(path, format!("not a valid safetensors file: {e}")))?;
@@ -316,7 +396,21 @@ fn default_model_id(dir: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::length_batches;
+    use super::{length_batches, packed_batches, MAX_PACKED_TOKENS};
+
+    #[test]
+    fn packed_batches_keep_input_order_within_both_limits() {
+        let lengths = [3, 256, 10, 200, 120, 5, 40, 250, 8, 7];
+        let batches = packed_batches(&lengths, 4);
+        assert_eq!(batches, [0..4, 4..8, 8..10]);
+        assert!(packed_batches(&[], 4).is_empty());
+        // 2048 / 512 = 4 texts of 512 tokens per batch, whatever the count limit.
+        let long = packed_batches(&[512; 10], 32);
+        assert_eq!(long, [0..4, 4..8, 8..10]);
+        // A text over the token limit still gets a batch, alone.
+        let huge = packed_batches(&[10, MAX_PACKED_TOKENS + 1, 10], 32);
+        assert_eq!(huge, [0..1, 1..2, 2..3]);
+    }
 
     #[test]
     fn batches_cover_every_text_once_and_group_similar_lengths() {

@@ -1,5 +1,6 @@
-//! Pooling and normalisation as sentence-transformers computes them, on tensors
-//! so that the work stays on the model's device.
+//! Pooling and normalisation as sentence-transformers computes them: on tensors
+//! for candle's padded batches (so that the work stays on the GPU), and on one
+//! text's rows of the CPU encoder's packed output, where every row is a real token.
 
 use candle_core::{DType, IndexOp, Tensor, D};
 
@@ -59,6 +60,51 @@ pub(crate) fn normalize(rows: &Tensor) -> candle_core::Result<Tensor> {
     rows.to_dtype(DType::F32)?.broadcast_div(&norms)
 }
 
+/// Pools one text's token vectors (`rows`, `tokens × hidden`, row-major) into
+/// `out` (`hidden` values per mode, in `modes` order). Every row is a real token,
+/// so the mask sentence-transformers applies is all ones here.
+pub(crate) fn pool_rows(rows: &[f32], hidden: usize, modes: &[PoolingMode], out: &mut [f32]) {
+    let tokens = rows.len() / hidden.max(1);
+    // sentence-transformers clamps the count at 1e-9 so that no tokens give 0, not NaN.
+    let count = (tokens as f32).max(1e-9);
+    for (mode, out) in modes.iter().zip(out.chunks_exact_mut(hidden)) {
+        match mode {
+            PoolingMode::Cls => match rows.get(..hidden) {
+                Some(first) => out.copy_from_slice(first),
+                None => out.fill(0.0),
+            },
+            PoolingMode::Max => {
+                out.fill(MAX_POOL_FILL as f32);
+                for row in rows.chunks_exact(hidden) {
+                    for (o, &v) in out.iter_mut().zip(row) {
+                        *o = o.max(v);
+                    }
+                }
+            }
+            PoolingMode::Mean | PoolingMode::MeanSqrtLen => {
+                out.fill(0.0);
+                for row in rows.chunks_exact(hidden) {
+                    for (o, v) in out.iter_mut().zip(row) {
+                        *o += v;
+                    }
+                }
+                let divisor = if *mode == PoolingMode::Mean {
+                    count
+                } else {
+                    count.sqrt()
+                };
+                out.iter_mut().for_each(|o| *o /= divisor);
+            }
+        }
+    }
+}
+
+/// L2-normalises `row` in place, with torch's `F.normalize` epsilon.
+pub(crate) fn normalize_row(row: &mut [f32]) {
+    let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    row.iter_mut().for_each(|x| *x /= norm);
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
@@ -108,5 +154,42 @@ mod tests {
         let rows = Tensor::new(&[[3f32, 4.], [0., 0.]], &Device::Cpu).unwrap();
         let out = normalize(&rows).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(out, vec![vec![0.6, 0.8], vec![0., 0.]]);
+    }
+
+    #[test]
+    fn packed_rows_pool_like_padded_tensors() {
+        let (hidden, mask) = tensors();
+        let modes = [
+            PoolingMode::Cls,
+            PoolingMode::Max,
+            PoolingMode::Mean,
+            PoolingMode::MeanSqrtLen,
+        ];
+        let expected = pool(&hidden, &mask, &modes)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        // The second text's real tokens only: its padded row is simply absent.
+        let texts: [&[f32]; 2] = [&[1., 2., 3., 4., 5., 6.], &[-1., 0., 3., -2.]];
+        for (rows, expected) in texts.iter().zip(expected) {
+            let mut out = vec![f32::NAN; 2 * modes.len()];
+            pool_rows(rows, 2, &modes, &mut out);
+            for (a, b) in out.iter().zip(&expected) {
+                assert!((a - b).abs() < 1e-6, "{out:?} vs {expected:?}");
+            }
+        }
+        let mut empty = vec![f32::NAN; 2];
+        pool_rows(&[], 2, &[PoolingMode::Mean], &mut empty);
+        assert_eq!(empty, [0., 0.]);
+    }
+
+    #[test]
+    fn normalised_packed_rows_match_the_tensor_version() {
+        let mut row = vec![3f32, 4.];
+        normalize_row(&mut row);
+        assert_eq!(row, [0.6, 0.8]);
+        let mut zero = vec![0f32; 3];
+        normalize_row(&mut zero);
+        assert_eq!(zero, [0.; 3]);
     }
 }

@@ -131,6 +131,27 @@ fn vectors_do_not_depend_on_batch_composition_or_order() {
 }
 
 #[test]
+fn vectors_do_not_depend_on_the_thread_count() {
+    let rows = reference();
+    let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).take(24).collect();
+    let default = embedder().embed(&texts).unwrap();
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let other = pool.install(|| embedder().embed(&texts).unwrap());
+        for i in 0..texts.len() {
+            let similarity = cosine(default.row(i), other.row(i));
+            assert!(
+                similarity > 0.99999,
+                "text {i}, {threads} threads: cosine {similarity}"
+            );
+        }
+    }
+}
+
+#[test]
 fn odd_text_is_embedded_not_rejected() {
     let long = "word ".repeat(5000);
     let texts = [
