@@ -28,6 +28,60 @@ const ITEM_TOKENS: usize = 96;
 const CONTRAST_SHARE: usize = 4;
 const MAX_NAME_WORDS: usize = 10;
 
+/// A name's first word is chosen among these (by the logits of each verb's first
+/// token), as the prompt asks: small models otherwise copy a member's description
+/// ("The user asked for …"), repeat the instructions ("Group of similar
+/// conversations") or describe the format ("An imperative sentence of …").
+const NAME_VERBS: &[&str] = &[
+    "Write",
+    "Fix",
+    "Explain",
+    "Create",
+    "Generate",
+    "Debug",
+    "Solve",
+    "Calculate",
+    "Translate",
+    "Summarize",
+    "Analyze",
+    "Plan",
+    "Design",
+    "Build",
+    "Implement",
+    "Develop",
+    "Convert",
+    "Optimize",
+    "Improve",
+    "Edit",
+    "Rewrite",
+    "Draft",
+    "Compose",
+    "Compare",
+    "Describe",
+    "Answer",
+    "Recommend",
+    "Suggest",
+    "Teach",
+    "Evaluate",
+    "Classify",
+    "Extract",
+    "Find",
+    "Identify",
+    "Discuss",
+    "Review",
+    "Configure",
+    "Troubleshoot",
+    "Refactor",
+    "Prove",
+    "Estimate",
+    "Interpret",
+    "Outline",
+    "Brainstorm",
+    "Roleplay",
+    "Play",
+    "Help",
+];
+
 pub struct LlmClusterNamer {
     llm: Arc<LocalLlm>,
     prefix: SharedPrefix,
@@ -73,7 +127,7 @@ impl LlmClusterNamer {
         let prompt = self.prompt_session(request)?;
         prompt.first_valid("cluster name", |session| {
             let mut form = FormWriter::new(session);
-            let name = form.text("name", "", NAME_TOKENS, 1)?;
+            let name = form.choice_then_text("name", NAME_VERBS, NAME_TOKENS)?;
             let description = form.text("description", "", DESCRIPTION_TOKENS, 2)?;
             let name = name.trim_end_matches(['.', '!']).trim().to_string();
             Ok(validate(&name, &description).map(|()| ClusterName { name, description }))
