@@ -249,40 +249,53 @@ impl Run {
         self.progress.begin("summaries", conversations.len() as u64);
         self.progress
             .advance((conversations.len() - todo.len()) as u64);
+        let todo: Vec<Conversation> = todo.into_iter().cloned().collect();
         let mut failures = Vec::new();
-        for batch in todo.chunks(summarizer.batch_size().max(1)) {
-            let batch: Vec<Conversation> = batch.iter().map(|c| (*c).clone()).collect();
-            let results = summarizer.summarize(&batch);
-            if results.len() != batch.len() {
-                return Err(Error::backend(
-                    "summaries",
-                    format!(
-                        "summariser returned {} results for {} conversations",
-                        results.len(),
-                        batch.len()
-                    ),
-                ));
+        let mut answered = vec![false; todo.len()];
+        let mut journal_error = None;
+        summarizer.summarize_each(&todo, &mut |index, result| {
+            let Some(conversation) = todo.get(index) else {
+                return;
+            };
+            if std::mem::replace(&mut answered[index], true) {
+                return;
             }
-            for (conversation, result) in batch.iter().zip(results) {
-                match result {
-                    Ok(summary) => journal.append(
+            match result {
+                Ok(summary) => {
+                    let written = journal.append(
                         &item_key(conversation),
                         &with_provenance(summary, conversation),
-                    )?,
-                    Err(e) => {
-                        self.progress.warn(&format!(
-                            "could not summarise {}: {e}",
-                            conversation.chat_id
-                        ));
-                        failures.push(Failure {
-                            chat_id: conversation.chat_id.clone(),
-                            stage: "summaries".into(),
-                            reason: e.to_string(),
-                        });
+                    );
+                    if let Err(e) = written {
+                        journal_error.get_or_insert(e);
                     }
                 }
+                Err(e) => {
+                    self.progress.warn(&format!(
+                        "could not summarise {}: {e}",
+                        conversation.chat_id
+                    ));
+                    failures.push(Failure {
+                        chat_id: conversation.chat_id.clone(),
+                        stage: "summaries".into(),
+                        reason: e.to_string(),
+                    });
+                }
             }
-            self.progress.advance(batch.len() as u64);
+            self.progress.advance(1);
+        });
+        if let Some(e) = journal_error {
+            return Err(e);
+        }
+        let unanswered = answered.iter().filter(|a| !**a).count();
+        if unanswered > 0 {
+            return Err(Error::backend(
+                "summaries",
+                format!(
+                    "the summariser returned no result for {unanswered} of {} conversations",
+                    todo.len()
+                ),
+            ));
         }
         let summaries: Vec<ConversationSummary> = conversations
             .iter()

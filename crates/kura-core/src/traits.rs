@@ -23,6 +23,24 @@ pub trait Summarizer: Send + Sync {
         &self,
         conversations: &[Conversation],
     ) -> Vec<Result<ConversationSummary, BoxError>>;
+
+    /// Summarises `conversations`, handing each result to `done` with its index as
+    /// soon as it is ready, in any order, each index once. The pipeline journals
+    /// results here, so a backend that keeps many conversations in flight (batched
+    /// decoding) loses only those when a run is killed. The default runs
+    /// [`Summarizer::summarize`] on chunks of [`Summarizer::batch_size`].
+    fn summarize_each(
+        &self,
+        conversations: &[Conversation],
+        done: &mut dyn FnMut(usize, Result<ConversationSummary, BoxError>),
+    ) {
+        let size = self.batch_size().max(1);
+        for (chunk, batch) in conversations.chunks(size).enumerate() {
+            for (i, result) in self.summarize(batch).into_iter().enumerate() {
+                done(chunk * size + i, result);
+            }
+        }
+    }
 }
 
 /// Turns texts into fixed-size vectors (one row per text, in input order).

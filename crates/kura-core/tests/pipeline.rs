@@ -411,6 +411,68 @@ fn a_failed_summary_is_recorded_and_retried_next_time() {
     assert!(!dir.path().join("failed.jsonl").exists());
 }
 
+/// Answers through `summarize_each` in reverse order, as a batching backend may, and
+/// drops the conversation `lose` without an answer.
+struct StreamingSummarizer {
+    inner: ScriptedSummarizer,
+    lose: Option<&'static str>,
+}
+
+impl Summarizer for StreamingSummarizer {
+    fn id(&self) -> String {
+        self.inner.id()
+    }
+    fn summarize(
+        &self,
+        conversations: &[Conversation],
+    ) -> Vec<Result<ConversationSummary, BoxError>> {
+        self.inner.summarize(conversations)
+    }
+    fn summarize_each(
+        &self,
+        conversations: &[Conversation],
+        done: &mut dyn FnMut(usize, Result<ConversationSummary, BoxError>),
+    ) {
+        let results = self.inner.summarize(conversations);
+        for (i, result) in results.into_iter().enumerate().rev() {
+            if Some(conversations[i].chat_id.as_str()) != self.lose {
+                done(i, result);
+            }
+        }
+    }
+}
+
+#[test]
+fn results_streamed_out_of_order_are_kept_and_a_missing_one_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    run.set_conversations(&[], &corpus(5), &[]).unwrap();
+    let losing = StreamingSummarizer {
+        inner: ScriptedSummarizer::new("v1"),
+        lose: Some("c3"),
+    };
+    let error = run.summarize(&losing).unwrap_err().to_string();
+    assert!(error.contains("no result for 1 of 5"), "{error}");
+    assert!(!dir.path().join(SUMMARIES).exists());
+
+    // The four answers were journaled as they came: only c3 is asked again.
+    let whole = StreamingSummarizer {
+        inner: ScriptedSummarizer::new("v1"),
+        lose: None,
+    };
+    let outcome = run.summarize(&whole).unwrap();
+    assert_eq!((outcome.count, outcome.failed), (5, 0));
+    assert_eq!(whole.inner.calls.load(Ordering::SeqCst), 1);
+    let summaries: Vec<ConversationSummary> =
+        store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
+    let ids: Vec<&str> = summaries.iter().map(|s| s.chat_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["c0", "c1", "c2", "c3", "c4"],
+        "rows keep the input order"
+    );
+}
+
 #[test]
 fn a_stage_without_its_inputs_says_what_to_run() {
     let dir = tempfile::tempdir().unwrap();
