@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use kura_core::vector::dot;
+use rayon::prelude::*;
 
 /// One layer's keys and values, token-major (`[tokens, kv_heads, head_dim]`), so a
 /// new token appends at the end. Cloning shares the buffers; the first append to a
@@ -56,25 +57,24 @@ impl HostKv {
         let tokens = self.keys.len() / row;
         let group = heads / kv_heads;
         let mut out = vec![0.0f32; heads * head_dim];
-        let mut scores = vec![0.0f32; tokens];
-        for (h, (q, o)) in query
-            .chunks_exact(head_dim)
-            .zip(out.chunks_exact_mut(head_dim))
+        out.par_chunks_exact_mut(head_dim)
+            .zip(query.par_chunks_exact(head_dim))
             .enumerate()
-        {
-            let offset = (h / group) * head_dim;
-            for (t, score) in scores.iter_mut().enumerate() {
-                let k = &self.keys[t * row + offset..][..head_dim];
-                *score = dot(q, k) * scale;
-            }
-            softmax_in_place(&mut scores);
-            for (t, &weight) in scores.iter().enumerate() {
-                let v = &self.values[t * row + offset..][..head_dim];
-                for (o, &v) in o.iter_mut().zip(v) {
-                    *o += weight * v;
+            .for_each(|(h, (o, q))| {
+                let offset = (h / group) * head_dim;
+                let mut scores = vec![0.0f32; tokens];
+                for (t, score) in scores.iter_mut().enumerate() {
+                    let k = &self.keys[t * row + offset..][..head_dim];
+                    *score = dot(q, k) * scale;
                 }
-            }
-        }
+                softmax_in_place(&mut scores);
+                for (t, &weight) in scores.iter().enumerate() {
+                    let v = &self.values[t * row + offset..][..head_dim];
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o += weight * v;
+                    }
+                }
+            });
         out
     }
 }

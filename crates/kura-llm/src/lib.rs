@@ -4,13 +4,14 @@
 //! Key decisions:
 //! - Our own compact transformer (`model`) instead of candle-transformers: the two
 //!   families differ in three details, and owning the code lets us keep each weight in
-//!   the format that is fastest for its use (dense f32 for prompts, Q8_0 for decoding)
+//!   the format that is fastest for its use (dense f32 for prompts, our own 8-bit kernel for decoding)
 //!   and make the KV cache a cloneable value, so a shared prompt prefix is computed once.
 //! - The tokenizer is built from the GGUF file itself, so model and vocabulary are one
 //!   file and cannot disagree; it matches the Hugging Face tokenizers id for id.
 //! - Structured output is template-forced: the program writes the JSON skeleton and the
 //!   model only fills values, so even a 135M-parameter model cannot break the structure.
 
+mod batch;
 mod chat;
 mod error;
 mod fit;
@@ -22,6 +23,7 @@ mod namer;
 mod parents;
 mod prefix;
 mod prompts;
+mod q8;
 mod speed;
 mod structured;
 mod summarizer;

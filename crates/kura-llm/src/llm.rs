@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokenizers::Tokenizer;
 
+use crate::batch::StepBatcher;
 use crate::chat::{ChatMessage, ChatMl};
 use crate::error::LlmError;
 use crate::gguf::Metadata;
@@ -196,6 +197,10 @@ impl LocalLlm {
         Ok(session)
     }
 
+    pub(crate) fn model(&self) -> &Model {
+        &self.model
+    }
+
     pub(crate) fn chat(&self) -> &ChatMl {
         &self.chat
     }
@@ -217,6 +222,7 @@ impl LocalLlm {
             logits: None,
             temperature,
             rng: StdRng::seed_from_u64(seed),
+            batcher: None,
         }
     }
 }
@@ -262,6 +268,8 @@ pub(crate) struct Session<'a> {
     logits: Option<Vec<f32>>,
     temperature: f32,
     rng: StdRng,
+    /// Where one-token feeds go to be decoded together with other threads' sessions.
+    batcher: Option<&'a StepBatcher>,
 }
 
 impl<'a> Session<'a> {
@@ -279,7 +287,15 @@ impl<'a> Session<'a> {
             logits,
             temperature,
             rng: StdRng::seed_from_u64(seed),
+            batcher: None,
         }
+    }
+
+    /// Sends this session's one-token feeds (and those of its retries) through
+    /// `batcher`.
+    pub(crate) fn with_batcher(mut self, batcher: Option<&'a StepBatcher>) -> Self {
+        self.batcher = batcher;
+        self
     }
 
     /// Answers the prompt held by this session up to [`ATTEMPTS`] times (greedy at
@@ -307,7 +323,8 @@ impl<'a> Session<'a> {
                 self.logits.clone(),
                 temperature,
                 options.seed.wrapping_add(round),
-            );
+            )
+            .with_batcher(self.batcher);
             match attempt(&mut session)? {
                 Ok(answer) => return Ok(answer),
                 Err(reason) => failures.push(reason),
@@ -343,6 +360,13 @@ impl<'a> Session<'a> {
                 self.llm.max_context,
                 self.cache.len()
             )));
+        }
+        if let (Some(batcher), [token]) = (self.batcher, tokens) {
+            let cache = std::mem::take(&mut self.cache);
+            let (cache, logits) = batcher.step(&self.llm.model, *token, cache)?;
+            self.cache = cache;
+            self.logits = Some(logits);
+            return Ok(());
         }
         let logits = self.llm.model.forward(tokens, &mut self.cache)?;
         self.logits = Some(logits.to_dtype(candle_core::DType::F32)?.to_vec1()?);

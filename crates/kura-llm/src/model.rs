@@ -10,12 +10,14 @@
 use std::fs::File;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::LlmError;
 use crate::gguf::Metadata;
 use crate::kv::{Heads, HostKv};
+use crate::q8::{LegacyBlocks, Q8Matrix};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Architecture {
@@ -83,24 +85,37 @@ impl Config {
 }
 
 /// A projection kept in the format that is fastest for each use on the CPU: dense f32
-/// for prompt processing (many rows: f32 GEMM is several times faster than candle's
-/// quantised kernels) and Q8_0 for single-token decoding (memory bound: a quarter of the
-/// bytes to stream). Formats without a SIMD kernel in candle (Q4_1, Q5_0…) are re-packed
-/// to Q8_0 at load time.
+/// for reading prompts (many rows: f32 GEMM runs near the FMA units' peak) and our own
+/// 8-bit [`Q8Matrix`] for decoding and short feeds (few rows: bound by the bytes
+/// streamed, a quarter of the dense ones). Every GGUF type is re-packed to it at load,
+/// so types without a SIMD kernel in candle (Q4_1, Q5_0…) never take a scalar path.
 struct Linear {
     dense: Tensor,
-    quantized: Option<QMatMul>,
+    packed: Option<Q8Matrix>,
     bias: Option<Tensor>,
 }
 
+/// Up to this many rows (tokens, summed over sequences) a product streams the 8-bit
+/// weights; above it the dense GEMM is faster.
+const PACKED_MAX_ROWS: usize = 16;
+
 impl Linear {
-    /// `decoding`: every sequence in `xs` is one new token. Then the Q8_0 copy is used
-    /// whatever the number of sequences, so a row's result does not depend on the
-    /// batch it is in (the quantised kernel computes rows independently) and batched
+    /// `decoding`: every sequence in `xs` is one new token. Then the 8-bit copy is
+    /// used whatever the number of sequences, so that a row's result does not depend
+    /// on the batch it is in (the kernel sums each row in one fixed order) and batched
     /// decoding gives exactly the tokens of one-at-a-time decoding.
     fn forward(&self, xs: &Tensor, decoding: bool) -> candle_core::Result<Tensor> {
-        let ys = match &self.quantized {
-            Some(q) if decoding => q.forward(xs)?,
+        let width = xs.dim(D::Minus1)?;
+        let rows = xs.elem_count() / width.max(1);
+        let ys = match &self.packed {
+            Some(q) if decoding || rows <= PACKED_MAX_ROWS => {
+                let input = xs.flatten_all()?.to_vec1::<f32>()?;
+                let mut dims = xs.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = q.rows();
+                }
+                Tensor::from_vec(q.matmul(&input), dims, xs.device())?
+            }
             _ => xs.broadcast_matmul(&self.dense.t()?)?,
         };
         match &self.bias {
@@ -190,31 +205,39 @@ impl Loader<'_> {
     fn linear(&mut self, name: &str) -> Result<Linear, LlmError> {
         let q = self.qtensor(&format!("{name}.weight"))?;
         let dense = q.dequantize(self.device)?;
-        let quantized = quantized_for_decoding(q, &dense, self.device)?;
+        let packed = packed_copy(&q, &dense)?;
         let bias = self.optional_dense(&format!("{name}.bias"))?;
         Ok(Linear {
             dense,
-            quantized,
+            packed,
             bias,
         })
     }
 }
 
-/// The decode-time copy of a weight: only on the CPU (GPUs run dense f32 fast enough),
-/// only for matrices whose rows are whole Q8_0 blocks.
-fn quantized_for_decoding(
-    q: QTensor,
-    dense: &Tensor,
-    device: &Device,
-) -> Result<Option<QMatMul>, LlmError> {
-    if !device.is_cpu() || dense.dim(D::Minus1)? % GgmlDType::Q8_0.block_size() != 0 {
+/// The 8-bit copy of a weight: only on the CPU (GPUs run dense f32 fast enough), only
+/// for matrices whose rows are whole blocks. Legacy block types are copied as they
+/// are; others are rounded from the dense weights.
+fn packed_copy(q: &QTensor, dense: &Tensor) -> Result<Option<Q8Matrix>, LlmError> {
+    if !dense.device().is_cpu() {
         return Ok(None);
     }
-    let q = match q.dtype() {
-        GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q8K => q,
-        _ => QTensor::quantize(dense, GgmlDType::Q8_0)?,
+    let (rows, cols) = dense.dims2()?;
+    let legacy = match q.dtype() {
+        GgmlDType::Q4_0 => Some(LegacyBlocks::Q4_0),
+        GgmlDType::Q4_1 => Some(LegacyBlocks::Q4_1),
+        GgmlDType::Q5_0 => Some(LegacyBlocks::Q5_0),
+        GgmlDType::Q5_1 => Some(LegacyBlocks::Q5_1),
+        GgmlDType::Q8_0 => Some(LegacyBlocks::Q8_0),
+        _ => None,
     };
-    Ok(Some(QMatMul::from_qtensor(q)?))
+    if let Some(kind) = legacy {
+        if let Some(copy) = Q8Matrix::from_blocks(kind, &q.data()?, rows, cols) {
+            return Ok(Some(copy));
+        }
+    }
+    let weights = dense.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Q8Matrix::quantize(&weights, rows, cols))
 }
 
 impl Model {
@@ -235,7 +258,8 @@ impl Model {
             meta,
             device,
         };
-        let embedding = loader.dense("token_embd.weight")?;
+        let embedding_q = loader.qtensor("token_embd.weight")?;
+        let embedding = embedding_q.dequantize(device)?;
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let p = format!("blk.{i}");
@@ -255,7 +279,7 @@ impl Model {
         let output = if content.tensor_infos.contains_key("output.weight") {
             loader.linear("output")?
         } else {
-            tied_output(&embedding, device)?
+            tied_output(&embedding_q, &embedding)?
         };
         let (cos, sin) = rope_tables(&config, max_context, device)?;
         Ok(Model {
@@ -373,6 +397,11 @@ impl Model {
         let q = split(layer.q.forward(xs, decoding)?, c.heads)?;
         let k = split(layer.k.forward(xs, decoding)?, c.kv_heads)?;
         let v = split(layer.v.forward(xs, decoding)?, c.kv_heads)?;
+        if decoding && xs.device().is_cpu() {
+            let out = self.attend_new_tokens(index, &q, &k, &v, caches)?;
+            let out = out.transpose(1, 2)?.reshape((batch, count, width))?;
+            return layer.o.forward(&out, decoding);
+        }
         let mut outs = Vec::with_capacity(batch);
         for (i, cache) in caches.iter_mut().enumerate() {
             let pick = |t: &Tensor| t.narrow(0, i, 1);
@@ -392,6 +421,69 @@ impl Model {
         layer.o.forward(&out, decoding)
     }
 
+    /// One new token per sequence on the CPU (`q`, `k`, `v`: `[sequences, heads, 1,
+    /// head_dim]`): each sequence's key and value are appended to its host cache,
+    /// then every sequence and head attends in parallel. Over a long context this is
+    /// as much work as the weights, so it must not run on one core.
+    fn attend_new_tokens(
+        &self,
+        index: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        caches: &mut [Cache],
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let mut queries = Vec::with_capacity(caches.len());
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let pick = |t: &Tensor| t.narrow(0, i, 1);
+            let cos = self.cos.narrow(0, cache.len, 1)?;
+            let sin = self.sin.narrow(0, cache.len, 1)?;
+            let (q, k) = self.rotate(&pick(q)?, &pick(k)?, (&cos, &sin))?;
+            // One token: [1, kv_heads, 1, head_dim] is already token-major.
+            host_kv(&mut cache.layers[index]).append(
+                &k.flatten_all()?.to_vec1::<f32>()?,
+                &pick(v)?.flatten_all()?.to_vec1::<f32>()?,
+            );
+            queries.push(q.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let shape = Heads {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+        };
+        let scale = (1.0 / (c.head_dim as f64).sqrt()) as f32;
+        let outs: Vec<f32> = caches
+            .par_iter()
+            .zip(queries.par_iter())
+            .map(|(cache, query)| match &cache.layers[index] {
+                LayerKv::Host(kv) => kv.attend_one(query, shape, scale),
+                _ => unreachable!("every sequence's cache was made a host cache above"),
+            })
+            .collect::<Vec<_>>()
+            .concat();
+        Tensor::from_vec(outs, (caches.len(), c.heads, 1, c.head_dim), q.device())
+    }
+
+    /// RoPE in the family's layout.
+    fn rotate(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        match self.config.architecture {
+            Architecture::Llama => Ok((
+                candle_nn::rotary_emb::rope_i(q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(k, cos, sin)?,
+            )),
+            Architecture::Qwen2 => Ok((
+                candle_nn::rotary_emb::rope(q, cos, sin)?,
+                candle_nn::rotary_emb::rope(k, cos, sin)?,
+            )),
+        }
+    }
+
     /// One sequence's attention: `q`, `k`, `v` are `[1, heads, tokens, head_dim]`.
     fn attend(
         &self,
@@ -403,16 +495,7 @@ impl Model {
         slot: &mut LayerKv,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let (q, k) = match c.architecture {
-            Architecture::Llama => (
-                candle_nn::rotary_emb::rope_i(q, cos, sin)?,
-                candle_nn::rotary_emb::rope_i(k, cos, sin)?,
-            ),
-            Architecture::Qwen2 => (
-                candle_nn::rotary_emb::rope(q, cos, sin)?,
-                candle_nn::rotary_emb::rope(k, cos, sin)?,
-            ),
-        };
+        let (q, k) = self.rotate(q, k, (cos, sin))?;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         if k.device().is_cpu() {
             return self.attend_host(&q, &k, v, mask, slot, scale);
@@ -449,12 +532,7 @@ impl Model {
         };
         // [1, kv_heads, tokens, head_dim] -> [tokens, kv_heads, head_dim]
         let token_major = |t: &Tensor| t.squeeze(0)?.transpose(0, 1)?.flatten_all()?.to_vec1();
-        if !matches!(slot, LayerKv::Host(_)) {
-            *slot = LayerKv::Host(HostKv::default());
-        }
-        let LayerKv::Host(kv) = slot else {
-            unreachable!("the slot was made a host cache above")
-        };
+        let kv = host_kv(slot);
         kv.append(&token_major(k)?, &token_major(v)?);
         let device = q.device();
         if q.dim(2)? == 1 {
@@ -475,6 +553,17 @@ impl Model {
     }
 }
 
+/// The host cache in `slot`, made one if the slot is still empty.
+fn host_kv(slot: &mut LayerKv) -> &mut HostKv {
+    if !matches!(slot, LayerKv::Host(_)) {
+        *slot = LayerKv::Host(HostKv::default());
+    }
+    match slot {
+        LayerKv::Host(kv) => kv,
+        _ => unreachable!("the slot was made a host cache above"),
+    }
+}
+
 /// Softmax attention of `q` over `k`, `v` (`[1, heads, tokens, head_dim]`).
 fn masked_attention(
     q: &Tensor,
@@ -491,19 +580,10 @@ fn masked_attention(
     candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
 }
 
-fn tied_output(embedding: &Tensor, device: &Device) -> Result<Linear, LlmError> {
-    let quantized =
-        if device.is_cpu() && embedding.dim(D::Minus1)? % GgmlDType::Q8_0.block_size() == 0 {
-            Some(QMatMul::from_qtensor(QTensor::quantize(
-                embedding,
-                GgmlDType::Q8_0,
-            )?)?)
-        } else {
-            None
-        };
+fn tied_output(q: &QTensor, embedding: &Tensor) -> Result<Linear, LlmError> {
     Ok(Linear {
         dense: embedding.clone(),
-        quantized,
+        packed: packed_copy(q, embedding)?,
         bias: None,
     })
 }

@@ -2,7 +2,7 @@
 //! run through the model once and cloned for every conversation: with a long system
 //! prompt and short conversations this is a large share of the work.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use crate::chat::{ChatMessage, ChatRole};
 use crate::error::LlmError;
@@ -11,14 +11,16 @@ use crate::model::Cache;
 
 pub(crate) struct SharedPrefix {
     system: String,
-    computed: OnceLock<(Cache, Option<Vec<f32>>)>,
+    /// Computed by the first session asked for; a lock, not a race, so that threads
+    /// starting together do not each read the prefix.
+    computed: Mutex<Option<(Cache, Option<Vec<f32>>)>>,
 }
 
 impl SharedPrefix {
     pub(crate) fn new(system: impl Into<String>) -> Self {
         SharedPrefix {
             system: system.into(),
-            computed: OnceLock::new(),
+            computed: Mutex::new(None),
         }
     }
 
@@ -29,13 +31,11 @@ impl SharedPrefix {
         temperature: f32,
         seed: u64,
     ) -> Result<Session<'a>, LlmError> {
-        let (cache, logits) = match self.computed.get() {
-            Some(done) => done.clone(),
-            None => {
-                let done = self.compute(llm)?;
-                // Another thread may have won the race; both results are identical.
-                let _ = self.computed.set(done.clone());
-                done
+        let (cache, logits) = {
+            let mut computed = self.computed.lock().unwrap_or_else(PoisonError::into_inner);
+            match &*computed {
+                Some(done) => done.clone(),
+                None => computed.insert(self.compute(llm)?).clone(),
             }
         };
         Ok(Session::resume(llm, cache, logits, temperature, seed))

@@ -2,10 +2,12 @@
 //! template-forced JSON (see `structured`), validated, and retried with light sampling
 //! when a value is unusable.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 use kura_core::{BoxError, Conversation, ConversationSummary, Role, Summarizer};
 
+use crate::batch::{Leaving, StepBatcher};
 use crate::chat::ChatRole;
 use crate::error::LlmError;
 use crate::fit::{fit_transcript, Turn};
@@ -35,6 +37,11 @@ const MIN_TRANSCRIPT_TOKENS: usize = 64;
 
 const SCORES: [u8; 5] = [1, 2, 3, 4, 5];
 
+/// Conversations written at once. Decoding one token costs a pass over the weights
+/// whatever the batch; on two cores a pass serves about this many sequences before
+/// arithmetic, not memory, bounds it.
+const SEQUENCES: usize = 16;
+
 pub struct LlmSummarizer {
     llm: Arc<LocalLlm>,
     prefix: SharedPrefix,
@@ -53,13 +60,22 @@ impl LlmSummarizer {
         &self,
         conversation: &Conversation,
     ) -> Result<ConversationSummary, LlmError> {
+        self.summarize_with(conversation, None)
+    }
+
+    /// [`LlmSummarizer::summarize_one`], decoding through `batcher` when given.
+    fn summarize_with(
+        &self,
+        conversation: &Conversation,
+        batcher: Option<&StepBatcher>,
+    ) -> Result<ConversationSummary, LlmError> {
         if conversation.messages.is_empty() {
             return Err(LlmError::InvalidOutput(format!(
                 "conversation {} has no messages",
                 conversation.chat_id
             )));
         }
-        let prompt = self.prompt_session(conversation)?;
+        let prompt = self.prompt_session(conversation)?.with_batcher(batcher);
         let what = format!("conversation {}", conversation.chat_id);
         let facets = prompt.first_valid(&what, |session| {
             let facets = fill_facets(session)?;
@@ -315,9 +331,56 @@ impl Summarizer for LlmSummarizer {
         &self,
         conversations: &[Conversation],
     ) -> Vec<Result<ConversationSummary, BoxError>> {
-        conversations
-            .iter()
-            .map(|c| self.summarize_one(c).map_err(BoxError::from))
+        let mut results: Vec<Option<Result<ConversationSummary, BoxError>>> =
+            conversations.iter().map(|_| None).collect();
+        self.summarize_each(conversations, &mut |i, result| results[i] = Some(result));
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err("no result".into())))
             .collect()
+    }
+
+    /// Up to [`SEQUENCES`] conversations in flight, each written by its own thread,
+    /// their decoding steps batched (see `batch`); a thread that finishes one takes
+    /// the next, so the batch stays full until the list runs out.
+    fn summarize_each(
+        &self,
+        conversations: &[Conversation],
+        done: &mut dyn FnMut(usize, Result<ConversationSummary, BoxError>),
+    ) {
+        let threads = SEQUENCES.min(conversations.len());
+        if threads <= 1 {
+            for (i, conversation) in conversations.iter().enumerate() {
+                done(i, self.summarize_one(conversation).map_err(BoxError::from));
+            }
+            return;
+        }
+        let model = self.llm.model();
+        let batcher = StepBatcher::new(threads);
+        let next = AtomicUsize::new(0);
+        let (sender, results) = mpsc::channel();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let sender = sender.clone();
+                let (batcher, next) = (&batcher, &next);
+                scope.spawn(move || {
+                    let _leaving = Leaving { batcher, model };
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(conversation) = conversations.get(i) else {
+                            break;
+                        };
+                        let result = self.summarize_with(conversation, Some(batcher));
+                        if sender.send((i, result)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(sender);
+            for (i, result) in results {
+                done(i, result.map_err(BoxError::from));
+            }
+        });
     }
 }

@@ -30,6 +30,8 @@ fn greedy_generation_is_deterministic_and_stops() {
     assert!(!first.contains("<|im_end|>"), "{first:?}");
 }
 
+/// Several conversations are written at once, their decoding steps batched; each
+/// summary must be valid and the very one the conversation gets on its own.
 #[test]
 fn summarizer_writes_valid_facets_for_real_conversations() {
     let summarizer = LlmSummarizer::new(llm(SMOLLM2));
@@ -45,6 +47,10 @@ fn summarizer_writes_valid_facets_for_real_conversations() {
         let summary = result.unwrap_or_else(|e| panic!("{}: {e}", conversation.chat_id));
         eprintln!("{}: {summary:?}", conversation.chat_id);
         assert_valid_summary(conversation, &summary);
+        let alone = summarizer
+            .summarize_one(conversation)
+            .unwrap_or_else(|e| panic!("{}: {e}", conversation.chat_id));
+        assert_eq!(summary, alone, "{}", conversation.chat_id);
     }
 }
 

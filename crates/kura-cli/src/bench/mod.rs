@@ -52,7 +52,7 @@ impl Sizes {
                 decode_prompt_tokens: 64,
                 decode_steps: 8,
                 batch: 4,
-                conversations: 1,
+                conversations: 2,
                 repeats: 1,
             }
         } else {
@@ -62,8 +62,8 @@ impl Sizes {
                 prompt_tokens: 512,
                 decode_prompt_tokens: 128,
                 decode_steps: 64,
-                batch: 8,
-                conversations: 4,
+                batch: 16,
+                conversations: 32,
                 repeats: 3,
             }
         }

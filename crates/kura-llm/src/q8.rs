@@ -1,0 +1,489 @@
+//! [`Q8Matrix`]: a weight matrix held as 8-bit integers with one scale and one
+//! offset per 32 values, multiplied by a few f32 rows at a time.
+//!
+//! Every legacy GGUF type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) is a block of small
+//! integers times a scale, plus an offset for the `_1` kinds, so each is copied
+//! into this one layout exactly, with no second rounding: the products are those of
+//! the file's own weights. Other types are rounded to 8 bits once.
+//!
+//! Why our own kernel: decoding reads every weight once per step, so it is bound
+//! by memory at one sequence and by arithmetic at many. Candle's quantised matmul
+//! first rounds the activations to 8 bits too and then runs an integer dot product
+//! per row pair, whose throughput on AVX2 is a fraction of the FMA units' (batched
+//! decoding of 8 sequences ran no faster than one). Here the activations stay f32;
+//! each weight is widened once per tile and used by up to six rows of activations,
+//! so one pass over a quarter of the dense bytes serves a whole batch at FMA speed.
+//!
+//! Every output element is summed in the same order (eight lanes over the row, then
+//! the lanes in a fixed order) whatever the number of rows in the call, so a
+//! sequence decodes to the same bits alone or in any batch.
+
+use rayon::prelude::*;
+
+/// Values per scale, as in Q8_0.
+pub(crate) const BLOCK: usize = 32;
+/// Activation rows per register tile (2 weight rows × 6 = 12 accumulators of 16).
+const TILE_ROWS: usize = 6;
+/// Weight rows per parallel task.
+const ROWS_PER_TASK: usize = 16;
+
+/// `rows × cols` weights, row-major; `cols` is a multiple of [`BLOCK`].
+pub(crate) struct Q8Matrix {
+    rows: usize,
+    cols: usize,
+    quants: Vec<i8>,
+    /// `rows × cols / BLOCK`, one per block of a row: a weight is
+    /// `quant × scale + offset`.
+    scales: Vec<f32>,
+    offsets: Vec<f32>,
+}
+
+impl Q8Matrix {
+    /// Quantises dense row-major weights: each block's scale is its largest
+    /// magnitude over 127, so a Q8_0 matrix that was dequantised comes back with
+    /// the same integers. `None` when rows do not split into whole blocks.
+    pub(crate) fn quantize(weights: &[f32], rows: usize, cols: usize) -> Option<Self> {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || weights.len() != rows * cols {
+            return None;
+        }
+        let mut quants = vec![0i8; weights.len()];
+        let mut scales = vec![0f32; weights.len() / BLOCK];
+        quants
+            .par_chunks_mut(BLOCK)
+            .zip(scales.par_iter_mut())
+            .zip(weights.par_chunks(BLOCK))
+            .for_each(|((q, scale), w)| {
+                let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+                *scale = max / 127.0;
+                if *scale > 0.0 {
+                    for (q, &x) in q.iter_mut().zip(w) {
+                        *q = (x / *scale).round().clamp(-127.0, 127.0) as i8;
+                    }
+                }
+            });
+        let offsets = vec![0f32; scales.len()];
+        Some(Q8Matrix {
+            rows,
+            cols,
+            quants,
+            scales,
+            offsets,
+        })
+    }
+
+    /// Copies GGML blocks of a legacy type (`data` as stored in the file) without
+    /// rounding; `None` for other types.
+    pub(crate) fn from_blocks(
+        kind: LegacyBlocks,
+        data: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Option<Self> {
+        let blocks = rows * cols / BLOCK;
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || data.len() != blocks * kind.bytes() {
+            return None;
+        }
+        let mut quants = vec![0i8; rows * cols];
+        let mut scales = vec![0f32; blocks];
+        let mut offsets = vec![0f32; blocks];
+        quants
+            .par_chunks_mut(BLOCK)
+            .zip(scales.par_iter_mut().zip(offsets.par_iter_mut()))
+            .zip(data.par_chunks(kind.bytes()))
+            .for_each(|((q, (scale, offset)), block)| kind.decode(block, q, scale, offset));
+        Some(Q8Matrix {
+            rows,
+            cols,
+            quants,
+            scales,
+            offsets,
+        })
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `xs · Wᵀ` for `xs` of `m × cols` (row-major): `m × rows`, row-major.
+    pub(crate) fn matmul(&self, xs: &[f32]) -> Vec<f32> {
+        let m = xs.len() / self.cols;
+        debug_assert_eq!(m * self.cols, xs.len());
+        if m == 0 {
+            return Vec::new();
+        }
+        let inputs: Vec<&[f32]> = xs.chunks_exact(self.cols).collect();
+        // Column-major while computing (each task owns a run of weight rows), then
+        // transposed once.
+        let mut by_weight = vec![0f32; self.rows * m];
+        let blocks = self.cols / BLOCK;
+        by_weight
+            .par_chunks_mut(ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first = task * ROWS_PER_TASK;
+                let count = out.len() / m;
+                let rows = WeightRows {
+                    quants: &self.quants[first * self.cols..(first + count) * self.cols],
+                    scales: &self.scales[first * blocks..(first + count) * blocks],
+                    offsets: &self.offsets[first * blocks..(first + count) * blocks],
+                    cols: self.cols,
+                };
+                rows.multiply(&inputs, out);
+            });
+        let mut out = vec![0f32; m * self.rows];
+        for (r, column) in by_weight.chunks_exact(m).enumerate() {
+            for (i, &v) in column.iter().enumerate() {
+                out[i * self.rows + r] = v;
+            }
+        }
+        out
+    }
+}
+
+/// The GGML block types that are small integers times a scale (plus an offset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LegacyBlocks {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+fn half(bytes: &[u8]) -> f32 {
+    half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
+}
+
+impl LegacyBlocks {
+    fn bytes(self) -> usize {
+        match self {
+            LegacyBlocks::Q4_0 => 18,
+            LegacyBlocks::Q4_1 => 20,
+            LegacyBlocks::Q5_0 => 22,
+            LegacyBlocks::Q5_1 => 24,
+            LegacyBlocks::Q8_0 => 34,
+        }
+    }
+
+    /// One block, laid out as in ggml's `dequantize_row_*`: a 4-bit value `j`
+    /// (and `j + 16`) in the low (high) nibble of byte `j`, the fifth bits of the
+    /// 5-bit kinds in a 32-bit mask.
+    fn decode(self, block: &[u8], q: &mut [i8], scale: &mut f32, offset: &mut f32) {
+        *scale = half(block);
+        let (bias, rest) = match self {
+            LegacyBlocks::Q8_0 => {
+                for (q, &b) in q.iter_mut().zip(&block[2..]) {
+                    *q = b as i8;
+                }
+                return;
+            }
+            LegacyBlocks::Q4_0 => (8, &block[2..]),
+            LegacyBlocks::Q5_0 => (16, &block[2..]),
+            LegacyBlocks::Q4_1 | LegacyBlocks::Q5_1 => {
+                *offset = half(&block[2..]);
+                (0, &block[4..])
+            }
+        };
+        let (high, nibbles) = match self {
+            LegacyBlocks::Q5_0 | LegacyBlocks::Q5_1 => (
+                u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]),
+                &rest[4..],
+            ),
+            _ => (0, rest),
+        };
+        for (j, &byte) in nibbles.iter().enumerate() {
+            let low_fifth = ((high >> j) << 4) & 0x10;
+            let high_fifth = (high >> (j + 12)) & 0x10;
+            q[j] = (((byte & 0x0F) as u32 | low_fifth) as i32 - bias) as i8;
+            q[j + 16] = (((byte >> 4) as u32 | high_fifth) as i32 - bias) as i8;
+        }
+    }
+}
+
+/// A run of consecutive weight rows.
+struct WeightRows<'a> {
+    quants: &'a [i8],
+    scales: &'a [f32],
+    offsets: &'a [f32],
+    cols: usize,
+}
+
+/// One weight row: its integers, and the scale and offset of each block.
+type Row<'a> = (&'a [i8], &'a [f32], &'a [f32]);
+
+impl WeightRows<'_> {
+    fn count(&self) -> usize {
+        self.quants.len() / self.cols
+    }
+
+    fn row(&self, r: usize) -> Row<'_> {
+        let blocks = self.cols / BLOCK;
+        (
+            &self.quants[r * self.cols..][..self.cols],
+            &self.scales[r * blocks..][..blocks],
+            &self.offsets[r * blocks..][..blocks],
+        )
+    }
+
+    /// `out[r * m + i]` = weight row `r` · `inputs[i]`.
+    fn multiply(&self, inputs: &[&[f32]], out: &mut [f32]) {
+        let m = inputs.len();
+        let mut r = 0;
+        while r < self.count() {
+            let pair = (self.count() - r).min(2);
+            for (start, group) in inputs.chunks(TILE_ROWS).enumerate() {
+                let start = start * TILE_ROWS;
+                let mut sums = [[0f32; TILE_ROWS]; 2];
+                if pair == 2 {
+                    tile(&[self.row(r), self.row(r + 1)], group, &mut sums);
+                } else {
+                    tile(&[self.row(r)], group, &mut sums);
+                }
+                for (w, row_sums) in sums.iter().take(pair).enumerate() {
+                    out[(r + w) * m + start..][..group.len()]
+                        .copy_from_slice(&row_sums[..group.len()]);
+                }
+            }
+            r += pair;
+        }
+    }
+}
+
+/// Dot products of one or two weight rows with up to [`TILE_ROWS`] inputs.
+fn tile(weights: &[Row<'_>], inputs: &[&[f32]], sums: &mut [[f32; TILE_ROWS]; 2]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the kernel is compiled for.
+        unsafe {
+            match (weights.len(), inputs.len()) {
+                (2, 6) => avx2::tile::<2, 6>(weights, inputs, sums),
+                (2, 5) => avx2::tile::<2, 5>(weights, inputs, sums),
+                (2, 4) => avx2::tile::<2, 4>(weights, inputs, sums),
+                (2, 3) => avx2::tile::<2, 3>(weights, inputs, sums),
+                (2, 2) => avx2::tile::<2, 2>(weights, inputs, sums),
+                (2, 1) => avx2::tile::<2, 1>(weights, inputs, sums),
+                (1, 6) => avx2::tile::<1, 6>(weights, inputs, sums),
+                (1, 5) => avx2::tile::<1, 5>(weights, inputs, sums),
+                (1, 4) => avx2::tile::<1, 4>(weights, inputs, sums),
+                (1, 3) => avx2::tile::<1, 3>(weights, inputs, sums),
+                (1, 2) => avx2::tile::<1, 2>(weights, inputs, sums),
+                (1, 1) => avx2::tile::<1, 1>(weights, inputs, sums),
+                _ => {}
+            }
+        }
+        return;
+    }
+    portable_tile(weights, inputs, sums);
+}
+
+/// The same sums as the AVX2 kernel (eight lanes, then the lanes in order), with a
+/// separate multiply and add.
+fn portable_tile(weights: &[Row<'_>], inputs: &[&[f32]], sums: &mut [[f32; TILE_ROWS]; 2]) {
+    for (w, (quants, scales, offsets)) in weights.iter().enumerate() {
+        for (i, x) in inputs.iter().enumerate() {
+            let mut lanes = [0f32; 8];
+            for (b, (&scale, &offset)) in scales.iter().zip(offsets.iter()).enumerate() {
+                for k in b * BLOCK..(b + 1) * BLOCK {
+                    lanes[k % 8] += (quants[k] as f32 * scale + offset) * x[k];
+                }
+            }
+            sums[w][i] = hsum(&lanes);
+        }
+    }
+}
+
+/// The lanes summed as the AVX2 kernel sums them: halves, then quarters, then pairs.
+#[inline(always)]
+fn hsum(l: &[f32; 8]) -> f32 {
+    let q = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    let p = [q[0] + q[2], q[1] + q[3]];
+    p[0] + p[1]
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{hsum, Row, BLOCK, TILE_ROWS};
+
+    /// `W` weight rows against `R` inputs, all `W × R` sums in registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const W: usize, const R: usize>(
+        weights: &[Row<'_>],
+        inputs: &[&[f32]],
+        sums: &mut [[f32; TILE_ROWS]; 2],
+    ) {
+        let blocks = weights[0].1.len();
+        let mut acc = [[_mm256_setzero_ps(); R]; W];
+        for b in 0..blocks {
+            let mut scale = [_mm256_setzero_ps(); W];
+            let mut offset = [_mm256_setzero_ps(); W];
+            for w in 0..W {
+                scale[w] = _mm256_set1_ps(*weights[w].1.get_unchecked(b));
+                offset[w] = _mm256_set1_ps(*weights[w].2.get_unchecked(b));
+            }
+            for part in 0..BLOCK / 8 {
+                let k = b * BLOCK + part * 8;
+                let mut wide = [_mm256_setzero_ps(); W];
+                for w in 0..W {
+                    let bytes = _mm_loadl_epi64(weights[w].0.as_ptr().add(k) as *const __m128i);
+                    let ints = _mm256_cvtepi8_epi32(bytes);
+                    wide[w] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale[w], offset[w]);
+                }
+                for i in 0..R {
+                    let x = _mm256_loadu_ps(inputs[i].as_ptr().add(k));
+                    for w in 0..W {
+                        acc[w][i] = _mm256_fmadd_ps(wide[w], x, acc[w][i]);
+                    }
+                }
+            }
+        }
+        for w in 0..W {
+            for i in 0..R {
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[w][i]);
+                sums[w][i] = hsum(&lanes);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 20_001) as f32 / 10_000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn dequantized(q: &Q8Matrix) -> Vec<f32> {
+        q.quants
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v as f32 * q.scales[i / BLOCK] + q.offsets[i / BLOCK])
+            .collect()
+    }
+
+    #[test]
+    fn products_match_the_dequantised_weights_in_f64() {
+        let (rows, cols) = (37, 96);
+        let q = Q8Matrix::quantize(&numbers(rows * cols, 1), rows, cols).unwrap();
+        let weights = dequantized(&q);
+        for m in [1, 2, 5, 6, 7, 13] {
+            let xs = numbers(m * cols, 2 + m as u64);
+            let got = q.matmul(&xs);
+            assert_eq!(got.len(), m * rows);
+            for i in 0..m {
+                for r in 0..rows {
+                    let want: f64 = (0..cols)
+                        .map(|k| weights[r * cols + k] as f64 * xs[i * cols + k] as f64)
+                        .sum();
+                    let g = got[i * rows + r] as f64;
+                    assert!(
+                        (g - want).abs() < 1e-4,
+                        "row {i}, column {r}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gets_the_same_bits_alone_and_in_any_batch() {
+        let (rows, cols) = (35, 64);
+        let q = Q8Matrix::quantize(&numbers(rows * cols, 3), rows, cols).unwrap();
+        let xs = numbers(13 * cols, 4);
+        let all = q.matmul(&xs);
+        for i in 0..13 {
+            let alone = q.matmul(&xs[i * cols..(i + 1) * cols]);
+            assert_eq!(alone, all[i * rows..(i + 1) * rows], "row {i}");
+        }
+        let some = q.matmul(&xs[2 * cols..9 * cols]);
+        assert_eq!(some, all[2 * rows..9 * rows]);
+    }
+
+    #[test]
+    fn the_portable_kernel_sums_in_the_same_order() {
+        let cols = 64;
+        let q = Q8Matrix::quantize(&numbers(2 * cols, 5), 2, cols).unwrap();
+        let xs = numbers(3 * cols, 6);
+        let inputs: Vec<&[f32]> = xs.chunks(cols).collect();
+        let rows = WeightRows {
+            quants: &q.quants,
+            scales: &q.scales,
+            offsets: &q.offsets,
+            cols,
+        };
+        let mut fast = [[0f32; TILE_ROWS]; 2];
+        let mut portable = [[0f32; TILE_ROWS]; 2];
+        tile(&[rows.row(0), rows.row(1)], &inputs, &mut fast);
+        portable_tile(&[rows.row(0), rows.row(1)], &inputs, &mut portable);
+        for w in 0..2 {
+            for i in 0..3 {
+                let (f, p) = (fast[w][i], portable[w][i]);
+                assert!((f - p).abs() <= 1e-5 * p.abs().max(1.0), "{f} vs {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn dequantised_q8_weights_quantise_back_to_the_same_integers() {
+        let (rows, cols) = (4, 64);
+        let q = Q8Matrix::quantize(&numbers(rows * cols, 7), rows, cols).unwrap();
+        let again = Q8Matrix::quantize(&dequantized(&q), rows, cols).unwrap();
+        assert_eq!(again.quants, q.quants);
+        assert_eq!(again.scales, q.scales);
+    }
+
+    /// Each legacy type, quantised by candle, is copied with the very weights
+    /// candle dequantises it to, and multiplies like them.
+    #[test]
+    fn legacy_blocks_are_copied_without_rounding() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let (rows, cols) = (6, 64);
+        let dense = Tensor::from_vec(numbers(rows * cols, 8), (rows, cols), &Device::Cpu).unwrap();
+        for (dtype, kind) in [
+            (GgmlDType::Q4_0, LegacyBlocks::Q4_0),
+            (GgmlDType::Q4_1, LegacyBlocks::Q4_1),
+            (GgmlDType::Q5_0, LegacyBlocks::Q5_0),
+            (GgmlDType::Q5_1, LegacyBlocks::Q5_1),
+            (GgmlDType::Q8_0, LegacyBlocks::Q8_0),
+        ] {
+            let quantized = QTensor::quantize(&dense, dtype).unwrap();
+            let want: Vec<f32> = quantized
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let data = quantized.data().unwrap();
+            let q = Q8Matrix::from_blocks(kind, &data, rows, cols).unwrap();
+            for (i, (g, w)) in dequantized(&q).iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                    "{kind:?} [{i}]: {g} vs {w}"
+                );
+            }
+            assert!(Q8Matrix::from_blocks(kind, &data[1..], rows, cols).is_none());
+        }
+    }
+
+    #[test]
+    fn zero_blocks_and_ragged_shapes() {
+        let q = Q8Matrix::quantize(&[0.0; 64], 2, 32).unwrap();
+        assert_eq!(q.matmul(&[1.0; 32]), [0.0, 0.0]);
+        assert!(Q8Matrix::quantize(&[0.0; 48], 2, 24).is_none());
+        assert!(Q8Matrix::quantize(&[0.0; 10], 2, 32).is_none());
+        assert!(q.matmul(&[]).is_empty());
+    }
+}
