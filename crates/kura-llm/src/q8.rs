@@ -43,31 +43,17 @@ impl Q8Matrix {
     /// magnitude over 127, so a Q8_0 matrix that was dequantised comes back with
     /// the same integers. `None` when rows do not split into whole blocks.
     pub(crate) fn quantize(weights: &[f32], rows: usize, cols: usize) -> Option<Self> {
-        if cols == 0 || !cols.is_multiple_of(BLOCK) || weights.len() != rows * cols {
+        if weights.len() != rows * cols {
             return None;
         }
-        let mut quants = vec![0i8; weights.len()];
-        let mut scales = vec![0f32; weights.len() / BLOCK];
-        quants
-            .par_chunks_mut(BLOCK)
-            .zip(scales.par_iter_mut())
-            .zip(weights.par_chunks(BLOCK))
-            .for_each(|((q, scale), w)| {
-                let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-                *scale = max / 127.0;
-                if *scale > 0.0 {
-                    for (q, &x) in q.iter_mut().zip(w) {
-                        *q = (x / *scale).round().clamp(-127.0, 127.0) as i8;
-                    }
+        Self::from_each_block(rows, cols, weights.par_chunks(BLOCK), |w, q, scale, _| {
+            let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+            *scale = max / 127.0;
+            if *scale > 0.0 {
+                for (q, &x) in q.iter_mut().zip(w) {
+                    *q = (x / *scale).round().clamp(-127.0, 127.0) as i8;
                 }
-            });
-        let offsets = vec![0f32; scales.len()];
-        Some(Q8Matrix {
-            rows,
-            cols,
-            quants,
-            scales,
-            offsets,
+            }
         })
     }
 
@@ -79,18 +65,37 @@ impl Q8Matrix {
         rows: usize,
         cols: usize,
     ) -> Option<Self> {
-        let blocks = rows * cols / BLOCK;
-        if cols == 0 || !cols.is_multiple_of(BLOCK) || data.len() != blocks * kind.bytes() {
+        if data.len() != rows * cols / BLOCK * kind.bytes() {
             return None;
         }
+        Self::from_each_block(
+            rows,
+            cols,
+            data.par_chunks(kind.bytes()),
+            |block, q, scale, offset| kind.decode(block, q, scale, offset),
+        )
+    }
+
+    /// A matrix whose every block is written by `fill(source, quants, scale,
+    /// offset)` from the matching item of `sources` (one per block, in order).
+    fn from_each_block<'s, T: Sync + ?Sized + 's>(
+        rows: usize,
+        cols: usize,
+        sources: impl IndexedParallelIterator<Item = &'s T>,
+        fill: impl Fn(&T, &mut [i8], &mut f32, &mut f32) + Sync,
+    ) -> Option<Self> {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let blocks = rows * cols / BLOCK;
         let mut quants = vec![0i8; rows * cols];
         let mut scales = vec![0f32; blocks];
         let mut offsets = vec![0f32; blocks];
         quants
             .par_chunks_mut(BLOCK)
             .zip(scales.par_iter_mut().zip(offsets.par_iter_mut()))
-            .zip(data.par_chunks(kind.bytes()))
-            .for_each(|((q, (scale, offset)), block)| kind.decode(block, q, scale, offset));
+            .zip(sources)
+            .for_each(|((q, (scale, offset)), source)| fill(source, q, scale, offset));
         Some(Q8Matrix {
             rows,
             cols,
