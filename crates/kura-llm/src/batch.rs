@@ -106,10 +106,7 @@ fn run(model: &Model, steps: Vec<Step>) {
     let tokens: Vec<u32> = steps.iter().map(|s| s.token).collect();
     let (mut caches, replies): (Vec<Cache>, Vec<mpsc::Sender<Answer>>) =
         steps.into_iter().map(|s| (s.cache, s.reply)).unzip();
-    let logits = model
-        .decode(&tokens, &mut caches)
-        .and_then(|logits| Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?));
-    match logits {
+    match model.decode(&tokens, &mut caches) {
         Ok(rows) => {
             for ((cache, reply), row) in caches.into_iter().zip(replies).zip(rows) {
                 // A thread that stopped waiting has nothing left to answer.

@@ -368,8 +368,7 @@ impl<'a> Session<'a> {
             self.logits = Some(logits);
             return Ok(());
         }
-        let logits = self.llm.model.forward(tokens, &mut self.cache)?;
-        self.logits = Some(logits.to_dtype(candle_core::DType::F32)?.to_vec1()?);
+        self.logits = Some(self.llm.model.forward(tokens, &mut self.cache)?);
         Ok(())
     }
 
@@ -450,10 +449,7 @@ pub(crate) fn feed_each(sessions: &mut [&mut Session<'_>], tokens: &[u32]) -> Re
     for (session, cache) in sessions.iter_mut().zip(caches) {
         session.cache = cache;
     }
-    let logits = logits?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec2::<f32>()?;
-    for (session, row) in sessions.iter_mut().zip(logits) {
+    for (session, row) in sessions.iter_mut().zip(logits?) {
         session.logits = Some(row);
     }
     Ok(())

@@ -38,6 +38,11 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// Scores are scaled by 1/√head_dim.
+    fn attention_scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+
     pub(crate) fn from_metadata(meta: &Metadata<'_>) -> Result<Self, LlmError> {
         let name = meta.string("general.architecture")?;
         let architecture = match name {
@@ -96,7 +101,9 @@ struct Linear {
 }
 
 /// Up to this many rows (tokens, summed over sequences) a product streams the 8-bit
-/// weights; above it the dense GEMM is faster.
+/// weights; above it the dense GEMM is faster. Measured on Qwen's 4864 × 896
+/// projection on two cores: 8-bit 0.31 / 1.70 / 2.55 ms at 1 / 16 / 24 rows, dense
+/// 0.62 / 2.11 / 2.45 ms.
 const PACKED_MAX_ROWS: usize = 16;
 
 impl Linear {
@@ -301,7 +308,7 @@ impl Model {
     }
 
     /// Runs `tokens` after what `cache` holds and returns the logits of the last token.
-    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor, LlmError> {
+    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Vec<f32>, LlmError> {
         let count = tokens.len();
         if count == 0 {
             return Err(LlmError::InvalidOutput("no tokens to run".into()));
@@ -313,14 +320,18 @@ impl Model {
         let mask = causal_mask(count, cache.len, device)?;
         let xs = self.layers_forward(xs, std::slice::from_mut(cache), mask.as_ref())?;
         let last = xs.narrow(1, count - 1, 1)?;
-        Ok(self.logits(&last, true)?.flatten_all()?)
+        Ok(self.logits(&last)?.flatten_all()?.to_vec1()?)
     }
 
     /// Decodes one step of several sequences at once: `tokens[i]` follows what
     /// `caches[i]` holds. Every weight is read once per step for all sequences, which
     /// is what decoding (bound by memory, not arithmetic) needs to go faster. Returns
-    /// the logits `[sequences, vocabulary]`.
-    pub(crate) fn decode(&self, tokens: &[u32], caches: &mut [Cache]) -> Result<Tensor, LlmError> {
+    /// each sequence's logits.
+    pub(crate) fn decode(
+        &self,
+        tokens: &[u32],
+        caches: &mut [Cache],
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
         if tokens.is_empty() || tokens.len() != caches.len() {
             return Err(LlmError::InvalidOutput(format!(
                 "{} tokens for {} sequences",
@@ -334,7 +345,7 @@ impl Model {
         let ids = Tensor::new(tokens, self.embedding.device())?;
         let xs = self.embedding.index_select(&ids, 0)?.unsqueeze(1)?;
         let xs = self.layers_forward(xs, caches, None)?;
-        Ok(self.logits(&xs, true)?.squeeze(1)?)
+        Ok(self.logits(&xs)?.squeeze(1)?.to_vec2()?)
     }
 
     fn check_room(&self, total: usize) -> Result<(), LlmError> {
@@ -371,9 +382,10 @@ impl Model {
         Ok(xs)
     }
 
-    fn logits(&self, xs: &Tensor, decoding: bool) -> candle_core::Result<Tensor> {
+    /// Logits of one position per sequence, which is a decoding-shaped product.
+    fn logits(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let normed = candle_nn::ops::rms_norm(xs, &self.output_norm, self.config.rms_eps)?;
-        self.output.forward(&normed, decoding)
+        self.output.forward(&normed, true)
     }
 
     /// Projections run on all sequences together; rotation, the cache and attention
@@ -452,7 +464,7 @@ impl Model {
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
         };
-        let scale = (1.0 / (c.head_dim as f64).sqrt()) as f32;
+        let scale = c.attention_scale() as f32;
         let outs: Vec<f32> = caches
             .par_iter()
             .zip(queries.par_iter())
@@ -496,7 +508,7 @@ impl Model {
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (q, k) = self.rotate(q, k, (cos, sin))?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let scale = c.attention_scale();
         if k.device().is_cpu() {
             return self.attend_host(&q, &k, v, mask, slot, scale);
         }
@@ -513,8 +525,8 @@ impl Model {
         masked_attention(&q, &k, &v, mask, scale)
     }
 
-    /// [`Model::attend`] on the CPU: one new token attends straight from host memory;
-    /// a prompt of several tokens goes through GEMM over the cache widened once.
+    /// [`Model::attend`] on the CPU for several new tokens (one new token per
+    /// sequence takes [`Model::attend_new_tokens`]): GEMM over the cache widened once.
     fn attend_host(
         &self,
         q: &Tensor,
@@ -525,21 +537,11 @@ impl Model {
         scale: f64,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let shape = Heads {
-            heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-        };
         // [1, kv_heads, tokens, head_dim] -> [tokens, kv_heads, head_dim]
         let token_major = |t: &Tensor| t.squeeze(0)?.transpose(0, 1)?.flatten_all()?.to_vec1();
         let kv = host_kv(slot);
         kv.append(&token_major(k)?, &token_major(v)?);
         let device = q.device();
-        if q.dim(2)? == 1 {
-            let query = q.flatten_all()?.to_vec1::<f32>()?;
-            let out = kv.attend_one(&query, shape, scale as f32);
-            return Tensor::from_vec(out, (1, c.heads, 1, c.head_dim), device);
-        }
         let tokens = kv.keys().len() / (c.kv_heads * c.head_dim);
         let as_heads = |buf: &[f32]| {
             Tensor::from_slice(buf, (tokens, c.kv_heads, c.head_dim), device)?
