@@ -88,7 +88,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
     /// A string value whose first word is one of `options` (chosen by the logits of
     /// each option's first token, so it is always one of them), then continued freely
     /// like [`FormWriter::text`]. Used where a small model may otherwise write nothing
-    /// usable (the conversation's language).
+    /// usable: the conversation's language, and the verb a cluster name opens with.
     pub(crate) fn choice_then_text(
         &mut self,
         key: &str,

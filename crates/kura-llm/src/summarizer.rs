@@ -349,12 +349,6 @@ impl Summarizer for LlmSummarizer {
         done: &mut dyn FnMut(usize, Result<ConversationSummary, BoxError>),
     ) {
         let threads = SEQUENCES.min(conversations.len());
-        if threads <= 1 {
-            for (i, conversation) in conversations.iter().enumerate() {
-                done(i, self.summarize_one(conversation).map_err(BoxError::from));
-            }
-            return;
-        }
         let model = self.llm.model();
         let batcher = StepBatcher::new(threads);
         let next = AtomicUsize::new(0);
