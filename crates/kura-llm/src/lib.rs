@@ -32,7 +32,7 @@ mod tokenizer;
 pub use chat::{ChatMessage, ChatRole};
 pub use error::LlmError;
 pub use llm::{device, load_tokenizer, LlmOptions, LocalLlm};
-pub use namer::LlmClusterNamer;
+pub use namer::{LlmClusterNamer, NAME_VERBS};
 pub use prompts::{NAMING_PROMPT_VERSION, SUMMARY_PROMPT_VERSION};
 pub use speed::Timing;
 pub use summarizer::LlmSummarizer;

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::Content;
 use candle_core::Device;
@@ -44,6 +45,8 @@ pub struct LocalLlm {
     options: LlmOptions,
     max_context: usize,
     model_id: String,
+    /// Per token id: whether it opens a new word (see [`LocalLlm::starts_word`]).
+    word_starts: OnceLock<Vec<bool>>,
 }
 
 /// Opens `device`: the first CUDA GPU when `cuda` is set, else the CPU.
@@ -100,6 +103,7 @@ impl LocalLlm {
             options,
             max_context,
             model_id,
+            word_starts: OnceLock::new(),
         })
     }
 
@@ -203,6 +207,23 @@ impl LocalLlm {
 
     pub(crate) fn chat(&self) -> &ChatMl {
         &self.chat
+    }
+
+    /// Whether token `id` opens a new word: its text starts with a space (GPT-2's
+    /// `Ġ`, SentencePiece's `▁`), a line break or punctuation. Ids past the
+    /// vocabulary (padding rows of the output matrix) do not.
+    pub(crate) fn starts_word(&self, id: u32) -> bool {
+        let starts = self.word_starts.get_or_init(|| {
+            let vocab = self.tokenizer.get_vocab(true);
+            let mut starts = vec![false; vocab.values().max().map_or(0, |&m| m as usize + 1)];
+            for (text, id) in vocab {
+                starts[id as usize] = text.chars().next().is_some_and(|c| {
+                    matches!(c, 'Ġ' | '▁' | 'Ċ' | ' ' | '\n') || c.is_ascii_punctuation()
+                });
+            }
+            starts
+        });
+        starts.get(id as usize).copied().unwrap_or(false)
     }
 
     pub(crate) fn is_stop(&self, token: u32) -> bool {
@@ -416,6 +437,20 @@ impl<'a> Session<'a> {
             .copied()
             .unwrap_or(f32::NEG_INFINITY);
         Ok(logit - max - total.ln())
+    }
+
+    /// Rules out, for the next token only, every token `allowed` refuses.
+    pub(crate) fn restrict_next(&mut self, allowed: impl Fn(u32) -> bool) -> Result<(), LlmError> {
+        let logits = self
+            .logits
+            .as_mut()
+            .ok_or_else(|| LlmError::InvalidOutput("nothing was fed before sampling".into()))?;
+        for (id, logit) in logits.iter_mut().enumerate() {
+            if !allowed(id as u32) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        Ok(())
     }
 
     /// The index into `candidates` of the most likely candidate token.

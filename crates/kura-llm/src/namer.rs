@@ -32,7 +32,7 @@ const MAX_NAME_WORDS: usize = 10;
 /// token), as the prompt asks: small models otherwise copy a member's description
 /// ("The user asked for …"), repeat the instructions ("Group of similar
 /// conversations") or describe the format ("An imperative sentence of …").
-const NAME_VERBS: &[&str] = &[
+pub const NAME_VERBS: &[&str] = &[
     "Write",
     "Fix",
     "Explain",
@@ -127,7 +127,7 @@ impl LlmClusterNamer {
         let prompt = self.prompt_session(request)?;
         prompt.first_valid("cluster name", |session| {
             let mut form = FormWriter::new(session);
-            let name = form.choice_then_text("name", NAME_VERBS, NAME_TOKENS)?;
+            let name = form.choice_then_text("name", NAME_VERBS, NAME_TOKENS, true)?;
             let description = form.text("description", "", DESCRIPTION_TOKENS, 2)?;
             let name = name.trim_end_matches(['.', '!']).trim().to_string();
             Ok(validate(&name, &description).map(|()| ClusterName { name, description }))

@@ -89,11 +89,14 @@ impl<'s, 'a> FormWriter<'s, 'a> {
     /// each option's first token, so it is always one of them), then continued freely
     /// like [`FormWriter::text`]. Used where a small model may otherwise write nothing
     /// usable: the conversation's language, and the verb a cluster name opens with.
+    /// With `whole_word` the option is written as a whole word: the model's next token
+    /// must open a new one, or a chosen "Help" could grow into "Helpful".
     pub(crate) fn choice_then_text(
         &mut self,
         key: &str,
         options: &[&str],
         max_tokens: usize,
+        whole_word: bool,
     ) -> Result<String, LlmError> {
         self.open_key(key);
         self.pending.push('"');
@@ -109,6 +112,10 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         }
         let chosen = options[self.session.choose(&first_tokens)?];
         self.session.feed_text(chosen)?;
+        if whole_word {
+            let llm = self.session.llm();
+            self.session.restrict_next(|id| llm.starts_word(id))?;
+        }
         let (raw, unfed) = self.decode_string(max_tokens, 1)?;
         self.pending = format!("{unfed}\"");
         Ok(clean_value(&format!("{chosen}{raw}")))

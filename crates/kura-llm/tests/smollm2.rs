@@ -182,6 +182,9 @@ fn namer_returns_a_short_name_and_a_description() {
     eprintln!("{name:?}");
     let words = name.name.split_whitespace().count();
     assert!((1..=10).contains(&words), "{name:?}");
+    // The chosen verb is a whole word, never the start of a longer one ("Helpful").
+    let first = name.name.split_whitespace().next().unwrap_or_default();
+    assert!(kura_llm::NAME_VERBS.contains(&first), "{name:?}");
     assert!(!name.description.trim().is_empty(), "{name:?}");
     assert!(namer.id().contains(kura_llm::NAMING_PROMPT_VERSION));
 }
