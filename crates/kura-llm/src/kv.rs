@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use kura_core::vector::dot;
+use kura_simd::{dot, multiversion, softmax};
 use rayon::prelude::*;
 
 /// One layer's keys and values, token-major (`[tokens, kv_heads, head_dim]`), so a
@@ -46,48 +46,77 @@ impl HostKv {
     }
 
     /// The attention output of one query token over every token held,
-    /// `[heads, head_dim]`, for `query` given as `[heads, head_dim]`.
+    /// `[heads, head_dim]`, for `query` given as `[heads, head_dim]`. The query heads
+    /// that share a key/value head are taken together, so each key and value is read
+    /// once per group; the groups run in parallel.
     pub(crate) fn attend_one(&self, query: &[f32], shape: Heads, scale: f32) -> Vec<f32> {
         let Heads {
             heads,
             kv_heads,
             head_dim,
         } = shape;
-        let row = kv_heads * head_dim;
-        let tokens = self.keys.len() / row;
         let group = heads / kv_heads;
         let mut out = vec![0.0f32; heads * head_dim];
-        out.par_chunks_exact_mut(head_dim)
-            .zip(query.par_chunks_exact(head_dim))
+        out.par_chunks_exact_mut(group * head_dim)
+            .zip(query.par_chunks_exact(group * head_dim))
             .enumerate()
-            .for_each(|(h, (o, q))| {
-                let offset = (h / group) * head_dim;
-                let mut scores = vec![0.0f32; tokens];
-                for (t, score) in scores.iter_mut().enumerate() {
-                    let k = &self.keys[t * row + offset..][..head_dim];
-                    *score = dot(q, k) * scale;
-                }
-                softmax_in_place(&mut scores);
-                for (t, &weight) in scores.iter().enumerate() {
-                    let v = &self.values[t * row + offset..][..head_dim];
-                    for (o, &v) in o.iter_mut().zip(v) {
-                        *o += weight * v;
-                    }
-                }
+            .for_each(|(g, (out, queries))| {
+                let place = KvPlace {
+                    row: kv_heads * head_dim,
+                    offset: g * head_dim,
+                    head_dim,
+                };
+                attend_group(queries, &self.keys, &self.values, place, scale, out);
             });
         out
     }
 }
 
-fn softmax_in_place(scores: &mut [f32]) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut total = 0.0;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
-    }
-    for s in scores.iter_mut() {
-        *s /= total;
+/// Where one key/value head sits in a token-major row of the cache.
+#[derive(Clone, Copy)]
+struct KvPlace {
+    /// Values per token (all key/value heads).
+    row: usize,
+    /// The head's first value within a token's row.
+    offset: usize,
+    head_dim: usize,
+}
+
+multiversion! {
+    /// Softmax attention of the query heads in `queries` (`[group, head_dim]`, one
+    /// token) over the keys and values of one key/value head, written to `out`
+    /// (`[group, head_dim]`).
+    fn attend_group<M>(
+        queries: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        place: KvPlace,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let head_dim = place.head_dim;
+        let group = queries.len() / head_dim;
+        let tokens = keys.len() / place.row;
+        let mut scores = vec![0.0f32; group * tokens];
+        for t in 0..tokens {
+            let k = &keys[t * place.row + place.offset..][..head_dim];
+            for (g, q) in queries.chunks_exact(head_dim).enumerate() {
+                scores[g * tokens + t] = dot::<M>(q, k) * scale;
+            }
+        }
+        for row in scores.chunks_exact_mut(tokens.max(1)) {
+            softmax::<M>(row);
+        }
+        out.fill(0.0);
+        for t in 0..tokens {
+            let v = &values[t * place.row + place.offset..][..head_dim];
+            for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
+                let weight = scores[g * tokens + t];
+                for (o, &v) in o.iter_mut().zip(v) {
+                    *o = M::mul_add(weight, v, *o);
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,258 @@
+//! Vectorisable f32 kernels, each compiled twice: once for the build's baseline
+//! target and once with AVX2 and FMA enabled, picked at run time.
+//!
+//! Why plain loops and not intrinsics: written as fixed-width partial sums and
+//! branch-free polynomials (no libm calls), LLVM turns them into eight-lane code
+//! under `#[target_feature]`, and the same source is the portable fallback, so one
+//! binary runs everywhere while the exp of every attention score runs eight at a
+//! time on the machines we care about. [`multiversion!`] does the compiling twice;
+//! the helpers here are `#[inline(always)]` so that they take the flavour of the
+//! kernel they are inlined into. The embedder and the LLM share them.
+
+use std::f32::consts::LOG2_E;
+
+/// Whether this CPU can run the AVX2 + FMA builds of the kernels (std caches the
+/// detection, so this is a load and a test).
+#[cfg(target_arch = "x86_64")]
+#[doc(hidden)]
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// `a·b + c`, fused into one FMA instruction where the build has them and as a
+/// separate multiply and add elsewhere (where `f32::mul_add` would be a slow libm
+/// call). The kernels are generic over it.
+pub trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One rounding: compiles to `vfmadd` inside `#[target_feature(enable = "fma")]`.
+pub struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// Two roundings, for builds without FMA.
+pub struct Separate;
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// Defines `$vis fn $name(..)` that runs `$body` compiled with AVX2 and FMA (and
+/// `M` = [`Fused`]) where the CPU has them, and compiled for the baseline target
+/// (with `M` = [`Separate`]) elsewhere. The body's helpers must be
+/// `#[inline(always)]`, so that they are compiled in both flavours.
+#[macro_export]
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<$m:ident>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn generic<$m: $crate::MulAdd>($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    generic::<$crate::Fused>($($arg),*)
+                }
+                if $crate::has_avx2_fma() {
+                    // SAFETY: the CPU supports the features `avx2` was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic::<$crate::Separate>($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the partial sums: one AVX2 register of f32.
+pub const LANES: usize = 8;
+
+/// The sum of `xs` in eight lanes, then the lanes in order.
+#[inline(always)]
+pub fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(chunk) {
+            *a += x;
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The largest of `xs` (`-inf` for none).
+#[inline(always)]
+pub fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&acc)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+/// Adds 1.5·2²³, so the float's low mantissa bits hold `x` rounded to the nearest
+/// integer: rounding without a libm call, in plain vectorisable float arithmetic.
+const ROUNDING_SHIFT: f32 = 12_582_912.0;
+
+/// Evaluates the polynomial with `coefficients` (highest degree first) at `x`.
+#[inline(always)]
+pub fn horner<M: MulAdd, const N: usize>(x: f32, coefficients: [f32; N]) -> f32 {
+    let mut acc = coefficients[0];
+    for &c in &coefficients[1..] {
+        acc = M::mul_add(acc, x, c);
+    }
+    acc
+}
+
+/// e^x for f32, within 2 ulp of libm on [-87, 88] (0 below, +inf above). Cody–Waite
+/// range reduction x = n·ln2 + r with |r| ≤ ln2/2, Cephes' degree-6 polynomial for
+/// e^r, and 2^n built from its exponent bits.
+#[inline(always)]
+pub fn exp<M: MulAdd>(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let clamped = x.clamp(-87.0, 88.0);
+    let shifted = M::mul_add(clamped, LOG2_E, ROUNDING_SHIFT);
+    let n = shifted - ROUNDING_SHIFT;
+    let r = M::mul_add(n, -LN2_LO, M::mul_add(n, -LN2_HI, clamped));
+    let p = horner::<M, 6>(
+        r,
+        [
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ],
+    );
+    let er = M::mul_add(p, r * r, r) + 1.0;
+    // `n` sits in the low bits of `shifted`; moving it into the exponent field is 2^n.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUNDING_SHIFT.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
+    let y = er * scale;
+    if x < -87.0 {
+        0.0
+    } else if x > 88.0 {
+        f32::INFINITY
+    } else {
+        y
+    }
+}
+
+/// `a · b` in eight lanes, then the lanes in order.
+#[inline(always)]
+pub fn dot<M: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks_a = a.chunks_exact(LANES);
+    let mut chunks_b = b.chunks_exact(LANES);
+    for (x, y) in (&mut chunks_a).zip(&mut chunks_b) {
+        for ((a, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *a = M::mul_add(x, y, *a);
+        }
+    }
+    let tail: f32 = chunks_a
+        .remainder()
+        .iter()
+        .zip(chunks_b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Softmax of `row` in place.
+#[inline(always)]
+pub fn softmax<M: MulAdd>(row: &mut [f32]) {
+    let top = max(row);
+    // A plain loop, not one over lanes with the sum folded in: that is the shape
+    // LLVM's loop vectoriser turns into eight exps at a time.
+    for v in row.iter_mut() {
+        *v = exp::<M>(*v - top);
+    }
+    let inv = 1.0 / sum(row);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+multiversion! {
+    /// Softmax of each row of `width` values in place.
+    pub fn softmax_rows<M>(rows: &mut [f32], width: usize) {
+        for row in rows.chunks_exact_mut(width.max(1)) {
+            softmax::<M>(row);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::f32::consts::LN_2;
+
+    use super::*;
+
+    fn grid(lo: f32, hi: f32, steps: usize) -> impl Iterator<Item = f32> {
+        (0..=steps).map(move |i| lo + (hi - lo) * i as f32 / steps as f32)
+    }
+
+    #[test]
+    fn exp_matches_std_across_the_float_range() {
+        for x in grid(-87.0, 88.0, 400_001) {
+            let (ours, exact) = (exp::<Fused>(x), (x as f64).exp());
+            let rel = ((ours as f64 - exact) / exact).abs();
+            assert!(rel < 3e-7, "exp({x}) = {ours}, exact {exact}");
+        }
+        for x in grid(-87.0, 88.0, 20_001) {
+            let (ours, exact) = (exp::<Separate>(x), (x as f64).exp());
+            assert!(
+                ((ours as f64 - exact) / exact).abs() < 4e-7,
+                "exp({x}) without FMA"
+            );
+        }
+        assert_eq!(exp::<Fused>(-1000.0), 0.0);
+        assert_eq!(exp::<Fused>(0.0), 1.0);
+        assert!(exp::<Fused>(1000.0).is_infinite());
+        assert!((exp::<Fused>(LN_2) - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_keep_order() {
+        // Width 11 exercises both the vector body and the scalar tail.
+        let width = 11;
+        let mut rows: Vec<f32> = (0..2 * width)
+            .map(|i| (i as f32 * 0.7).sin() * 8.0)
+            .collect();
+        let input = rows.clone();
+        softmax_rows(&mut rows, width);
+        for (row, input) in rows.chunks(width).zip(input.chunks(width)) {
+            let top = input.iter().copied().fold(f32::MIN, f32::max) as f64;
+            let total: f64 = input.iter().map(|&x| (x as f64 - top).exp()).sum();
+            for (p, &x) in row.iter().zip(input) {
+                let exact = (x as f64 - top).exp() / total;
+                assert!((*p as f64 - exact).abs() < 1e-7, "{p} vs {exact}");
+            }
+        }
+        // Huge scores do not overflow: the row maximum is subtracted first.
+        let mut big = vec![1000.0f32, 1000.0, -1000.0];
+        softmax_rows(&mut big, 3);
+        assert_eq!(big, [0.5, 0.5, 0.0]);
+    }
+}
