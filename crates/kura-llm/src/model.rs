@@ -7,6 +7,8 @@
 //! use (see [`Linear`]) and keep the KV cache a plain value the caller owns, so a cache
 //! for a shared prompt prefix can be cloned and extended per conversation.
 
+mod host;
+
 use std::fs::File;
 
 use candle_core::quantized::gguf_file::Content;
@@ -152,6 +154,8 @@ pub(crate) struct Model {
     output: Linear,
     cos: Tensor,
     sin: Tensor,
+    /// Present on the CPU: one-token steps run on host buffers (see `host`).
+    host: Option<host::HostWeights>,
 }
 
 /// Keys and values of every layer for the tokens seen so far. A plain value: cloning
@@ -289,6 +293,7 @@ impl Model {
             tied_output(&embedding_q, &embedding)?
         };
         let (cos, sin) = rope_tables(&config, max_context, device)?;
+        let host = host::HostWeights::new(&layers, &output_norm, &output, (&cos, &sin))?;
         Ok(Model {
             config,
             embedding,
@@ -297,6 +302,7 @@ impl Model {
             output,
             cos,
             sin,
+            host,
         })
     }
 
@@ -314,6 +320,12 @@ impl Model {
             return Err(LlmError::InvalidOutput("no tokens to run".into()));
         }
         self.check_room(cache.len + count)?;
+        if let (Some(host), [_]) = (&self.host, tokens) {
+            let mut rows = self.decode_on_host(host, tokens, std::slice::from_mut(cache))?;
+            return rows
+                .pop()
+                .ok_or_else(|| LlmError::InvalidOutput("a step returned no logits".into()));
+        }
         let device = self.embedding.device();
         let ids = Tensor::new(tokens, device)?;
         let xs = self.embedding.index_select(&ids, 0)?.unsqueeze(0)?;
@@ -342,6 +354,18 @@ impl Model {
         for cache in caches.iter() {
             self.check_room(cache.len + 1)?;
         }
+        match &self.host {
+            Some(host) => self.decode_on_host(host, tokens, caches),
+            None => self.decode_through_tensors(tokens, caches),
+        }
+    }
+
+    /// [`Model::decode`] with candle's tensor ops, as on a GPU.
+    fn decode_through_tensors(
+        &self,
+        tokens: &[u32],
+        caches: &mut [Cache],
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
         let ids = Tensor::new(tokens, self.embedding.device())?;
         let xs = self.embedding.index_select(&ids, 0)?.unsqueeze(1)?;
         let xs = self.layers_forward(xs, caches, None)?;

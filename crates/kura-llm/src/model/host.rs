@@ -1,0 +1,388 @@
+//! One decoding step of many sequences on the CPU, written on plain host buffers.
+//!
+//! Why not candle's tensor ops, as for prompts: with one new token per sequence the
+//! arithmetic of a layer is small, and each tensor op costs more to dispatch than to
+//! compute; with a dozen of them per layer (and a narrow, a rotation and two copies
+//! per sequence) a SmolLM2 token took 22 ms, of which streaming the weights is 8.
+//! Here a layer is its five 8-bit products (see `q8`) and a few loops between them.
+//! Every loop works on one row at a time, so a sequence's step is the same bits alone
+//! or in any batch, as the products are.
+
+use candle_core::{Storage, Tensor};
+use kura_simd::{exp, multiversion, sum};
+use rayon::prelude::*;
+
+use super::{host_kv, Architecture, Cache, Layer, Linear, Model};
+use crate::error::LlmError;
+use crate::kv::Heads;
+use crate::q8::Q8Matrix;
+
+/// The host copies a step needs beside the 8-bit weights: the norms, the biases and
+/// the rotation tables (small), with every projection's 8-bit copy present.
+pub(super) struct HostWeights {
+    layers: Vec<HostLayer>,
+    output_norm: Vec<f32>,
+    /// `[context, head_dim / 2]` each.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+struct HostLayer {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+}
+
+impl HostWeights {
+    /// `None` when some projection has no 8-bit copy (a GPU model, or rows that are
+    /// not whole blocks): such a model decodes through candle.
+    pub(super) fn new(
+        layers: &[Layer],
+        output_norm: &Tensor,
+        output: &Linear,
+        (cos, sin): (&Tensor, &Tensor),
+    ) -> candle_core::Result<Option<Self>> {
+        let all_packed = output.packed.is_some()
+            && layers.iter().all(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .all(|p| p.packed.is_some())
+            });
+        if !all_packed || !output_norm.device().is_cpu() {
+            return Ok(None);
+        }
+        let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let bias = |l: &Linear| l.bias.as_ref().map(host).transpose();
+        let layers = layers
+            .iter()
+            .map(|l| {
+                Ok(HostLayer {
+                    attn_norm: host(&l.attn_norm)?,
+                    ffn_norm: host(&l.ffn_norm)?,
+                    q_bias: bias(&l.q)?,
+                    k_bias: bias(&l.k)?,
+                    v_bias: bias(&l.v)?,
+                })
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Some(HostWeights {
+            layers,
+            output_norm: host(output_norm)?,
+            cos: host(cos)?,
+            sin: host(sin)?,
+        }))
+    }
+}
+
+impl Model {
+    /// [`Model::decode`] on host buffers; see the module's documentation.
+    pub(super) fn decode_on_host(
+        &self,
+        host: &HostWeights,
+        tokens: &[u32],
+        caches: &mut [Cache],
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
+        let c = &self.config;
+        let width = c.heads * c.head_dim;
+        let mut xs = embedding_rows(&self.embedding, tokens)?;
+        for (index, (layer, weights)) in self.layers.iter().zip(&host.layers).enumerate() {
+            let normed = rms_norm_rows(&xs, &weights.attn_norm, c.rms_eps);
+            let q = product(&layer.q, &normed, weights.q_bias.as_deref());
+            let k = product(&layer.k, &normed, weights.k_bias.as_deref());
+            let v = product(&layer.v, &normed, weights.v_bias.as_deref());
+            let attended = self.attend_each(host, index, q, k, &v, caches);
+            add_rows(&mut xs, &product(&layer.o, &attended, None));
+            let normed = rms_norm_rows(&xs, &weights.ffn_norm, c.rms_eps);
+            let mut gate = product(&layer.gate, &normed, None);
+            silu_times(&mut gate, &product(&layer.up, &normed, None));
+            add_rows(&mut xs, &product(&layer.down, &gate, None));
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        let normed = rms_norm_rows(&xs, &host.output_norm, c.rms_eps);
+        let logits = product(&self.output, &normed, None);
+        let vocab = logits.len() / tokens.len();
+        debug_assert_eq!(xs.len(), tokens.len() * width);
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Rotates each sequence's query and key to its position, appends the key and
+    /// value to its cache and attends; sequences run in parallel.
+    fn attend_each(
+        &self,
+        host: &HostWeights,
+        index: usize,
+        mut q: Vec<f32>,
+        mut k: Vec<f32>,
+        v: &[f32],
+        caches: &mut [Cache],
+    ) -> Vec<f32> {
+        let c = &self.config;
+        let shape = Heads {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+        };
+        let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let half = c.head_dim / 2;
+        let interleaved = c.architecture == Architecture::Llama;
+        let scale = c.attention_scale() as f32;
+        caches
+            .par_iter_mut()
+            .zip(q.par_chunks_exact_mut(q_width))
+            .zip(k.par_chunks_exact_mut(kv_width))
+            .zip(v.par_chunks_exact(kv_width))
+            .flat_map_iter(|(((cache, q), k), v)| {
+                let at = cache.len * half;
+                let (cos, sin) = (&host.cos[at..at + half], &host.sin[at..at + half]);
+                rotate_heads(q, cos, sin, interleaved);
+                rotate_heads(k, cos, sin, interleaved);
+                let kv = host_kv(&mut cache.layers[index]);
+                kv.append(k, v);
+                kv.attend_one(q, shape, scale)
+            })
+            .collect()
+    }
+}
+
+/// The embedding rows of `tokens`, read in place from the dense table.
+fn embedding_rows(embedding: &Tensor, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+    let (vocab, width) = embedding.dims2()?;
+    let (storage, layout) = embedding.storage_and_layout();
+    let table = match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(cpu), Some((start, end))) => &cpu.as_slice::<f32>()?[start..end],
+        _ => {
+            return Err(LlmError::InvalidOutput(
+                "the embedding is not a contiguous host table".into(),
+            ))
+        }
+    };
+    let mut rows = Vec::with_capacity(tokens.len() * width);
+    for &token in tokens {
+        let token = token as usize;
+        if token >= vocab {
+            return Err(LlmError::InvalidOutput(format!(
+                "token {token} is outside the vocabulary of {vocab}"
+            )));
+        }
+        rows.extend_from_slice(&table[token * width..][..width]);
+    }
+    Ok(rows)
+}
+
+/// `xs · Wᵀ (+ bias)` through the 8-bit copy, which [`HostWeights::new`] checked.
+fn product(linear: &Linear, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let packed: &Q8Matrix = linear
+        .packed
+        .as_ref()
+        .expect("HostWeights exist only when every projection has an 8-bit copy");
+    let mut ys = packed.matmul(xs);
+    if let Some(bias) = bias {
+        add_rows(&mut ys, bias);
+    }
+    ys
+}
+
+multiversion! {
+    /// `rows[i] += add[i % add.len()]`: a residual (same length) or a bias (one row).
+    fn add_rows<M>(rows: &mut [f32], add: &[f32]) {
+        for row in rows.chunks_exact_mut(add.len().max(1)) {
+            for (r, a) in row.iter_mut().zip(add) {
+                *r += a;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// RMS norm of each row of `weight.len()` values, scaled by `weight`, as candle
+    /// computes it (mean of squares in f32, then `x / √(mean + eps) · w`).
+    fn rms_norm_rows<M>(xs: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+        let width = weight.len().max(1);
+        let mut out = vec![0f32; xs.len()];
+        for (row, out) in xs.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+            let mut squares = [0f32; kura_simd::LANES];
+            let mut chunks = row.chunks_exact(kura_simd::LANES);
+            for chunk in &mut chunks {
+                for (s, &x) in squares.iter_mut().zip(chunk) {
+                    *s = M::mul_add(x, x, *s);
+                }
+            }
+            let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+            let mean = (sum(&squares) + tail) / width as f32;
+            let root = (mean + eps).sqrt();
+            for ((o, &x), &w) in out.iter_mut().zip(row).zip(weight) {
+                *o = x / root * w;
+            }
+        }
+        out
+    }
+}
+
+multiversion! {
+    /// `gate[i] = silu(gate[i]) · up[i]`.
+    fn silu_times<M>(gate: &mut [f32], up: &[f32]) {
+        for (g, &u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + exp::<M>(-*g)) * u;
+        }
+    }
+}
+
+/// RoPE of every head in `xs` (`[heads, head_dim]`) at one position: pairs
+/// `(2i, 2i + 1)` when `interleaved` (llama GGUF files), else `(i, i + half)`
+/// (Qwen2's NeoX halves), as candle's `rope_i` and `rope` rotate them.
+fn rotate_heads(xs: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
+    let half = cos.len();
+    for head in xs.chunks_exact_mut(2 * half) {
+        for i in 0..half {
+            let (a, b) = if interleaved {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half)
+            };
+            let (x, y) = (head[a], head[b]);
+            head[a] = x * cos[i] - y * sin[i];
+            head[b] = x * sin[i] + y * cos[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+    use crate::llm::{LlmOptions, LocalLlm};
+
+    fn numbers(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 2001) as f32 / 1000.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn rotation_matches_candles_rope_in_both_layouts() {
+        let (heads, head_dim, position) = (3, 8, 5);
+        let xs = numbers(heads * head_dim, 1);
+        let angles = numbers(7 * head_dim / 2, 2);
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let at = position * head_dim / 2..(position + 1) * head_dim / 2;
+        let device = Device::Cpu;
+        let table =
+            |v: &[f32]| Tensor::from_slice(&v[at.clone()], (1, head_dim / 2), &device).unwrap();
+        let x = Tensor::from_slice(&xs, (1, heads, 1, head_dim), &device).unwrap();
+        for interleaved in [true, false] {
+            let want = if interleaved {
+                candle_nn::rotary_emb::rope_i(&x, &table(&cos), &table(&sin))
+            } else {
+                candle_nn::rotary_emb::rope(&x, &table(&cos), &table(&sin))
+            };
+            let want = want
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let mut got = xs.clone();
+            rotate_heads(&mut got, &cos[at.clone()], &sin[at.clone()], interleaved);
+            assert!(
+                max_difference(&got, &want) < 1e-6,
+                "interleaved: {interleaved}"
+            );
+        }
+    }
+
+    #[test]
+    fn norms_and_the_gated_activation_match_candle() {
+        let (rows, width) = (3, 37);
+        let xs = numbers(rows * width, 3);
+        let weight = numbers(width, 4);
+        let device = Device::Cpu;
+        let x = Tensor::from_slice(&xs, (rows, width), &device).unwrap();
+        let w = Tensor::from_slice(&weight, width, &device).unwrap();
+        let want = candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap();
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(max_difference(&rms_norm_rows(&xs, &weight, 1e-5), &want) < 1e-5);
+
+        let up = numbers(rows * width, 5);
+        let mut gate = xs.clone();
+        silu_times(&mut gate, &up);
+        let want: Vec<f32> = xs
+            .iter()
+            .zip(&up)
+            .map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32)
+            .collect();
+        assert!(max_difference(&gate, &want) < 1e-6);
+    }
+
+    /// The whole step against candle's tensor path on the real model: same logits
+    /// (up to summation order), the same next token, and caches that continue alike.
+    #[test]
+    fn a_step_on_host_buffers_matches_the_tensor_path() {
+        let name = "smollm2-135m-instruct";
+        let path = kura_models::Resolver::from_env()
+            .resolve(name)
+            .unwrap_or_else(|e| panic!("cannot resolve {name}: {e}"))
+            .single_file()
+            .expect("one GGUF file")
+            .to_path_buf();
+        let llm = LocalLlm::load(&path, &Device::Cpu, LlmOptions::default()).expect("load");
+        let model = llm.model();
+        let host = model
+            .host
+            .as_ref()
+            .expect("a CPU model decodes on host buffers");
+        let prompts: [&[u32]; 2] = [&[1, 520, 2_000, 33, 7_000], &[42, 9, 314]];
+        let mut caches: Vec<Cache> = prompts
+            .iter()
+            .map(|p| {
+                let mut cache = model.new_cache();
+                model.forward(p, &mut cache).expect("prompt");
+                cache
+            })
+            .collect();
+        let mut tokens = vec![100u32, 200];
+        for _ in 0..3 {
+            let mut on_tensors = caches.clone();
+            let want = model
+                .decode_through_tensors(&tokens, &mut on_tensors)
+                .expect("tensors");
+            let got = model
+                .decode_on_host(host, &tokens, &mut caches)
+                .expect("host");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(max_difference(g, w) < 2e-3, "{}", max_difference(g, w));
+                let argmax =
+                    |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap() as u32;
+                assert_eq!(argmax(g), argmax(w));
+            }
+            tokens = got
+                .iter()
+                .map(|row| {
+                    (0..row.len())
+                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                        .unwrap() as u32
+                })
+                .collect();
+        }
+        assert!(caches
+            .iter()
+            .zip(prompts)
+            .all(|(c, p)| c.len() == p.len() + 3));
+    }
+}
