@@ -1,10 +1,13 @@
-//! [`Q8Matrix`]: a weight matrix held as 8-bit integers with one scale and one
-//! offset per 32 values, multiplied by a few f32 rows at a time.
+//! [`Q8Matrix`]: a weight matrix held as small integers (8 bits, or 4 where the file
+//! has 4) with one scale and one offset per 32 values, multiplied by a few f32 rows
+//! at a time.
 //!
 //! Every legacy GGUF type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) is a block of small
 //! integers times a scale, plus an offset for the `_1` kinds, so each is copied
-//! into this one layout exactly, with no second rounding: the products are those of
-//! the file's own weights. Other types are rounded to 8 bits once.
+//! into this layout exactly, with no second rounding: the products are those of
+//! the file's own weights. The 4-bit kinds keep their nibbles, since decoding one
+//! sequence is bound by the bytes streamed: a weight costs 0.75 bytes instead of
+//! 1.25. Other types are rounded to 8 bits once.
 //!
 //! Why our own kernel: decoding reads every weight once per step, so it is bound
 //! by memory at one sequence and by arithmetic at many. Candle's quantised matmul
@@ -31,11 +34,45 @@ const ROWS_PER_TASK: usize = 16;
 pub(crate) struct Q8Matrix {
     rows: usize,
     cols: usize,
-    quants: Vec<i8>,
+    codes: Codes,
+    /// Each block's integers, in the layout `codes` says.
+    quants: Vec<u8>,
     /// `rows × cols / BLOCK`, one per block of a row: a weight is
     /// `quant × scale + offset`.
     scales: Vec<f32>,
     offsets: Vec<f32>,
+}
+
+/// How a block's 32 integers are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Codes {
+    /// 32 signed bytes.
+    Bytes,
+    /// 16 bytes as in ggml's Q4 blocks: value `j` in the low nibble of byte `j`,
+    /// value `j + 16` in the high nibble.
+    Nibbles,
+}
+
+impl Codes {
+    fn bytes_per_block(self) -> usize {
+        match self {
+            Codes::Bytes => BLOCK,
+            Codes::Nibbles => BLOCK / 2,
+        }
+    }
+
+    /// Integer `k` of a row whose codes are `codes`.
+    #[inline(always)]
+    fn get(self, codes: &[u8], k: usize) -> i32 {
+        match self {
+            Codes::Bytes => codes[k] as i8 as i32,
+            Codes::Nibbles => {
+                let (block, j) = (k / BLOCK, k % BLOCK);
+                let byte = codes[block * BLOCK / 2 + j % 16];
+                (if j < 16 { byte & 0x0F } else { byte >> 4 }) as i32
+            }
+        }
+    }
 }
 
 impl Q8Matrix {
@@ -46,15 +83,16 @@ impl Q8Matrix {
         if weights.len() != rows * cols {
             return None;
         }
-        Self::from_each_block(rows, cols, weights.par_chunks(BLOCK), |w, q, scale, _| {
+        let fill = |w: &[f32], q: &mut [u8], scale: &mut f32, _: &mut f32| {
             let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
             *scale = max / 127.0;
             if *scale > 0.0 {
                 for (q, &x) in q.iter_mut().zip(w) {
-                    *q = (x / *scale).round().clamp(-127.0, 127.0) as i8;
+                    *q = (x / *scale).round().clamp(-127.0, 127.0) as i8 as u8;
                 }
             }
-        })
+        };
+        Self::from_each_block(rows, cols, Codes::Bytes, weights.par_chunks(BLOCK), fill)
     }
 
     /// Copies GGML blocks of a legacy type (`data` as stored in the file) without
@@ -71,6 +109,7 @@ impl Q8Matrix {
         Self::from_each_block(
             rows,
             cols,
+            kind.codes(),
             data.par_chunks(kind.bytes()),
             |block, q, scale, offset| kind.decode(block, q, scale, offset),
         )
@@ -81,24 +120,26 @@ impl Q8Matrix {
     fn from_each_block<'s, T: Sync + ?Sized + 's>(
         rows: usize,
         cols: usize,
+        codes: Codes,
         sources: impl IndexedParallelIterator<Item = &'s T>,
-        fill: impl Fn(&T, &mut [i8], &mut f32, &mut f32) + Sync,
+        fill: impl Fn(&T, &mut [u8], &mut f32, &mut f32) + Sync,
     ) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(BLOCK) {
             return None;
         }
         let blocks = rows * cols / BLOCK;
-        let mut quants = vec![0i8; rows * cols];
+        let mut quants = vec![0u8; blocks * codes.bytes_per_block()];
         let mut scales = vec![0f32; blocks];
         let mut offsets = vec![0f32; blocks];
         quants
-            .par_chunks_mut(BLOCK)
+            .par_chunks_mut(codes.bytes_per_block())
             .zip(scales.par_iter_mut().zip(offsets.par_iter_mut()))
             .zip(sources)
             .for_each(|((q, (scale, offset)), source)| fill(source, q, scale, offset));
         Some(Q8Matrix {
             rows,
             cols,
+            codes,
             quants,
             scales,
             offsets,
@@ -121,6 +162,7 @@ impl Q8Matrix {
         // transposed once.
         let mut by_weight = vec![0f32; self.rows * m];
         let blocks = self.cols / BLOCK;
+        let row_bytes = blocks * self.codes.bytes_per_block();
         by_weight
             .par_chunks_mut(ROWS_PER_TASK * m)
             .enumerate()
@@ -128,7 +170,8 @@ impl Q8Matrix {
                 let first = task * ROWS_PER_TASK;
                 let count = out.len() / m;
                 let rows = WeightRows {
-                    quants: &self.quants[first * self.cols..(first + count) * self.cols],
+                    codes: self.codes,
+                    quants: &self.quants[first * row_bytes..(first + count) * row_bytes],
                     scales: &self.scales[first * blocks..(first + count) * blocks],
                     offsets: &self.offsets[first * blocks..(first + count) * blocks],
                     cols: self.cols,
@@ -170,61 +213,75 @@ impl LegacyBlocks {
         }
     }
 
+    /// How the copy stores the integers: the 4-bit kinds as they are.
+    fn codes(self) -> Codes {
+        match self {
+            LegacyBlocks::Q4_0 | LegacyBlocks::Q4_1 => Codes::Nibbles,
+            _ => Codes::Bytes,
+        }
+    }
+
     /// One block, laid out as in ggml's `dequantize_row_*`: a 4-bit value `j`
     /// (and `j + 16`) in the low (high) nibble of byte `j`, the fifth bits of the
-    /// 5-bit kinds in a 32-bit mask.
-    fn decode(self, block: &[u8], q: &mut [i8], scale: &mut f32, offset: &mut f32) {
+    /// 5-bit kinds in a 32-bit mask. Q4_0's bias of 8 becomes the offset −8·scale,
+    /// which gives the same products: `q·d − 8d` and `(q − 8)·d` are the same
+    /// number before their one rounding.
+    fn decode(self, block: &[u8], q: &mut [u8], scale: &mut f32, offset: &mut f32) {
         *scale = half(block);
         let (bias, rest) = match self {
             LegacyBlocks::Q8_0 => {
-                for (q, &b) in q.iter_mut().zip(&block[2..]) {
-                    *q = b as i8;
-                }
+                q.copy_from_slice(&block[2..]);
                 return;
             }
-            LegacyBlocks::Q4_0 => (8, &block[2..]),
+            LegacyBlocks::Q4_0 => {
+                *offset = -8.0 * *scale;
+                q.copy_from_slice(&block[2..]);
+                return;
+            }
+            LegacyBlocks::Q4_1 => {
+                *offset = half(&block[2..]);
+                q.copy_from_slice(&block[4..]);
+                return;
+            }
             LegacyBlocks::Q5_0 => (16, &block[2..]),
-            LegacyBlocks::Q4_1 | LegacyBlocks::Q5_1 => {
+            LegacyBlocks::Q5_1 => {
                 *offset = half(&block[2..]);
                 (0, &block[4..])
             }
         };
-        let (high, nibbles) = match self {
-            LegacyBlocks::Q5_0 | LegacyBlocks::Q5_1 => (
-                u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]),
-                &rest[4..],
-            ),
-            _ => (0, rest),
-        };
+        let high = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        let nibbles = &rest[4..];
         for (j, &byte) in nibbles.iter().enumerate() {
             let low_fifth = ((high >> j) << 4) & 0x10;
             let high_fifth = (high >> (j + 12)) & 0x10;
-            q[j] = (((byte & 0x0F) as u32 | low_fifth) as i32 - bias) as i8;
-            q[j + 16] = (((byte >> 4) as u32 | high_fifth) as i32 - bias) as i8;
+            q[j] = (((byte & 0x0F) as u32 | low_fifth) as i32 - bias) as i8 as u8;
+            q[j + 16] = (((byte >> 4) as u32 | high_fifth) as i32 - bias) as i8 as u8;
         }
     }
 }
 
 /// A run of consecutive weight rows.
 struct WeightRows<'a> {
-    quants: &'a [i8],
+    codes: Codes,
+    quants: &'a [u8],
     scales: &'a [f32],
     offsets: &'a [f32],
     cols: usize,
 }
 
 /// One weight row: its integers, and the scale and offset of each block.
-type Row<'a> = (&'a [i8], &'a [f32], &'a [f32]);
+type Row<'a> = (&'a [u8], &'a [f32], &'a [f32]);
 
 impl WeightRows<'_> {
     fn count(&self) -> usize {
-        self.quants.len() / self.cols
+        self.scales.len() / (self.cols / BLOCK)
     }
 
     fn row(&self, r: usize) -> Row<'_> {
         let blocks = self.cols / BLOCK;
+        let bytes = blocks * self.codes.bytes_per_block();
         (
-            &self.quants[r * self.cols..][..self.cols],
+            &self.quants[r * bytes..][..bytes],
             &self.scales[r * blocks..][..blocks],
             &self.offsets[r * blocks..][..blocks],
         )
@@ -240,9 +297,14 @@ impl WeightRows<'_> {
                 let start = start * TILE_ROWS;
                 let mut sums = [[0f32; TILE_ROWS]; 2];
                 if pair == 2 {
-                    tile(&[self.row(r), self.row(r + 1)], group, &mut sums);
+                    tile(
+                        self.codes,
+                        &[self.row(r), self.row(r + 1)],
+                        group,
+                        &mut sums,
+                    );
                 } else {
-                    tile(&[self.row(r)], group, &mut sums);
+                    tile(self.codes, &[self.row(r)], group, &mut sums);
                 }
                 for (w, row_sums) in sums.iter().take(pair).enumerate() {
                     out[(r + w) * m + start..][..group.len()]
@@ -255,41 +317,36 @@ impl WeightRows<'_> {
 }
 
 /// Dot products of one or two weight rows with up to [`TILE_ROWS`] inputs.
-fn tile(weights: &[Row<'_>], inputs: &[&[f32]], sums: &mut [[f32; TILE_ROWS]; 2]) {
+fn tile(codes: Codes, weights: &[Row<'_>], inputs: &[&[f32]], sums: &mut [[f32; TILE_ROWS]; 2]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the kernel is compiled for.
+        // SAFETY: the CPU has the features the kernels are compiled for.
         unsafe {
-            match (weights.len(), inputs.len()) {
-                (2, 6) => avx2::tile::<2, 6>(weights, inputs, sums),
-                (2, 5) => avx2::tile::<2, 5>(weights, inputs, sums),
-                (2, 4) => avx2::tile::<2, 4>(weights, inputs, sums),
-                (2, 3) => avx2::tile::<2, 3>(weights, inputs, sums),
-                (2, 2) => avx2::tile::<2, 2>(weights, inputs, sums),
-                (2, 1) => avx2::tile::<2, 1>(weights, inputs, sums),
-                (1, 6) => avx2::tile::<1, 6>(weights, inputs, sums),
-                (1, 5) => avx2::tile::<1, 5>(weights, inputs, sums),
-                (1, 4) => avx2::tile::<1, 4>(weights, inputs, sums),
-                (1, 3) => avx2::tile::<1, 3>(weights, inputs, sums),
-                (1, 2) => avx2::tile::<1, 2>(weights, inputs, sums),
-                (1, 1) => avx2::tile::<1, 1>(weights, inputs, sums),
-                _ => {}
+            match codes {
+                Codes::Bytes => avx2::tile_any::<avx2::Bytes>(weights, inputs, sums),
+                Codes::Nibbles => avx2::tile_any::<avx2::Nibbles>(weights, inputs, sums),
             }
         }
         return;
     }
-    portable_tile(weights, inputs, sums);
+    portable_tile(codes, weights, inputs, sums);
 }
 
 /// The same sums as the AVX2 kernel (eight lanes, then the lanes in order), with a
 /// separate multiply and add.
-fn portable_tile(weights: &[Row<'_>], inputs: &[&[f32]], sums: &mut [[f32; TILE_ROWS]; 2]) {
+fn portable_tile(
+    codes: Codes,
+    weights: &[Row<'_>],
+    inputs: &[&[f32]],
+    sums: &mut [[f32; TILE_ROWS]; 2],
+) {
     for (w, (quants, scales, offsets)) in weights.iter().enumerate() {
         for (i, x) in inputs.iter().enumerate() {
             let mut lanes = [0f32; 8];
             for (b, (&scale, &offset)) in scales.iter().zip(offsets.iter()).enumerate() {
                 for k in b * BLOCK..(b + 1) * BLOCK {
-                    lanes[k % 8] += (quants[k] as f32 * scale + offset) * x[k];
+                    let q = codes.get(quants, k) as f32;
+                    lanes[k % 8] += (q * scale + offset) * x[k];
                 }
             }
             sums[w][i] = hsum(&lanes);
@@ -311,9 +368,65 @@ mod avx2 {
 
     use super::{hsum, Row, BLOCK, TILE_ROWS};
 
+    /// Eight integers of a row, widened to i32 lanes.
+    pub(super) trait Widen {
+        /// Integers `8·part .. 8·part + 8` of block `block`.
+        unsafe fn eight(codes: *const u8, block: usize, part: usize) -> __m256i;
+    }
+
+    pub(super) struct Bytes;
+
+    impl Widen for Bytes {
+        #[inline(always)]
+        unsafe fn eight(codes: *const u8, block: usize, part: usize) -> __m256i {
+            let bytes = _mm_loadl_epi64(codes.add(block * BLOCK + part * 8) as *const __m128i);
+            _mm256_cvtepi8_epi32(bytes)
+        }
+    }
+
+    pub(super) struct Nibbles;
+
+    impl Widen for Nibbles {
+        /// Parts 0 and 1 are the low nibbles of bytes 0–7 and 8–15, parts 2 and 3
+        /// their high nibbles.
+        #[inline(always)]
+        unsafe fn eight(codes: *const u8, block: usize, part: usize) -> __m256i {
+            let at = codes.add(block * BLOCK / 2 + (part % 2) * 8);
+            let mut bytes = _mm_loadl_epi64(at as *const __m128i);
+            if part >= 2 {
+                bytes = _mm_srli_epi16(bytes, 4);
+            }
+            _mm256_cvtepu8_epi32(_mm_and_si128(bytes, _mm_set1_epi8(0x0F)))
+        }
+    }
+
+    /// [`tile`] for any shape up to 2 × [`TILE_ROWS`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_any<C: Widen>(
+        weights: &[Row<'_>],
+        inputs: &[&[f32]],
+        sums: &mut [[f32; TILE_ROWS]; 2],
+    ) {
+        match (weights.len(), inputs.len()) {
+            (2, 6) => tile::<C, 2, 6>(weights, inputs, sums),
+            (2, 5) => tile::<C, 2, 5>(weights, inputs, sums),
+            (2, 4) => tile::<C, 2, 4>(weights, inputs, sums),
+            (2, 3) => tile::<C, 2, 3>(weights, inputs, sums),
+            (2, 2) => tile::<C, 2, 2>(weights, inputs, sums),
+            (2, 1) => tile::<C, 2, 1>(weights, inputs, sums),
+            (1, 6) => tile::<C, 1, 6>(weights, inputs, sums),
+            (1, 5) => tile::<C, 1, 5>(weights, inputs, sums),
+            (1, 4) => tile::<C, 1, 4>(weights, inputs, sums),
+            (1, 3) => tile::<C, 1, 3>(weights, inputs, sums),
+            (1, 2) => tile::<C, 1, 2>(weights, inputs, sums),
+            (1, 1) => tile::<C, 1, 1>(weights, inputs, sums),
+            _ => {}
+        }
+    }
+
     /// `W` weight rows against `R` inputs, all `W × R` sums in registers.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const W: usize, const R: usize>(
+    unsafe fn tile<C: Widen, const W: usize, const R: usize>(
         weights: &[Row<'_>],
         inputs: &[&[f32]],
         sums: &mut [[f32; TILE_ROWS]; 2],
@@ -331,8 +444,7 @@ mod avx2 {
                 let k = b * BLOCK + part * 8;
                 let mut wide = [_mm256_setzero_ps(); W];
                 for w in 0..W {
-                    let bytes = _mm_loadl_epi64(weights[w].0.as_ptr().add(k) as *const __m128i);
-                    let ints = _mm256_cvtepi8_epi32(bytes);
+                    let ints = C::eight(weights[w].0.as_ptr(), b, part);
                     wide[w] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale[w], offset[w]);
                 }
                 for i in 0..R {
@@ -370,11 +482,66 @@ mod tests {
     }
 
     fn dequantized(q: &Q8Matrix) -> Vec<f32> {
-        q.quants
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| v as f32 * q.scales[i / BLOCK] + q.offsets[i / BLOCK])
+        let row_bytes = q.cols / BLOCK * q.codes.bytes_per_block();
+        (0..q.rows * q.cols)
+            .map(|i| {
+                let (r, k) = (i / q.cols, i % q.cols);
+                let v = q.codes.get(&q.quants[r * row_bytes..][..row_bytes], k);
+                v as f32 * q.scales[i / BLOCK] + q.offsets[i / BLOCK]
+            })
             .collect()
+    }
+
+    /// The same integers, scales and offsets, stored a byte each.
+    fn as_bytes(q: &Q8Matrix) -> Q8Matrix {
+        let row_bytes = q.cols / BLOCK * q.codes.bytes_per_block();
+        let mut quants = vec![0u8; q.rows * q.cols];
+        for (i, v) in quants.iter_mut().enumerate() {
+            let (r, k) = (i / q.cols, i % q.cols);
+            *v = q.codes.get(&q.quants[r * row_bytes..][..row_bytes], k) as i8 as u8;
+        }
+        Q8Matrix {
+            rows: q.rows,
+            cols: q.cols,
+            codes: Codes::Bytes,
+            quants,
+            scales: q.scales.clone(),
+            offsets: q.offsets.clone(),
+        }
+    }
+
+    fn q4(rows: usize, cols: usize, dtype: candle_core::quantized::GgmlDType) -> Q8Matrix {
+        use candle_core::quantized::QTensor;
+        use candle_core::{Device, Tensor};
+        let dense = Tensor::from_vec(numbers(rows * cols, 9), (rows, cols), &Device::Cpu).unwrap();
+        let quantized = QTensor::quantize(&dense, dtype).unwrap();
+        let kind = match dtype {
+            candle_core::quantized::GgmlDType::Q4_0 => LegacyBlocks::Q4_0,
+            _ => LegacyBlocks::Q4_1,
+        };
+        Q8Matrix::from_blocks(kind, &quantized.data().unwrap(), rows, cols).unwrap()
+    }
+
+    /// 4-bit weights are kept as nibbles, unpacked in the kernel to the integers a
+    /// byte copy holds: the products have the same bits, alone and in batches.
+    #[test]
+    fn nibbles_multiply_to_the_bits_of_bytes() {
+        use candle_core::quantized::GgmlDType;
+        let (rows, cols) = (21, 96);
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
+            let nibbles = q4(rows, cols, dtype);
+            assert_eq!(nibbles.codes, Codes::Nibbles);
+            assert_eq!(nibbles.quants.len(), rows * cols / 2);
+            let bytes = as_bytes(&nibbles);
+            for m in [1, 2, 7, 13] {
+                let xs = numbers(m * cols, 10 + m as u64);
+                assert_eq!(
+                    nibbles.matmul(&xs),
+                    bytes.matmul(&xs),
+                    "{dtype:?}, {m} rows"
+                );
+            }
+        }
     }
 
     #[test]
@@ -421,20 +588,24 @@ mod tests {
         let q = Q8Matrix::quantize(&numbers(2 * cols, 5), 2, cols).unwrap();
         let xs = numbers(3 * cols, 6);
         let inputs: Vec<&[f32]> = xs.chunks(cols).collect();
-        let rows = WeightRows {
-            quants: &q.quants,
-            scales: &q.scales,
-            offsets: &q.offsets,
-            cols,
-        };
-        let mut fast = [[0f32; TILE_ROWS]; 2];
-        let mut portable = [[0f32; TILE_ROWS]; 2];
-        tile(&[rows.row(0), rows.row(1)], &inputs, &mut fast);
-        portable_tile(&[rows.row(0), rows.row(1)], &inputs, &mut portable);
-        for w in 0..2 {
-            for i in 0..3 {
-                let (f, p) = (fast[w][i], portable[w][i]);
-                assert!((f - p).abs() <= 1e-5 * p.abs().max(1.0), "{f} vs {p}");
+        let nibbles = q4(2, cols, candle_core::quantized::GgmlDType::Q4_1);
+        for q in [&q, &nibbles] {
+            let rows = WeightRows {
+                codes: q.codes,
+                quants: &q.quants,
+                scales: &q.scales,
+                offsets: &q.offsets,
+                cols,
+            };
+            let mut fast = [[0f32; TILE_ROWS]; 2];
+            let mut portable = [[0f32; TILE_ROWS]; 2];
+            tile(q.codes, &[rows.row(0), rows.row(1)], &inputs, &mut fast);
+            portable_tile(q.codes, &[rows.row(0), rows.row(1)], &inputs, &mut portable);
+            for w in 0..2 {
+                for i in 0..3 {
+                    let (f, p) = (fast[w][i], portable[w][i]);
+                    assert!((f - p).abs() <= 1e-5 * p.abs().max(1.0), "{f} vs {p}");
+                }
             }
         }
     }

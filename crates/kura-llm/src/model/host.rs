@@ -4,7 +4,7 @@
 //! arithmetic of a layer is small, and each tensor op costs more to dispatch than to
 //! compute; with a dozen of them per layer (and a narrow, a rotation and two copies
 //! per sequence) a SmolLM2 token took 22 ms, of which streaming the weights is 8.
-//! Here a layer is its five 8-bit products (see `q8`) and a few loops between them.
+//! Here a layer is its seven 8-bit products (see `q8`) and a few loops between them.
 //! Every loop works on one row at a time, so a sequence's step is the same bits alone
 //! or in any batch, as the products are.
 
