@@ -9,7 +9,7 @@
 //! or in any batch, as the products are.
 
 use candle_core::{Storage, Tensor};
-use kura_simd::{exp, multiversion, sum};
+use kura_simd::{dot, exp, multiversion};
 use rayon::prelude::*;
 
 use super::{host_kv, Architecture, Cache, Layer, Linear, Model};
@@ -85,7 +85,6 @@ impl Model {
         caches: &mut [Cache],
     ) -> Result<Vec<Vec<f32>>, LlmError> {
         let c = &self.config;
-        let width = c.heads * c.head_dim;
         let mut xs = embedding_rows(&self.embedding, tokens)?;
         for (index, (layer, weights)) in self.layers.iter().zip(&host.layers).enumerate() {
             let normed = rms_norm_rows(&xs, &weights.attn_norm, c.rms_eps);
@@ -105,7 +104,6 @@ impl Model {
         let normed = rms_norm_rows(&xs, &host.output_norm, c.rms_eps);
         let logits = product(&self.output, &normed, None);
         let vocab = logits.len() / tokens.len();
-        debug_assert_eq!(xs.len(), tokens.len() * width);
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
@@ -204,15 +202,7 @@ multiversion! {
         let width = weight.len().max(1);
         let mut out = vec![0f32; xs.len()];
         for (row, out) in xs.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-            let mut squares = [0f32; kura_simd::LANES];
-            let mut chunks = row.chunks_exact(kura_simd::LANES);
-            for chunk in &mut chunks {
-                for (s, &x) in squares.iter_mut().zip(chunk) {
-                    *s = M::mul_add(x, x, *s);
-                }
-            }
-            let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
-            let mean = (sum(&squares) + tail) / width as f32;
+            let mean = dot::<M>(row, row) / width as f32;
             let root = (mean + eps).sqrt();
             for ((o, &x), &w) in out.iter_mut().zip(row).zip(weight) {
                 *o = x / root * w;
