@@ -1,16 +1,18 @@
-//! [`StepBatcher`]: the one-token decoding steps of sessions running on several
-//! threads, gathered into one batched pass of the model.
+//! [`StepBatcher`]: the short feeds of sessions running on several threads (a decoded
+//! token, or a piece of the JSON skeleton), gathered into one batched pass of the
+//! model.
 //!
 //! Why threads that meet here rather than one loop stepping many sessions: the form
 //! writer (`structured`) is sequential code that feeds a session token by token,
 //! with retries; written again as a state machine for lockstep stepping it would be
 //! twice the code. Instead each conversation runs that code on its own thread, and
-//! every one-token feed waits here until each running thread has submitted one; the
+//! every short feed waits here until each running thread has submitted one; the
 //! last to arrive runs them all as one pass, in which every weight is read once for
-//! all of them. Longer feeds (a prompt, a piece of the JSON skeleton) run on their
-//! own thread meanwhile, which costs nothing: each model call already spreads over
-//! all cores. A step's result does not depend on the steps beside it (see `q8`), so
-//! a conversation is summarised to the same bits in any batch.
+//! all of them. The skeleton's pieces ride along: fed on their own, each took a
+//! whole pass over the weights while every other thread waited for it. Prompts run
+//! on their own thread meanwhile: a prompt's GEMM already spreads over all cores. A
+//! step's result does not depend on the steps beside it (see `q8`), so a
+//! conversation is summarised to the same bits in any batch.
 
 use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -32,7 +34,7 @@ struct Gathering {
 type Answer = Result<(Cache, Vec<f32>), String>;
 
 struct Step {
-    token: u32,
+    tokens: Vec<u32>,
     cache: Cache,
     reply: mpsc::Sender<Answer>,
 }
@@ -61,19 +63,22 @@ impl StepBatcher {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Feeds `token` after what `cache` holds, together with the other threads'
-    /// steps; returns the extended cache and the logits of the next token.
+    /// Feeds `tokens` (at most [`STEP_MAX_TOKENS`]) after what `cache` holds,
+    /// together with the other threads' steps; returns the extended cache and the
+    /// logits of the next token.
+    ///
+    /// [`STEP_MAX_TOKENS`]: crate::model::STEP_MAX_TOKENS
     pub(crate) fn step(
         &self,
         model: &Model,
-        token: u32,
+        tokens: &[u32],
         cache: Cache,
     ) -> Result<(Cache, Vec<f32>), LlmError> {
         let (reply, answer) = mpsc::channel();
         let complete = {
             let mut state = self.lock();
             state.steps.push(Step {
-                token,
+                tokens: tokens.to_vec(),
                 cache,
                 reply,
             });
@@ -103,10 +108,16 @@ impl StepBatcher {
 
 /// Runs one batched pass and answers every step in it.
 fn run(model: &Model, steps: Vec<Step>) {
-    let tokens: Vec<u32> = steps.iter().map(|s| s.token).collect();
-    let (mut caches, replies): (Vec<Cache>, Vec<mpsc::Sender<Answer>>) =
-        steps.into_iter().map(|s| (s.cache, s.reply)).unzip();
-    match model.decode(&tokens, &mut caches) {
+    let mut feeds = Vec::with_capacity(steps.len());
+    let mut caches = Vec::with_capacity(steps.len());
+    let mut replies = Vec::with_capacity(steps.len());
+    for step in steps {
+        feeds.push(step.tokens);
+        caches.push(step.cache);
+        replies.push(step.reply);
+    }
+    let feeds: Vec<&[u32]> = feeds.iter().map(Vec::as_slice).collect();
+    match model.step(&feeds, &mut caches) {
         Ok(rows) => {
             for ((cache, reply), row) in caches.into_iter().zip(replies).zip(rows) {
                 // A thread that stopped waiting has nothing left to answer.

@@ -10,16 +10,17 @@
 
 use std::sync::Arc;
 
-use kura_simd::{dot, multiversion, softmax};
+use kura_simd::{dot, multiversion, softmax, LANES};
 use rayon::prelude::*;
 
-/// One layer's keys and values, token-major (`[tokens, kv_heads, head_dim]`), so a
-/// new token appends at the end. Cloning shares the buffers; the first append to a
-/// shared buffer copies it (a prompt prefix continued by many sessions).
+/// One layer's keys and values, one buffer per key/value head (`[tokens, head_dim]`
+/// each): a new token appends at the end of each, and attention streams through one
+/// head's keys contiguously. Cloning shares the buffers; the first append to a shared
+/// buffer copies it (a prompt prefix continued by many sessions).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HostKv {
-    keys: Arc<Vec<f32>>,
-    values: Arc<Vec<f32>>,
+    keys: Arc<Vec<Vec<f32>>>,
+    values: Arc<Vec<Vec<f32>>>,
 }
 
 /// The shape of the heads: `heads` query heads in `kv_heads` groups of `head_dim`.
@@ -32,88 +33,279 @@ pub(crate) struct Heads {
 
 impl HostKv {
     /// Appends tokens given token-major, `[tokens, kv_heads, head_dim]` each.
-    pub(crate) fn append(&mut self, keys: &[f32], values: &[f32]) {
-        Arc::make_mut(&mut self.keys).extend_from_slice(keys);
-        Arc::make_mut(&mut self.values).extend_from_slice(values);
+    pub(crate) fn append(&mut self, shape: Heads, keys: &[f32], values: &[f32]) {
+        for (heads, new) in [(&mut self.keys, keys), (&mut self.values, values)] {
+            let heads = Arc::make_mut(heads);
+            heads.resize_with(shape.kv_heads, Vec::new);
+            for (i, row) in new.chunks_exact(shape.head_dim).enumerate() {
+                heads[i % shape.kv_heads].extend_from_slice(row);
+            }
+        }
     }
 
-    pub(crate) fn keys(&self) -> &[f32] {
-        &self.keys
+    /// Tokens held.
+    pub(crate) fn len(&self, shape: Heads) -> usize {
+        self.keys
+            .first()
+            .map_or(0, |keys| keys.len() / shape.head_dim.max(1))
     }
 
-    pub(crate) fn values(&self) -> &[f32] {
-        &self.values
+    /// Keys and values head-major, `[kv_heads, tokens, head_dim]` each.
+    pub(crate) fn head_major(&self) -> (Vec<f32>, Vec<f32>) {
+        (self.keys.concat(), self.values.concat())
     }
 
     /// The attention output of one query token over every token held,
-    /// `[heads, head_dim]`, for `query` given as `[heads, head_dim]`. The query heads
-    /// that share a key/value head are taken together, so each key and value is read
-    /// once per group; the groups run in parallel.
+    /// `[heads, head_dim]`, for `query` given as `[heads, head_dim]`.
     pub(crate) fn attend_one(&self, query: &[f32], shape: Heads, scale: f32) -> Vec<f32> {
+        self.attend_causal(self.len(shape), query, shape, scale)
+    }
+
+    /// Attention of the last tokens held, whose queries are `queries`
+    /// (`[rows, heads, head_dim]`): row `j` sees the first `first + j` tokens, itself
+    /// included and none after it (causal attention). Returns `[rows, heads,
+    /// head_dim]`. The query heads that share a key/value head are taken together, so
+    /// each key and value is read once per group and row; the groups run in parallel.
+    pub(crate) fn attend_causal(
+        &self,
+        first: usize,
+        queries: &[f32],
+        shape: Heads,
+        scale: f32,
+    ) -> Vec<f32> {
+        if queries.len() >= PROMPT_ROWS * shape.heads * shape.head_dim {
+            return self.attend_prompt(first, queries, shape, scale);
+        }
         let Heads {
             heads,
             kv_heads,
             head_dim,
         } = shape;
+        let row = heads * head_dim;
+        let group = row / kv_heads;
+        let rows = queries.len() / row;
+        let per_group: Vec<Vec<f32>> = (0..kv_heads)
+            .into_par_iter()
+            .map(|g| {
+                let mut out = vec![0.0f32; rows * group];
+                for ((seen, q), out) in (first..)
+                    .zip(queries.chunks_exact(row))
+                    .zip(out.chunks_exact_mut(group))
+                {
+                    let held = seen * head_dim;
+                    let (keys, values) = (&self.keys[g][..held], &self.values[g][..held]);
+                    attend_group(&q[g * group..][..group], keys, values, head_dim, scale, out);
+                }
+                out
+            })
+            .collect();
+        let mut out = vec![0.0f32; rows * row];
+        for (g, part) in per_group.iter().enumerate() {
+            for (out, part) in out.chunks_exact_mut(row).zip(part.chunks_exact(group)) {
+                out[g * group..][..group].copy_from_slice(part);
+            }
+        }
+        out
+    }
+
+    /// [`HostKv::attend_causal`] for many rows (a prompt): per query head and block
+    /// of [`PROMPT_ROWS`] rows, the scores are one GEMM over the keys the block's
+    /// last row sees, the softmax runs over each row's own causal prefix (the rest
+    /// of the row is zeroed), and the output is a second GEMM over the values.
+    /// Tasks (head, block) run in parallel, each GEMM on one core.
+    fn attend_prompt(&self, first: usize, queries: &[f32], shape: Heads, scale: f32) -> Vec<f32> {
+        let Heads {
+            heads,
+            kv_heads,
+            head_dim,
+        } = shape;
+        let row = heads * head_dim;
+        let rows = queries.len() / row;
         let group = heads / kv_heads;
-        let mut out = vec![0.0f32; heads * head_dim];
-        out.par_chunks_exact_mut(group * head_dim)
-            .zip(query.par_chunks_exact(group * head_dim))
-            .enumerate()
-            .for_each(|(g, (out, queries))| {
-                let place = KvPlace {
-                    row: kv_heads * head_dim,
-                    offset: g * head_dim,
-                    head_dim,
-                };
-                attend_group(queries, &self.keys, &self.values, place, scale, out);
-            });
+        let tasks: Vec<(usize, usize)> = (0..heads)
+            .flat_map(|head| {
+                (0..rows)
+                    .step_by(PROMPT_ROWS)
+                    .map(move |start| (head, start))
+            })
+            .collect();
+        let blocks: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(head, start)| {
+                let count = PROMPT_ROWS.min(rows - start);
+                let seen = first + start + count - 1;
+                let (keys, values) = (&self.keys[head / group], &self.values[head / group]);
+                assert!(keys.len() >= seen * head_dim && values.len() >= seen * head_dim);
+                let q = &queries[start * row + head * head_dim..];
+                assert!(q.len() >= (count - 1) * row + head_dim);
+                let mut scores = vec![0.0f32; count * seen];
+                let mut out = vec![0.0f32; count * head_dim];
+                // SAFETY: `q` holds `count` rows of `head_dim` at stride `row` (checked
+                // above); `keys` and `values` hold `seen` rows of `head_dim`; `scores`
+                // is `count × seen` and `out` `count × head_dim`, both row-major.
+                unsafe {
+                    gemm::gemm(
+                        count,
+                        seen,
+                        head_dim,
+                        scores.as_mut_ptr(),
+                        1,
+                        seen as isize,
+                        false,
+                        q.as_ptr(),
+                        1,
+                        row as isize,
+                        keys.as_ptr(),
+                        head_dim as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for (sees, scores) in (first + start..).zip(scores.chunks_exact_mut(seen)) {
+                    let (visible, hidden) = scores.split_at_mut(sees);
+                    softmax_row(visible);
+                    hidden.fill(0.0);
+                }
+                // SAFETY: as above.
+                unsafe {
+                    gemm::gemm(
+                        count,
+                        head_dim,
+                        seen,
+                        out.as_mut_ptr(),
+                        1,
+                        head_dim as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        seen as isize,
+                        values.as_ptr(),
+                        1,
+                        head_dim as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                out
+            })
+            .collect();
+        let mut out = vec![0.0f32; rows * row];
+        for (&(head, start), block) in tasks.iter().zip(&blocks) {
+            for (to, from) in out[start * row..]
+                .chunks_mut(row)
+                .zip(block.chunks_exact(head_dim))
+            {
+                to[head * head_dim..][..head_dim].copy_from_slice(from);
+            }
+        }
         out
     }
 }
 
-/// Where one key/value head sits in a token-major row of the cache.
-#[derive(Clone, Copy)]
-struct KvPlace {
-    /// Values per token (all key/value heads).
-    row: usize,
-    /// The head's first value within a token's row.
-    offset: usize,
-    head_dim: usize,
+/// Rows from which [`HostKv::attend_causal`] computes attention as GEMMs: enough rows
+/// that each product is a real matrix product.
+const PROMPT_ROWS: usize = 32;
+
+multiversion! {
+    fn softmax_row<M>(row: &mut [f32]) {
+        softmax::<M>(row);
+    }
 }
+
+/// Keys scored together: their dot products are independent chains of FMAs, which
+/// the core runs side by side, where a single dot waits on each FMA before the next.
+const KEYS_AT_ONCE: usize = 8;
+/// Output values summed in registers while the values stream past.
+const OUTPUTS_AT_ONCE: usize = 32;
 
 multiversion! {
     /// Softmax attention of the query heads in `queries` (`[group, head_dim]`, one
-    /// token) over the keys and values of one key/value head, written to `out`
-    /// (`[group, head_dim]`).
+    /// token) over the keys and values of one key/value head (`[tokens, head_dim]`
+    /// each), written to `out` (`[group, head_dim]`).
     fn attend_group<M>(
         queries: &[f32],
         keys: &[f32],
         values: &[f32],
-        place: KvPlace,
+        head_dim: usize,
         scale: f32,
         out: &mut [f32],
     ) {
-        let head_dim = place.head_dim;
-        let group = queries.len() / head_dim;
-        let tokens = keys.len() / place.row;
-        let mut scores = vec![0.0f32; group * tokens];
-        for t in 0..tokens {
-            let k = &keys[t * place.row + place.offset..][..head_dim];
-            for (g, q) in queries.chunks_exact(head_dim).enumerate() {
-                scores[g * tokens + t] = dot::<M>(q, k) * scale;
+        let tokens = keys.len() / head_dim;
+        let at = |t: usize| t * head_dim..(t + 1) * head_dim;
+        let mut scores = vec![0.0f32; queries.len() / head_dim * tokens];
+        for (q, scores) in queries
+            .chunks_exact(head_dim)
+            .zip(scores.chunks_exact_mut(tokens.max(1)))
+        {
+            let mut blocks = scores.chunks_exact_mut(KEYS_AT_ONCE);
+            let mut first = 0;
+            for block in &mut blocks {
+                let mut sums = [[0f32; LANES]; KEYS_AT_ONCE];
+                let mut lane = 0;
+                while lane + LANES <= head_dim {
+                    let q: &[f32; LANES] = q[lane..lane + LANES].try_into().unwrap_or(&[0.0; LANES]);
+                    for (t, sum) in (first..).zip(sums.iter_mut()) {
+                        let k: &[f32; LANES] =
+                            keys[at(t)][lane..lane + LANES].try_into().unwrap_or(&[0.0; LANES]);
+                        for i in 0..LANES {
+                            sum[i] = M::mul_add(q[i], k[i], sum[i]);
+                        }
+                    }
+                    lane += LANES;
+                }
+                for ((t, score), sum) in (first..).zip(block.iter_mut()).zip(&sums) {
+                    let tail: f32 = q[lane..]
+                        .iter()
+                        .zip(&keys[at(t)][lane..])
+                        .map(|(x, y)| x * y)
+                        .sum();
+                    *score = (sum.iter().sum::<f32>() + tail) * scale;
+                }
+                first += KEYS_AT_ONCE;
+            }
+            for (t, score) in (first..).zip(blocks.into_remainder()) {
+                *score = dot::<M>(q, &keys[at(t)]) * scale;
             }
         }
         for row in scores.chunks_exact_mut(tokens.max(1)) {
             softmax::<M>(row);
         }
-        out.fill(0.0);
-        for t in 0..tokens {
-            let v = &values[t * place.row + place.offset..][..head_dim];
-            for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
-                let weight = scores[g * tokens + t];
-                for (o, &v) in o.iter_mut().zip(v) {
-                    *o = M::mul_add(weight, v, *o);
+        for (o, weights) in out
+            .chunks_exact_mut(head_dim)
+            .zip(scores.chunks_exact(tokens.max(1)))
+        {
+            for (start, o) in (0..).step_by(OUTPUTS_AT_ONCE).zip(o.chunks_mut(OUTPUTS_AT_ONCE)) {
+                let mut sums = [0f32; OUTPUTS_AT_ONCE];
+                match <&mut [f32; OUTPUTS_AT_ONCE]>::try_from(&mut *o) {
+                    // A whole chunk: a fixed width, so the sums stay in registers.
+                    Ok(o) => {
+                        for (t, &weight) in weights.iter().enumerate() {
+                            let v = &values[at(t)][start..start + OUTPUTS_AT_ONCE];
+                            for (sum, &v) in sums.iter_mut().zip(v) {
+                                *sum = M::mul_add(weight, v, *sum);
+                            }
+                        }
+                        *o = sums;
+                    }
+                    Err(_) => {
+                        let width = o.len();
+                        for (t, &weight) in weights.iter().enumerate() {
+                            let v = &values[at(t)][start..start + width];
+                            for (sum, &v) in sums.iter_mut().zip(v) {
+                                *sum = M::mul_add(weight, v, *sum);
+                            }
+                        }
+                        o.copy_from_slice(&sums[..width]);
+                    }
                 }
             }
         }
@@ -173,18 +365,64 @@ mod tests {
         let mut kv = HostKv::default();
         // Appended in two parts, as a prompt and then a decoded token would be.
         let (keys, values) = (numbers(row * 9, 1), numbers(row * 9, 2));
-        kv.append(&keys[..row * 8], &values[..row * 8]);
+        kv.append(shape, &keys[..row * 8], &values[..row * 8]);
         let shared = kv.clone();
-        kv.append(&keys[row * 8..], &values[row * 8..]);
+        kv.append(shape, &keys[row * 8..], &values[row * 8..]);
         let query = numbers(shape.heads * shape.head_dim, 3);
         let got = kv.attend_one(&query, shape, 0.3);
         let want = naive(&query, &keys, &values, shape, 0.3);
+        assert_close(&got, &want);
+        // The clone taken before the last append still holds eight tokens.
+        assert_eq!(shared.len(shape), 8);
+        assert_eq!(kv.len(shape), 9);
+    }
+
+    /// Rows fed together see only the tokens up to their own, on both paths: one
+    /// row at a time (few rows) and the GEMMs over blocks of rows (a prompt).
+    #[test]
+    fn rows_fed_together_attend_causally() {
+        let shape = Heads {
+            heads: 14,
+            kv_heads: 2,
+            head_dim: 64,
+        };
+        let (row, kv_row) = (
+            shape.heads * shape.head_dim,
+            shape.kv_heads * shape.head_dim,
+        );
+        for (held_before, rows) in [(5, 3), (0, 40), (21, 70)] {
+            let total = held_before + rows;
+            let (keys, values) = (numbers(kv_row * total, 4), numbers(kv_row * total, 5));
+            let queries = numbers(row * rows, 6);
+            let mut kv = HostKv::default();
+            kv.append(
+                shape,
+                &keys[..kv_row * held_before],
+                &values[..kv_row * held_before],
+            );
+            kv.append(
+                shape,
+                &keys[kv_row * held_before..],
+                &values[kv_row * held_before..],
+            );
+            let got = kv.attend_causal(held_before + 1, &queries, shape, 0.125);
+            assert_eq!(got.len(), queries.len());
+            for (j, (got, query)) in got
+                .chunks_exact(row)
+                .zip(queries.chunks_exact(row))
+                .enumerate()
+            {
+                let seen = (held_before + j + 1) * kv_row;
+                let want = naive(query, &keys[..seen], &values[..seen], shape, 0.125);
+                assert_close(got, &want);
+            }
+        }
+    }
+
+    fn assert_close(got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len());
-        for (g, w) in got.iter().zip(&want) {
+        for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-5, "{g} vs {w}");
         }
-        // The clone taken before the last append still holds eight tokens.
-        assert_eq!(shared.keys().len(), row * 8);
-        assert_eq!(kv.values().len(), row * 9);
     }
 }

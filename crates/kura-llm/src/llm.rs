@@ -15,7 +15,7 @@ use crate::batch::StepBatcher;
 use crate::chat::{ChatMessage, ChatMl};
 use crate::error::LlmError;
 use crate::gguf::Metadata;
-use crate::model::{Cache, Config, Model};
+use crate::model::{Cache, Config, Model, STEP_MAX_TOKENS};
 use crate::tokenizer;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -382,9 +382,9 @@ impl<'a> Session<'a> {
                 self.cache.len()
             )));
         }
-        if let (Some(batcher), [token]) = (self.batcher, tokens) {
+        if let Some(batcher) = self.batcher.filter(|_| tokens.len() <= STEP_MAX_TOKENS) {
             let cache = std::mem::take(&mut self.cache);
-            let (cache, logits) = batcher.step(&self.llm.model, *token, cache)?;
+            let (cache, logits) = batcher.step(&self.llm.model, tokens, cache)?;
             self.cache = cache;
             self.logits = Some(logits);
             return Ok(());

@@ -8,6 +8,7 @@
 //! for a shared prompt prefix can be cloned and extended per conversation.
 
 mod host;
+mod prompt;
 
 use std::fs::File;
 
@@ -40,6 +41,15 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// The shape of the attention heads, as the host caches take it.
+    fn heads(&self) -> Heads {
+        Heads {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
     /// Scores are scaled by 1/√head_dim.
     fn attention_scale(&self) -> f64 {
         1.0 / (self.head_dim as f64).sqrt()
@@ -107,6 +117,10 @@ struct Linear {
 /// projection on two cores: 8-bit 0.31 / 1.70 / 2.55 ms at 1 / 16 / 24 rows, dense
 /// 0.62 / 2.11 / 2.45 ms.
 const PACKED_MAX_ROWS: usize = 16;
+
+/// The most tokens a sequence may feed in one [`Model::step`]; longer feeds (prompts)
+/// are read with the dense GEMM.
+pub(crate) const STEP_MAX_TOKENS: usize = PACKED_MAX_ROWS;
 
 impl Linear {
     /// `decoding`: every sequence in `xs` is one new token. Then the 8-bit copy is
@@ -320,12 +334,25 @@ impl Model {
             return Err(LlmError::InvalidOutput("no tokens to run".into()));
         }
         self.check_room(cache.len + count)?;
-        if let (Some(host), [_]) = (&self.host, tokens) {
-            let mut rows = self.decode_on_host(host, tokens, std::slice::from_mut(cache))?;
+        if let Some(host) = &self.host {
+            if count > STEP_MAX_TOKENS {
+                return self.prefill_on_host(host, tokens, cache);
+            }
+            let mut rows = self.step(&[tokens], std::slice::from_mut(cache))?;
             return rows
                 .pop()
                 .ok_or_else(|| LlmError::InvalidOutput("a step returned no logits".into()));
         }
+        self.forward_through_tensors(tokens, cache)
+    }
+
+    /// [`Model::forward`] with candle's tensor ops, as on a GPU.
+    fn forward_through_tensors(
+        &self,
+        tokens: &[u32],
+        cache: &mut Cache,
+    ) -> Result<Vec<f32>, LlmError> {
+        let count = tokens.len();
         let device = self.embedding.device();
         let ids = Tensor::new(tokens, device)?;
         let xs = self.embedding.index_select(&ids, 0)?.unsqueeze(0)?;
@@ -344,20 +371,46 @@ impl Model {
         tokens: &[u32],
         caches: &mut [Cache],
     ) -> Result<Vec<Vec<f32>>, LlmError> {
-        if tokens.is_empty() || tokens.len() != caches.len() {
+        self.step(&one_each(tokens), caches)
+    }
+
+    /// [`Model::decode`] with up to [`STEP_MAX_TOKENS`] tokens per sequence: `feeds[i]`
+    /// follows what `caches[i]` holds. A template's fixed text between two values is
+    /// such a feed; run beside other sequences' tokens it shares their pass over the
+    /// weights instead of making its own. Returns the logits after each feed.
+    pub(crate) fn step(
+        &self,
+        feeds: &[&[u32]],
+        caches: &mut [Cache],
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
+        if feeds.is_empty() || feeds.len() != caches.len() {
             return Err(LlmError::InvalidOutput(format!(
-                "{} tokens for {} sequences",
-                tokens.len(),
+                "{} feeds for {} sequences",
+                feeds.len(),
                 caches.len()
             )));
         }
-        for cache in caches.iter() {
-            self.check_room(cache.len + 1)?;
+        for (feed, cache) in feeds.iter().zip(caches.iter()) {
+            if feed.is_empty() || feed.len() > STEP_MAX_TOKENS {
+                return Err(LlmError::InvalidOutput(format!(
+                    "a step feeds 1 to {STEP_MAX_TOKENS} tokens per sequence, not {}",
+                    feed.len()
+                )));
+            }
+            self.check_room(cache.len + feed.len())?;
         }
-        match &self.host {
-            Some(host) => self.decode_on_host(host, tokens, caches),
-            None => self.decode_through_tensors(tokens, caches),
+        if let Some(host) = &self.host {
+            return self.decode_on_host(host, feeds, caches);
         }
+        if feeds.iter().all(|feed| feed.len() == 1) {
+            let tokens: Vec<u32> = feeds.iter().map(|feed| feed[0]).collect();
+            return self.decode_through_tensors(&tokens, caches);
+        }
+        feeds
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(feed, cache)| self.forward(feed, cache))
+            .collect()
     }
 
     /// [`Model::decode`] with candle's tensor ops, as on a GPU.
@@ -470,6 +523,7 @@ impl Model {
         caches: &mut [Cache],
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
+        let shape = c.heads();
         let mut queries = Vec::with_capacity(caches.len());
         for (i, cache) in caches.iter_mut().enumerate() {
             let pick = |t: &Tensor| t.narrow(0, i, 1);
@@ -478,16 +532,12 @@ impl Model {
             let (q, k) = self.rotate(&pick(q)?, &pick(k)?, (&cos, &sin))?;
             // One token: [1, kv_heads, 1, head_dim] is already token-major.
             host_kv(&mut cache.layers[index]).append(
+                shape,
                 &k.flatten_all()?.to_vec1::<f32>()?,
                 &pick(v)?.flatten_all()?.to_vec1::<f32>()?,
             );
             queries.push(q.flatten_all()?.to_vec1::<f32>()?);
         }
-        let shape = Heads {
-            heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-        };
         let scale = c.attention_scale() as f32;
         let outs: Vec<f32> = caches
             .par_iter()
@@ -561,20 +611,17 @@ impl Model {
         scale: f64,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
+        let shape = c.heads();
         // [1, kv_heads, tokens, head_dim] -> [tokens, kv_heads, head_dim]
         let token_major = |t: &Tensor| t.squeeze(0)?.transpose(0, 1)?.flatten_all()?.to_vec1();
         let kv = host_kv(slot);
-        kv.append(&token_major(k)?, &token_major(v)?);
-        let device = q.device();
-        let tokens = kv.keys().len() / (c.kv_heads * c.head_dim);
-        let as_heads = |buf: &[f32]| {
-            Tensor::from_slice(buf, (tokens, c.kv_heads, c.head_dim), device)?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)
-        };
-        let k = repeat_kv(as_heads(kv.keys())?, c.heads / c.kv_heads)?;
-        let v = repeat_kv(as_heads(kv.values())?, c.heads / c.kv_heads)?;
+        kv.append(shape, &token_major(k)?, &token_major(v)?);
+        let tokens = kv.len(shape);
+        let (keys, values) = kv.head_major();
+        let as_heads =
+            |buf: Vec<f32>| Tensor::from_vec(buf, (1, c.kv_heads, tokens, c.head_dim), q.device());
+        let k = repeat_kv(as_heads(keys)?, c.heads / c.kv_heads)?;
+        let v = repeat_kv(as_heads(values)?, c.heads / c.kv_heads)?;
         masked_attention(q, &k, &v, mask, scale)
     }
 }
@@ -654,6 +701,26 @@ fn causal_mask(count: usize, start: usize, device: &Device) -> candle_core::Resu
         })
         .collect();
     Tensor::from_vec(values, (count, total), device).map(Some)
+}
+
+/// SmolLM2 from the model cache, for the tests that check our host code against
+/// candle's ops on real weights.
+#[cfg(test)]
+fn smollm2() -> crate::llm::LocalLlm {
+    let name = "smollm2-135m-instruct";
+    let path = kura_models::Resolver::from_env()
+        .resolve(name)
+        .unwrap_or_else(|e| panic!("cannot resolve {name}: {e}"))
+        .single_file()
+        .expect("one GGUF file")
+        .to_path_buf();
+    crate::llm::LocalLlm::load(&path, &Device::Cpu, crate::llm::LlmOptions::default())
+        .expect("load")
+}
+
+/// Each token as a feed of its own.
+fn one_each(tokens: &[u32]) -> Vec<&[u32]> {
+    tokens.iter().map(std::slice::from_ref).collect()
 }
 
 fn repeat_kv(xs: Tensor, times: usize) -> candle_core::Result<Tensor> {

@@ -1,4 +1,6 @@
-//! One decoding step of many sequences on the CPU, written on plain host buffers.
+//! One decoding step of many sequences on the CPU, written on plain host buffers: a
+//! step feeds each sequence one new token, or a few (a piece of a template), after
+//! its cache.
 //!
 //! Why not candle's tensor ops, as for prompts: with one new token per sequence the
 //! arithmetic of a layer is small, and each tensor op costs more to dispatch than to
@@ -14,25 +16,24 @@ use rayon::prelude::*;
 
 use super::{host_kv, Architecture, Cache, Layer, Linear, Model};
 use crate::error::LlmError;
-use crate::kv::Heads;
 use crate::q8::Q8Matrix;
 
 /// The host copies a step needs beside the 8-bit weights: the norms, the biases and
 /// the rotation tables (small), with every projection's 8-bit copy present.
 pub(super) struct HostWeights {
-    layers: Vec<HostLayer>,
-    output_norm: Vec<f32>,
+    pub(super) layers: Vec<HostLayer>,
+    pub(super) output_norm: Vec<f32>,
     /// `[context, head_dim / 2]` each.
     cos: Vec<f32>,
     sin: Vec<f32>,
 }
 
-struct HostLayer {
-    attn_norm: Vec<f32>,
-    ffn_norm: Vec<f32>,
-    q_bias: Option<Vec<f32>>,
-    k_bias: Option<Vec<f32>>,
-    v_bias: Option<Vec<f32>>,
+pub(super) struct HostLayer {
+    pub(super) attn_norm: Vec<f32>,
+    pub(super) ffn_norm: Vec<f32>,
+    pub(super) q_bias: Option<Vec<f32>>,
+    pub(super) k_bias: Option<Vec<f32>>,
+    pub(super) v_bias: Option<Vec<f32>>,
 }
 
 impl HostWeights {
@@ -77,38 +78,51 @@ impl HostWeights {
 }
 
 impl Model {
-    /// [`Model::decode`] on host buffers; see the module's documentation.
+    /// [`Model::step`] on host buffers; see the module's documentation. `feeds[i]`
+    /// follows what `caches[i]` holds; the rows of all feeds go through each product
+    /// together, and only each feed's last row through the output matrix.
     pub(super) fn decode_on_host(
         &self,
         host: &HostWeights,
-        tokens: &[u32],
+        feeds: &[&[u32]],
         caches: &mut [Cache],
     ) -> Result<Vec<Vec<f32>>, LlmError> {
         let c = &self.config;
-        let mut xs = embedding_rows(&self.embedding, tokens)?;
+        let counts: Vec<usize> = feeds.iter().map(|feed| feed.len()).collect();
+        let mut xs = embedding_rows(&self.embedding, &feeds.concat())?;
         for (index, (layer, weights)) in self.layers.iter().zip(&host.layers).enumerate() {
             let normed = rms_norm_rows(&xs, &weights.attn_norm, c.rms_eps);
             let q = product(&layer.q, &normed, weights.q_bias.as_deref());
             let k = product(&layer.k, &normed, weights.k_bias.as_deref());
             let v = product(&layer.v, &normed, weights.v_bias.as_deref());
-            let attended = self.attend_each(host, index, q, k, &v, caches);
+            let attended = self.attend_each(host, index, q, k, &v, &counts, caches);
             add_rows(&mut xs, &product(&layer.o, &attended, None));
             let normed = rms_norm_rows(&xs, &weights.ffn_norm, c.rms_eps);
             let mut gate = product(&layer.gate, &normed, None);
             silu_times(&mut gate, &product(&layer.up, &normed, None));
             add_rows(&mut xs, &product(&layer.down, &gate, None));
         }
-        for cache in caches.iter_mut() {
-            cache.len += 1;
+        for (cache, count) in caches.iter_mut().zip(&counts) {
+            cache.len += count;
         }
-        let normed = rms_norm_rows(&xs, &host.output_norm, c.rms_eps);
+        // Only a feed's last token predicts what comes next.
+        let width = host.output_norm.len();
+        let mut last_rows = Vec::with_capacity(feeds.len() * width);
+        let mut end = 0;
+        for count in &counts {
+            end += count;
+            last_rows.extend_from_slice(&xs[(end - 1) * width..end * width]);
+        }
+        let normed = rms_norm_rows(&last_rows, &host.output_norm, c.rms_eps);
         let logits = product(&self.output, &normed, None);
-        let vocab = logits.len() / tokens.len();
+        let vocab = logits.len() / feeds.len();
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
-    /// Rotates each sequence's query and key to its position, appends the key and
-    /// value to its cache and attends; sequences run in parallel.
+    /// Rotates each sequence's queries and keys to their positions, appends the keys
+    /// and values to its cache, and lets each new token attend to the tokens up to
+    /// itself; sequences run in parallel. `counts[i]` rows belong to `caches[i]`.
+    #[allow(clippy::too_many_arguments)]
     fn attend_each(
         &self,
         host: &HostWeights,
@@ -116,63 +130,94 @@ impl Model {
         mut q: Vec<f32>,
         mut k: Vec<f32>,
         v: &[f32],
+        counts: &[usize],
         caches: &mut [Cache],
     ) -> Vec<f32> {
         let c = &self.config;
-        let shape = Heads {
-            heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-        };
+        let shape = c.heads();
+        let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let scale = c.attention_scale() as f32;
+        let mut feeds = Vec::with_capacity(counts.len());
+        let (mut q_rest, mut k_rest, mut v_rest) = (&mut q[..], &mut k[..], v);
+        for &count in counts {
+            let (q, q_tail) = std::mem::take(&mut q_rest).split_at_mut(count * q_width);
+            let (k, k_tail) = std::mem::take(&mut k_rest).split_at_mut(count * kv_width);
+            let (v, v_tail) = v_rest.split_at(count * kv_width);
+            (q_rest, k_rest, v_rest) = (q_tail, k_tail, v_tail);
+            feeds.push((q, k, v));
+        }
+        caches
+            .par_iter_mut()
+            .zip(feeds)
+            .flat_map_iter(|(cache, (q, k, v))| {
+                let start = cache.len;
+                self.rotate_rows(host, q, k, start);
+                let kv = host_kv(&mut cache.layers[index]);
+                kv.append(shape, k, v);
+                kv.attend_causal(start + 1, q, shape, scale)
+            })
+            .collect()
+    }
+
+    /// RoPE of rows of queries and keys (`[rows, heads · head_dim]` and `[rows,
+    /// kv_heads · head_dim]`) at positions `start`, `start + 1`, …
+    pub(super) fn rotate_rows(
+        &self,
+        host: &HostWeights,
+        q: &mut [f32],
+        k: &mut [f32],
+        start: usize,
+    ) {
+        let c = &self.config;
         let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let half = c.head_dim / 2;
         let interleaved = c.architecture == Architecture::Llama;
-        let scale = c.attention_scale() as f32;
-        caches
-            .par_iter_mut()
-            .zip(q.par_chunks_exact_mut(q_width))
-            .zip(k.par_chunks_exact_mut(kv_width))
-            .zip(v.par_chunks_exact(kv_width))
-            .flat_map_iter(|(((cache, q), k), v)| {
-                let at = cache.len * half;
-                let (cos, sin) = (&host.cos[at..at + half], &host.sin[at..at + half]);
-                rotate_heads(q, cos, sin, interleaved);
-                rotate_heads(k, cos, sin, interleaved);
-                let kv = host_kv(&mut cache.layers[index]);
-                kv.append(k, v);
-                kv.attend_one(q, shape, scale)
-            })
-            .collect()
+        let rows = q
+            .chunks_exact_mut(q_width)
+            .zip(k.chunks_exact_mut(kv_width));
+        for (position, (q, k)) in (start..).zip(rows) {
+            let at = position * half;
+            let (cos, sin) = (&host.cos[at..at + half], &host.sin[at..at + half]);
+            rotate_heads(q, cos, sin, interleaved);
+            rotate_heads(k, cos, sin, interleaved);
+        }
     }
 }
 
 /// The embedding rows of `tokens`, read in place from the dense table.
-fn embedding_rows(embedding: &Tensor, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+pub(super) fn embedding_rows(embedding: &Tensor, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
     let (vocab, width) = embedding.dims2()?;
-    let (storage, layout) = embedding.storage_and_layout();
-    let table = match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(cpu), Some((start, end))) => &cpu.as_slice::<f32>()?[start..end],
-        _ => {
-            return Err(LlmError::InvalidOutput(
-                "the embedding is not a contiguous host table".into(),
-            ))
+    with_host_values(embedding, |table| {
+        let mut rows = Vec::with_capacity(tokens.len() * width);
+        for &token in tokens {
+            let token = token as usize;
+            if token >= vocab {
+                return Err(LlmError::InvalidOutput(format!(
+                    "token {token} is outside the vocabulary of {vocab}"
+                )));
+            }
+            rows.extend_from_slice(&table[token * width..][..width]);
         }
-    };
-    let mut rows = Vec::with_capacity(tokens.len() * width);
-    for &token in tokens {
-        let token = token as usize;
-        if token >= vocab {
-            return Err(LlmError::InvalidOutput(format!(
-                "token {token} is outside the vocabulary of {vocab}"
-            )));
-        }
-        rows.extend_from_slice(&table[token * width..][..width]);
+        Ok(rows)
+    })?
+}
+
+/// Runs `read` on the values of a contiguous f32 tensor in host memory, in place.
+pub(super) fn with_host_values<R>(
+    tensor: &Tensor,
+    read: impl FnOnce(&[f32]) -> R,
+) -> Result<R, LlmError> {
+    let (storage, layout) = tensor.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(cpu), Some((start, end))) => Ok(read(&cpu.as_slice::<f32>()?[start..end])),
+        _ => Err(LlmError::InvalidOutput(
+            "a weight is not a contiguous f32 table in host memory".into(),
+        )),
     }
-    Ok(rows)
 }
 
 /// `xs · Wᵀ (+ bias)` through the 8-bit copy, which [`HostWeights::new`] checked.
-fn product(linear: &Linear, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+pub(super) fn product(linear: &Linear, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let packed: &Q8Matrix = linear
         .packed
         .as_ref()
@@ -186,7 +231,7 @@ fn product(linear: &Linear, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
 
 multiversion! {
     /// `rows[i] += add[i % add.len()]`: a residual (same length) or a bias (one row).
-    fn add_rows<M>(rows: &mut [f32], add: &[f32]) {
+    pub(super) fn add_rows<M>(rows: &mut [f32], add: &[f32]) {
         for row in rows.chunks_exact_mut(add.len().max(1)) {
             for (r, a) in row.iter_mut().zip(add) {
                 *r += a;
@@ -198,7 +243,7 @@ multiversion! {
 multiversion! {
     /// RMS norm of each row of `weight.len()` values, scaled by `weight`, as candle
     /// computes it (mean of squares in f32, then `x / √(mean + eps) · w`).
-    fn rms_norm_rows<M>(xs: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    pub(super) fn rms_norm_rows<M>(xs: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
         let width = weight.len().max(1);
         let mut out = vec![0f32; xs.len()];
         for (row, out) in xs.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
@@ -214,7 +259,7 @@ multiversion! {
 
 multiversion! {
     /// `gate[i] = silu(gate[i]) · up[i]`.
-    fn silu_times<M>(gate: &mut [f32], up: &[f32]) {
+    pub(super) fn silu_times<M>(gate: &mut [f32], up: &[f32]) {
         for (g, &u) in gate.iter_mut().zip(up) {
             *g = *g / (1.0 + exp::<M>(-*g)) * u;
         }
@@ -245,7 +290,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-    use crate::llm::{LlmOptions, LocalLlm};
+    use crate::model::{one_each, smollm2};
 
     fn numbers(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
@@ -324,14 +369,7 @@ mod tests {
     /// (up to summation order), the same next token, and caches that continue alike.
     #[test]
     fn a_step_on_host_buffers_matches_the_tensor_path() {
-        let name = "smollm2-135m-instruct";
-        let path = kura_models::Resolver::from_env()
-            .resolve(name)
-            .unwrap_or_else(|e| panic!("cannot resolve {name}: {e}"))
-            .single_file()
-            .expect("one GGUF file")
-            .to_path_buf();
-        let llm = LocalLlm::load(&path, &Device::Cpu, LlmOptions::default()).expect("load");
+        let llm = smollm2();
         let model = llm.model();
         let host = model
             .host
@@ -353,7 +391,7 @@ mod tests {
                 .decode_through_tensors(&tokens, &mut on_tensors)
                 .expect("tensors");
             let got = model
-                .decode_on_host(host, &tokens, &mut caches)
+                .decode_on_host(host, &one_each(&tokens), &mut caches)
                 .expect("host");
             for (g, w) in got.iter().zip(&want) {
                 assert!(max_difference(g, w) < 2e-3, "{}", max_difference(g, w));
@@ -374,5 +412,43 @@ mod tests {
             .iter()
             .zip(prompts)
             .all(|(c, p)| c.len() == p.len() + 3));
+    }
+
+    /// A feed of several tokens beside another sequence's one token gives the very
+    /// bits of feeding them one at a time alone: the template's fixed text may join
+    /// any batched step without changing what a conversation's summary says.
+    #[test]
+    fn several_tokens_in_one_step_are_the_bits_of_one_at_a_time() {
+        let llm = smollm2();
+        let model = llm.model();
+        let host = model
+            .host
+            .as_ref()
+            .expect("a CPU model steps on host buffers");
+        let mut base = model.new_cache();
+        model
+            .forward(&[1, 520, 2_000, 33, 7_000], &mut base)
+            .expect("prompt");
+        let feed = [100u32, 200, 300, 400];
+
+        let mut alone = base.clone();
+        let mut want = Vec::new();
+        for token in feed {
+            want = model
+                .decode(&[token], std::slice::from_mut(&mut alone))
+                .expect("step");
+        }
+        let mut together = vec![base.clone(), base];
+        let got = model
+            .decode_on_host(host, &[&feed, &[9]], &mut together)
+            .expect("ragged step");
+        assert_eq!(got[0], want[0]);
+        assert_eq!(together[0].len(), alone.len());
+
+        let next = model
+            .decode(&[5], std::slice::from_mut(&mut alone))
+            .expect("after");
+        let together_next = model.decode(&[5], &mut together[..1]).expect("after");
+        assert_eq!(together_next[0], next[0], "the caches continue alike");
     }
 }

@@ -1,0 +1,160 @@
+//! Reading a prompt on the CPU on host buffers: dense GEMM for the projections, the
+//! same row loops as a decoding step (`host`) between them, and causal attention
+//! over each head's keys (`kv`).
+//!
+//! Why not candle's ops, as before: the GEMMs were only half of a prompt's time. The
+//! rest was the ops between them: the full masked square of scores with a scalar
+//! `exp` over all of it (the causal half is never used), grouped keys and values
+//! copied to every query head, and a fresh zeroed buffer for every intermediate.
+
+use gemm::Parallelism;
+
+use super::host::{
+    add_rows, embedding_rows, product, rms_norm_rows, silu_times, with_host_values, HostWeights,
+};
+use super::{host_kv, Cache, Linear, Model};
+use crate::error::LlmError;
+
+impl Model {
+    /// [`Model::forward`] of a prompt of many tokens on host buffers: returns the
+    /// logits after its last token.
+    pub(super) fn prefill_on_host(
+        &self,
+        host: &HostWeights,
+        tokens: &[u32],
+        cache: &mut Cache,
+    ) -> Result<Vec<f32>, LlmError> {
+        let c = &self.config;
+        let shape = c.heads();
+        let scale = c.attention_scale() as f32;
+        let start = cache.len;
+        let mut xs = embedding_rows(&self.embedding, tokens)?;
+        for (index, (layer, weights)) in self.layers.iter().zip(&host.layers).enumerate() {
+            let normed = rms_norm_rows(&xs, &weights.attn_norm, c.rms_eps);
+            let mut q = dense_product(&layer.q, &normed, weights.q_bias.as_deref())?;
+            let mut k = dense_product(&layer.k, &normed, weights.k_bias.as_deref())?;
+            let v = dense_product(&layer.v, &normed, weights.v_bias.as_deref())?;
+            self.rotate_rows(host, &mut q, &mut k, start);
+            let kv = host_kv(&mut cache.layers[index]);
+            kv.append(shape, &k, &v);
+            let attended = kv.attend_causal(start + 1, &q, shape, scale);
+            add_rows(&mut xs, &dense_product(&layer.o, &attended, None)?);
+            let normed = rms_norm_rows(&xs, &weights.ffn_norm, c.rms_eps);
+            let mut gate = dense_product(&layer.gate, &normed, None)?;
+            silu_times(&mut gate, &dense_product(&layer.up, &normed, None)?);
+            add_rows(&mut xs, &dense_product(&layer.down, &gate, None)?);
+        }
+        cache.len += tokens.len();
+        // Only the last token predicts what comes next.
+        let width = host.output_norm.len();
+        let last = &xs[xs.len() - width..];
+        let normed = rms_norm_rows(last, &host.output_norm, c.rms_eps);
+        Ok(product(&self.output, &normed, None))
+    }
+}
+
+/// `xs · Wᵀ (+ bias)` with the dense f32 weights, read in place from candle's storage.
+fn dense_product(linear: &Linear, xs: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>, LlmError> {
+    let (outputs, inputs) = linear.dense.dims2()?;
+    let rows = xs.len() / inputs.max(1);
+    let mut ys = vec![0.0f32; rows * outputs];
+    with_host_values(&linear.dense, |weights| {
+        assert!(weights.len() == outputs * inputs && xs.len() == rows * inputs);
+        // SAFETY: `xs` is `rows × inputs`, `weights` `outputs × inputs` (read as its
+        // transpose, `inputs × outputs`, with column stride `inputs`) and `ys`
+        // `rows × outputs`, all row-major, as checked above.
+        unsafe {
+            gemm::gemm(
+                rows,
+                outputs,
+                inputs,
+                ys.as_mut_ptr(),
+                1,
+                outputs as isize,
+                false,
+                xs.as_ptr(),
+                1,
+                inputs as isize,
+                weights.as_ptr(),
+                inputs as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::Rayon(0),
+            );
+        }
+    })?;
+    if let Some(bias) = bias {
+        add_rows(&mut ys, bias);
+    }
+    Ok(ys)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::smollm2;
+
+    fn argmax(v: &[f32]) -> usize {
+        (0..v.len())
+            .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+            .unwrap_or(0)
+    }
+
+    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// A prompt read on host buffers against candle's tensor path on the real model,
+    /// after a cache of earlier tokens (as a conversation continues the shared
+    /// instructions): close logits, the same next token, and caches that continue
+    /// alike. The prompt is long enough for the attention's GEMM blocks.
+    #[test]
+    fn a_prompt_on_host_buffers_matches_the_tensor_path() {
+        let llm = smollm2();
+        let model = llm.model();
+        let host = model
+            .host
+            .as_ref()
+            .expect("a CPU model reads prompts on host buffers");
+        let earlier: Vec<u32> = (0..20).map(|i| 100 + i * 37).collect();
+        let prompt: Vec<u32> = (0..75).map(|i| 500 + i * 101).collect();
+        let mut on_host = model.new_cache();
+        let mut on_tensors = model.new_cache();
+        model
+            .prefill_on_host(host, &earlier, &mut on_host)
+            .expect("host");
+        model
+            .forward_through_tensors(&earlier, &mut on_tensors)
+            .expect("tensors");
+
+        let got = model
+            .prefill_on_host(host, &prompt, &mut on_host)
+            .expect("host");
+        let want = model
+            .forward_through_tensors(&prompt, &mut on_tensors)
+            .expect("tensors");
+        assert!(
+            max_difference(&got, &want) < 2e-3,
+            "{}",
+            max_difference(&got, &want)
+        );
+        assert_eq!(argmax(&got), argmax(&want));
+        assert_eq!(on_host.len(), earlier.len() + prompt.len());
+
+        let next = [argmax(&got) as u32];
+        let got = model
+            .decode(&next, std::slice::from_mut(&mut on_host))
+            .expect("step");
+        let want = model
+            .decode(&next, std::slice::from_mut(&mut on_tensors))
+            .expect("step");
+        assert!(max_difference(&got[0], &want[0]) < 2e-3);
+    }
+}
