@@ -1,5 +1,6 @@
-//! Keys and values on the CPU as plain host memory, and the attention of one new
-//! token computed straight from them.
+//! Keys and values on the CPU as plain host memory, and the causal attention of new
+//! tokens computed straight from them: row by row for a decoding step's few tokens,
+//! as GEMMs over blocks of rows for a prompt.
 //!
 //! Why not tensors: with the cache held as tensors, every decoded token copied the
 //! whole cache twice per layer (`cat` to append, then `repeat_kv` to widen grouped
