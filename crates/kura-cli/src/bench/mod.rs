@@ -340,9 +340,12 @@ fn summarizer_figure(
     })
 }
 
-/// What the reference stack does with the same models on a 2-core machine of this
-/// kind: sentence-transformers 6 on PyTorch for the embedder, llama.cpp on the same
-/// GGUF and thread count for the LLMs.
+/// What the reference stacks do with the same models and texts on a 2-core machine
+/// of this kind, as `scripts/reference_bench.py` measured them (November 2026):
+/// sentence-transformers 6.2 on PyTorch 2.15 for the embedder, llama.cpp (through
+/// llama-cpp-python 0.3.36, built for the machine) on the same GGUF file and thread
+/// count for the LLMs. Machines of one kind differ by up to two times over a day:
+/// rerun the script beside `kura bench` before reading much into a ratio.
 #[derive(Default)]
 struct References {
     embed_short: Option<Reference>,
@@ -358,21 +361,23 @@ fn references(model: &str) -> References {
             source: source.to_string(),
         })
     };
-    const ST: &str = "sentence-transformers on PyTorch, 2 cores";
+    const ST: &str = "sentence-transformers on PyTorch, 2 threads";
+    const LLAMA_PREFILL: &str = "llama.cpp, same GGUF, 2 threads";
+    const LLAMA_DECODE: &str = "llama.cpp batch 1, same GGUF, 2 threads";
     match model {
         "all-minilm-l6-v2" => References {
-            embed_short: r(213.0, ST),
-            embed_long: r(40.0, ST),
+            embed_short: r(257.0, ST),
+            embed_long: r(20.8, ST),
             ..References::default()
         },
         "qwen2.5-coder-0.5b-instruct" => References {
-            prefill: r(105.0, "llama.cpp, same GGUF, 2 threads"),
-            decode: r(22.0, "llama.cpp batch 1, same GGUF, 2 threads"),
+            prefill: r(136.0, LLAMA_PREFILL),
+            decode: r(41.4, LLAMA_DECODE),
             ..References::default()
         },
         "smollm2-135m-instruct" => References {
-            prefill: r(306.0, "llama.cpp, SmolLM2 Q8_0, 2 threads"),
-            decode: r(59.0, "llama.cpp batch 1, SmolLM2 Q8_0, 2 threads"),
+            prefill: r(265.0, LLAMA_PREFILL),
+            decode: r(115.0, LLAMA_DECODE),
             ..References::default()
         },
         _ => References::default(),
