@@ -718,6 +718,24 @@ fn smollm2() -> crate::llm::LocalLlm {
         .expect("load")
 }
 
+/// The largest difference between two rows of logits, for tests.
+#[cfg(test)]
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The most likely token of a row of logits, for tests.
+#[cfg(test)]
+fn argmax(logits: &[f32]) -> u32 {
+    (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap_or(0) as u32
+}
+
 /// Each token as a feed of its own.
 fn one_each(tokens: &[u32]) -> Vec<&[u32]> {
     tokens.iter().map(std::slice::from_ref).collect()

@@ -290,7 +290,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-    use crate::model::{one_each, smollm2};
+    use crate::model::{argmax, max_difference, one_each, smollm2};
 
     fn numbers(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
@@ -299,14 +299,6 @@ mod tests {
                     - 1.0
             })
             .collect()
-    }
-
-    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -395,18 +387,9 @@ mod tests {
                 .expect("host");
             for (g, w) in got.iter().zip(&want) {
                 assert!(max_difference(g, w) < 2e-3, "{}", max_difference(g, w));
-                let argmax =
-                    |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap() as u32;
                 assert_eq!(argmax(g), argmax(w));
             }
-            tokens = got
-                .iter()
-                .map(|row| {
-                    (0..row.len())
-                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                        .unwrap() as u32
-                })
-                .collect();
+            tokens = got.iter().map(|row| argmax(row)).collect();
         }
         assert!(caches
             .iter()

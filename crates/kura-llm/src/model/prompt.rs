@@ -95,21 +95,7 @@ fn dense_product(linear: &Linear, xs: &[f32], bias: Option<&[f32]>) -> Result<Ve
 
 #[cfg(test)]
 mod tests {
-    use crate::model::smollm2;
-
-    fn argmax(v: &[f32]) -> usize {
-        (0..v.len())
-            .max_by(|&a, &b| v[a].total_cmp(&v[b]))
-            .unwrap_or(0)
-    }
-
-    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
+    use crate::model::{argmax, max_difference, smollm2};
 
     /// A prompt read on host buffers against candle's tensor path on the real model,
     /// after a cache of earlier tokens (as a conversation continues the shared
@@ -148,7 +134,7 @@ mod tests {
         assert_eq!(argmax(&got), argmax(&want));
         assert_eq!(on_host.len(), earlier.len() + prompt.len());
 
-        let next = [argmax(&got) as u32];
+        let next = [argmax(&got)];
         let got = model
             .decode(&next, std::slice::from_mut(&mut on_host))
             .expect("step");
