@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use kura_simd::{dot, multiversion, softmax, LANES};
+use kura_simd::{dot, multiversion, softmax, softmax_rows};
 use rayon::prelude::*;
 
 /// One layer's keys and values, one buffer per key/value head (`[tokens, head_dim]`
@@ -169,7 +169,7 @@ impl HostKv {
                 }
                 for (sees, scores) in (first + start..).zip(scores.chunks_exact_mut(seen)) {
                     let (visible, hidden) = scores.split_at_mut(sees);
-                    softmax_row(visible);
+                    softmax_rows(visible, sees);
                     hidden.fill(0.0);
                 }
                 // SAFETY: as above.
@@ -217,18 +217,6 @@ impl HostKv {
 const PROMPT_ROWS: usize = 32;
 
 multiversion! {
-    fn softmax_row<M>(row: &mut [f32]) {
-        softmax::<M>(row);
-    }
-}
-
-/// Keys scored together: their dot products are independent chains of FMAs, which
-/// the core runs side by side, where a single dot waits on each FMA before the next.
-const KEYS_AT_ONCE: usize = 8;
-/// Output values summed in registers while the values stream past.
-const OUTPUTS_AT_ONCE: usize = 32;
-
-multiversion! {
     /// Softmax attention of the query heads in `queries` (`[group, head_dim]`, one
     /// token) over the keys and values of one key/value head (`[tokens, head_dim]`
     /// each), written to `out` (`[group, head_dim]`).
@@ -241,72 +229,22 @@ multiversion! {
         out: &mut [f32],
     ) {
         let tokens = keys.len() / head_dim;
-        let at = |t: usize| t * head_dim..(t + 1) * head_dim;
-        let mut scores = vec![0.0f32; queries.len() / head_dim * tokens];
-        for (q, scores) in queries
-            .chunks_exact(head_dim)
-            .zip(scores.chunks_exact_mut(tokens.max(1)))
-        {
-            let mut blocks = scores.chunks_exact_mut(KEYS_AT_ONCE);
-            let mut first = 0;
-            for block in &mut blocks {
-                let mut sums = [[0f32; LANES]; KEYS_AT_ONCE];
-                let mut lane = 0;
-                while lane + LANES <= head_dim {
-                    let q: &[f32; LANES] = q[lane..lane + LANES].try_into().unwrap_or(&[0.0; LANES]);
-                    for (t, sum) in (first..).zip(sums.iter_mut()) {
-                        let k: &[f32; LANES] =
-                            keys[at(t)][lane..lane + LANES].try_into().unwrap_or(&[0.0; LANES]);
-                        for i in 0..LANES {
-                            sum[i] = M::mul_add(q[i], k[i], sum[i]);
-                        }
-                    }
-                    lane += LANES;
-                }
-                for ((t, score), sum) in (first..).zip(block.iter_mut()).zip(&sums) {
-                    let tail: f32 = q[lane..]
-                        .iter()
-                        .zip(&keys[at(t)][lane..])
-                        .map(|(x, y)| x * y)
-                        .sum();
-                    *score = (sum.iter().sum::<f32>() + tail) * scale;
-                }
-                first += KEYS_AT_ONCE;
-            }
-            for (t, score) in (first..).zip(blocks.into_remainder()) {
-                *score = dot::<M>(q, &keys[at(t)]) * scale;
+        let group = queries.len() / head_dim;
+        let mut scores = vec![0.0f32; group * tokens];
+        for (t, k) in keys.chunks_exact(head_dim).enumerate() {
+            for (g, q) in queries.chunks_exact(head_dim).enumerate() {
+                scores[g * tokens + t] = dot::<M>(q, k) * scale;
             }
         }
         for row in scores.chunks_exact_mut(tokens.max(1)) {
             softmax::<M>(row);
         }
-        for (o, weights) in out
-            .chunks_exact_mut(head_dim)
-            .zip(scores.chunks_exact(tokens.max(1)))
-        {
-            for (start, o) in (0..).step_by(OUTPUTS_AT_ONCE).zip(o.chunks_mut(OUTPUTS_AT_ONCE)) {
-                let mut sums = [0f32; OUTPUTS_AT_ONCE];
-                match <&mut [f32; OUTPUTS_AT_ONCE]>::try_from(&mut *o) {
-                    // A whole chunk: a fixed width, so the sums stay in registers.
-                    Ok(o) => {
-                        for (t, &weight) in weights.iter().enumerate() {
-                            let v = &values[at(t)][start..start + OUTPUTS_AT_ONCE];
-                            for (sum, &v) in sums.iter_mut().zip(v) {
-                                *sum = M::mul_add(weight, v, *sum);
-                            }
-                        }
-                        *o = sums;
-                    }
-                    Err(_) => {
-                        let width = o.len();
-                        for (t, &weight) in weights.iter().enumerate() {
-                            let v = &values[at(t)][start..start + width];
-                            for (sum, &v) in sums.iter_mut().zip(v) {
-                                *sum = M::mul_add(weight, v, *sum);
-                            }
-                        }
-                        o.copy_from_slice(&sums[..width]);
-                    }
+        out.fill(0.0);
+        for (t, v) in values.chunks_exact(head_dim).enumerate() {
+            for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
+                let weight = scores[g * tokens + t];
+                for (o, &v) in o.iter_mut().zip(v) {
+                    *o = M::mul_add(weight, v, *o);
                 }
             }
         }
