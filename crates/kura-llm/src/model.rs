@@ -168,7 +168,8 @@ pub(crate) struct Model {
     output: Linear,
     cos: Tensor,
     sin: Tensor,
-    /// Present on the CPU: one-token steps run on host buffers (see `host`).
+    /// Present on the CPU: steps and prompts run on host buffers (see `host` and
+    /// `prompt`); on a GPU, and for weights without 8-bit copies, candle runs them.
     host: Option<host::HostWeights>,
 }
 

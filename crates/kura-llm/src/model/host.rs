@@ -21,19 +21,19 @@ use crate::q8::Q8Matrix;
 /// The host copies a step needs beside the 8-bit weights: the norms, the biases and
 /// the rotation tables (small), with every projection's 8-bit copy present.
 pub(super) struct HostWeights {
-    pub(super) layers: Vec<HostLayer>,
-    pub(super) output_norm: Vec<f32>,
+    layers: Vec<HostLayer>,
+    output_norm: Vec<f32>,
     /// `[context, head_dim / 2]` each.
     cos: Vec<f32>,
     sin: Vec<f32>,
 }
 
-pub(super) struct HostLayer {
-    pub(super) attn_norm: Vec<f32>,
-    pub(super) ffn_norm: Vec<f32>,
-    pub(super) q_bias: Option<Vec<f32>>,
-    pub(super) k_bias: Option<Vec<f32>>,
-    pub(super) v_bias: Option<Vec<f32>>,
+struct HostLayer {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
 }
 
 impl HostWeights {
@@ -77,30 +77,66 @@ impl HostWeights {
     }
 }
 
+/// Which copy of the weights a pass multiplies by.
+#[derive(Clone, Copy)]
+pub(super) enum Weights {
+    /// The 8-bit copies: few rows per pass, bound by the bytes streamed (steps).
+    Packed,
+    /// The dense f32 matrices through GEMM: many rows per pass (prompts).
+    Dense,
+}
+
+impl Weights {
+    /// `xs · Wᵀ (+ bias)` with this copy of `linear`'s weights.
+    fn product(
+        self,
+        linear: &Linear,
+        xs: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Vec<f32>, LlmError> {
+        match self {
+            Weights::Packed => Ok(product(linear, xs, bias)),
+            Weights::Dense => super::prompt::dense_product(linear, xs, bias),
+        }
+    }
+}
+
 impl Model {
-    /// [`Model::step`] on host buffers; see the module's documentation. `feeds[i]`
-    /// follows what `caches[i]` holds; the rows of all feeds go through each product
-    /// together, and only each feed's last row through the output matrix.
+    /// [`Model::step`] on host buffers; see the module's documentation.
     pub(super) fn decode_on_host(
         &self,
         host: &HostWeights,
         feeds: &[&[u32]],
         caches: &mut [Cache],
     ) -> Result<Vec<Vec<f32>>, LlmError> {
+        self.run_on_host(host, feeds, caches, Weights::Packed)
+    }
+
+    /// The whole model on host buffers: `feeds[i]` follows what `caches[i]` holds;
+    /// the rows of all feeds go through each product together, and only each feed's
+    /// last row through the output matrix (always its 8-bit copy: one row a feed).
+    /// Returns the logits after each feed.
+    pub(super) fn run_on_host(
+        &self,
+        host: &HostWeights,
+        feeds: &[&[u32]],
+        caches: &mut [Cache],
+        weights: Weights,
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
         let c = &self.config;
         let counts: Vec<usize> = feeds.iter().map(|feed| feed.len()).collect();
         let mut xs = embedding_rows(&self.embedding, &feeds.concat())?;
-        for (index, (layer, weights)) in self.layers.iter().zip(&host.layers).enumerate() {
-            let normed = rms_norm_rows(&xs, &weights.attn_norm, c.rms_eps);
-            let q = product(&layer.q, &normed, weights.q_bias.as_deref());
-            let k = product(&layer.k, &normed, weights.k_bias.as_deref());
-            let v = product(&layer.v, &normed, weights.v_bias.as_deref());
-            let attended = self.attend_each(host, index, q, k, &v, &counts, caches);
-            add_rows(&mut xs, &product(&layer.o, &attended, None));
-            let normed = rms_norm_rows(&xs, &weights.ffn_norm, c.rms_eps);
-            let mut gate = product(&layer.gate, &normed, None);
-            silu_times(&mut gate, &product(&layer.up, &normed, None));
-            add_rows(&mut xs, &product(&layer.down, &gate, None));
+        for (index, (layer, norms)) in self.layers.iter().zip(&host.layers).enumerate() {
+            let normed = rms_norm_rows(&xs, &norms.attn_norm, c.rms_eps);
+            let q = weights.product(&layer.q, &normed, norms.q_bias.as_deref())?;
+            let k = weights.product(&layer.k, &normed, norms.k_bias.as_deref())?;
+            let v = weights.product(&layer.v, &normed, norms.v_bias.as_deref())?;
+            let attended = self.attend_each(host, index, (q, k, v), &counts, caches);
+            add_rows(&mut xs, &weights.product(&layer.o, &attended, None)?);
+            let normed = rms_norm_rows(&xs, &norms.ffn_norm, c.rms_eps);
+            let mut gate = weights.product(&layer.gate, &normed, None)?;
+            silu_times(&mut gate, &weights.product(&layer.up, &normed, None)?);
+            add_rows(&mut xs, &weights.product(&layer.down, &gate, None)?);
         }
         for (cache, count) in caches.iter_mut().zip(&counts) {
             cache.len += count;
@@ -122,14 +158,11 @@ impl Model {
     /// Rotates each sequence's queries and keys to their positions, appends the keys
     /// and values to its cache, and lets each new token attend to the tokens up to
     /// itself; sequences run in parallel. `counts[i]` rows belong to `caches[i]`.
-    #[allow(clippy::too_many_arguments)]
     fn attend_each(
         &self,
         host: &HostWeights,
         index: usize,
-        mut q: Vec<f32>,
-        mut k: Vec<f32>,
-        v: &[f32],
+        (mut q, mut k, v): (Vec<f32>, Vec<f32>, Vec<f32>),
         counts: &[usize],
         caches: &mut [Cache],
     ) -> Vec<f32> {
@@ -138,7 +171,7 @@ impl Model {
         let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let scale = c.attention_scale() as f32;
         let mut feeds = Vec::with_capacity(counts.len());
-        let (mut q_rest, mut k_rest, mut v_rest) = (&mut q[..], &mut k[..], v);
+        let (mut q_rest, mut k_rest, mut v_rest) = (&mut q[..], &mut k[..], &v[..]);
         for &count in counts {
             let (q, q_tail) = std::mem::take(&mut q_rest).split_at_mut(count * q_width);
             let (k, k_tail) = std::mem::take(&mut k_rest).split_at_mut(count * kv_width);
@@ -161,13 +194,7 @@ impl Model {
 
     /// RoPE of rows of queries and keys (`[rows, heads · head_dim]` and `[rows,
     /// kv_heads · head_dim]`) at positions `start`, `start + 1`, …
-    pub(super) fn rotate_rows(
-        &self,
-        host: &HostWeights,
-        q: &mut [f32],
-        k: &mut [f32],
-        start: usize,
-    ) {
+    fn rotate_rows(&self, host: &HostWeights, q: &mut [f32], k: &mut [f32], start: usize) {
         let c = &self.config;
         let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let half = c.head_dim / 2;
@@ -185,7 +212,7 @@ impl Model {
 }
 
 /// The embedding rows of `tokens`, read in place from the dense table.
-pub(super) fn embedding_rows(embedding: &Tensor, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+fn embedding_rows(embedding: &Tensor, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
     let (vocab, width) = embedding.dims2()?;
     with_host_values(embedding, |table| {
         let mut rows = Vec::with_capacity(tokens.len() * width);
@@ -217,7 +244,7 @@ pub(super) fn with_host_values<R>(
 }
 
 /// `xs · Wᵀ (+ bias)` through the 8-bit copy, which [`HostWeights::new`] checked.
-pub(super) fn product(linear: &Linear, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+fn product(linear: &Linear, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let packed: &Q8Matrix = linear
         .packed
         .as_ref()
@@ -243,7 +270,7 @@ multiversion! {
 multiversion! {
     /// RMS norm of each row of `weight.len()` values, scaled by `weight`, as candle
     /// computes it (mean of squares in f32, then `x / √(mean + eps) · w`).
-    pub(super) fn rms_norm_rows<M>(xs: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    fn rms_norm_rows<M>(xs: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
         let width = weight.len().max(1);
         let mut out = vec![0f32; xs.len()];
         for (row, out) in xs.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
@@ -259,7 +286,7 @@ multiversion! {
 
 multiversion! {
     /// `gate[i] = silu(gate[i]) · up[i]`.
-    pub(super) fn silu_times<M>(gate: &mut [f32], up: &[f32]) {
+    fn silu_times<M>(gate: &mut [f32], up: &[f32]) {
         for (g, &u) in gate.iter_mut().zip(up) {
             *g = *g / (1.0 + exp::<M>(-*g)) * u;
         }

@@ -1,6 +1,6 @@
-//! Reading a prompt on the CPU on host buffers: dense GEMM for the projections, the
-//! same row loops as a decoding step (`host`) between them, and causal attention
-//! over each head's keys (`kv`).
+//! Reading a prompt on the CPU on host buffers: the pass of a decoding step (`host`),
+//! with dense GEMM for the projections, and causal attention over each head's keys
+//! as GEMMs over blocks of rows (`kv`).
 //!
 //! Why not candle's ops, as before: the GEMMs were only half of a prompt's time. The
 //! rest was the ops between them: the full masked square of scores with a scalar
@@ -9,52 +9,31 @@
 
 use gemm::Parallelism;
 
-use super::host::{
-    add_rows, embedding_rows, product, rms_norm_rows, silu_times, with_host_values, HostWeights,
-};
-use super::{host_kv, Cache, Linear, Model};
+use super::host::{add_rows, with_host_values, HostWeights, Weights};
+use super::{Cache, Linear, Model};
 use crate::error::LlmError;
 
 impl Model {
-    /// [`Model::forward`] of a prompt of many tokens on host buffers: returns the
-    /// logits after its last token.
+    /// [`Model::forward`] of a prompt of many tokens on host buffers: the pass of a
+    /// decoding step, with the dense weights. Returns the logits after its last token.
     pub(super) fn prefill_on_host(
         &self,
         host: &HostWeights,
         tokens: &[u32],
         cache: &mut Cache,
     ) -> Result<Vec<f32>, LlmError> {
-        let c = &self.config;
-        let shape = c.heads();
-        let scale = c.attention_scale() as f32;
-        let start = cache.len;
-        let mut xs = embedding_rows(&self.embedding, tokens)?;
-        for (index, (layer, weights)) in self.layers.iter().zip(&host.layers).enumerate() {
-            let normed = rms_norm_rows(&xs, &weights.attn_norm, c.rms_eps);
-            let mut q = dense_product(&layer.q, &normed, weights.q_bias.as_deref())?;
-            let mut k = dense_product(&layer.k, &normed, weights.k_bias.as_deref())?;
-            let v = dense_product(&layer.v, &normed, weights.v_bias.as_deref())?;
-            self.rotate_rows(host, &mut q, &mut k, start);
-            let kv = host_kv(&mut cache.layers[index]);
-            kv.append(shape, &k, &v);
-            let attended = kv.attend_causal(start + 1, &q, shape, scale);
-            add_rows(&mut xs, &dense_product(&layer.o, &attended, None)?);
-            let normed = rms_norm_rows(&xs, &weights.ffn_norm, c.rms_eps);
-            let mut gate = dense_product(&layer.gate, &normed, None)?;
-            silu_times(&mut gate, &dense_product(&layer.up, &normed, None)?);
-            add_rows(&mut xs, &dense_product(&layer.down, &gate, None)?);
-        }
-        cache.len += tokens.len();
-        // Only the last token predicts what comes next.
-        let width = host.output_norm.len();
-        let last = &xs[xs.len() - width..];
-        let normed = rms_norm_rows(last, &host.output_norm, c.rms_eps);
-        Ok(product(&self.output, &normed, None))
+        self.run_on_host(host, &[tokens], std::slice::from_mut(cache), Weights::Dense)?
+            .pop()
+            .ok_or_else(|| LlmError::InvalidOutput("a prompt returned no logits".into()))
     }
 }
 
 /// `xs · Wᵀ (+ bias)` with the dense f32 weights, read in place from candle's storage.
-fn dense_product(linear: &Linear, xs: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>, LlmError> {
+pub(super) fn dense_product(
+    linear: &Linear,
+    xs: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>, LlmError> {
     let (outputs, inputs) = linear.dense.dims2()?;
     let rows = xs.len() / inputs.max(1);
     let mut ys = vec![0.0f32; rows * outputs];
