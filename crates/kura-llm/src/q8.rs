@@ -1,13 +1,12 @@
 //! [`Q8Matrix`]: a weight matrix held as small integers (8 bits, or 4 where the file
-//! has 4) with one scale and one offset per 32 values, multiplied by a few f32 rows
-//! at a time.
+//! has 4) with one scale per 32 values (and an offset where the file has one),
+//! multiplied by a few f32 rows at a time.
 //!
 //! Every legacy GGUF type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) is a block of small
 //! integers times a scale, plus an offset for the `_1` kinds, so each is copied
 //! into this layout exactly, with no second rounding: the products are those of
 //! the file's own weights. The 4-bit kinds keep their nibbles, since decoding one
-//! sequence is bound by the bytes streamed: a weight costs 0.75 bytes instead of
-//! 1.25. Other types are rounded to 8 bits once.
+//! sequence is bound by the bytes streamed. Other types are rounded to 8 bits once.
 //!
 //! Why our own kernel: decoding reads every weight once per step, so it is bound
 //! by memory at one sequence and by arithmetic at many. Candle's quantised matmul
@@ -17,6 +16,12 @@
 //! each weight is widened once per tile and used by up to six rows of activations,
 //! so one pass over a quarter of the dense bytes serves a whole batch at FMA speed.
 //!
+//! Why panels: a tile reads several weight rows side by side. Stored row after row,
+//! those are as many separate streams, and one core kept only 8 of the 20 GB/s it
+//! can read busy; stored as panels (block `b` of each of four rows, then block
+//! `b + 1` of each) a tile reads one run of memory, and one sequence's step runs
+//! about 1.6 times as fast.
+//!
 //! Every output element is summed in the same order (eight lanes over the row, then
 //! the lanes in a fixed order) whatever the number of rows in the call, so a
 //! sequence decodes to the same bits alone or in any batch.
@@ -25,21 +30,30 @@ use rayon::prelude::*;
 
 /// Values per scale, as in Q8_0.
 pub(crate) const BLOCK: usize = 32;
+/// Weight rows stored interleaved, block by block.
+const PANEL: usize = 4;
 /// Activation rows per register tile (2 weight rows × 6 = 12 accumulators of 16).
 const TILE_ROWS: usize = 6;
-/// Weight rows per parallel task.
-const ROWS_PER_TASK: usize = 16;
+/// Up to this many activation rows, a tile takes a whole panel (4 weight rows), so
+/// one activation row still has four independent sums to hide the FMA latency.
+const PANEL_TILE_ROWS: usize = 3;
+/// Panels per parallel task.
+const PANELS_PER_TASK: usize = 4;
 
-/// `rows × cols` weights, row-major; `cols` is a multiple of [`BLOCK`].
+/// `rows × cols` weights; `cols` is a multiple of [`BLOCK`].
 pub(crate) struct Q8Matrix {
     rows: usize,
     cols: usize,
     codes: Codes,
-    /// Each block's integers, in the layout `codes` says.
+    /// Panel after panel of [`PANEL`] rows (the last padded with zero rows): for
+    /// each block of the row, that block of each of the panel's rows in turn, in
+    /// the layout `codes` says.
     quants: Vec<u8>,
-    /// `rows × cols / BLOCK`, one per block of a row: a weight is
+    /// One per stored block, in the order of `quants`: a weight is
     /// `quant × scale + offset`.
     scales: Vec<f32>,
+    /// As `scales`, or empty when every offset is zero (the symmetric types), which
+    /// spares a ninth of the bytes a step streams.
     offsets: Vec<f32>,
 }
 
@@ -61,14 +75,13 @@ impl Codes {
         }
     }
 
-    /// Integer `k` of a row whose codes are `codes`.
+    /// Integer `j` of one stored block.
     #[inline(always)]
-    fn get(self, codes: &[u8], k: usize) -> i32 {
+    fn get(self, block: &[u8], j: usize) -> i32 {
         match self {
-            Codes::Bytes => codes[k] as i8 as i32,
+            Codes::Bytes => block[j] as i8 as i32,
             Codes::Nibbles => {
-                let (block, j) = (k / BLOCK, k % BLOCK);
-                let byte = codes[block * BLOCK / 2 + j % 16];
+                let byte = block[j % 16];
                 (if j < 16 { byte & 0x0F } else { byte >> 4 }) as i32
             }
         }
@@ -92,7 +105,8 @@ impl Q8Matrix {
                 }
             }
         };
-        Self::from_each_block(rows, cols, Codes::Bytes, weights.par_chunks(BLOCK), fill)
+        let block = |i: usize| &weights[i * BLOCK..(i + 1) * BLOCK];
+        Self::from_each_block(rows, cols, Codes::Bytes, block, fill)
     }
 
     /// Copies GGML blocks of a legacy type (`data` as stored in the file) without
@@ -110,32 +124,41 @@ impl Q8Matrix {
             rows,
             cols,
             kind.codes(),
-            data.par_chunks(kind.bytes()),
+            |i| &data[i * kind.bytes()..(i + 1) * kind.bytes()],
             |block, q, scale, offset| kind.decode(block, q, scale, offset),
         )
     }
 
     /// A matrix whose every block is written by `fill(source, quants, scale,
-    /// offset)` from the matching item of `sources` (one per block, in order).
+    /// offset)` from `source(i)`, `i` counting the blocks in row-major order.
     fn from_each_block<'s, T: Sync + ?Sized + 's>(
         rows: usize,
         cols: usize,
         codes: Codes,
-        sources: impl IndexedParallelIterator<Item = &'s T>,
+        source: impl Fn(usize) -> &'s T + Sync,
         fill: impl Fn(&T, &mut [u8], &mut f32, &mut f32) + Sync,
     ) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(BLOCK) {
             return None;
         }
-        let blocks = rows * cols / BLOCK;
-        let mut quants = vec![0u8; blocks * codes.bytes_per_block()];
-        let mut scales = vec![0f32; blocks];
-        let mut offsets = vec![0f32; blocks];
+        let blocks = cols / BLOCK;
+        let stored = rows.div_ceil(PANEL) * PANEL * blocks;
+        let mut quants = vec![0u8; stored * codes.bytes_per_block()];
+        let mut scales = vec![0f32; stored];
+        let mut offsets = vec![0f32; stored];
         quants
             .par_chunks_mut(codes.bytes_per_block())
             .zip(scales.par_iter_mut().zip(offsets.par_iter_mut()))
-            .zip(sources)
-            .for_each(|((q, (scale, offset)), source)| fill(source, q, scale, offset));
+            .enumerate()
+            .for_each(|(at, (q, (scale, offset)))| {
+                let (row, block) = stored_position(at, blocks);
+                if row < rows {
+                    fill(source(row * blocks + block), q, scale, offset);
+                }
+            });
+        if offsets.iter().all(|&offset| offset == 0.0) {
+            offsets = Vec::new();
+        }
         Some(Q8Matrix {
             rows,
             cols,
@@ -150,6 +173,21 @@ impl Q8Matrix {
         self.rows
     }
 
+    /// Panel `p`'s rows.
+    fn panel(&self, p: usize) -> Panel<'_> {
+        let blocks = self.cols / BLOCK * PANEL;
+        let bytes = blocks * self.codes.bytes_per_block();
+        Panel {
+            codes: self.codes,
+            quants: &self.quants[p * bytes..][..bytes],
+            scales: &self.scales[p * blocks..][..blocks],
+            offsets: self
+                .offsets
+                .get(p * blocks..(p + 1) * blocks)
+                .unwrap_or(&[]),
+        }
+    }
+
     /// `xs · Wᵀ` for `xs` of `m × cols` (row-major): `m × rows`, row-major.
     pub(crate) fn matmul(&self, xs: &[f32]) -> Vec<f32> {
         let m = xs.len() / self.cols;
@@ -158,34 +196,33 @@ impl Q8Matrix {
             return Vec::new();
         }
         let inputs: Vec<&[f32]> = xs.chunks_exact(self.cols).collect();
-        // Column-major while computing (each task owns a run of weight rows), then
+        // Column-major while computing (each task owns a run of panels), then
         // transposed once.
-        let mut by_weight = vec![0f32; self.rows * m];
-        let blocks = self.cols / BLOCK;
-        let row_bytes = blocks * self.codes.bytes_per_block();
+        let panels = self.rows.div_ceil(PANEL);
+        let mut by_weight = vec![0f32; panels * PANEL * m];
         by_weight
-            .par_chunks_mut(ROWS_PER_TASK * m)
+            .par_chunks_mut(PANELS_PER_TASK * PANEL * m)
             .enumerate()
             .for_each(|(task, out)| {
-                let first = task * ROWS_PER_TASK;
-                let count = out.len() / m;
-                let rows = WeightRows {
-                    codes: self.codes,
-                    quants: &self.quants[first * row_bytes..(first + count) * row_bytes],
-                    scales: &self.scales[first * blocks..(first + count) * blocks],
-                    offsets: &self.offsets[first * blocks..(first + count) * blocks],
-                    cols: self.cols,
-                };
-                rows.multiply(&inputs, out);
+                for (p, out) in out.chunks_exact_mut(PANEL * m).enumerate() {
+                    self.panel(task * PANELS_PER_TASK + p)
+                        .multiply(&inputs, out);
+                }
             });
         let mut out = vec![0f32; m * self.rows];
-        for (r, column) in by_weight.chunks_exact(m).enumerate() {
+        for (r, column) in by_weight.chunks_exact(m).take(self.rows).enumerate() {
             for (i, &v) in column.iter().enumerate() {
                 out[i * self.rows + r] = v;
             }
         }
         out
     }
+}
+
+/// The row and block of the `at`-th stored block.
+fn stored_position(at: usize, blocks: usize) -> (usize, usize) {
+    let (panel, within) = (at / (blocks * PANEL), at % (blocks * PANEL));
+    (panel * PANEL + within % PANEL, within / PANEL)
 }
 
 /// The GGML block types that are small integers times a scale (plus an offset).
@@ -260,93 +297,85 @@ impl LegacyBlocks {
     }
 }
 
-/// A run of consecutive weight rows.
-struct WeightRows<'a> {
+/// [`PANEL`] weight rows, stored interleaved.
+struct Panel<'a> {
     codes: Codes,
     quants: &'a [u8],
     scales: &'a [f32],
+    /// Empty when all are zero.
     offsets: &'a [f32],
-    cols: usize,
 }
 
-/// One weight row: its integers, and the scale and offset of each block.
-type Row<'a> = (&'a [u8], &'a [f32], &'a [f32]);
-
-impl WeightRows<'_> {
-    fn count(&self) -> usize {
-        self.scales.len() / (self.cols / BLOCK)
-    }
-
-    fn row(&self, r: usize) -> Row<'_> {
-        let blocks = self.cols / BLOCK;
-        let bytes = blocks * self.codes.bytes_per_block();
-        (
-            &self.quants[r * bytes..][..bytes],
-            &self.scales[r * blocks..][..blocks],
-            &self.offsets[r * blocks..][..blocks],
-        )
-    }
-
-    /// `out[r * m + i]` = weight row `r` · `inputs[i]`.
+impl Panel<'_> {
+    /// `out[r * m + i]` = weight row `r` of the panel · `inputs[i]`.
     fn multiply(&self, inputs: &[&[f32]], out: &mut [f32]) {
         let m = inputs.len();
-        let mut r = 0;
-        while r < self.count() {
-            let pair = (self.count() - r).min(2);
-            for (start, group) in inputs.chunks(TILE_ROWS).enumerate() {
-                let start = start * TILE_ROWS;
-                let mut sums = [[0f32; TILE_ROWS]; 2];
-                if pair == 2 {
-                    tile(
-                        self.codes,
-                        &[self.row(r), self.row(r + 1)],
-                        group,
-                        &mut sums,
-                    );
-                } else {
-                    tile(self.codes, &[self.row(r)], group, &mut sums);
-                }
-                for (w, row_sums) in sums.iter().take(pair).enumerate() {
-                    out[(r + w) * m + start..][..group.len()]
+        for (start, group) in inputs.chunks(TILE_ROWS).enumerate() {
+            let start = start * TILE_ROWS;
+            let width = if group.len() <= PANEL_TILE_ROWS {
+                PANEL
+            } else {
+                2
+            };
+            for first in (0..PANEL).step_by(width) {
+                let mut sums = [[0f32; TILE_ROWS]; PANEL];
+                tile(self, first..first + width, group, &mut sums);
+                for (w, row_sums) in sums.iter().take(width).enumerate() {
+                    out[(first + w) * m + start..][..group.len()]
                         .copy_from_slice(&row_sums[..group.len()]);
                 }
             }
-            r += pair;
         }
+    }
+
+    /// Where block `b` of the panel's row `w` is stored (in blocks).
+    #[inline(always)]
+    fn at(b: usize, w: usize) -> usize {
+        b * PANEL + w
     }
 }
 
-/// Dot products of one or two weight rows with up to [`TILE_ROWS`] inputs.
-fn tile(codes: Codes, weights: &[Row<'_>], inputs: &[&[f32]], sums: &mut [[f32; TILE_ROWS]; 2]) {
+/// Dot products of the panel's weight rows `rows` (two or four) with up to
+/// [`TILE_ROWS`] inputs.
+fn tile(
+    panel: &Panel<'_>,
+    rows: std::ops::Range<usize>,
+    inputs: &[&[f32]],
+    sums: &mut [[f32; TILE_ROWS]; PANEL],
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the kernels are compiled for.
         unsafe {
-            match codes {
-                Codes::Bytes => avx2::tile_any::<avx2::Bytes>(weights, inputs, sums),
-                Codes::Nibbles => avx2::tile_any::<avx2::Nibbles>(weights, inputs, sums),
+            match panel.codes {
+                Codes::Bytes => avx2::tile_any::<avx2::Bytes>(panel, rows, inputs, sums),
+                Codes::Nibbles => avx2::tile_any::<avx2::Nibbles>(panel, rows, inputs, sums),
             }
         }
         return;
     }
-    portable_tile(codes, weights, inputs, sums);
+    portable_tile(panel, rows, inputs, sums);
 }
 
 /// The same sums as the AVX2 kernel (eight lanes, then the lanes in order), with a
 /// separate multiply and add.
 fn portable_tile(
-    codes: Codes,
-    weights: &[Row<'_>],
+    panel: &Panel<'_>,
+    rows: std::ops::Range<usize>,
     inputs: &[&[f32]],
-    sums: &mut [[f32; TILE_ROWS]; 2],
+    sums: &mut [[f32; TILE_ROWS]; PANEL],
 ) {
-    for (w, (quants, scales, offsets)) in weights.iter().enumerate() {
+    let bytes = panel.codes.bytes_per_block();
+    for (w, row) in rows.enumerate() {
         for (i, x) in inputs.iter().enumerate() {
             let mut lanes = [0f32; 8];
-            for (b, (&scale, &offset)) in scales.iter().zip(offsets.iter()).enumerate() {
-                for k in b * BLOCK..(b + 1) * BLOCK {
-                    let q = codes.get(quants, k) as f32;
-                    lanes[k % 8] += (q * scale + offset) * x[k];
+            for (b, x) in x.chunks_exact(BLOCK).enumerate() {
+                let at = Panel::at(b, row);
+                let block = &panel.quants[at * bytes..][..bytes];
+                let scale = panel.scales[at];
+                let offset = panel.offsets.get(at).copied().unwrap_or(0.0);
+                for (j, &x) in x.iter().enumerate() {
+                    lanes[j % 8] += (panel.codes.get(block, j) as f32 * scale + offset) * x;
                 }
             }
             sums[w][i] = hsum(&lanes);
@@ -365,21 +394,25 @@ fn hsum(l: &[f32; 8]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
-    use super::{hsum, Row, BLOCK, TILE_ROWS};
+    use super::{hsum, Panel, BLOCK, PANEL, TILE_ROWS};
 
-    /// Eight integers of a row, widened to i32 lanes.
+    /// Eight integers of a stored block, widened to i32 lanes.
     pub(super) trait Widen {
-        /// Integers `8·part .. 8·part + 8` of block `block`.
-        unsafe fn eight(codes: *const u8, block: usize, part: usize) -> __m256i;
+        const BYTES: usize;
+        /// Integers `8·part .. 8·part + 8` of the block at `block`.
+        unsafe fn eight(block: *const u8, part: usize) -> __m256i;
     }
 
     pub(super) struct Bytes;
 
     impl Widen for Bytes {
+        const BYTES: usize = BLOCK;
+
         #[inline(always)]
-        unsafe fn eight(codes: *const u8, block: usize, part: usize) -> __m256i {
-            let bytes = _mm_loadl_epi64(codes.add(block * BLOCK + part * 8) as *const __m128i);
+        unsafe fn eight(block: *const u8, part: usize) -> __m256i {
+            let bytes = _mm_loadl_epi64(block.add(part * 8) as *const __m128i);
             _mm256_cvtepi8_epi32(bytes)
         }
     }
@@ -387,12 +420,13 @@ mod avx2 {
     pub(super) struct Nibbles;
 
     impl Widen for Nibbles {
+        const BYTES: usize = BLOCK / 2;
+
         /// Parts 0 and 1 are the low nibbles of bytes 0–7 and 8–15, parts 2 and 3
         /// their high nibbles.
         #[inline(always)]
-        unsafe fn eight(codes: *const u8, block: usize, part: usize) -> __m256i {
-            let at = codes.add(block * BLOCK / 2 + (part % 2) * 8);
-            let mut bytes = _mm_loadl_epi64(at as *const __m128i);
+        unsafe fn eight(block: *const u8, part: usize) -> __m256i {
+            let mut bytes = _mm_loadl_epi64(block.add((part % 2) * 8) as *const __m128i);
             if part >= 2 {
                 bytes = _mm_srli_epi16(bytes, 4);
             }
@@ -400,52 +434,61 @@ mod avx2 {
         }
     }
 
-    /// [`tile`] for any shape up to 2 × [`TILE_ROWS`].
+    /// [`tile`](super::tile) for the shapes [`Panel::multiply`] asks for.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile_any<C: Widen>(
-        weights: &[Row<'_>],
+        panel: &Panel<'_>,
+        rows: Range<usize>,
         inputs: &[&[f32]],
-        sums: &mut [[f32; TILE_ROWS]; 2],
+        sums: &mut [[f32; TILE_ROWS]; PANEL],
     ) {
-        match (weights.len(), inputs.len()) {
-            (2, 6) => tile::<C, 2, 6>(weights, inputs, sums),
-            (2, 5) => tile::<C, 2, 5>(weights, inputs, sums),
-            (2, 4) => tile::<C, 2, 4>(weights, inputs, sums),
-            (2, 3) => tile::<C, 2, 3>(weights, inputs, sums),
-            (2, 2) => tile::<C, 2, 2>(weights, inputs, sums),
-            (2, 1) => tile::<C, 2, 1>(weights, inputs, sums),
-            (1, 6) => tile::<C, 1, 6>(weights, inputs, sums),
-            (1, 5) => tile::<C, 1, 5>(weights, inputs, sums),
-            (1, 4) => tile::<C, 1, 4>(weights, inputs, sums),
-            (1, 3) => tile::<C, 1, 3>(weights, inputs, sums),
-            (1, 2) => tile::<C, 1, 2>(weights, inputs, sums),
-            (1, 1) => tile::<C, 1, 1>(weights, inputs, sums),
-            _ => {}
+        macro_rules! shapes {
+            ($(($w:literal, $r:literal)),*) => {
+                match (rows.len(), inputs.len(), panel.offsets.is_empty()) {
+                    $(
+                        ($w, $r, true) => tile::<C, $w, $r, false>(panel, rows.start, inputs, sums),
+                        ($w, $r, false) => tile::<C, $w, $r, true>(panel, rows.start, inputs, sums),
+                    )*
+                    _ => unreachable!("Panel::multiply asks for no other shape"),
+                }
+            };
         }
+        shapes!((4, 1), (4, 2), (4, 3), (2, 4), (2, 5), (2, 6))
     }
 
-    /// `W` weight rows against `R` inputs, all `W × R` sums in registers.
+    /// `W` weight rows from the panel's row `first` against `R` inputs, all `W × R`
+    /// sums in registers.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<C: Widen, const W: usize, const R: usize>(
-        weights: &[Row<'_>],
+    unsafe fn tile<C: Widen, const W: usize, const R: usize, const OFFSETS: bool>(
+        panel: &Panel<'_>,
+        first: usize,
         inputs: &[&[f32]],
-        sums: &mut [[f32; TILE_ROWS]; 2],
+        sums: &mut [[f32; TILE_ROWS]; PANEL],
     ) {
-        let blocks = weights[0].1.len();
+        let blocks = panel.scales.len() / PANEL;
+        let quants = panel.quants.as_ptr();
         let mut acc = [[_mm256_setzero_ps(); R]; W];
         for b in 0..blocks {
             let mut scale = [_mm256_setzero_ps(); W];
             let mut offset = [_mm256_setzero_ps(); W];
             for w in 0..W {
-                scale[w] = _mm256_set1_ps(*weights[w].1.get_unchecked(b));
-                offset[w] = _mm256_set1_ps(*weights[w].2.get_unchecked(b));
+                let at = Panel::at(b, first + w);
+                scale[w] = _mm256_set1_ps(*panel.scales.get_unchecked(at));
+                if OFFSETS {
+                    offset[w] = _mm256_set1_ps(*panel.offsets.get_unchecked(at));
+                }
             }
             for part in 0..BLOCK / 8 {
                 let k = b * BLOCK + part * 8;
                 let mut wide = [_mm256_setzero_ps(); W];
                 for w in 0..W {
-                    let ints = C::eight(weights[w].0.as_ptr(), b, part);
-                    wide[w] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale[w], offset[w]);
+                    let block = quants.add(Panel::at(b, first + w) * C::BYTES);
+                    let ints = _mm256_cvtepi32_ps(C::eight(block, part));
+                    wide[w] = if OFFSETS {
+                        _mm256_fmadd_ps(ints, scale[w], offset[w])
+                    } else {
+                        _mm256_mul_ps(ints, scale[w])
+                    };
                 }
                 for i in 0..R {
                     let x = _mm256_loadu_ps(inputs[i].as_ptr().add(k));
@@ -481,25 +524,37 @@ mod tests {
             .collect()
     }
 
+    /// Weight `(r, k)` as its integer, scale and offset.
+    fn parts(q: &Q8Matrix, r: usize, k: usize) -> (i32, f32, f32) {
+        let bytes = q.codes.bytes_per_block();
+        let blocks = q.cols / BLOCK;
+        let at = (r / PANEL * blocks + k / BLOCK) * PANEL + r % PANEL;
+        assert_eq!(stored_position(at, blocks), (r, k / BLOCK));
+        let code = q.codes.get(&q.quants[at * bytes..][..bytes], k % BLOCK);
+        (
+            code,
+            q.scales[at],
+            q.offsets.get(at).copied().unwrap_or(0.0),
+        )
+    }
+
     fn dequantized(q: &Q8Matrix) -> Vec<f32> {
-        let row_bytes = q.cols / BLOCK * q.codes.bytes_per_block();
         (0..q.rows * q.cols)
             .map(|i| {
-                let (r, k) = (i / q.cols, i % q.cols);
-                let v = q.codes.get(&q.quants[r * row_bytes..][..row_bytes], k);
-                v as f32 * q.scales[i / BLOCK] + q.offsets[i / BLOCK]
+                let (v, scale, offset) = parts(q, i / q.cols, i % q.cols);
+                v as f32 * scale + offset
             })
             .collect()
     }
 
     /// The same integers, scales and offsets, stored a byte each.
     fn as_bytes(q: &Q8Matrix) -> Q8Matrix {
-        let row_bytes = q.cols / BLOCK * q.codes.bytes_per_block();
-        let mut quants = vec![0u8; q.rows * q.cols];
-        for (i, v) in quants.iter_mut().enumerate() {
-            let (r, k) = (i / q.cols, i % q.cols);
-            *v = q.codes.get(&q.quants[r * row_bytes..][..row_bytes], k) as i8 as u8;
-        }
+        let bytes = q.codes.bytes_per_block();
+        let quants = q
+            .quants
+            .chunks_exact(bytes)
+            .flat_map(|block| (0..BLOCK).map(|j| q.codes.get(block, j) as i8 as u8))
+            .collect();
         Q8Matrix {
             rows: q.rows,
             cols: q.cols,
@@ -531,7 +586,10 @@ mod tests {
         for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
             let nibbles = q4(rows, cols, dtype);
             assert_eq!(nibbles.codes, Codes::Nibbles);
-            assert_eq!(nibbles.quants.len(), rows * cols / 2);
+            assert_eq!(
+                nibbles.quants.len(),
+                rows.div_ceil(PANEL) * PANEL * cols / 2
+            );
             let bytes = as_bytes(&nibbles);
             for m in [1, 2, 7, 13] {
                 let xs = numbers(m * cols, 10 + m as u64);
@@ -549,7 +607,7 @@ mod tests {
         let (rows, cols) = (37, 96);
         let q = Q8Matrix::quantize(&numbers(rows * cols, 1), rows, cols).unwrap();
         let weights = dequantized(&q);
-        for m in [1, 2, 5, 6, 7, 13] {
+        for m in [1, 2, 3, 4, 5, 6, 7, 13] {
             let xs = numbers(m * cols, 2 + m as u64);
             let got = q.matmul(&xs);
             assert_eq!(got.len(), m * rows);
@@ -584,27 +642,24 @@ mod tests {
 
     #[test]
     fn the_portable_kernel_sums_in_the_same_order() {
-        let cols = 64;
-        let q = Q8Matrix::quantize(&numbers(2 * cols, 5), 2, cols).unwrap();
-        let xs = numbers(3 * cols, 6);
-        let inputs: Vec<&[f32]> = xs.chunks(cols).collect();
-        let nibbles = q4(2, cols, candle_core::quantized::GgmlDType::Q4_1);
+        let (rows, cols) = (4, 64);
+        let q = Q8Matrix::quantize(&numbers(rows * cols, 5), rows, cols).unwrap();
+        let xs = numbers(5 * cols, 6);
+        let nibbles = q4(rows, cols, candle_core::quantized::GgmlDType::Q4_1);
+        assert!(q.offsets.is_empty() && !nibbles.offsets.is_empty());
         for q in [&q, &nibbles] {
-            let rows = WeightRows {
-                codes: q.codes,
-                quants: &q.quants,
-                scales: &q.scales,
-                offsets: &q.offsets,
-                cols,
-            };
-            let mut fast = [[0f32; TILE_ROWS]; 2];
-            let mut portable = [[0f32; TILE_ROWS]; 2];
-            tile(q.codes, &[rows.row(0), rows.row(1)], &inputs, &mut fast);
-            portable_tile(q.codes, &[rows.row(0), rows.row(1)], &inputs, &mut portable);
-            for w in 0..2 {
-                for i in 0..3 {
-                    let (f, p) = (fast[w][i], portable[w][i]);
-                    assert!((f - p).abs() <= 1e-5 * p.abs().max(1.0), "{f} vs {p}");
+            let panel = q.panel(0);
+            for (weights, count) in [(0..4, 3), (2..4, 5)] {
+                let inputs: Vec<&[f32]> = xs.chunks(cols).take(count).collect();
+                let mut fast = [[0f32; TILE_ROWS]; PANEL];
+                let mut portable = [[0f32; TILE_ROWS]; PANEL];
+                tile(&panel, weights.clone(), &inputs, &mut fast);
+                portable_tile(&panel, weights.clone(), &inputs, &mut portable);
+                for w in 0..weights.len() {
+                    for i in 0..count {
+                        let (f, p) = (fast[w][i], portable[w][i]);
+                        assert!((f - p).abs() <= 1e-5 * p.abs().max(1.0), "{f} vs {p}");
+                    }
                 }
             }
         }
@@ -644,6 +699,8 @@ mod tests {
                 .unwrap();
             let data = quantized.data().unwrap();
             let q = Q8Matrix::from_blocks(kind, &data, rows, cols).unwrap();
+            let symmetric = matches!(kind, LegacyBlocks::Q5_0 | LegacyBlocks::Q8_0);
+            assert_eq!(q.offsets.is_empty(), symmetric, "{kind:?}");
             for (i, (g, w)) in dequantized(&q).iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
