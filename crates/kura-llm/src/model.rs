@@ -108,6 +108,8 @@ impl Config {
 /// so types without a SIMD kernel in candle (Q4_1, Q5_0…) never take a scalar path.
 struct Linear {
     dense: Tensor,
+    /// Moved into the host steps' stacks for the projections that share an input
+    /// (see `host`), so the 8-bit weights are held once.
     packed: Option<Q8Matrix>,
     bias: Option<Tensor>,
 }
@@ -308,7 +310,7 @@ impl Model {
             tied_output(&embedding_q, &embedding)?
         };
         let (cos, sin) = rope_tables(&config, max_context, device)?;
-        let host = host::HostWeights::new(&layers, &output_norm, &output, (&cos, &sin))?;
+        let host = host::HostWeights::new(&mut layers, &output_norm, &output, (&cos, &sin))?;
         Ok(Model {
             config,
             embedding,

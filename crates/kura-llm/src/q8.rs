@@ -1,12 +1,14 @@
-//! [`Q8Matrix`]: a weight matrix held as small integers (8 bits, or 4 where the file
-//! has 4) with one scale per 32 values (and an offset where the file has one),
-//! multiplied by a few f32 rows at a time.
+//! [`Q8Matrix`]: a weight matrix held as signed bytes with one scale per 32 values
+//! (and an offset where the file has one), multiplied by a few f32 rows at a time.
 //!
 //! Every legacy GGUF type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) is a block of small
 //! integers times a scale, plus an offset for the `_1` kinds, so each is copied
 //! into this layout exactly, with no second rounding: the products are those of
-//! the file's own weights. The 4-bit kinds keep their nibbles, since decoding one
-//! sequence is bound by the bytes streamed. Other types are rounded to 8 bits once.
+//! the file's own weights. Other types are rounded to 8 bits once. The 4-bit and
+//! 5-bit kinds are widened to a byte a value too: unpacking nibbles (and fifth
+//! bits) in the kernel costs more instructions than the bytes it saves, and on two
+//! cores the kernel reading bytes already runs at the memory's speed where the one
+//! reading nibbles stayed at 60% of it.
 //!
 //! Why our own kernel: decoding reads every weight once per step, so it is bound
 //! by memory at one sequence and by arithmetic at many. Candle's quantised matmul
@@ -44,48 +46,15 @@ const PANELS_PER_TASK: usize = 4;
 pub(crate) struct Q8Matrix {
     rows: usize,
     cols: usize,
-    codes: Codes,
     /// Panel after panel of [`PANEL`] rows (the last padded with zero rows): for
-    /// each block of the row, that block of each of the panel's rows in turn, in
-    /// the layout `codes` says.
-    quants: Vec<u8>,
+    /// each block of the row, that block of each of the panel's rows in turn.
+    quants: Vec<i8>,
     /// One per stored block, in the order of `quants`: a weight is
     /// `quant × scale + offset`.
     scales: Vec<f32>,
     /// As `scales`, or empty when every offset is zero (the symmetric types), which
     /// spares a ninth of the bytes a step streams.
     offsets: Vec<f32>,
-}
-
-/// How a block's 32 integers are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Codes {
-    /// 32 signed bytes.
-    Bytes,
-    /// 16 bytes as in ggml's Q4 blocks: value `j` in the low nibble of byte `j`,
-    /// value `j + 16` in the high nibble.
-    Nibbles,
-}
-
-impl Codes {
-    fn bytes_per_block(self) -> usize {
-        match self {
-            Codes::Bytes => BLOCK,
-            Codes::Nibbles => BLOCK / 2,
-        }
-    }
-
-    /// Integer `j` of one stored block.
-    #[inline(always)]
-    fn get(self, block: &[u8], j: usize) -> i32 {
-        match self {
-            Codes::Bytes => block[j] as i8 as i32,
-            Codes::Nibbles => {
-                let byte = block[j % 16];
-                (if j < 16 { byte & 0x0F } else { byte >> 4 }) as i32
-            }
-        }
-    }
 }
 
 impl Q8Matrix {
@@ -96,17 +65,17 @@ impl Q8Matrix {
         if weights.len() != rows * cols {
             return None;
         }
-        let fill = |w: &[f32], q: &mut [u8], scale: &mut f32, _: &mut f32| {
+        let fill = |w: &[f32], q: &mut [i8], scale: &mut f32, _: &mut f32| {
             let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
             *scale = max / 127.0;
             if *scale > 0.0 {
                 for (q, &x) in q.iter_mut().zip(w) {
-                    *q = (x / *scale).round().clamp(-127.0, 127.0) as i8 as u8;
+                    *q = (x / *scale).round().clamp(-127.0, 127.0) as i8;
                 }
             }
         };
         let block = |i: usize| &weights[i * BLOCK..(i + 1) * BLOCK];
-        Self::from_each_block(rows, cols, Codes::Bytes, block, fill)
+        Self::from_each_block(rows, cols, block, fill)
     }
 
     /// Copies GGML blocks of a legacy type (`data` as stored in the file) without
@@ -123,7 +92,6 @@ impl Q8Matrix {
         Self::from_each_block(
             rows,
             cols,
-            kind.codes(),
             |i| &data[i * kind.bytes()..(i + 1) * kind.bytes()],
             |block, q, scale, offset| kind.decode(block, q, scale, offset),
         )
@@ -134,20 +102,19 @@ impl Q8Matrix {
     fn from_each_block<'s, T: Sync + ?Sized + 's>(
         rows: usize,
         cols: usize,
-        codes: Codes,
         source: impl Fn(usize) -> &'s T + Sync,
-        fill: impl Fn(&T, &mut [u8], &mut f32, &mut f32) + Sync,
+        fill: impl Fn(&T, &mut [i8], &mut f32, &mut f32) + Sync,
     ) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(BLOCK) {
             return None;
         }
         let blocks = cols / BLOCK;
         let stored = rows.div_ceil(PANEL) * PANEL * blocks;
-        let mut quants = vec![0u8; stored * codes.bytes_per_block()];
+        let mut quants = vec![0i8; stored * BLOCK];
         let mut scales = vec![0f32; stored];
         let mut offsets = vec![0f32; stored];
         quants
-            .par_chunks_mut(codes.bytes_per_block())
+            .par_chunks_mut(BLOCK)
             .zip(scales.par_iter_mut().zip(offsets.par_iter_mut()))
             .enumerate()
             .for_each(|(at, (q, (scale, offset)))| {
@@ -162,7 +129,6 @@ impl Q8Matrix {
         Some(Q8Matrix {
             rows,
             cols,
-            codes,
             quants,
             scales,
             offsets,
@@ -173,13 +139,50 @@ impl Q8Matrix {
         self.rows
     }
 
+    /// The rows of `parts` one after another, as one matrix, so that projections of
+    /// the same input (queries, keys and values; gate and up) take one parallel pass
+    /// instead of several: on SmolLM2 a step's products are small enough that each
+    /// pass's start and join cost a good part of it. `None` when the parts differ in
+    /// width or one's rows do not fill whole panels.
+    pub(crate) fn stack(parts: &[&Q8Matrix]) -> Option<Q8Matrix> {
+        let cols = parts.first()?.cols;
+        if parts
+            .iter()
+            .any(|p| p.cols != cols || !p.rows.is_multiple_of(PANEL))
+        {
+            return None;
+        }
+        let offsets = if parts.iter().all(|p| p.offsets.is_empty()) {
+            Vec::new()
+        } else {
+            parts
+                .iter()
+                .flat_map(|p| match p.offsets.is_empty() {
+                    true => vec![0.0; p.scales.len()],
+                    false => p.offsets.clone(),
+                })
+                .collect()
+        };
+        Some(Q8Matrix {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols,
+            quants: parts
+                .iter()
+                .flat_map(|p| p.quants.iter().copied())
+                .collect(),
+            scales: parts
+                .iter()
+                .flat_map(|p| p.scales.iter().copied())
+                .collect(),
+            offsets,
+        })
+    }
+
     /// Panel `p`'s rows.
     fn panel(&self, p: usize) -> Panel<'_> {
         let blocks = self.cols / BLOCK * PANEL;
-        let bytes = blocks * self.codes.bytes_per_block();
         Panel {
-            codes: self.codes,
-            quants: &self.quants[p * bytes..][..bytes],
+            quants: &self.quants[p * blocks * BLOCK..][..blocks * BLOCK],
             scales: &self.scales[p * blocks..][..blocks],
             offsets: self
                 .offsets
@@ -250,57 +253,58 @@ impl LegacyBlocks {
         }
     }
 
-    /// How the copy stores the integers: the 4-bit kinds as they are.
-    fn codes(self) -> Codes {
-        match self {
-            LegacyBlocks::Q4_0 | LegacyBlocks::Q4_1 => Codes::Nibbles,
-            _ => Codes::Bytes,
-        }
-    }
-
     /// One block, laid out as in ggml's `dequantize_row_*`: a 4-bit value `j`
     /// (and `j + 16`) in the low (high) nibble of byte `j`, the fifth bits of the
     /// 5-bit kinds in a 32-bit mask. Q4_0's bias of 8 becomes the offset −8·scale,
     /// which gives the same products: `q·d − 8d` and `(q − 8)·d` are the same
     /// number before their one rounding.
-    fn decode(self, block: &[u8], q: &mut [u8], scale: &mut f32, offset: &mut f32) {
+    fn decode(self, block: &[u8], q: &mut [i8], scale: &mut f32, offset: &mut f32) {
         *scale = half(block);
-        let (bias, rest) = match self {
+        let (nibbles, high) = match self {
             LegacyBlocks::Q8_0 => {
-                q.copy_from_slice(&block[2..]);
+                for (q, &byte) in q.iter_mut().zip(&block[2..]) {
+                    *q = byte as i8;
+                }
                 return;
             }
             LegacyBlocks::Q4_0 => {
                 *offset = -8.0 * *scale;
-                q.copy_from_slice(&block[2..]);
-                return;
+                (&block[2..], 0)
             }
             LegacyBlocks::Q4_1 => {
                 *offset = half(&block[2..]);
-                q.copy_from_slice(&block[4..]);
-                return;
+                (&block[4..], 0)
             }
-            LegacyBlocks::Q5_0 => (16, &block[2..]),
+            LegacyBlocks::Q5_0 => {
+                // The bias of 16 is taken off the integers, so the block needs no
+                // offset (and the matrix none at all when every block is Q5_0).
+                *offset = 0.0;
+                (
+                    &block[6..],
+                    u32::from_le_bytes([block[2], block[3], block[4], block[5]]),
+                )
+            }
             LegacyBlocks::Q5_1 => {
                 *offset = half(&block[2..]);
-                (0, &block[4..])
+                (
+                    &block[8..],
+                    u32::from_le_bytes([block[4], block[5], block[6], block[7]]),
+                )
             }
         };
-        let high = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        let nibbles = &rest[4..];
+        let bias = if self == LegacyBlocks::Q5_0 { 16 } else { 0 };
         for (j, &byte) in nibbles.iter().enumerate() {
             let low_fifth = ((high >> j) << 4) & 0x10;
             let high_fifth = (high >> (j + 12)) & 0x10;
-            q[j] = (((byte & 0x0F) as u32 | low_fifth) as i32 - bias) as i8 as u8;
-            q[j + 16] = (((byte >> 4) as u32 | high_fifth) as i32 - bias) as i8 as u8;
+            q[j] = (((byte & 0x0F) as u32 | low_fifth) as i32 - bias) as i8;
+            q[j + 16] = (((byte >> 4) as u32 | high_fifth) as i32 - bias) as i8;
         }
     }
 }
 
 /// [`PANEL`] weight rows, stored interleaved.
 struct Panel<'a> {
-    codes: Codes,
-    quants: &'a [u8],
+    quants: &'a [i8],
     scales: &'a [f32],
     /// Empty when all are zero.
     offsets: &'a [f32],
@@ -346,12 +350,7 @@ fn tile(
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the kernels are compiled for.
-        unsafe {
-            match panel.codes {
-                Codes::Bytes => avx2::tile_any::<avx2::Bytes>(panel, rows, inputs, sums),
-                Codes::Nibbles => avx2::tile_any::<avx2::Nibbles>(panel, rows, inputs, sums),
-            }
-        }
+        unsafe { avx2::tile_any(panel, rows, inputs, sums) };
         return;
     }
     portable_tile(panel, rows, inputs, sums);
@@ -365,17 +364,16 @@ fn portable_tile(
     inputs: &[&[f32]],
     sums: &mut [[f32; TILE_ROWS]; PANEL],
 ) {
-    let bytes = panel.codes.bytes_per_block();
     for (w, row) in rows.enumerate() {
         for (i, x) in inputs.iter().enumerate() {
             let mut lanes = [0f32; 8];
             for (b, x) in x.chunks_exact(BLOCK).enumerate() {
                 let at = Panel::at(b, row);
-                let block = &panel.quants[at * bytes..][..bytes];
+                let block = &panel.quants[at * BLOCK..][..BLOCK];
                 let scale = panel.scales[at];
                 let offset = panel.offsets.get(at).copied().unwrap_or(0.0);
                 for (j, &x) in x.iter().enumerate() {
-                    lanes[j % 8] += (panel.codes.get(block, j) as f32 * scale + offset) * x;
+                    lanes[j % 8] += (block[j] as f32 * scale + offset) * x;
                 }
             }
             sums[w][i] = hsum(&lanes);
@@ -398,45 +396,9 @@ mod avx2 {
 
     use super::{hsum, Panel, BLOCK, PANEL, TILE_ROWS};
 
-    /// Eight integers of a stored block, widened to i32 lanes.
-    pub(super) trait Widen {
-        const BYTES: usize;
-        /// Integers `8·part .. 8·part + 8` of the block at `block`.
-        unsafe fn eight(block: *const u8, part: usize) -> __m256i;
-    }
-
-    pub(super) struct Bytes;
-
-    impl Widen for Bytes {
-        const BYTES: usize = BLOCK;
-
-        #[inline(always)]
-        unsafe fn eight(block: *const u8, part: usize) -> __m256i {
-            let bytes = _mm_loadl_epi64(block.add(part * 8) as *const __m128i);
-            _mm256_cvtepi8_epi32(bytes)
-        }
-    }
-
-    pub(super) struct Nibbles;
-
-    impl Widen for Nibbles {
-        const BYTES: usize = BLOCK / 2;
-
-        /// Parts 0 and 1 are the low nibbles of bytes 0–7 and 8–15, parts 2 and 3
-        /// their high nibbles.
-        #[inline(always)]
-        unsafe fn eight(block: *const u8, part: usize) -> __m256i {
-            let mut bytes = _mm_loadl_epi64(block.add((part % 2) * 8) as *const __m128i);
-            if part >= 2 {
-                bytes = _mm_srli_epi16(bytes, 4);
-            }
-            _mm256_cvtepu8_epi32(_mm_and_si128(bytes, _mm_set1_epi8(0x0F)))
-        }
-    }
-
     /// [`tile`](super::tile) for the shapes [`Panel::multiply`] asks for.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_any<C: Widen>(
+    pub(super) unsafe fn tile_any(
         panel: &Panel<'_>,
         rows: Range<usize>,
         inputs: &[&[f32]],
@@ -446,8 +408,8 @@ mod avx2 {
             ($(($w:literal, $r:literal)),*) => {
                 match (rows.len(), inputs.len(), panel.offsets.is_empty()) {
                     $(
-                        ($w, $r, true) => tile::<C, $w, $r, false>(panel, rows.start, inputs, sums),
-                        ($w, $r, false) => tile::<C, $w, $r, true>(panel, rows.start, inputs, sums),
+                        ($w, $r, true) => tile::<$w, $r, false>(panel, rows.start, inputs, sums),
+                        ($w, $r, false) => tile::<$w, $r, true>(panel, rows.start, inputs, sums),
                     )*
                     _ => unreachable!("Panel::multiply asks for no other shape"),
                 }
@@ -458,8 +420,8 @@ mod avx2 {
 
     /// `W` weight rows from the panel's row `first` against `R` inputs, all `W × R`
     /// sums in registers.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<C: Widen, const W: usize, const R: usize, const OFFSETS: bool>(
+    #[inline(always)]
+    unsafe fn tile<const W: usize, const R: usize, const OFFSETS: bool>(
         panel: &Panel<'_>,
         first: usize,
         inputs: &[&[f32]],
@@ -482,8 +444,9 @@ mod avx2 {
                 let k = b * BLOCK + part * 8;
                 let mut wide = [_mm256_setzero_ps(); W];
                 for w in 0..W {
-                    let block = quants.add(Panel::at(b, first + w) * C::BYTES);
-                    let ints = _mm256_cvtepi32_ps(C::eight(block, part));
+                    let eight = quants.add(Panel::at(b, first + w) * BLOCK + part * 8);
+                    let bytes = _mm_loadl_epi64(eight as *const __m128i);
+                    let ints = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
                     wide[w] = if OFFSETS {
                         _mm256_fmadd_ps(ints, scale[w], offset[w])
                     } else {
@@ -526,13 +489,11 @@ mod tests {
 
     /// Weight `(r, k)` as its integer, scale and offset.
     fn parts(q: &Q8Matrix, r: usize, k: usize) -> (i32, f32, f32) {
-        let bytes = q.codes.bytes_per_block();
         let blocks = q.cols / BLOCK;
         let at = (r / PANEL * blocks + k / BLOCK) * PANEL + r % PANEL;
         assert_eq!(stored_position(at, blocks), (r, k / BLOCK));
-        let code = q.codes.get(&q.quants[at * bytes..][..bytes], k % BLOCK);
         (
-            code,
+            q.quants[at * BLOCK + k % BLOCK] as i32,
             q.scales[at],
             q.offsets.get(at).copied().unwrap_or(0.0),
         )
@@ -547,24 +508,6 @@ mod tests {
             .collect()
     }
 
-    /// The same integers, scales and offsets, stored a byte each.
-    fn as_bytes(q: &Q8Matrix) -> Q8Matrix {
-        let bytes = q.codes.bytes_per_block();
-        let quants = q
-            .quants
-            .chunks_exact(bytes)
-            .flat_map(|block| (0..BLOCK).map(|j| q.codes.get(block, j) as i8 as u8))
-            .collect();
-        Q8Matrix {
-            rows: q.rows,
-            cols: q.cols,
-            codes: Codes::Bytes,
-            quants,
-            scales: q.scales.clone(),
-            offsets: q.offsets.clone(),
-        }
-    }
-
     fn q4(rows: usize, cols: usize, dtype: candle_core::quantized::GgmlDType) -> Q8Matrix {
         use candle_core::quantized::QTensor;
         use candle_core::{Device, Tensor};
@@ -577,29 +520,34 @@ mod tests {
         Q8Matrix::from_blocks(kind, &quantized.data().unwrap(), rows, cols).unwrap()
     }
 
-    /// 4-bit weights are kept as nibbles, unpacked in the kernel to the integers a
-    /// byte copy holds: the products have the same bits, alone and in batches.
+    /// A stack of matrices multiplies to the bits of each part's product, laid side
+    /// by side: fusing the projections that read the same input changes no result.
     #[test]
-    fn nibbles_multiply_to_the_bits_of_bytes() {
+    fn a_stack_multiplies_as_its_parts() {
         use candle_core::quantized::GgmlDType;
-        let (rows, cols) = (21, 96);
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
-            let nibbles = q4(rows, cols, dtype);
-            assert_eq!(nibbles.codes, Codes::Nibbles);
-            assert_eq!(
-                nibbles.quants.len(),
-                rows.div_ceil(PANEL) * PANEL * cols / 2
-            );
-            let bytes = as_bytes(&nibbles);
-            for m in [1, 2, 7, 13] {
-                let xs = numbers(m * cols, 10 + m as u64);
-                assert_eq!(
-                    nibbles.matmul(&xs),
-                    bytes.matmul(&xs),
-                    "{dtype:?}, {m} rows"
-                );
+        let cols = 96;
+        let symmetric = Q8Matrix::quantize(&numbers(8 * cols, 11), 8, cols).unwrap();
+        let with_offsets = q4(12, cols, GgmlDType::Q4_1);
+        let parts = [&symmetric, &with_offsets, &symmetric];
+        let stack = Q8Matrix::stack(&parts).unwrap();
+        assert_eq!(stack.rows(), 28);
+        for m in [1, 2, 3, 5, 7] {
+            let xs = numbers(m * cols, 12 + m as u64);
+            let products: Vec<Vec<f32>> = parts.iter().map(|p| p.matmul(&xs)).collect();
+            let got = stack.matmul(&xs);
+            for i in 0..m {
+                let want: Vec<f32> = products
+                    .iter()
+                    .zip(&parts)
+                    .flat_map(|(ys, p)| ys[i * p.rows()..(i + 1) * p.rows()].to_vec())
+                    .collect();
+                assert_eq!(got[i * 28..(i + 1) * 28], want, "{m} rows, row {i}");
             }
         }
+        let ragged = Q8Matrix::quantize(&numbers(3 * cols, 13), 3, cols).unwrap();
+        assert!(Q8Matrix::stack(&[&ragged, &symmetric]).is_none());
+        let narrow = Q8Matrix::quantize(&numbers(4 * 64, 14), 4, 64).unwrap();
+        assert!(Q8Matrix::stack(&[&narrow, &symmetric]).is_none());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! arithmetic of a layer is small, and each tensor op costs more to dispatch than to
 //! compute; with a dozen of them per layer (and a narrow, a rotation and two copies
 //! per sequence) a SmolLM2 token took 22 ms, of which streaming the weights is 8.
-//! Here a layer is its seven 8-bit products (see `q8`) and a few loops between them.
+//! Here a layer is its four 8-bit products (queries, keys and values stacked into one,
+//! gate and up into another; see `q8`) and a few loops between them.
 //! Every loop works on one row at a time, so a sequence's step is the same bits alone
 //! or in any batch, as the products are.
 
@@ -14,12 +15,13 @@ use candle_core::{Storage, Tensor};
 use kura_simd::{dot, exp, multiversion};
 use rayon::prelude::*;
 
+use super::prompt::dense_product;
 use super::{host_kv, Architecture, Cache, Layer, Linear, Model};
 use crate::error::LlmError;
 use crate::q8::Q8Matrix;
 
-/// The host copies a step needs beside the 8-bit weights: the norms, the biases and
-/// the rotation tables (small), with every projection's 8-bit copy present.
+/// The host copies a step needs: the norms, the biases, the rotation tables (small),
+/// and the 8-bit projections, those that read the same input stacked into one.
 pub(super) struct HostWeights {
     layers: Vec<HostLayer>,
     output_norm: Vec<f32>,
@@ -34,13 +36,21 @@ struct HostLayer {
     q_bias: Option<Vec<f32>>,
     k_bias: Option<Vec<f32>>,
     v_bias: Option<Vec<f32>>,
+    /// The 8-bit rows of the queries, keys and values, one after another.
+    qkv: Q8Matrix,
+    qkv_widths: [usize; 3],
+    /// The three biases side by side (zeros for a projection without one).
+    qkv_bias: Option<Vec<f32>>,
+    /// The 8-bit rows of the gate and up projections.
+    gate_up: Q8Matrix,
 }
 
 impl HostWeights {
     /// `None` when some projection has no 8-bit copy (a GPU model, or rows that are
-    /// not whole blocks): such a model decodes through candle.
+    /// not whole blocks) or the copies do not stack: such a model runs through
+    /// candle. The stacked projections' own 8-bit copies are moved into the stacks.
     pub(super) fn new(
-        layers: &[Layer],
+        layers: &mut [Layer],
         output_norm: &Tensor,
         output: &Linear,
         (cos, sin): (&Tensor, &Tensor),
@@ -54,17 +64,39 @@ impl HostWeights {
         if !all_packed || !output_norm.device().is_cpu() {
             return Ok(None);
         }
+        let stacks: Option<Vec<(Q8Matrix, Q8Matrix)>> = layers
+            .iter()
+            .map(|l| Some((stack(&[&l.q, &l.k, &l.v])?, stack(&[&l.gate, &l.up])?)))
+            .collect();
+        let Some(stacks) = stacks else {
+            return Ok(None);
+        };
         let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
         let bias = |l: &Linear| l.bias.as_ref().map(host).transpose();
         let layers = layers
-            .iter()
-            .map(|l| {
+            .iter_mut()
+            .zip(stacks)
+            .map(|(l, (qkv, gate_up))| {
+                let (q_bias, k_bias, v_bias) = (bias(&l.q)?, bias(&l.k)?, bias(&l.v)?);
+                let qkv_widths = [l.q.dense.dim(0)?, l.k.dense.dim(0)?, l.v.dense.dim(0)?];
+                let qkv_bias = side_by_side(&[
+                    (&q_bias, qkv_widths[0]),
+                    (&k_bias, qkv_widths[1]),
+                    (&v_bias, qkv_widths[2]),
+                ]);
+                for linear in [&mut l.q, &mut l.k, &mut l.v, &mut l.gate, &mut l.up] {
+                    linear.packed = None;
+                }
                 Ok(HostLayer {
                     attn_norm: host(&l.attn_norm)?,
                     ffn_norm: host(&l.ffn_norm)?,
-                    q_bias: bias(&l.q)?,
-                    k_bias: bias(&l.k)?,
-                    v_bias: bias(&l.v)?,
+                    q_bias,
+                    k_bias,
+                    v_bias,
+                    qkv,
+                    qkv_widths,
+                    qkv_bias,
+                    gate_up,
                 })
             })
             .collect::<candle_core::Result<_>>()?;
@@ -77,6 +109,28 @@ impl HostWeights {
     }
 }
 
+/// The 8-bit copies of `linears`, stacked.
+fn stack(linears: &[&Linear]) -> Option<Q8Matrix> {
+    let parts: Option<Vec<&Q8Matrix>> = linears.iter().map(|l| l.packed.as_ref()).collect();
+    Q8Matrix::stack(&parts?)
+}
+
+/// Biases of the given widths side by side, zeros for the missing ones; `None`
+/// when all are missing.
+fn side_by_side(biases: &[(&Option<Vec<f32>>, usize)]) -> Option<Vec<f32>> {
+    if biases.iter().all(|(bias, _)| bias.is_none()) {
+        return None;
+    }
+    let mut all = Vec::new();
+    for (bias, width) in biases {
+        match bias {
+            Some(bias) => all.extend_from_slice(bias),
+            None => all.resize(all.len() + width, 0.0),
+        }
+    }
+    Some(all)
+}
+
 /// Which copy of the weights a pass multiplies by.
 #[derive(Clone, Copy)]
 pub(super) enum Weights {
@@ -87,18 +141,70 @@ pub(super) enum Weights {
 }
 
 impl Weights {
-    /// `xs · Wᵀ (+ bias)` with this copy of `linear`'s weights.
-    fn product(
+    /// The queries, keys and values of `xs`, in that order.
+    fn qkv(
         self,
-        linear: &Linear,
+        layer: &Layer,
+        host: &HostLayer,
         xs: &[f32],
-        bias: Option<&[f32]>,
-    ) -> Result<Vec<f32>, LlmError> {
+    ) -> Result<[Vec<f32>; 3], LlmError> {
         match self {
-            Weights::Packed => Ok(product(linear, xs, bias)),
-            Weights::Dense => super::prompt::dense_product(linear, xs, bias),
+            Weights::Packed => {
+                let all = product(&host.qkv, xs, host.qkv_bias.as_deref());
+                Ok(split_columns(&all, host.qkv_widths))
+            }
+            Weights::Dense => Ok([
+                dense_product(&layer.q, xs, host.q_bias.as_deref())?,
+                dense_product(&layer.k, xs, host.k_bias.as_deref())?,
+                dense_product(&layer.v, xs, host.v_bias.as_deref())?,
+            ]),
         }
     }
+
+    /// The gate and up projections of `xs`.
+    fn gate_up(
+        self,
+        layer: &Layer,
+        host: &HostLayer,
+        xs: &[f32],
+    ) -> Result<(Vec<f32>, Vec<f32>), LlmError> {
+        match self {
+            Weights::Packed => {
+                let all = product(&host.gate_up, xs, None);
+                let width = host.gate_up.rows() / 2;
+                let [gate, up] = split_columns(&all, [width, width]);
+                Ok((gate, up))
+            }
+            Weights::Dense => Ok((
+                dense_product(&layer.gate, xs, None)?,
+                dense_product(&layer.up, xs, None)?,
+            )),
+        }
+    }
+
+    /// `xs · Wᵀ` with this copy of `linear`'s weights (which has no bias).
+    fn plain(self, linear: &Linear, xs: &[f32]) -> Result<Vec<f32>, LlmError> {
+        match self {
+            Weights::Packed => Ok(product(packed(linear), xs, None)),
+            Weights::Dense => dense_product(linear, xs, None),
+        }
+    }
+}
+
+/// Each row of `all` cut into pieces of `widths`, gathered piece by piece.
+fn split_columns<const N: usize>(all: &[f32], widths: [usize; N]) -> [Vec<f32>; N] {
+    let total: usize = widths.iter().sum();
+    let rows = all.len() / total.max(1);
+    let mut pieces = widths.map(|width| Vec::with_capacity(rows * width));
+    for row in all.chunks_exact(total) {
+        let mut rest = row;
+        for (piece, &width) in pieces.iter_mut().zip(&widths) {
+            let (head, tail) = rest.split_at(width);
+            piece.extend_from_slice(head);
+            rest = tail;
+        }
+    }
+    pieces
 }
 
 impl Model {
@@ -128,15 +234,13 @@ impl Model {
         let mut xs = embedding_rows(&self.embedding, &feeds.concat())?;
         for (index, (layer, norms)) in self.layers.iter().zip(&host.layers).enumerate() {
             let normed = rms_norm_rows(&xs, &norms.attn_norm, c.rms_eps);
-            let q = weights.product(&layer.q, &normed, norms.q_bias.as_deref())?;
-            let k = weights.product(&layer.k, &normed, norms.k_bias.as_deref())?;
-            let v = weights.product(&layer.v, &normed, norms.v_bias.as_deref())?;
-            let attended = self.attend_each(host, index, (q, k, v), &counts, caches);
-            add_rows(&mut xs, &weights.product(&layer.o, &attended, None)?);
+            let qkv = weights.qkv(layer, norms, &normed)?;
+            let attended = self.attend_each(host, index, qkv, &counts, caches);
+            add_rows(&mut xs, &weights.plain(&layer.o, &attended)?);
             let normed = rms_norm_rows(&xs, &norms.ffn_norm, c.rms_eps);
-            let mut gate = weights.product(&layer.gate, &normed, None)?;
-            silu_times(&mut gate, &weights.product(&layer.up, &normed, None)?);
-            add_rows(&mut xs, &weights.product(&layer.down, &gate, None)?);
+            let (mut gate, up) = weights.gate_up(layer, norms, &normed)?;
+            silu_times(&mut gate, &up);
+            add_rows(&mut xs, &weights.plain(&layer.down, &gate)?);
         }
         for (cache, count) in caches.iter_mut().zip(&counts) {
             cache.len += count;
@@ -150,7 +254,7 @@ impl Model {
             last_rows.extend_from_slice(&xs[(end - 1) * width..end * width]);
         }
         let normed = rms_norm_rows(&last_rows, &host.output_norm, c.rms_eps);
-        let logits = product(&self.output, &normed, None);
+        let logits = product(packed(&self.output), &normed, None);
         let vocab = logits.len() / feeds.len();
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
@@ -162,7 +266,7 @@ impl Model {
         &self,
         host: &HostWeights,
         index: usize,
-        (mut q, mut k, v): (Vec<f32>, Vec<f32>, Vec<f32>),
+        [mut q, mut k, v]: [Vec<f32>; 3],
         counts: &[usize],
         caches: &mut [Cache],
     ) -> Vec<f32> {
@@ -243,13 +347,18 @@ pub(super) fn with_host_values<R>(
     }
 }
 
-/// `xs · Wᵀ (+ bias)` through the 8-bit copy, which [`HostWeights::new`] checked.
-fn product(linear: &Linear, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let packed: &Q8Matrix = linear
+/// The 8-bit copy of a projection that was not stacked, which [`HostWeights::new`]
+/// checked is there.
+fn packed(linear: &Linear) -> &Q8Matrix {
+    linear
         .packed
         .as_ref()
-        .expect("HostWeights exist only when every projection has an 8-bit copy");
-    let mut ys = packed.matmul(xs);
+        .expect("HostWeights exist only when every projection has an 8-bit copy")
+}
+
+/// `xs · Wᵀ (+ bias)` through an 8-bit matrix.
+fn product(matrix: &Q8Matrix, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let mut ys = matrix.matmul(xs);
     if let Some(bias) = bias {
         add_rows(&mut ys, bias);
     }
