@@ -145,13 +145,10 @@ impl Q8Matrix {
     /// pass's start and join cost a good part of it. `None` when the parts differ in
     /// width or one's rows do not fill whole panels.
     pub(crate) fn stack(parts: &[&Q8Matrix]) -> Option<Q8Matrix> {
-        let cols = parts.first()?.cols;
-        if parts
-            .iter()
-            .any(|p| p.cols != cols || !p.rows.is_multiple_of(PANEL))
-        {
+        if !Self::stackable(parts) {
             return None;
         }
+        let cols = parts.first()?.cols;
         let offsets = if parts.iter().all(|p| p.offsets.is_empty()) {
             Vec::new()
         } else {
@@ -175,6 +172,15 @@ impl Q8Matrix {
                 .flat_map(|p| p.scales.iter().copied())
                 .collect(),
             offsets,
+        })
+    }
+
+    /// Whether [`Q8Matrix::stack`] takes these parts.
+    pub(crate) fn stackable(parts: &[&Q8Matrix]) -> bool {
+        parts.first().is_some_and(|first| {
+            parts
+                .iter()
+                .all(|p| p.cols == first.cols && p.rows.is_multiple_of(PANEL))
         })
     }
 

@@ -61,47 +61,46 @@ impl HostWeights {
                     .iter()
                     .all(|p| p.packed.is_some())
             });
-        if !all_packed || !output_norm.device().is_cpu() {
+        let all_stack = || {
+            layers
+                .iter()
+                .all(|l| stackable(&[&l.q, &l.k, &l.v]) && stackable(&[&l.gate, &l.up]))
+        };
+        if !all_packed || !output_norm.device().is_cpu() || !all_stack() {
             return Ok(None);
         }
-        let stacks: Option<Vec<(Q8Matrix, Q8Matrix)>> = layers
-            .iter()
-            .map(|l| Some((stack(&[&l.q, &l.k, &l.v])?, stack(&[&l.gate, &l.up])?)))
-            .collect();
-        let Some(stacks) = stacks else {
-            return Ok(None);
-        };
         let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
         let bias = |l: &Linear| l.bias.as_ref().map(host).transpose();
-        let layers = layers
-            .iter_mut()
-            .zip(stacks)
-            .map(|(l, (qkv, gate_up))| {
-                let (q_bias, k_bias, v_bias) = (bias(&l.q)?, bias(&l.k)?, bias(&l.v)?);
-                let qkv_widths = [l.q.dense.dim(0)?, l.k.dense.dim(0)?, l.v.dense.dim(0)?];
-                let qkv_bias = side_by_side(&[
-                    (&q_bias, qkv_widths[0]),
-                    (&k_bias, qkv_widths[1]),
-                    (&v_bias, qkv_widths[2]),
-                ]);
-                for linear in [&mut l.q, &mut l.k, &mut l.v, &mut l.gate, &mut l.up] {
-                    linear.packed = None;
-                }
-                Ok(HostLayer {
-                    attn_norm: host(&l.attn_norm)?,
-                    ffn_norm: host(&l.ffn_norm)?,
-                    q_bias,
-                    k_bias,
-                    v_bias,
-                    qkv,
-                    qkv_widths,
-                    qkv_bias,
-                    gate_up,
-                })
-            })
-            .collect::<candle_core::Result<_>>()?;
+        // Layer by layer, so that each projection's copy is freed as soon as it is
+        // stacked: loading holds at most one layer's projections twice.
+        let mut host_layers = Vec::with_capacity(layers.len());
+        for l in layers.iter_mut() {
+            let (q_bias, k_bias, v_bias) = (bias(&l.q)?, bias(&l.k)?, bias(&l.v)?);
+            let qkv_widths = [l.q.dense.dim(0)?, l.k.dense.dim(0)?, l.v.dense.dim(0)?];
+            let qkv_bias = side_by_side(&[
+                (&q_bias, qkv_widths[0]),
+                (&k_bias, qkv_widths[1]),
+                (&v_bias, qkv_widths[2]),
+            ]);
+            let qkv = stack([&mut l.q, &mut l.k, &mut l.v]);
+            let gate_up = stack([&mut l.gate, &mut l.up]);
+            let (Some(qkv), Some(gate_up)) = (qkv, gate_up) else {
+                unreachable!("every layer's projections were checked to stack");
+            };
+            host_layers.push(HostLayer {
+                attn_norm: host(&l.attn_norm)?,
+                ffn_norm: host(&l.ffn_norm)?,
+                q_bias,
+                k_bias,
+                v_bias,
+                qkv,
+                qkv_widths,
+                qkv_bias,
+                gate_up,
+            });
+        }
         Ok(Some(HostWeights {
-            layers,
+            layers: host_layers,
             output_norm: host(output_norm)?,
             cos: host(cos)?,
             sin: host(sin)?,
@@ -109,10 +108,19 @@ impl HostWeights {
     }
 }
 
-/// The 8-bit copies of `linears`, stacked.
-fn stack(linears: &[&Linear]) -> Option<Q8Matrix> {
+fn stackable(linears: &[&Linear]) -> bool {
     let parts: Option<Vec<&Q8Matrix>> = linears.iter().map(|l| l.packed.as_ref()).collect();
-    Q8Matrix::stack(&parts?)
+    parts.is_some_and(|parts| Q8Matrix::stackable(&parts))
+}
+
+/// The 8-bit copies of `linears`, stacked, and moved out of them.
+fn stack<const N: usize>(linears: [&mut Linear; N]) -> Option<Q8Matrix> {
+    let parts: Option<Vec<&Q8Matrix>> = linears.iter().map(|l| l.packed.as_ref()).collect();
+    let stacked = Q8Matrix::stack(&parts?)?;
+    for linear in linears {
+        linear.packed = None;
+    }
+    Some(stacked)
 }
 
 /// Biases of the given widths side by side, zeros for the missing ones; `None`
@@ -142,12 +150,7 @@ pub(super) enum Weights {
 
 impl Weights {
     /// The queries, keys and values of `xs`, in that order.
-    fn qkv(
-        self,
-        layer: &Layer,
-        host: &HostLayer,
-        xs: &[f32],
-    ) -> Result<[Vec<f32>; 3], LlmError> {
+    fn qkv(self, layer: &Layer, host: &HostLayer, xs: &[f32]) -> Result<[Vec<f32>; 3], LlmError> {
         match self {
             Weights::Packed => {
                 let all = product(&host.qkv, xs, host.qkv_bias.as_deref());
