@@ -24,6 +24,9 @@ pub(crate) struct HostKv {
     values: Arc<Vec<Vec<f32>>>,
 }
 
+/// Tokens a head's buffer grows by when it is full.
+const GROWTH_TOKENS: usize = 128;
+
 /// The shape of the heads: `heads` query heads in `kv_heads` groups of `head_dim`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Heads {
@@ -38,6 +41,14 @@ impl HostKv {
         for (heads, new) in [(&mut self.keys, keys), (&mut self.values, values)] {
             let heads = Arc::make_mut(heads);
             heads.resize_with(shape.kv_heads, Vec::new);
+            let per_head = new.len() / shape.kv_heads.max(1);
+            for head in heads.iter_mut() {
+                // Grown by a fixed step rather than doubled: 16 conversations in
+                // flight would otherwise hold up to twice their caches.
+                if head.capacity() - head.len() < per_head {
+                    head.reserve_exact(per_head.max(GROWTH_TOKENS * shape.head_dim));
+                }
+            }
             for (i, row) in new.chunks_exact(shape.head_dim).enumerate() {
                 heads[i % shape.kv_heads].extend_from_slice(row);
             }
