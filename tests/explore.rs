@@ -48,15 +48,7 @@ impl Served {
     /// One raw HTTP/1.0 request (so the body is not chunked); the target is sent
     /// exactly as given.
     fn request(&self, method: &str, target: &str, host: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(&self.address).expect("connect");
-        write!(
-            stream,
-            "{method} {target} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).unwrap();
-        let response = String::from_utf8_lossy(&response).into_owned();
+        let response = self.raw(method, target, host);
         let status = response
             .split(' ')
             .nth(1)
@@ -67,6 +59,19 @@ impl Served {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         (status, body)
+    }
+
+    /// The whole response, status line and headers included.
+    fn raw(&self, method: &str, target: &str, host: &str) -> String {
+        let mut stream = TcpStream::connect(&self.address).expect("connect");
+        write!(
+            stream,
+            "{method} {target} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        String::from_utf8_lossy(&response).into_owned()
     }
 
     fn get(&self, target: &str) -> (u16, String) {
@@ -379,6 +384,24 @@ fn the_server_refuses_paths_outside_its_routes_writes_and_foreign_hosts() {
     let (status, body) = served.get("/");
     assert_eq!(status, 200);
     assert!(body.contains("<script src=\"/app.js\">"));
+
+    // HEAD answers with GET's headers, its length included, and no body.
+    for target in ["/", "/api/run"] {
+        let (_, body) = served.get(target);
+        let head = served.raw("HEAD", target, &served.address);
+        let (headers, rest) = head.split_once("\r\n\r\n").expect("headers");
+        assert!(headers.starts_with("HTTP/1.") && headers.contains(" 200 "));
+        let length = headers
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or_else(|| panic!("HEAD {target} has no Content-Length: {headers}"));
+        assert_eq!(length, body.len(), "HEAD {target}");
+        assert!(rest.is_empty(), "HEAD {target} sent a body");
+    }
 }
 
 #[test]

@@ -105,12 +105,9 @@ fn respond(explorer: &Explorer, request: Request, loopback: bool) {
     } else {
         explorer.handle(&method, request.url())
     };
-    let body = if method == "HEAD" {
-        Vec::new()
-    } else {
-        response.body
-    };
-    let mut reply = tiny_http::Response::from_data(body).with_status_code(response.status);
+    // For HEAD, tiny_http sends the headers (the body's length included) and leaves
+    // the body out itself.
+    let mut reply = tiny_http::Response::from_data(response.body).with_status_code(response.status);
     for (name, value) in
         std::iter::once(("Content-Type", response.content_type)).chain(SECURITY_HEADERS)
     {
