@@ -30,8 +30,9 @@ pub struct SearchArgs {
     #[arg(long, value_enum, default_value = "semantic")]
     mode: SearchMode,
     /// Only conversations whose FIELD has VALUE (e.g. `languages=english`,
-    /// `metadata.model=gpt-4`).
-    #[arg(long, value_name = "FIELD=VALUE")]
+    /// `metadata.model=gpt-4`). Not with `--clusters`: a cluster holds
+    /// conversations with many values.
+    #[arg(long, value_name = "FIELD=VALUE", conflicts_with = "clusters")]
     filter: Option<String>,
     /// Print one JSON object per result.
     #[arg(long)]
@@ -166,4 +167,35 @@ fn render(rank: usize, score: f32, record: &Value) -> String {
         path.join(" > "),
         truncate_chars(&body, 200)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::SearchArgs;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: SearchArgs,
+    }
+
+    /// A filter on conversations cannot narrow a ranking of clusters: asking for
+    /// both is refused, not half-done.
+    #[test]
+    fn a_filter_is_refused_beside_clusters() {
+        let both = [
+            "search",
+            "run",
+            "q",
+            "--clusters",
+            "--filter",
+            "languages=english",
+        ];
+        let error = Command::try_parse_from(both).err().expect("refused");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let alone = ["search", "run", "q", "--filter", "languages=english"];
+        assert!(Command::try_parse_from(alone).is_ok());
+    }
 }
