@@ -55,6 +55,16 @@ impl HostKv {
         }
     }
 
+    /// Keeps the first `values` of each head's keys and values (a whole number of
+    /// tokens).
+    pub(crate) fn truncate(&mut self, values: usize) {
+        for heads in [&mut self.keys, &mut self.values] {
+            for head in Arc::make_mut(heads) {
+                head.truncate(values);
+            }
+        }
+    }
+
     /// Tokens held.
     pub(crate) fn len(&self, shape: Heads) -> usize {
         self.keys

@@ -322,15 +322,17 @@ impl<'a> Session<'a> {
     /// Answers the prompt held by this session up to [`ATTEMPTS`] times (greedy at
     /// the configured temperature first, then sampled at [`RETRY_TEMPERATURE`] with
     /// a new seed each time) and returns the first answer `attempt` accepts. Each
-    /// attempt continues from a copy of the prompt's cache, so the prompt is computed
-    /// once. `attempt` returns `Ok(Err(reason))` for an answer it refuses; the error
+    /// attempt continues the prompt's cache, cut back to the prompt's end, so the
+    /// prompt is computed once and held once. `attempt` returns `Ok(Err(reason))` for an answer it refuses; the error
     /// after the last attempt lists every reason, prefixed by `what`.
     pub(crate) fn first_valid<T>(
-        &self,
+        self,
         what: &str,
         mut attempt: impl FnMut(&mut Session<'a>) -> Result<Result<T, String>, LlmError>,
     ) -> Result<T, LlmError> {
         let options = self.llm.options();
+        let prompt_len = self.cache.len();
+        let mut cache = self.cache;
         let mut failures = Vec::new();
         for round in 0..ATTEMPTS {
             let temperature = if round == 0 {
@@ -338,9 +340,13 @@ impl<'a> Session<'a> {
             } else {
                 RETRY_TEMPERATURE
             };
+            // The attempt continues the prompt's own cache, cut back to the prompt:
+            // a copy kept aside for retries held every conversation's keys and
+            // values twice.
+            self.llm.model().truncate_cache(&mut cache, prompt_len)?;
             let mut session = Session::resume(
                 self.llm,
-                self.cache.clone(),
+                cache,
                 self.logits.clone(),
                 temperature,
                 options.seed.wrapping_add(round),
@@ -350,6 +356,7 @@ impl<'a> Session<'a> {
                 Ok(answer) => return Ok(answer),
                 Err(reason) => failures.push(reason),
             }
+            cache = session.cache;
         }
         Err(LlmError::InvalidOutput(format!(
             "{what}: no valid answer after {ATTEMPTS} attempts ({})",

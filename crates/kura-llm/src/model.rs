@@ -201,6 +201,29 @@ impl Cache {
     }
 }
 
+impl Model {
+    /// Forgets every token of `cache` after its first `len`. Appending never changes
+    /// the tokens before, so this gives back the cache exactly as it was at `len`:
+    /// a retry continues its prompt from the one cache instead of a copy kept aside.
+    pub(crate) fn truncate_cache(&self, cache: &mut Cache, len: usize) -> Result<(), LlmError> {
+        if len >= cache.len {
+            return Ok(());
+        }
+        let values = len * self.config.head_dim;
+        for slot in &mut cache.layers {
+            match slot {
+                LayerKv::Empty => {}
+                LayerKv::Host(kv) => kv.truncate(values),
+                LayerKv::Device(k, v) => {
+                    *slot = LayerKv::Device(k.narrow(2, 0, len)?, v.narrow(2, 0, len)?);
+                }
+            }
+        }
+        cache.len = len;
+        Ok(())
+    }
+}
+
 struct Loader<'a> {
     content: &'a Content,
     file: File,

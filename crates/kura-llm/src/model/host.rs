@@ -536,6 +536,36 @@ mod tests {
             .all(|(c, p)| c.len() == p.len() + 3));
     }
 
+    /// Cutting a cache back to an earlier length gives back that cache exactly: a
+    /// retry continues its prompt with the bits a copy kept aside would give.
+    #[test]
+    fn a_truncated_cache_continues_as_it_was() {
+        let llm = smollm2();
+        let model = llm.model();
+        let mut prompt = model.new_cache();
+        model
+            .forward(&[1, 520, 2_000, 33, 7_000], &mut prompt)
+            .expect("prompt");
+        let mut kept = prompt.clone();
+        let want = model
+            .decode(&[5], std::slice::from_mut(&mut kept))
+            .expect("step");
+
+        let mut reused = prompt;
+        model
+            .forward(&[100, 200, 300], &mut reused)
+            .expect("attempt");
+        model
+            .decode(&[7], std::slice::from_mut(&mut reused))
+            .expect("step");
+        model.truncate_cache(&mut reused, 5).expect("truncate");
+        assert_eq!(reused.len(), 5);
+        let got = model
+            .decode(&[5], std::slice::from_mut(&mut reused))
+            .expect("step");
+        assert_eq!(got, want);
+    }
+
     /// A feed of several tokens beside another sequence's one token gives the very
     /// bits of feeding them one at a time alone: the template's fixed text may join
     /// any batched step without changing what a conversation's summary says.
