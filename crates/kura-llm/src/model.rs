@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::error::LlmError;
 use crate::gguf::Metadata;
 use crate::kv::{Heads, HostKv};
-use crate::q8::{LegacyBlocks, Q8Matrix};
+use crate::q8::{ExactBlocks, Q8Matrix};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,22 +267,23 @@ impl Loader<'_> {
 }
 
 /// The 8-bit copy of a weight: only on the CPU (GPUs run dense f32 fast enough), only
-/// for matrices whose rows are whole blocks. Legacy block types are copied as they
-/// are; others are rounded from the dense weights.
+/// for matrices whose rows are whole blocks. The legacy block types and Q4_K are
+/// copied as they are; others are rounded from the dense weights.
 fn packed_copy(q: &QTensor, dense: &Tensor) -> Result<Option<Q8Matrix>, LlmError> {
     if !dense.device().is_cpu() {
         return Ok(None);
     }
     let (rows, cols) = dense.dims2()?;
-    let legacy = match q.dtype() {
-        GgmlDType::Q4_0 => Some(LegacyBlocks::Q4_0),
-        GgmlDType::Q4_1 => Some(LegacyBlocks::Q4_1),
-        GgmlDType::Q5_0 => Some(LegacyBlocks::Q5_0),
-        GgmlDType::Q5_1 => Some(LegacyBlocks::Q5_1),
-        GgmlDType::Q8_0 => Some(LegacyBlocks::Q8_0),
+    let exact = match q.dtype() {
+        GgmlDType::Q4_0 => Some(ExactBlocks::Q4_0),
+        GgmlDType::Q4_1 => Some(ExactBlocks::Q4_1),
+        GgmlDType::Q5_0 => Some(ExactBlocks::Q5_0),
+        GgmlDType::Q5_1 => Some(ExactBlocks::Q5_1),
+        GgmlDType::Q8_0 => Some(ExactBlocks::Q8_0),
+        GgmlDType::Q4K => Some(ExactBlocks::Q4K),
         _ => None,
     };
-    if let Some(kind) = legacy {
+    if let Some(kind) = exact {
         if let Some(copy) = Q8Matrix::from_blocks(kind, &q.data()?, rows, cols) {
             return Ok(Some(copy));
         }

@@ -2,9 +2,10 @@
 //! (and an offset where the file has one), multiplied by a few f32 rows at a time.
 //!
 //! Every legacy GGUF type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) is a block of small
-//! integers times a scale, plus an offset for the `_1` kinds, so each is copied
-//! into this layout exactly, with no second rounding: the products are those of
-//! the file's own weights. Other types are rounded to 8 bits once. The 4-bit and
+//! integers times a scale, plus an offset for the `_1` kinds, and so is each 32
+//! values of a Q4_K super-block, so each is copied into this layout exactly, with
+//! no second rounding: the products are those of the file's own weights. Other
+//! types (Q6_K's 16-value sub-blocks, for one) are rounded to 8 bits once. The 4-bit and
 //! 5-bit kinds are widened to a byte a value too: unpacking nibbles (and fifth
 //! bits) in the kernel costs more instructions than the bytes it saves: on two cores
 //! the kernel reading bytes runs at the memory's speed, 21 G weights/s, where the
@@ -78,32 +79,34 @@ impl Q8Matrix {
         Self::from_each_block(rows, cols, block, fill)
     }
 
-    /// Copies GGML blocks of a legacy type (`data` as stored in the file) without
-    /// rounding; `None` for other types.
+    /// Copies GGML blocks of a type this layout holds exactly (`data` as stored in
+    /// the file) without rounding; `None` when the sizes do not match.
     pub(crate) fn from_blocks(
-        kind: LegacyBlocks,
+        kind: ExactBlocks,
         data: &[u8],
         rows: usize,
         cols: usize,
     ) -> Option<Self> {
-        if data.len() != rows * cols / BLOCK * kind.bytes() {
+        let (values, bytes) = (kind.values(), kind.bytes());
+        if !cols.is_multiple_of(values) || data.len() != rows * cols / values * bytes {
             return None;
         }
+        let per_block = values / BLOCK;
         Self::from_each_block(
             rows,
             cols,
-            |i| &data[i * kind.bytes()..(i + 1) * kind.bytes()],
-            |block, q, scale, offset| kind.decode(block, q, scale, offset),
+            |i| (&data[i / per_block * bytes..][..bytes], i % per_block),
+            |(block, part), q, scale, offset| kind.decode(block, part, q, scale, offset),
         )
     }
 
-    /// A matrix whose every block is written by `fill(source, quants, scale,
-    /// offset)` from `source(i)`, `i` counting the blocks in row-major order.
-    fn from_each_block<'s, T: Sync + ?Sized + 's>(
+    /// A matrix whose every block is written by `fill(source(i), quants, scale,
+    /// offset)`, `i` counting the blocks in row-major order.
+    fn from_each_block<S>(
         rows: usize,
         cols: usize,
-        source: impl Fn(usize) -> &'s T + Sync,
-        fill: impl Fn(&T, &mut [i8], &mut f32, &mut f32) + Sync,
+        source: impl Fn(usize) -> S + Sync,
+        fill: impl Fn(S, &mut [i8], &mut f32, &mut f32) + Sync,
     ) -> Option<Self> {
         if cols == 0 || !cols.is_multiple_of(BLOCK) {
             return None;
@@ -234,28 +237,41 @@ fn stored_position(at: usize, blocks: usize) -> (usize, usize) {
     (panel * PANEL + within % PANEL, within / PANEL)
 }
 
-/// The GGML block types that are small integers times a scale (plus an offset).
+/// The GGML block types whose every 32 values are small integers times a scale
+/// (plus an offset): the legacy types, and Q4_K, whose super-blocks of 256 hold
+/// eight such sub-blocks (a 6-bit scale and minimum each, times the super-block's
+/// two half-precision factors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LegacyBlocks {
+pub(crate) enum ExactBlocks {
     Q4_0,
     Q4_1,
     Q5_0,
     Q5_1,
     Q8_0,
+    Q4K,
 }
 
 fn half(bytes: &[u8]) -> f32 {
     half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
 }
 
-impl LegacyBlocks {
+impl ExactBlocks {
     fn bytes(self) -> usize {
         match self {
-            LegacyBlocks::Q4_0 => 18,
-            LegacyBlocks::Q4_1 => 20,
-            LegacyBlocks::Q5_0 => 22,
-            LegacyBlocks::Q5_1 => 24,
-            LegacyBlocks::Q8_0 => 34,
+            ExactBlocks::Q4_0 => 18,
+            ExactBlocks::Q4_1 => 20,
+            ExactBlocks::Q5_0 => 22,
+            ExactBlocks::Q5_1 => 24,
+            ExactBlocks::Q8_0 => 34,
+            ExactBlocks::Q4K => 144,
+        }
+    }
+
+    /// Values per stored block.
+    fn values(self) -> usize {
+        match self {
+            ExactBlocks::Q4K => 256,
+            _ => BLOCK,
         }
     }
 
@@ -263,25 +279,27 @@ impl LegacyBlocks {
     /// (and `j + 16`) in the low (high) nibble of byte `j`, the fifth bits of the
     /// 5-bit kinds in a 32-bit mask. Q4_0's bias of 8 becomes the offset −8·scale,
     /// which gives the same products: `q·d − 8d` and `(q − 8)·d` are the same
-    /// number before their one rounding.
-    fn decode(self, block: &[u8], q: &mut [i8], scale: &mut f32, offset: &mut f32) {
+    /// number before their one rounding. `part` is which 32 values of a Q4_K
+    /// super-block (see [`ExactBlocks::decode_q4k`]); the other types' blocks are 32.
+    fn decode(self, block: &[u8], part: usize, q: &mut [i8], scale: &mut f32, offset: &mut f32) {
         *scale = half(block);
         let (nibbles, high) = match self {
-            LegacyBlocks::Q8_0 => {
+            ExactBlocks::Q4K => return Self::decode_q4k(block, part, q, scale, offset),
+            ExactBlocks::Q8_0 => {
                 for (q, &byte) in q.iter_mut().zip(&block[2..]) {
                     *q = byte as i8;
                 }
                 return;
             }
-            LegacyBlocks::Q4_0 => {
+            ExactBlocks::Q4_0 => {
                 *offset = -8.0 * *scale;
                 (&block[2..], 0)
             }
-            LegacyBlocks::Q4_1 => {
+            ExactBlocks::Q4_1 => {
                 *offset = half(&block[2..]);
                 (&block[4..], 0)
             }
-            LegacyBlocks::Q5_0 => {
+            ExactBlocks::Q5_0 => {
                 // The bias of 16 is taken off the integers, so the block needs no
                 // offset (and the matrix none at all when every block is Q5_0).
                 *offset = 0.0;
@@ -290,7 +308,7 @@ impl LegacyBlocks {
                     u32::from_le_bytes([block[2], block[3], block[4], block[5]]),
                 )
             }
-            LegacyBlocks::Q5_1 => {
+            ExactBlocks::Q5_1 => {
                 *offset = half(&block[2..]);
                 (
                     &block[8..],
@@ -298,12 +316,37 @@ impl LegacyBlocks {
                 )
             }
         };
-        let bias = if self == LegacyBlocks::Q5_0 { 16 } else { 0 };
+        let bias = if self == ExactBlocks::Q5_0 { 16 } else { 0 };
         for (j, &byte) in nibbles.iter().enumerate() {
             let low_fifth = ((high >> j) << 4) & 0x10;
             let high_fifth = (high >> (j + 12)) & 0x10;
             q[j] = (((byte & 0x0F) as u32 | low_fifth) as i32 - bias) as i8;
             q[j + 16] = (((byte >> 4) as u32 | high_fifth) as i32 - bias) as i8;
+        }
+    }
+
+    /// Values `32·part ..` of a Q4_K super-block, laid out as in ggml's
+    /// `dequantize_row_q4_K`: the factors `d` and `dmin`, twelve bytes of 6-bit
+    /// scales and minimums (`get_scale_min_k4`), then 128 bytes of nibbles, parts
+    /// `2i` and `2i + 1` in the low and high nibbles of bytes `32i .. 32i + 32`. A
+    /// weight is `d·scale·q − dmin·min`; both products are exact in f32 (11 and 6
+    /// bits), so `q × scale + offset` is the same number before its one rounding.
+    fn decode_q4k(block: &[u8], part: usize, q: &mut [i8], scale: &mut f32, offset: &mut f32) {
+        let (d, dmin, scales) = (half(block), half(&block[2..]), &block[4..16]);
+        let (sc, min) = if part < 4 {
+            (scales[part] & 63, scales[part + 4] & 63)
+        } else {
+            (
+                (scales[part + 4] & 0x0F) | ((scales[part - 4] >> 6) << 4),
+                (scales[part + 4] >> 4) | ((scales[part] >> 6) << 4),
+            )
+        };
+        *scale = d * sc as f32;
+        *offset = -(dmin * min as f32);
+        let nibbles = &block[16 + part / 2 * 32..][..32];
+        let shift = 4 * (part % 2);
+        for (q, &byte) in q.iter_mut().zip(nibbles) {
+            *q = ((byte >> shift) & 0x0F) as i8;
         }
     }
 }
@@ -520,8 +563,8 @@ mod tests {
         let dense = Tensor::from_vec(numbers(rows * cols, 9), (rows, cols), &Device::Cpu).unwrap();
         let quantized = QTensor::quantize(&dense, dtype).unwrap();
         let kind = match dtype {
-            candle_core::quantized::GgmlDType::Q4_0 => LegacyBlocks::Q4_0,
-            _ => LegacyBlocks::Q4_1,
+            candle_core::quantized::GgmlDType::Q4_0 => ExactBlocks::Q4_0,
+            _ => ExactBlocks::Q4_1,
         };
         Q8Matrix::from_blocks(kind, &quantized.data().unwrap(), rows, cols).unwrap()
     }
@@ -628,20 +671,21 @@ mod tests {
         assert_eq!(again.scales, q.scales);
     }
 
-    /// Each legacy type, quantised by candle, is copied with the very weights
+    /// Each exact type, quantised by candle, is copied with the very weights
     /// candle dequantises it to, and multiplies like them.
     #[test]
-    fn legacy_blocks_are_copied_without_rounding() {
+    fn exact_blocks_are_copied_without_rounding() {
         use candle_core::quantized::{GgmlDType, QTensor};
         use candle_core::{Device, Tensor};
-        let (rows, cols) = (6, 64);
+        let (rows, cols) = (6, 512);
         let dense = Tensor::from_vec(numbers(rows * cols, 8), (rows, cols), &Device::Cpu).unwrap();
         for (dtype, kind) in [
-            (GgmlDType::Q4_0, LegacyBlocks::Q4_0),
-            (GgmlDType::Q4_1, LegacyBlocks::Q4_1),
-            (GgmlDType::Q5_0, LegacyBlocks::Q5_0),
-            (GgmlDType::Q5_1, LegacyBlocks::Q5_1),
-            (GgmlDType::Q8_0, LegacyBlocks::Q8_0),
+            (GgmlDType::Q4K, ExactBlocks::Q4K),
+            (GgmlDType::Q4_0, ExactBlocks::Q4_0),
+            (GgmlDType::Q4_1, ExactBlocks::Q4_1),
+            (GgmlDType::Q5_0, ExactBlocks::Q5_0),
+            (GgmlDType::Q5_1, ExactBlocks::Q5_1),
+            (GgmlDType::Q8_0, ExactBlocks::Q8_0),
         ] {
             let quantized = QTensor::quantize(&dense, dtype).unwrap();
             let want: Vec<f32> = quantized
@@ -653,7 +697,7 @@ mod tests {
                 .unwrap();
             let data = quantized.data().unwrap();
             let q = Q8Matrix::from_blocks(kind, &data, rows, cols).unwrap();
-            let symmetric = matches!(kind, LegacyBlocks::Q5_0 | LegacyBlocks::Q8_0);
+            let symmetric = matches!(kind, ExactBlocks::Q5_0 | ExactBlocks::Q8_0);
             assert_eq!(q.offsets.is_empty(), symmetric, "{kind:?}");
             for (i, (g, w)) in dequantized(&q).iter().zip(&want).enumerate() {
                 assert!(
