@@ -56,11 +56,16 @@ impl HostKv {
     }
 
     /// Keeps the first `values` of each head's keys and values (a whole number of
-    /// tokens).
+    /// tokens): in place when no other cache shares the buffers, else by copying
+    /// only what is kept.
     pub(crate) fn truncate(&mut self, values: usize) {
         for heads in [&mut self.keys, &mut self.values] {
-            for head in Arc::make_mut(heads) {
-                head.truncate(values);
+            match Arc::get_mut(heads) {
+                Some(owned) => owned.iter_mut().for_each(|head| head.truncate(values)),
+                None => {
+                    let kept = heads.iter().map(|h| h[..values.min(h.len())].to_vec());
+                    *heads = Arc::new(kept.collect());
+                }
             }
         }
     }

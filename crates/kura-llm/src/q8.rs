@@ -221,6 +221,11 @@ impl Q8Matrix {
                         .multiply(&inputs, out);
                 }
             });
+        if m == 1 {
+            // One input: the column-major result is already the row.
+            by_weight.truncate(self.rows);
+            return by_weight;
+        }
         let mut out = vec![0f32; m * self.rows];
         for (r, column) in by_weight.chunks_exact(m).take(self.rows).enumerate() {
             for (i, &v) in column.iter().enumerate() {
