@@ -205,6 +205,11 @@ impl LocalLlm {
         &self.model
     }
 
+    #[cfg(test)]
+    pub(crate) fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
     pub(crate) fn chat(&self) -> &ChatMl {
         &self.chat
     }
@@ -323,8 +328,9 @@ impl<'a> Session<'a> {
     /// the configured temperature first, then sampled at [`RETRY_TEMPERATURE`] with
     /// a new seed each time) and returns the first answer `attempt` accepts. Each
     /// attempt continues the prompt's cache, cut back to the prompt's end, so the
-    /// prompt is computed once and held once. `attempt` returns `Ok(Err(reason))` for an answer it refuses; the error
-    /// after the last attempt lists every reason, prefixed by `what`.
+    /// prompt is computed once and held once. `attempt` returns `Ok(Err(reason))`
+    /// for an answer it refuses; the error after the last attempt lists every
+    /// reason, prefixed by `what`.
     pub(crate) fn first_valid<T>(
         self,
         what: &str,
@@ -503,4 +509,32 @@ fn argmax(scores: impl Iterator<Item = (usize, f32)>) -> Result<u32, LlmError> {
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(i, _)| i as u32)
         .ok_or_else(|| LlmError::InvalidOutput("the model produced no usable logits".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::smollm2;
+
+    /// Every attempt starts from the prompt as it was, its cache cut back to the
+    /// prompt's end and its logits those after the prompt, whatever the attempts
+    /// before it appended; the first accepted answer is returned.
+    #[test]
+    fn each_attempt_starts_at_the_end_of_the_prompt() {
+        let llm = smollm2();
+        let mut prompt = llm.session(0.0, 0);
+        prompt.feed(&[1, 520, 2_000, 33, 7_000]).expect("prompt");
+        let prompt_logits = prompt.logits.clone();
+        let mut starts = Vec::new();
+        let answer = prompt.first_valid("test", |session| {
+            starts.push(session.cache.len());
+            assert_eq!(session.logits, prompt_logits);
+            session.feed(&[100, 200])?;
+            Ok(match starts.len() {
+                1 | 2 => Err(format!("attempt {} refused", starts.len())),
+                _ => Ok(session.cache.len()),
+            })
+        });
+        assert_eq!(starts, [5, 5, 5]);
+        assert_eq!(answer.expect("the third attempt is accepted"), 7);
+    }
 }

@@ -733,7 +733,7 @@ fn causal_mask(count: usize, start: usize, device: &Device) -> candle_core::Resu
 /// SmolLM2 from the model cache, for the tests that check our host code against
 /// candle's ops on real weights.
 #[cfg(test)]
-fn smollm2() -> crate::llm::LocalLlm {
+pub(crate) fn smollm2() -> crate::llm::LocalLlm {
     let name = "smollm2-135m-instruct";
     let path = kura_models::Resolver::from_env()
         .resolve(name)
@@ -743,6 +743,15 @@ fn smollm2() -> crate::llm::LocalLlm {
         .to_path_buf();
     crate::llm::LocalLlm::load(&path, &Device::Cpu, crate::llm::LlmOptions::default())
         .expect("load")
+}
+
+/// The host weights of a CPU model, for tests.
+#[cfg(test)]
+fn host_weights(model: &Model) -> &host::HostWeights {
+    model
+        .host
+        .as_ref()
+        .expect("a CPU model runs on host buffers")
 }
 
 /// The largest difference between two rows of logits, for tests.

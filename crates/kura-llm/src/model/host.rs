@@ -429,7 +429,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-    use crate::model::{argmax, max_difference, one_each, smollm2};
+    use crate::model::{argmax, host_weights, max_difference, one_each, smollm2};
 
     fn numbers(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
@@ -502,10 +502,7 @@ mod tests {
     fn a_step_on_host_buffers_matches_the_tensor_path() {
         let llm = smollm2();
         let model = llm.model();
-        let host = model
-            .host
-            .as_ref()
-            .expect("a CPU model decodes on host buffers");
+        let host = host_weights(model);
         let prompts: [&[u32]; 2] = [&[1, 520, 2_000, 33, 7_000], &[42, 9, 314]];
         let mut caches: Vec<Cache> = prompts
             .iter()
@@ -534,6 +531,40 @@ mod tests {
             .iter()
             .zip(prompts)
             .all(|(c, p)| c.len() == p.len() + 3));
+    }
+
+    /// Without host weights (as on a GPU), a step of ragged feeds runs through
+    /// candle's tensor ops, each feed after its own cache: the same next tokens as
+    /// the host step, and logits within summation order.
+    #[test]
+    fn ragged_steps_without_host_weights_match_the_host_step() {
+        let llm = smollm2();
+        let model = llm.model();
+        let mut tensors_llm = smollm2();
+        tensors_llm.model_mut().host = None;
+        let on_tensors = tensors_llm.model();
+        let prompts: [&[u32]; 2] = [&[1, 520, 2_000, 33, 7_000], &[42, 9, 314]];
+        let prefill = |model: &Model| -> Vec<Cache> {
+            let caches = prompts.iter().map(|p| {
+                let mut cache = model.new_cache();
+                model.forward(p, &mut cache).expect("prompt");
+                cache
+            });
+            caches.collect()
+        };
+        let (mut host_caches, mut tensor_caches) = (prefill(model), prefill(on_tensors));
+        let feeds: [&[u32]; 2] = [&[100, 200, 300], &[9]];
+        let want = model.step(&feeds, &mut host_caches).expect("host step");
+        let got = on_tensors
+            .step(&feeds, &mut tensor_caches)
+            .expect("tensor step");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(max_difference(g, w) < 2e-3, "{}", max_difference(g, w));
+            assert_eq!(argmax(g), argmax(w));
+        }
+        let lens = |caches: &[Cache]| caches.iter().map(Cache::len).collect::<Vec<_>>();
+        assert_eq!(lens(&tensor_caches), [8, 4]);
+        assert_eq!(lens(&tensor_caches), lens(&host_caches));
     }
 
     /// Cutting a cache back to an earlier length gives back that cache exactly: a
@@ -573,10 +604,7 @@ mod tests {
     fn several_tokens_in_one_step_are_the_bits_of_one_at_a_time() {
         let llm = smollm2();
         let model = llm.model();
-        let host = model
-            .host
-            .as_ref()
-            .expect("a CPU model steps on host buffers");
+        let host = host_weights(model);
         let mut base = model.new_cache();
         model
             .forward(&[1, 520, 2_000, 33, 7_000], &mut base)

@@ -74,7 +74,7 @@ pub(super) fn dense_product(
 
 #[cfg(test)]
 mod tests {
-    use crate::model::{argmax, max_difference, smollm2};
+    use crate::model::{argmax, host_weights, max_difference, smollm2};
 
     /// A prompt read on host buffers against candle's tensor path on the real model,
     /// after a cache of earlier tokens (as a conversation continues the shared
@@ -84,10 +84,7 @@ mod tests {
     fn a_prompt_on_host_buffers_matches_the_tensor_path() {
         let llm = smollm2();
         let model = llm.model();
-        let host = model
-            .host
-            .as_ref()
-            .expect("a CPU model reads prompts on host buffers");
+        let host = host_weights(model);
         let earlier: Vec<u32> = (0..20).map(|i| 100 + i * 37).collect();
         let prompt: Vec<u32> = (0..75).map(|i| 500 + i * 101).collect();
         let mut on_host = model.new_cache();
