@@ -33,9 +33,6 @@ pub(super) struct HostWeights {
 struct HostLayer {
     attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
-    q_bias: Option<Vec<f32>>,
-    k_bias: Option<Vec<f32>>,
-    v_bias: Option<Vec<f32>>,
     /// The 8-bit rows of the queries, keys and values, one after another.
     qkv: Q8Matrix,
     qkv_widths: [usize; 3],
@@ -43,6 +40,16 @@ struct HostLayer {
     qkv_bias: Option<Vec<f32>>,
     /// The 8-bit rows of the gate and up projections.
     gate_up: Q8Matrix,
+}
+
+impl HostLayer {
+    /// The bias of the queries (0), keys (1) or values (2): its slice of
+    /// `qkv_bias`.
+    fn qkv_bias_of(&self, part: usize) -> Option<&[f32]> {
+        let start: usize = self.qkv_widths[..part].iter().sum();
+        let bias = self.qkv_bias.as_deref()?;
+        Some(&bias[start..start + self.qkv_widths[part]])
+    }
 }
 
 impl HostWeights {
@@ -75,13 +82,9 @@ impl HostWeights {
         // stacked: loading holds at most one layer's projections twice.
         let mut host_layers = Vec::with_capacity(layers.len());
         for l in layers.iter_mut() {
-            let (q_bias, k_bias, v_bias) = (bias(&l.q)?, bias(&l.k)?, bias(&l.v)?);
+            let biases = [bias(&l.q)?, bias(&l.k)?, bias(&l.v)?];
             let qkv_widths = [l.q.dense.dim(0)?, l.k.dense.dim(0)?, l.v.dense.dim(0)?];
-            let qkv_bias = side_by_side(&[
-                (&q_bias, qkv_widths[0]),
-                (&k_bias, qkv_widths[1]),
-                (&v_bias, qkv_widths[2]),
-            ]);
+            let qkv_bias = side_by_side(&biases, &qkv_widths);
             let qkv = stack([&mut l.q, &mut l.k, &mut l.v]);
             let gate_up = stack([&mut l.gate, &mut l.up]);
             let (Some(qkv), Some(gate_up)) = (qkv, gate_up) else {
@@ -90,9 +93,6 @@ impl HostWeights {
             host_layers.push(HostLayer {
                 attn_norm: host(&l.attn_norm)?,
                 ffn_norm: host(&l.ffn_norm)?,
-                q_bias,
-                k_bias,
-                v_bias,
                 qkv,
                 qkv_widths,
                 qkv_bias,
@@ -125,12 +125,12 @@ fn stack<const N: usize>(linears: [&mut Linear; N]) -> Option<Q8Matrix> {
 
 /// Biases of the given widths side by side, zeros for the missing ones; `None`
 /// when all are missing.
-fn side_by_side(biases: &[(&Option<Vec<f32>>, usize)]) -> Option<Vec<f32>> {
-    if biases.iter().all(|(bias, _)| bias.is_none()) {
+fn side_by_side(biases: &[Option<Vec<f32>>], widths: &[usize]) -> Option<Vec<f32>> {
+    if biases.iter().all(Option::is_none) {
         return None;
     }
     let mut all = Vec::new();
-    for (bias, width) in biases {
+    for (bias, &width) in biases.iter().zip(widths) {
         match bias {
             Some(bias) => all.extend_from_slice(bias),
             None => all.resize(all.len() + width, 0.0),
@@ -157,9 +157,9 @@ impl Weights {
                 Ok(split_columns(&all, host.qkv_widths))
             }
             Weights::Dense => Ok([
-                dense_product(&layer.q, xs, host.q_bias.as_deref())?,
-                dense_product(&layer.k, xs, host.k_bias.as_deref())?,
-                dense_product(&layer.v, xs, host.v_bias.as_deref())?,
+                dense_product(&layer.q, xs, host.qkv_bias_of(0))?,
+                dense_product(&layer.k, xs, host.qkv_bias_of(1))?,
+                dense_product(&layer.v, xs, host.qkv_bias_of(2))?,
             ]),
         }
     }
@@ -531,6 +531,32 @@ mod tests {
             .iter()
             .zip(prompts)
             .all(|(c, p)| c.len() == p.len() + 3));
+    }
+
+    /// The stacked bias holds each projection's bias (zeros for a missing one) at
+    /// its rows of the stack, and each projection reads its own back.
+    #[test]
+    fn stacked_biases_sit_at_their_projections_rows() {
+        let biases = [Some(vec![1.0, 2.0]), None, Some(vec![5.0])];
+        let widths = [2, 3, 1];
+        let stacked = side_by_side(&biases, &widths);
+        assert_eq!(
+            stacked.as_deref(),
+            Some(&[1.0, 2.0, 0.0, 0.0, 0.0, 5.0][..])
+        );
+        assert_eq!(side_by_side(&[None, None, None], &widths), None);
+        let matrix = || Q8Matrix::quantize(&[0.0; 32 * 4], 4, 32).expect("one panel");
+        let layer = HostLayer {
+            attn_norm: Vec::new(),
+            ffn_norm: Vec::new(),
+            qkv: matrix(),
+            qkv_widths: widths,
+            qkv_bias: stacked,
+            gate_up: matrix(),
+        };
+        assert_eq!(layer.qkv_bias_of(0), Some(&[1.0, 2.0][..]));
+        assert_eq!(layer.qkv_bias_of(1), Some(&[0.0, 0.0, 0.0][..]));
+        assert_eq!(layer.qkv_bias_of(2), Some(&[5.0][..]));
     }
 
     /// Without host weights (as on a GPU), a step of ragged feeds runs through
