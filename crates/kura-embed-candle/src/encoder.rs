@@ -27,6 +27,7 @@ use candle_core::safetensors::Load;
 use candle_core::{DType, Device};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 use gemm::Parallelism;
+use kura_simd::{MatRef, Threads};
 use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use tokenizers::Encoding;
@@ -322,37 +323,18 @@ impl Encoder {
                 let q = &qkv[start * 3 * h + column..];
                 let k = &qkv[start * 3 * h + h + column..];
                 let v = &qkv[start * 3 * h + 2 * h + column..];
-                let stride = 3 * h as isize;
-                // SAFETY: the products read `len` rows of `head_dim` columns at row
-                // stride `3h` from `q`, `k` and `v`, all inside `qkv` (row
-                // `start + len - 1`, column `2h + column + head_dim - 1` at most);
-                // `scores` is `len × len`. The second writes rows
-                // `start..start + len`, columns `column..column + head_dim` of
-                // `context` (`tokens × h`), which no other task touches: tasks
-                // differ in text (rows) or head (columns).
+                let stride = 3 * h;
+                let keys = MatRef::new(k, len, head_dim, stride, 1).t();
+                let queries = MatRef::new(q, len, head_dim, stride, 1);
+                kura_simd::matmul(scores, queries, keys, scale, false, Threads::One);
+                kernels::softmax_rows(scores, len);
+                assert!(v.len() > (len - 1) * stride + head_dim - 1);
+                // SAFETY: the product reads `len` rows of `head_dim` columns at row
+                // stride `3h` from `v` (checked above) and `scores`, `len × len`. It
+                // writes rows `start..start + len`, columns `column..column +
+                // head_dim` of `context` (`tokens × h`), which no other task
+                // touches: tasks differ in text (rows) or head (columns).
                 unsafe {
-                    gemm::gemm(
-                        len,
-                        len,
-                        head_dim,
-                        scores.as_mut_ptr(),
-                        1,
-                        len as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        stride,
-                        k.as_ptr(),
-                        stride,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                    kernels::softmax_rows(scores, len);
                     gemm::gemm(
                         len,
                         head_dim,
@@ -366,7 +348,7 @@ impl Encoder {
                         len as isize,
                         v.as_ptr(),
                         1,
-                        stride,
+                        stride as isize,
                         0.0,
                         1.0,
                         false,
@@ -409,34 +391,9 @@ fn matmul(input: &[f32], linear: &Linear, out: &mut [f32], accumulate: bool) {
         out.len(),
         linear.outputs
     );
-    if rows == 0 {
-        return;
-    }
-    // SAFETY: the three matrices are row-major with the extents checked above:
-    // `input` rows × inputs, `weight` inputs × outputs, `out` rows × outputs.
-    unsafe {
-        gemm::gemm(
-            rows,
-            linear.outputs,
-            linear.inputs,
-            out.as_mut_ptr(),
-            1,
-            linear.outputs as isize,
-            accumulate,
-            input.as_ptr(),
-            1,
-            linear.inputs as isize,
-            linear.weight.as_ptr(),
-            1,
-            linear.outputs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::Rayon(0),
-        );
-    }
+    let input = MatRef::row_major(input, rows, linear.inputs);
+    let weight = MatRef::row_major(&linear.weight, linear.inputs, linear.outputs);
+    kura_simd::matmul(out, input, weight, 1.0, accumulate, Threads::All);
 }
 
 /// Rows per parallel chunk of the row-wise kernels: enough work per task (about

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use kura_simd::{dot, multiversion, softmax, softmax_rows};
+use kura_simd::{dot, matmul, multiversion, softmax, softmax_rows, MatRef, Threads};
 use rayon::prelude::*;
 
 /// One layer's keys and values, one buffer per key/value head (`[tokens, head_dim]`
@@ -162,66 +162,26 @@ impl HostKv {
                 let count = PROMPT_ROWS.min(rows - start);
                 let seen = first + start + count - 1;
                 let (keys, values) = (&self.keys[head / group], &self.values[head / group]);
-                assert!(keys.len() >= seen * head_dim && values.len() >= seen * head_dim);
-                let q = &queries[start * row + head * head_dim..];
-                assert!(q.len() >= (count - 1) * row + head_dim);
+                let (keys, values) = (&keys[..seen * head_dim], &values[..seen * head_dim]);
+                let q = MatRef::new(
+                    &queries[start * row + head * head_dim..],
+                    count,
+                    head_dim,
+                    row,
+                    1,
+                );
                 let mut scores = vec![0.0f32; count * seen];
-                let mut out = vec![0.0f32; count * head_dim];
-                // SAFETY: `q` holds `count` rows of `head_dim` at stride `row` (checked
-                // above); `keys` and `values` hold `seen` rows of `head_dim`; `scores`
-                // is `count × seen` and `out` `count × head_dim`, both row-major.
-                unsafe {
-                    gemm::gemm(
-                        count,
-                        seen,
-                        head_dim,
-                        scores.as_mut_ptr(),
-                        1,
-                        seen as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        row as isize,
-                        keys.as_ptr(),
-                        head_dim as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                let keys = MatRef::row_major(keys, seen, head_dim).t();
+                matmul(&mut scores, q, keys, scale, false, Threads::One);
                 for (sees, scores) in (first + start..).zip(scores.chunks_exact_mut(seen)) {
                     let (visible, hidden) = scores.split_at_mut(sees);
                     softmax_rows(visible, sees);
                     hidden.fill(0.0);
                 }
-                // SAFETY: as above.
-                unsafe {
-                    gemm::gemm(
-                        count,
-                        head_dim,
-                        seen,
-                        out.as_mut_ptr(),
-                        1,
-                        head_dim as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        seen as isize,
-                        values.as_ptr(),
-                        1,
-                        head_dim as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                let mut out = vec![0.0f32; count * head_dim];
+                let scores = MatRef::row_major(&scores, count, seen);
+                let values = MatRef::row_major(values, seen, head_dim);
+                matmul(&mut out, scores, values, 1.0, false, Threads::One);
                 out
             })
             .collect();

@@ -7,9 +7,13 @@
 //! binary runs everywhere while the exp of every attention score runs eight at a
 //! time on the machines we care about. [`multiversion!`] does the compiling twice;
 //! the helpers here are `#[inline(always)]` so that they take the flavour of the
-//! kernel they are inlined into. The embedder and the LLM share them.
+//! kernel they are inlined into. The embedder and the LLM share them, and
+//! [`matmul`]: the `gemm` crate's product behind a checked, safe signature.
 
 use std::f32::consts::LOG2_E;
+
+mod matmul;
+pub use matmul::{matmul, MatRef, Threads};
 
 /// Whether this CPU can run the AVX2 + FMA builds of the kernels (std caches the
 /// detection, so this is a load and a test).

@@ -7,7 +7,7 @@
 //! `exp` over all of it (the causal half is never used), grouped keys and values
 //! copied to every query head, and a fresh zeroed buffer for every intermediate.
 
-use gemm::Parallelism;
+use kura_simd::{matmul, MatRef, Threads};
 
 use super::host::{add_rows, with_host_values, HostWeights, Weights};
 use super::{Cache, Linear, Model};
@@ -38,33 +38,10 @@ pub(super) fn dense_product(
     let rows = xs.len() / inputs.max(1);
     let mut ys = vec![0.0f32; rows * outputs];
     with_host_values(&linear.dense, |weights| {
-        assert!(weights.len() == outputs * inputs && xs.len() == rows * inputs);
-        // SAFETY: `xs` is `rows × inputs`, `weights` `outputs × inputs` (read as its
-        // transpose, `inputs × outputs`, with column stride `inputs`) and `ys`
-        // `rows × outputs`, all row-major, as checked above.
-        unsafe {
-            gemm::gemm(
-                rows,
-                outputs,
-                inputs,
-                ys.as_mut_ptr(),
-                1,
-                outputs as isize,
-                false,
-                xs.as_ptr(),
-                1,
-                inputs as isize,
-                weights.as_ptr(),
-                inputs as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::Rayon(0),
-            );
-        }
+        // The weights are `outputs × inputs`, read as their transpose.
+        let weights = MatRef::row_major(weights, outputs, inputs).t();
+        let xs = MatRef::row_major(xs, rows, inputs);
+        matmul(&mut ys, xs, weights, 1.0, false, Threads::All);
     })?;
     if let Some(bias) = bias {
         add_rows(&mut ys, bias);
