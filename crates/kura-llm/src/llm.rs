@@ -15,7 +15,7 @@ use crate::batch::StepBatcher;
 use crate::chat::{ChatMessage, ChatMl};
 use crate::error::LlmError;
 use crate::gguf::Metadata;
-use crate::model::{Cache, Config, Model, STEP_MAX_TOKENS};
+use crate::model::{Cache, Config, Model, Tensors, STEP_MAX_TOKENS};
 use crate::tokenizer;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +75,22 @@ pub fn load_tokenizer(gguf: &Path) -> Result<Tokenizer, LlmError> {
 
 impl LocalLlm {
     pub fn load(gguf: &Path, device: &Device, options: LlmOptions) -> Result<Self, LlmError> {
+        Self::load_keeping(gguf, device, options, Tensors::Needed)
+    }
+
+    /// [`LocalLlm::load`] keeping every f32 weight, so that tests can run the model
+    /// through candle's ops on the CPU.
+    #[cfg(test)]
+    pub(crate) fn load_with_all_tensors(gguf: &Path) -> Result<Self, LlmError> {
+        Self::load_keeping(gguf, &Device::Cpu, LlmOptions::default(), Tensors::All)
+    }
+
+    fn load_keeping(
+        gguf: &Path,
+        device: &Device,
+        options: LlmOptions,
+        tensors: Tensors,
+    ) -> Result<Self, LlmError> {
         let io = |source| LlmError::Io {
             path: gguf.to_path_buf(),
             source,
@@ -90,7 +106,7 @@ impl LocalLlm {
             .ok_or_else(|| meta.error("the vocabulary has no <|im_start|>/<|im_end|> tokens"))?;
         let stop_tokens = stop_tokens(&meta, &tokenizer, &chat)?;
         let max_context = options.max_context.min(config.context_length).max(1);
-        let model = Model::load(&content, &meta, config, max_context, device)?;
+        let model = Model::load(&content, &meta, config, max_context, device, tensors)?;
         let model_id = gguf
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

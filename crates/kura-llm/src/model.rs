@@ -101,13 +101,18 @@ impl Config {
     }
 }
 
-/// A projection kept in the format that is fastest for each use on the CPU: dense f32
-/// for reading prompts (many rows: f32 GEMM runs near the FMA units' peak) and our own
-/// 8-bit [`Q8Matrix`] for decoding and short feeds (few rows: bound by the bytes
-/// streamed, a quarter of the dense ones). Every GGUF type is re-packed to it at load,
-/// so types without a SIMD kernel in candle (Q4_1, Q5_0…) never take a scalar path.
+/// A projection. On the CPU its weights are our own 8-bit [`Q8Matrix`]: decoding and
+/// short feeds multiply it directly (few rows: bound by the bytes streamed, a quarter
+/// of f32's), and prompts widen it to f32 a slab at a time for GEMM (many rows: f32
+/// GEMM runs near the FMA units' peak; see `prompt`). Every GGUF type is re-packed to
+/// it at load, so types without a SIMD kernel in candle (Q4_1, Q5_0…) never take a
+/// scalar path.
 struct Linear {
-    dense: Tensor,
+    /// candle's f32 weights: on a GPU; on the CPU only where the 8-bit copy is rounded
+    /// (so that prompts still multiply the file's weights), or where the model runs
+    /// through candle's ops. Holding them for every projection would double a
+    /// model's memory: Qwen 0.5B's are 2 GB.
+    dense: Option<Tensor>,
     /// Moved into the host steps' stacks for the projections that share an input
     /// (see `host`), so the 8-bit weights are held once.
     packed: Option<Q8Matrix>,
@@ -141,12 +146,29 @@ impl Linear {
                 }
                 Tensor::from_vec(q.matmul(&input), dims, xs.device())?
             }
-            _ => xs.broadcast_matmul(&self.dense.t()?)?,
+            _ => {
+                let dense = self.dense.as_ref().ok_or_else(|| {
+                    candle_core::Error::Msg("a projection has no f32 weights for candle".into())
+                })?;
+                xs.broadcast_matmul(&dense.t()?)?
+            }
         };
         match &self.bias {
             Some(bias) => ys.broadcast_add(bias),
             None => Ok(ys),
         }
+    }
+
+    /// Gives the projection candle's f32 weights, widened from its exact 8-bit copy
+    /// when it was loaded without them.
+    fn ensure_dense(&mut self, device: &Device) -> Result<(), LlmError> {
+        if let (None, Some(packed)) = (&self.dense, &self.packed) {
+            let (rows, cols) = (packed.rows(), packed.cols());
+            let mut weights = vec![0f32; rows * cols];
+            packed.dequantize(0..rows, 0..cols, &mut weights);
+            self.dense = Some(Tensor::from_vec(weights, (rows, cols), device)?);
+        }
+        Ok(())
     }
 }
 
@@ -162,9 +184,23 @@ struct Layer {
     down: Linear,
 }
 
+impl Layer {
+    fn linears(&mut self) -> [&mut Linear; 7] {
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+}
+
 pub(crate) struct Model {
     config: Config,
-    embedding: Tensor,
+    embedding: Embedding,
     layers: Vec<Layer>,
     output_norm: Tensor,
     output: Linear,
@@ -173,6 +209,16 @@ pub(crate) struct Model {
     /// Present on the CPU: steps and prompts run on host buffers (see `host` and
     /// `prompt`); on a GPU, and for weights without 8-bit copies, candle runs them.
     host: Option<host::HostWeights>,
+}
+
+/// Where a token's embedding row is read.
+enum Embedding {
+    /// candle's f32 table (a GPU, candle's ops, or a type that is not copied exactly).
+    Dense(Tensor),
+    /// The exact 8-bit copy, widened row by row as tokens come.
+    Packed(Q8Matrix),
+    /// The output projection's exact 8-bit copy: the two are one matrix (SmolLM2).
+    Output,
 }
 
 /// Keys and values of every layer for the tokens seen so far. A plain value: cloning
@@ -229,6 +275,18 @@ struct Loader<'a> {
     file: File,
     meta: &'a Metadata<'a>,
     device: &'a Device,
+    /// Which of candle's f32 weights to keep.
+    tensors: Tensors,
+}
+
+/// Which of candle's f32 weights a CPU model keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tensors {
+    /// Only those the host code needs: the rounded types' (see [`Linear::dense`]).
+    Needed,
+    /// All of them, to run a model through candle's ops on the CPU (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    All,
 }
 
 impl Loader<'_> {
@@ -255,25 +313,39 @@ impl Loader<'_> {
 
     fn linear(&mut self, name: &str) -> Result<Linear, LlmError> {
         let q = self.qtensor(&format!("{name}.weight"))?;
-        let dense = q.dequantize(self.device)?;
-        let packed = packed_copy(&q, &dense)?;
-        let bias = self.optional_dense(&format!("{name}.bias"))?;
+        let mut linear = self.linear_of(&q)?;
+        linear.bias = self.optional_dense(&format!("{name}.bias"))?;
+        Ok(linear)
+    }
+
+    /// The projection by `q`: its exact 8-bit copy alone where there is one, else
+    /// candle's f32 weights and (on the CPU) their rounded 8-bit copy.
+    fn linear_of(&self, q: &QTensor) -> Result<Linear, LlmError> {
+        let (dense, packed) = match exact_copy(q, self.device)? {
+            Some(packed) if self.tensors == Tensors::Needed => (None, Some(packed)),
+            Some(packed) => (Some(q.dequantize(self.device)?), Some(packed)),
+            None => {
+                let dense = q.dequantize(self.device)?;
+                let packed = rounded_copy(&dense)?;
+                (Some(dense), packed)
+            }
+        };
         Ok(Linear {
             dense,
             packed,
-            bias,
+            bias: None,
         })
     }
 }
 
-/// The 8-bit copy of a weight: only on the CPU (GPUs run dense f32 fast enough), only
-/// for matrices whose rows are whole blocks. The legacy block types and Q4_K are
-/// copied as they are; others are rounded from the dense weights.
-fn packed_copy(q: &QTensor, dense: &Tensor) -> Result<Option<Q8Matrix>, LlmError> {
-    if !dense.device().is_cpu() {
+/// The 8-bit copy of a weight that holds the file's own weights: only on the CPU
+/// (GPUs run dense f32 fast enough), for the legacy block types and Q4_K, and
+/// matrices whose rows are whole blocks.
+fn exact_copy(q: &QTensor, device: &Device) -> Result<Option<Q8Matrix>, LlmError> {
+    if !device.is_cpu() {
         return Ok(None);
     }
-    let (rows, cols) = dense.dims2()?;
+    let (rows, cols) = q.shape().dims2()?;
     let exact = match q.dtype() {
         GgmlDType::Q4_0 => Some(ExactBlocks::Q4_0),
         GgmlDType::Q4_1 => Some(ExactBlocks::Q4_1),
@@ -283,11 +355,19 @@ fn packed_copy(q: &QTensor, dense: &Tensor) -> Result<Option<Q8Matrix>, LlmError
         GgmlDType::Q4K => Some(ExactBlocks::Q4K),
         _ => None,
     };
-    if let Some(kind) = exact {
-        if let Some(copy) = Q8Matrix::from_blocks(kind, &q.data()?, rows, cols) {
-            return Ok(Some(copy));
-        }
+    match exact {
+        Some(kind) => Ok(Q8Matrix::from_blocks(kind, &q.data()?, rows, cols)),
+        None => Ok(None),
     }
+}
+
+/// The 8-bit copy of weights of another type (Q6_K…), rounded once: only on the CPU,
+/// for matrices whose rows are whole blocks.
+fn rounded_copy(dense: &Tensor) -> Result<Option<Q8Matrix>, LlmError> {
+    if !dense.device().is_cpu() {
+        return Ok(None);
+    }
+    let (rows, cols) = dense.dims2()?;
     let weights = dense.flatten_all()?.to_vec1::<f32>()?;
     Ok(Q8Matrix::quantize(&weights, rows, cols))
 }
@@ -299,6 +379,7 @@ impl Model {
         config: Config,
         max_context: usize,
         device: &Device,
+        tensors: Tensors,
     ) -> Result<Self, LlmError> {
         let file = File::open(meta.path()).map_err(|source| LlmError::Io {
             path: meta.path().to_path_buf(),
@@ -309,9 +390,9 @@ impl Model {
             file,
             meta,
             device,
+            tensors,
         };
         let embedding_q = loader.qtensor("token_embd.weight")?;
-        let embedding = embedding_q.dequantize(device)?;
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let p = format!("blk.{i}");
@@ -328,13 +409,32 @@ impl Model {
             });
         }
         let output_norm = loader.dense("output_norm.weight")?;
-        let output = if content.tensor_infos.contains_key("output.weight") {
-            loader.linear("output")?
-        } else {
-            tied_output(&embedding_q, &embedding)?
+        let tied = !content.tensor_infos.contains_key("output.weight");
+        let mut output = match tied {
+            true => loader.linear_of(&embedding_q)?,
+            false => loader.linear("output")?,
         };
         let (cos, sin) = rope_tables(&config, max_context, device)?;
         let host = host::HostWeights::new(&mut layers, &output_norm, &output, (&cos, &sin))?;
+        let embedding = if host.is_some() && tensors == Tensors::Needed {
+            // The host multiplies the output by its 8-bit copy only.
+            output.dense = None;
+            host_embedding(&embedding_q, tied.then_some(&output), device)?
+        } else {
+            // candle's ops run this model: every projection needs its f32 weights.
+            for linear in layers
+                .iter_mut()
+                .flat_map(Layer::linears)
+                .chain([&mut output])
+            {
+                linear.ensure_dense(device)?;
+            }
+            match (tied, &output.dense) {
+                // One table for both: on a GPU a second would cost its whole size.
+                (true, Some(table)) => Embedding::Dense(table.clone()),
+                _ => Embedding::Dense(embedding_q.dequantize(device)?),
+            }
+        };
         Ok(Model {
             config,
             embedding,
@@ -380,9 +480,12 @@ impl Model {
         cache: &mut Cache,
     ) -> Result<Vec<f32>, LlmError> {
         let count = tokens.len();
-        let device = self.embedding.device();
+        let device = self.output_norm.device();
         let ids = Tensor::new(tokens, device)?;
-        let xs = self.embedding.index_select(&ids, 0)?.unsqueeze(0)?;
+        let xs = self
+            .embedding_table()?
+            .index_select(&ids, 0)?
+            .unsqueeze(0)?;
         let mask = causal_mask(count, cache.len, device)?;
         let xs = self.layers_forward(xs, std::slice::from_mut(cache), mask.as_ref())?;
         let last = xs.narrow(1, count - 1, 1)?;
@@ -446,10 +549,23 @@ impl Model {
         tokens: &[u32],
         caches: &mut [Cache],
     ) -> Result<Vec<Vec<f32>>, LlmError> {
-        let ids = Tensor::new(tokens, self.embedding.device())?;
-        let xs = self.embedding.index_select(&ids, 0)?.unsqueeze(1)?;
+        let ids = Tensor::new(tokens, self.output_norm.device())?;
+        let xs = self
+            .embedding_table()?
+            .index_select(&ids, 0)?
+            .unsqueeze(1)?;
         let xs = self.layers_forward(xs, caches, None)?;
         Ok(self.logits(&xs)?.squeeze(1)?.to_vec2()?)
+    }
+
+    /// candle's embedding table, which a model that runs through candle's ops has.
+    fn embedding_table(&self) -> Result<&Tensor, LlmError> {
+        match &self.embedding {
+            Embedding::Dense(table) => Ok(table),
+            _ => Err(LlmError::InvalidOutput(
+                "this model has no f32 embedding table for candle's ops".into(),
+            )),
+        }
     }
 
     fn check_room(&self, total: usize) -> Result<(), LlmError> {
@@ -680,11 +796,20 @@ fn masked_attention(
     candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
 }
 
-fn tied_output(q: &QTensor, embedding: &Tensor) -> Result<Linear, LlmError> {
-    Ok(Linear {
-        dense: embedding.clone(),
-        packed: packed_copy(q, embedding)?,
-        bias: None,
+/// The embedding table for the host code: the tied output's copy or the embedding's
+/// own when exact, else f32 (the rows must be the file's).
+fn host_embedding(
+    q: &QTensor,
+    tied_output: Option<&Linear>,
+    device: &Device,
+) -> Result<Embedding, LlmError> {
+    let output_copy = tied_output.and_then(|output| output.packed.as_ref());
+    if output_copy.is_some_and(Q8Matrix::is_exact) {
+        return Ok(Embedding::Output);
+    }
+    Ok(match exact_copy(q, device)? {
+        Some(copy) => Embedding::Packed(copy),
+        None => Embedding::Dense(q.dequantize(device)?),
     })
 }
 
@@ -734,15 +859,29 @@ fn causal_mask(count: usize, start: usize, device: &Device) -> candle_core::Resu
 /// candle's ops on real weights.
 #[cfg(test)]
 pub(crate) fn smollm2() -> crate::llm::LocalLlm {
+    crate::llm::LocalLlm::load(
+        &smollm2_path(),
+        &Device::Cpu,
+        crate::llm::LlmOptions::default(),
+    )
+    .expect("load")
+}
+
+/// [`smollm2`] with every f32 weight kept, to run through candle's ops.
+#[cfg(test)]
+pub(crate) fn smollm2_with_tensors() -> crate::llm::LocalLlm {
+    crate::llm::LocalLlm::load_with_all_tensors(&smollm2_path()).expect("load")
+}
+
+#[cfg(test)]
+fn smollm2_path() -> std::path::PathBuf {
     let name = "smollm2-135m-instruct";
-    let path = kura_models::Resolver::from_env()
+    kura_models::Resolver::from_env()
         .resolve(name)
         .unwrap_or_else(|e| panic!("cannot resolve {name}: {e}"))
         .single_file()
         .expect("one GGUF file")
-        .to_path_buf();
-    crate::llm::LocalLlm::load(&path, &Device::Cpu, crate::llm::LlmOptions::default())
-        .expect("load")
+        .to_path_buf()
 }
 
 /// The host weights of a CPU model, for tests.

@@ -13,7 +13,7 @@
 use std::f32::consts::LOG2_E;
 
 mod matmul;
-pub use matmul::{matmul, MatRef, Threads};
+pub use matmul::{matmul, matmul_strided, MatRef, Threads};
 
 /// Whether this CPU can run the AVX2 + FMA builds of the kernels (std caches the
 /// detection, so this is a load and a test).

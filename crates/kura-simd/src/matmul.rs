@@ -77,15 +77,39 @@ pub fn matmul(
     accumulate: bool,
     threads: Threads,
 ) {
+    let (m, n) = (lhs.rows, rhs.cols);
+    assert_eq!(dst.len(), m * n, "the destination is not {m} × {n}");
+    matmul_strided(dst, n, lhs, rhs, scale, accumulate, threads);
+}
+
+/// [`matmul`] into columns of a wider matrix: row `i` of the product is written at
+/// `dst[i * dst_row_stride..]`, and the values between rows are left as they are
+/// (a product computed a block of columns at a time). Panics if the shapes do not
+/// agree or the rows do not fit in `dst`.
+pub fn matmul_strided(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "inner dimensions differ");
-    assert_eq!(dst.len(), m * n, "the destination is not {m} × {n}");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        dst_row_stride >= n && dst.len() >= (m - 1) * dst_row_stride + n,
+        "{m} rows of {n} values with a stride of {dst_row_stride} do not fit in {} values",
+        dst.len()
+    );
     if k == 0 {
         if !accumulate {
-            dst.fill(0.0);
+            for row in 0..m {
+                dst[row * dst_row_stride..][..n].fill(0.0);
+            }
         }
         return;
     }
@@ -94,7 +118,7 @@ pub fn matmul(
         Threads::All => gemm::Parallelism::Rayon(0),
     };
     // SAFETY: `MatRef::new` checked that every element of both views lies inside
-    // its slice, and `dst` is `m × n` row-major (checked above).
+    // its slice, and that `m` rows of `n` at `dst_row_stride` fit in `dst` (above).
     unsafe {
         gemm::gemm(
             m,
@@ -102,7 +126,7 @@ pub fn matmul(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
@@ -154,6 +178,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A product written into columns 3..5 of a 4 × 7 matrix fills just those, and
+    /// gives the values of the same product written on its own.
+    #[test]
+    fn a_strided_product_fills_only_its_columns() {
+        let (xs, ws) = (numbers(4 * 5), numbers(2 * 5));
+        let lhs = MatRef::row_major(&xs, 4, 5);
+        let rhs = MatRef::row_major(&ws, 2, 5).t();
+        let mut alone = vec![0.0; 4 * 2];
+        matmul(&mut alone, lhs, rhs, 1.0, false, Threads::One);
+        let mut wide = [9.0; 4 * 7];
+        matmul_strided(&mut wide[3..], 7, lhs, rhs, 1.0, false, Threads::All);
+        for (i, row) in wide.chunks(7).enumerate() {
+            assert_eq!(&row[3..5], &alone[i * 2..i * 2 + 2], "row {i}");
+            assert!(
+                row[..3].iter().chain(&row[5..]).all(|&v| v == 9.0),
+                "row {i}"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "do not fit")]
+    fn a_strided_product_past_its_slice_is_refused() {
+        let xs = numbers(3 * 2);
+        let lhs = MatRef::row_major(&xs, 3, 2);
+        matmul_strided(&mut [0.0; 10], 4, lhs, lhs.t(), 1.0, false, Threads::One);
     }
 
     #[test]

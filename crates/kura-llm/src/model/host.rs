@@ -15,8 +15,10 @@ use candle_core::{Storage, Tensor};
 use kura_simd::{dot, exp, multiversion};
 use rayon::prelude::*;
 
-use super::prompt::dense_product;
-use super::{host_kv, Architecture, Cache, Layer, Linear, Model};
+use std::ops::Range;
+
+use super::prompt::prompt_product;
+use super::{host_kv, Architecture, Cache, Embedding, Layer, Linear, Model};
 use crate::error::LlmError;
 use crate::q8::Q8Matrix;
 
@@ -43,12 +45,16 @@ struct HostLayer {
 }
 
 impl HostLayer {
+    /// The rows of the queries (0), keys (1) or values (2) in `qkv`.
+    fn qkv_rows(&self, part: usize) -> Range<usize> {
+        let start: usize = self.qkv_widths[..part].iter().sum();
+        start..start + self.qkv_widths[part]
+    }
+
     /// The bias of the queries (0), keys (1) or values (2): its slice of
     /// `qkv_bias`.
     fn qkv_bias_of(&self, part: usize) -> Option<&[f32]> {
-        let start: usize = self.qkv_widths[..part].iter().sum();
-        let bias = self.qkv_bias.as_deref()?;
-        Some(&bias[start..start + self.qkv_widths[part]])
+        Some(&self.qkv_bias.as_deref()?[self.qkv_rows(part)])
     }
 }
 
@@ -83,7 +89,7 @@ impl HostWeights {
         let mut host_layers = Vec::with_capacity(layers.len());
         for l in layers.iter_mut() {
             let biases = [bias(&l.q)?, bias(&l.k)?, bias(&l.v)?];
-            let qkv_widths = [l.q.dense.dim(0)?, l.k.dense.dim(0)?, l.v.dense.dim(0)?];
+            let qkv_widths = [&l.q, &l.k, &l.v].map(|p| packed(p).rows());
             let qkv_bias = side_by_side(&biases, &qkv_widths);
             let qkv = stack([&mut l.q, &mut l.k, &mut l.v]);
             let gate_up = stack([&mut l.gate, &mut l.up]);
@@ -144,7 +150,8 @@ fn side_by_side(biases: &[Option<Vec<f32>>], widths: &[usize]) -> Option<Vec<f32
 pub(super) enum Weights {
     /// The 8-bit copies: few rows per pass, bound by the bytes streamed (steps).
     Packed,
-    /// The dense f32 matrices through GEMM: many rows per pass (prompts).
+    /// f32 GEMM, over the weights widened a slab at a time (or the dense ones a
+    /// rounded type keeps): many rows per pass (prompts).
     Dense,
 }
 
@@ -156,11 +163,13 @@ impl Weights {
                 let all = product(&host.qkv, xs, host.qkv_bias.as_deref());
                 Ok(split_columns(&all, host.qkv_widths))
             }
-            Weights::Dense => Ok([
-                dense_product(&layer.q, xs, host.qkv_bias_of(0))?,
-                dense_product(&layer.k, xs, host.qkv_bias_of(1))?,
-                dense_product(&layer.v, xs, host.qkv_bias_of(2))?,
-            ]),
+            Weights::Dense => {
+                let part = |linear: &Linear, i: usize| {
+                    let rows = host.qkv_rows(i);
+                    prompt_product(linear, &host.qkv, rows, xs, host.qkv_bias_of(i))
+                };
+                Ok([part(&layer.q, 0)?, part(&layer.k, 1)?, part(&layer.v, 2)?])
+            }
         }
     }
 
@@ -178,10 +187,13 @@ impl Weights {
                 let [gate, up] = split_columns(&all, [width, width]);
                 Ok((gate, up))
             }
-            Weights::Dense => Ok((
-                dense_product(&layer.gate, xs, None)?,
-                dense_product(&layer.up, xs, None)?,
-            )),
+            Weights::Dense => {
+                let width = host.gate_up.rows() / 2;
+                Ok((
+                    prompt_product(&layer.gate, &host.gate_up, 0..width, xs, None)?,
+                    prompt_product(&layer.up, &host.gate_up, width..2 * width, xs, None)?,
+                ))
+            }
         }
     }
 
@@ -189,7 +201,10 @@ impl Weights {
     fn plain(self, linear: &Linear, xs: &[f32]) -> Result<Vec<f32>, LlmError> {
         match self {
             Weights::Packed => Ok(product(packed(linear), xs, None)),
-            Weights::Dense => dense_product(linear, xs, None),
+            Weights::Dense => {
+                let matrix = packed(linear);
+                prompt_product(linear, matrix, 0..matrix.rows(), xs, None)
+            }
         }
     }
 }
@@ -234,7 +249,7 @@ impl Model {
     ) -> Result<Vec<Vec<f32>>, LlmError> {
         let c = &self.config;
         let counts: Vec<usize> = feeds.iter().map(|feed| feed.len()).collect();
-        let mut xs = embedding_rows(&self.embedding, &feeds.concat())?;
+        let mut xs = self.embedding_rows(&feeds.concat())?;
         for (index, (layer, norms)) in self.layers.iter().zip(&host.layers).enumerate() {
             let normed = rms_norm_rows(&xs, &norms.attn_norm, c.rms_eps);
             let qkv = weights.qkv(layer, norms, &normed)?;
@@ -318,22 +333,44 @@ impl Model {
     }
 }
 
-/// The embedding rows of `tokens`, read in place from the dense table.
-fn embedding_rows(embedding: &Tensor, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
-    let (vocab, width) = embedding.dims2()?;
-    with_host_values(embedding, |table| {
-        let mut rows = Vec::with_capacity(tokens.len() * width);
-        for &token in tokens {
-            let token = token as usize;
-            if token >= vocab {
-                return Err(LlmError::InvalidOutput(format!(
-                    "token {token} is outside the vocabulary of {vocab}"
-                )));
+impl Model {
+    /// The embedding rows of `tokens`, widened from the 8-bit table or read from the
+    /// dense one.
+    fn embedding_rows(&self, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+        let table = match &self.embedding {
+            Embedding::Dense(table) => table,
+            Embedding::Packed(matrix) => return widened_rows(matrix, tokens),
+            Embedding::Output => return widened_rows(packed(&self.output), tokens),
+        };
+        let (vocab, width) = table.dims2()?;
+        with_host_values(table, |table| {
+            let mut rows = vec![0f32; tokens.len() * width];
+            for (&token, row) in tokens.iter().zip(rows.chunks_exact_mut(width)) {
+                row.copy_from_slice(&table[in_vocabulary(token, vocab)? * width..][..width]);
             }
-            rows.extend_from_slice(&table[token * width..][..width]);
-        }
-        Ok(rows)
-    })?
+            Ok(rows)
+        })?
+    }
+}
+
+/// Rows `tokens` of `matrix`, widened to f32.
+fn widened_rows(matrix: &Q8Matrix, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+    let width = matrix.cols();
+    let mut rows = vec![0f32; tokens.len() * width];
+    for (&token, row) in tokens.iter().zip(rows.chunks_exact_mut(width)) {
+        matrix.dequantize_row(in_vocabulary(token, matrix.rows())?, 0, row);
+    }
+    Ok(rows)
+}
+
+fn in_vocabulary(token: u32, vocab: usize) -> Result<usize, LlmError> {
+    let token = token as usize;
+    if token >= vocab {
+        return Err(LlmError::InvalidOutput(format!(
+            "token {token} is outside the vocabulary of {vocab}"
+        )));
+    }
+    Ok(token)
 }
 
 /// Runs `read` on the values of a contiguous f32 tensor in host memory, in place.
@@ -429,7 +466,9 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
-    use crate::model::{argmax, host_weights, max_difference, one_each, smollm2};
+    use crate::model::{
+        argmax, host_weights, max_difference, one_each, smollm2, smollm2_with_tensors,
+    };
 
     fn numbers(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
@@ -500,7 +539,7 @@ mod tests {
     /// (up to summation order), the same next token, and caches that continue alike.
     #[test]
     fn a_step_on_host_buffers_matches_the_tensor_path() {
-        let llm = smollm2();
+        let llm = smollm2_with_tensors();
         let model = llm.model();
         let host = host_weights(model);
         let prompts: [&[u32]; 2] = [&[1, 520, 2_000, 33, 7_000], &[42, 9, 314]];
@@ -531,6 +570,31 @@ mod tests {
             .iter()
             .zip(prompts)
             .all(|(c, p)| c.len() == p.len() + 3));
+    }
+
+    /// On the CPU a model whose every weight has an exact 8-bit copy (SmolLM2: Q4_1
+    /// and Q8_0) holds no f32 weights besides it: not for prompts, not for the
+    /// output, and its embedding rows come from the tied output's copy. Loaded to
+    /// run through candle's ops, it keeps them all.
+    #[test]
+    fn a_cpu_model_holds_exact_weights_once() {
+        let dense_count = |model: &Model| {
+            let mut layers: Vec<&Linear> = Vec::new();
+            for l in &model.layers {
+                layers.extend([&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]);
+            }
+            layers.push(&model.output);
+            layers.iter().filter(|p| p.dense.is_some()).count()
+        };
+        let llm = smollm2();
+        let model = llm.model();
+        assert_eq!(dense_count(model), 0);
+        assert!(matches!(model.embedding, Embedding::Output));
+
+        let all = smollm2_with_tensors();
+        let model = all.model();
+        assert_eq!(dense_count(model), model.layers.len() * 7 + 1);
+        assert!(matches!(model.embedding, Embedding::Dense(_)));
     }
 
     /// The stacked bias holds each projection's bias (zeros for a missing one) at
@@ -566,7 +630,7 @@ mod tests {
     fn ragged_steps_without_host_weights_match_the_host_step() {
         let llm = smollm2();
         let model = llm.model();
-        let mut tensors_llm = smollm2();
+        let mut tensors_llm = smollm2_with_tensors();
         tensors_llm.model_mut().host = None;
         let on_tensors = tensors_llm.model();
         let prompts: [&[u32]; 2] = [&[1, 520, 2_000, 33, 7_000], &[42, 9, 314]];
