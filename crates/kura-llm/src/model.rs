@@ -209,6 +209,8 @@ pub(crate) struct Model {
     /// Present on the CPU: steps and prompts run on host buffers (see `host` and
     /// `prompt`); on a GPU, and for weights without 8-bit copies, candle runs them.
     host: Option<host::HostWeights>,
+    /// Held while a prompt is read on host buffers: one at a time (see `prompt`).
+    reading_prompt: std::sync::Mutex<()>,
 }
 
 /// Where a token's embedding row is read.
@@ -444,6 +446,7 @@ impl Model {
             cos,
             sin,
             host,
+            reading_prompt: std::sync::Mutex::new(()),
         })
     }
 
