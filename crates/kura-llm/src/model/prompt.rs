@@ -1,6 +1,7 @@
 //! Reading a prompt on the CPU on host buffers: the pass of a decoding step (`host`),
-//! with dense GEMM for the projections, and causal attention over each head's keys
-//! as GEMMs over blocks of rows (`kv`).
+//! with f32 GEMM for the projections, over the 8-bit weights widened a slab at a
+//! time, and causal attention over each head's keys as GEMMs over blocks of rows
+//! (`kv`).
 //!
 //! Why not candle's ops, as before: the GEMMs were only half of a prompt's time. The
 //! rest was the ops between them: the full masked square of scores with a scalar
