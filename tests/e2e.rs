@@ -425,6 +425,34 @@ fn an_empty_file_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&result.stderr).contains("empty.jsonl"));
 }
 
+/// A file that is not GGUF, given as the LLM: one line that names it and says
+/// what is wrong, even with `RUST_BACKTRACE` set (candle's errors would otherwise
+/// carry their backtrace into the message).
+#[test]
+fn a_broken_model_file_is_a_one_line_error_even_with_backtraces_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("broken.gguf");
+    std::fs::write(&model, b"this is not a GGUF file at all").unwrap();
+    let result = kura()
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .args(["run", "examples/conversations.jsonl", "--llm"])
+        .arg(&model)
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("");
+    assert!(error.contains("broken.gguf"), "{stderr}");
+    assert!(error.contains("not a readable GGUF file"), "{stderr}");
+    assert!(!stderr.contains("candle_core::"), "{stderr}");
+}
+
 #[test]
 fn python_kura_checkpoints_open_in_kura_tree() {
     let out = run_ok(kura().arg("tree").arg(shared("kura_reference")));

@@ -257,6 +257,7 @@ enum ModelsCommand {
 }
 
 fn main() -> ExitCode {
+    quiet_library_backtraces();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KURA_LOG")
@@ -274,6 +275,17 @@ fn main() -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// With `RUST_BACKTRACE` set, candle's errors capture a backtrace and print it in
+/// their message: dozens of frames inside what we print as one line, burying which
+/// file was wrong. Errors follow `RUST_LIB_BACKTRACE` before `RUST_BACKTRACE`, and
+/// panics only the latter, so this leaves panics' backtraces as asked and drops the
+/// errors' (set `RUST_LIB_BACKTRACE=1` to keep them). Runs first, before any thread.
+fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
 }
 

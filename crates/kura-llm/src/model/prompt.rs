@@ -204,8 +204,14 @@ mod tests {
         let alone: Vec<Vec<f32>> = prompts.iter().map(read).collect();
         let on_rayon: Vec<Vec<f32>> = prompts.par_iter().map(read).collect();
         let on_threads: Vec<Vec<f32>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = prompts.iter().map(|p| scope.spawn(move || read(p))).collect();
-            handles.into_iter().map(|h| h.join().expect("thread")).collect()
+            let handles: Vec<_> = prompts
+                .iter()
+                .map(|p| scope.spawn(move || read(p)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
         });
         assert_eq!(on_rayon, alone);
         assert_eq!(on_threads, alone);
