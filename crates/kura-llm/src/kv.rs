@@ -35,6 +35,23 @@ pub(crate) struct Heads {
     pub head_dim: usize,
 }
 
+impl Heads {
+    /// Values of one token's queries, `heads × head_dim`.
+    pub(crate) fn query_width(self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Values of one token's keys (or values), `kv_heads × head_dim`.
+    pub(crate) fn kv_width(self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// Query heads that share a key/value head.
+    pub(crate) fn group(self) -> usize {
+        self.heads / self.kv_heads.max(1)
+    }
+}
+
 impl HostKv {
     /// Appends tokens given token-major, `[tokens, kv_heads, head_dim]` each.
     pub(crate) fn append(&mut self, shape: Heads, keys: &[f32], values: &[f32]) {
@@ -100,18 +117,14 @@ impl HostKv {
         shape: Heads,
         scale: f32,
     ) -> Vec<f32> {
-        if queries.len() >= PROMPT_ROWS * shape.heads * shape.head_dim {
+        let (row, head_dim) = (shape.query_width(), shape.head_dim);
+        if queries.len() >= PROMPT_ROWS * row {
             return self.attend_prompt(first, queries, shape, scale);
         }
-        let Heads {
-            heads,
-            kv_heads,
-            head_dim,
-        } = shape;
-        let row = heads * head_dim;
-        let group = row / kv_heads;
+        // A group's queries, side by side in a row.
+        let group = shape.group() * head_dim;
         let rows = queries.len() / row;
-        let per_group: Vec<Vec<f32>> = (0..kv_heads)
+        let per_group: Vec<Vec<f32>> = (0..shape.kv_heads)
             .into_par_iter()
             .map(|g| {
                 let mut out = vec![0.0f32; rows * group];
@@ -141,14 +154,9 @@ impl HostKv {
     /// of the row is zeroed), and the output is a second GEMM over the values.
     /// Tasks (head, block) run in parallel, each GEMM on one core.
     fn attend_prompt(&self, first: usize, queries: &[f32], shape: Heads, scale: f32) -> Vec<f32> {
-        let Heads {
-            heads,
-            kv_heads,
-            head_dim,
-        } = shape;
-        let row = heads * head_dim;
+        let (heads, head_dim, group) = (shape.heads, shape.head_dim, shape.group());
+        let row = shape.query_width();
         let rows = queries.len() / row;
-        let group = heads / kv_heads;
         let tasks: Vec<(usize, usize)> = (0..heads)
             .flat_map(|head| {
                 (0..rows)

@@ -290,7 +290,7 @@ impl Model {
     ) -> Vec<f32> {
         let c = &self.config;
         let shape = c.heads();
-        let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let (q_width, kv_width) = (shape.query_width(), shape.kv_width());
         let scale = c.attention_scale() as f32;
         let mut feeds = Vec::with_capacity(counts.len());
         let (mut q_rest, mut k_rest, mut v_rest) = (&mut q[..], &mut k[..], &v[..]);
@@ -318,7 +318,8 @@ impl Model {
     /// kv_heads · head_dim]`) at positions `start`, `start + 1`, …
     fn rotate_rows(&self, host: &HostWeights, q: &mut [f32], k: &mut [f32], start: usize) {
         let c = &self.config;
-        let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let shape = c.heads();
+        let (q_width, kv_width) = (shape.query_width(), shape.kv_width());
         let half = c.head_dim / 2;
         let interleaved = c.architecture == Architecture::Llama;
         let rows = q
