@@ -23,6 +23,7 @@ mod namer;
 mod parents;
 mod prefix;
 mod prompts;
+mod q6k;
 mod q8;
 mod speed;
 mod structured;

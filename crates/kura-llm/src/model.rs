@@ -19,7 +19,8 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::error::LlmError;
 use crate::gguf::Metadata;
 use crate::kv::{Heads, HostKv};
-use crate::q8::{ExactBlocks, Q8Matrix};
+use crate::q6k::Q6kMatrix;
+use crate::q8::{ExactBlocks, Q8Matrix, Widen};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,11 +109,13 @@ impl Config {
 /// it at load, so types without a SIMD kernel in candle (Q4_1, Q5_0…) never take a
 /// scalar path.
 struct Linear {
-    /// candle's f32 weights: on a GPU; on the CPU only where the 8-bit copy is rounded
-    /// (so that prompts still multiply the file's weights), or where the model runs
-    /// through candle's ops. Holding them for every projection would double a
-    /// model's memory: Qwen 0.5B's are 2 GB.
+    /// candle's f32 weights: on a GPU, where the model runs through candle's ops, or
+    /// for a type that the 8-bit copy rounds and `q6k` does not hold (so that prompts
+    /// still multiply the file's weights). Holding them for every projection would
+    /// double a model's memory: Qwen 0.5B's are 2 GB.
     dense: Option<Tensor>,
+    /// The file's Q6_K blocks, which prompts widen (the 8-bit copy is rounded).
+    q6k: Option<Q6kMatrix>,
     /// Moved into the host steps' stacks for the projections that share an input
     /// (see `host`), so the 8-bit weights are held once.
     packed: Option<Q8Matrix>,
@@ -159,15 +162,18 @@ impl Linear {
         }
     }
 
-    /// Gives the projection candle's f32 weights, widened from its exact 8-bit copy
-    /// when it was loaded without them.
+    /// Gives the projection candle's f32 weights, widened from the file's blocks it
+    /// holds when it was loaded without them.
     fn ensure_dense(&mut self, device: &Device) -> Result<(), LlmError> {
-        if let (None, Some(packed)) = (&self.dense, &self.packed) {
-            let (rows, cols) = (packed.rows(), packed.cols());
-            let mut weights = vec![0f32; rows * cols];
-            packed.dequantize(0..rows, 0..cols, &mut weights);
-            self.dense = Some(Tensor::from_vec(weights, (rows, cols), device)?);
-        }
+        let source: &dyn Widen = match (&self.dense, &self.q6k, &self.packed) {
+            (Some(_), _, _) | (None, None, None) => return Ok(()),
+            (None, Some(q6k), _) => q6k,
+            (None, None, Some(packed)) => packed,
+        };
+        let (rows, cols) = (source.rows(), source.cols());
+        let mut weights = vec![0f32; rows * cols];
+        source.dequantize(0..rows, 0..cols, &mut weights);
+        self.dense = Some(Tensor::from_vec(weights, (rows, cols), device)?);
         Ok(())
     }
 }
@@ -219,6 +225,8 @@ enum Embedding {
     Dense(Tensor),
     /// The exact 8-bit copy, widened row by row as tokens come.
     Packed(Q8Matrix),
+    /// The file's Q6_K blocks, widened row by row.
+    Q6k(Q6kMatrix),
     /// The output projection's exact 8-bit copy: the two are one matrix (SmolLM2).
     Output,
 }
@@ -320,23 +328,32 @@ impl Loader<'_> {
         Ok(linear)
     }
 
-    /// The projection by `q`: its exact 8-bit copy alone where there is one, else
-    /// candle's f32 weights and (on the CPU) their rounded 8-bit copy.
+    /// The projection by `q`: its exact 8-bit copy alone where there is one; for
+    /// Q6_K, the file's blocks and a rounded 8-bit copy; else candle's f32 weights
+    /// and (on the CPU) their rounded 8-bit copy.
     fn linear_of(&self, q: &QTensor) -> Result<Linear, LlmError> {
-        let (dense, packed) = match exact_copy(q, self.device)? {
-            Some(packed) if self.tensors == Tensors::Needed => (None, Some(packed)),
-            Some(packed) => (Some(q.dequantize(self.device)?), Some(packed)),
+        let linear = |dense, q6k, packed| Linear {
+            dense,
+            q6k,
+            packed,
+            bias: None,
+        };
+        let mut linear = match exact_copy(q, self.device)? {
+            Some(packed) => linear(None, None, Some(packed)),
             None => {
                 let dense = q.dequantize(self.device)?;
                 let packed = rounded_copy(&dense)?;
-                (Some(dense), packed)
+                match q6k_blocks(q, self.device)? {
+                    // The file's blocks stand in for the f32 weights.
+                    Some(blocks) => linear(None, Some(blocks), packed),
+                    None => linear(Some(dense), None, packed),
+                }
             }
         };
-        Ok(Linear {
-            dense,
-            packed,
-            bias: None,
-        })
+        if self.tensors == Tensors::All {
+            linear.ensure_dense(self.device)?;
+        }
+        Ok(linear)
     }
 }
 
@@ -361,6 +378,15 @@ fn exact_copy(q: &QTensor, device: &Device) -> Result<Option<Q8Matrix>, LlmError
         Some(kind) => Ok(Q8Matrix::from_blocks(kind, &q.data()?, rows, cols)),
         None => Ok(None),
     }
+}
+
+/// A Q6_K matrix's blocks as the file stores them: only on the CPU.
+fn q6k_blocks(q: &QTensor, device: &Device) -> Result<Option<Q6kMatrix>, LlmError> {
+    if !device.is_cpu() || q.dtype() != GgmlDType::Q6K {
+        return Ok(None);
+    }
+    let (rows, cols) = q.shape().dims2()?;
+    Ok(Q6kMatrix::new(q.data()?.to_vec(), rows, cols))
 }
 
 /// The 8-bit copy of weights of another type (Q6_K…), rounded once: only on the CPU,
@@ -810,8 +836,11 @@ fn host_embedding(
     if output_copy.is_some_and(Q8Matrix::is_exact) {
         return Ok(Embedding::Output);
     }
-    Ok(match exact_copy(q, device)? {
-        Some(copy) => Embedding::Packed(copy),
+    if let Some(copy) = exact_copy(q, device)? {
+        return Ok(Embedding::Packed(copy));
+    }
+    Ok(match q6k_blocks(q, device)? {
+        Some(blocks) => Embedding::Q6k(blocks),
         None => Embedding::Dense(q.dequantize(device)?),
     })
 }
@@ -862,23 +891,30 @@ fn causal_mask(count: usize, start: usize, device: &Device) -> candle_core::Resu
 /// candle's ops on real weights.
 #[cfg(test)]
 pub(crate) fn smollm2() -> crate::llm::LocalLlm {
-    crate::llm::LocalLlm::load(
-        &smollm2_path(),
-        &Device::Cpu,
-        crate::llm::LlmOptions::default(),
-    )
-    .expect("load")
+    cached_model("smollm2-135m-instruct")
 }
 
 /// [`smollm2`] with every f32 weight kept, to run through candle's ops.
 #[cfg(test)]
 pub(crate) fn smollm2_with_tensors() -> crate::llm::LocalLlm {
-    crate::llm::LocalLlm::load_with_all_tensors(&smollm2_path()).expect("load")
+    cached_model_with_tensors("smollm2-135m-instruct")
+}
+
+/// A model of the manifest from the model cache, loaded as users load it.
+#[cfg(test)]
+pub(crate) fn cached_model(name: &str) -> crate::llm::LocalLlm {
+    let options = crate::llm::LlmOptions::default();
+    crate::llm::LocalLlm::load(&cached_path(name), &Device::Cpu, options).expect("load")
+}
+
+/// [`cached_model`] with every f32 weight kept, to run through candle's ops.
+#[cfg(test)]
+pub(crate) fn cached_model_with_tensors(name: &str) -> crate::llm::LocalLlm {
+    crate::llm::LocalLlm::load_with_all_tensors(&cached_path(name)).expect("load")
 }
 
 #[cfg(test)]
-fn smollm2_path() -> std::path::PathBuf {
-    let name = "smollm2-135m-instruct";
+fn cached_path(name: &str) -> std::path::PathBuf {
     kura_models::Resolver::from_env()
         .resolve(name)
         .unwrap_or_else(|e| panic!("cannot resolve {name}: {e}"))

@@ -150,10 +150,6 @@ impl Q8Matrix {
         self.rows
     }
 
-    pub(crate) fn cols(&self) -> usize {
-        self.cols
-    }
-
     /// See the field: when true, [`Q8Matrix::dequantize`] gives the file's weights,
     /// and no dense copy needs to be kept beside this one.
     pub(crate) fn is_exact(&self) -> bool {
@@ -204,25 +200,6 @@ impl Q8Matrix {
                 .iter()
                 .all(|p| p.cols == first.cols && p.rows.is_multiple_of(PANEL))
         })
-    }
-
-    /// The weights of `rows` × `cols` (a range of whole blocks) as f32, row-major,
-    /// into `out`, rows in parallel: each weight is `quant × scale + offset`. For the
-    /// exact types that is the number candle's dequantisation gives: the product is
-    /// exact in f32 (at most 8 by 17 bits), so the sum has one rounding either way.
-    pub(crate) fn dequantize(&self, rows: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
-        out.par_chunks_mut(cols.len())
-            .zip(rows)
-            .for_each(|(row, r)| self.dequantize_row(r, cols.start, row));
-    }
-
-    /// Row `r`'s weights from column `start` (a block's first), as many as fill `out`.
-    pub(crate) fn dequantize_row(&self, r: usize, start: usize, out: &mut [f32]) {
-        let blocks = self.cols / BLOCK;
-        let (panel, lane) = (r / PANEL, r % PANEL);
-        let first = panel * blocks + start / BLOCK;
-        let offsets = (!self.offsets.is_empty()).then_some(&self.offsets[..]);
-        widen_blocks(out, &self.quants, &self.scales, offsets, first, lane);
     }
 
     /// Panel `p`'s rows.
@@ -295,6 +272,46 @@ kura_simd::multiversion! {
     }
 }
 
+/// Weights held in a compact form that prompts and embedding lookups widen to f32
+/// where they need them, instead of keeping an f32 copy at four bytes a weight.
+pub(crate) trait Widen: Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+
+    /// Row `r`'s weights from column `start` (a multiple of 32), as many as fill
+    /// `out`.
+    fn dequantize_row(&self, r: usize, start: usize, out: &mut [f32]);
+
+    /// The weights of `rows` × `cols` (`cols.start` a multiple of 32) as f32,
+    /// row-major, into `out`, rows in parallel.
+    fn dequantize(&self, rows: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
+        out.par_chunks_mut(cols.len())
+            .zip(rows)
+            .for_each(|(row, r)| self.dequantize_row(r, cols.start, row));
+    }
+}
+
+/// Each weight is `quant × scale + offset`. For the exact types that is the number
+/// candle's dequantisation gives: the product is exact in f32 (at most 8 by 17
+/// bits), so the sum has one rounding either way.
+impl Widen for Q8Matrix {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn dequantize_row(&self, r: usize, start: usize, out: &mut [f32]) {
+        let blocks = self.cols / BLOCK;
+        let (panel, lane) = (r / PANEL, r % PANEL);
+        let first = panel * blocks + start / BLOCK;
+        let offsets = (!self.offsets.is_empty()).then_some(&self.offsets[..]);
+        widen_blocks(out, &self.quants, &self.scales, offsets, first, lane);
+    }
+}
+
 /// The row and block of the `at`-th stored block.
 fn stored_position(at: usize, blocks: usize) -> (usize, usize) {
     let (panel, within) = (at / (blocks * PANEL), at % (blocks * PANEL));
@@ -315,7 +332,7 @@ pub(crate) enum ExactBlocks {
     Q4K,
 }
 
-fn half(bytes: &[u8]) -> f32 {
+pub(crate) fn half(bytes: &[u8]) -> f32 {
     half::f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
 }
 

@@ -20,7 +20,7 @@ use std::ops::Range;
 use super::prompt::prompt_product;
 use super::{host_kv, Architecture, Cache, Embedding, Layer, Linear, Model};
 use crate::error::LlmError;
-use crate::q8::Q8Matrix;
+use crate::q8::{Q8Matrix, Widen};
 
 /// The host copies a step needs: the norms, the biases, the rotation tables (small),
 /// and the 8-bit projections, those that read the same input stacked into one.
@@ -341,6 +341,7 @@ impl Model {
         let table = match &self.embedding {
             Embedding::Dense(table) => table,
             Embedding::Packed(matrix) => return widened_rows(matrix, tokens),
+            Embedding::Q6k(blocks) => return widened_rows(blocks, tokens),
             Embedding::Output => return widened_rows(packed(&self.output), tokens),
         };
         let (vocab, width) = table.dims2()?;
@@ -355,7 +356,7 @@ impl Model {
 }
 
 /// Rows `tokens` of `matrix`, widened to f32.
-fn widened_rows(matrix: &Q8Matrix, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+fn widened_rows(matrix: &impl Widen, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
     let width = matrix.cols();
     let mut rows = vec![0f32; tokens.len() * width];
     for (&token, row) in tokens.iter().zip(rows.chunks_exact_mut(width)) {
@@ -468,7 +469,7 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        argmax, host_weights, max_difference, one_each, smollm2, smollm2_with_tensors,
+        argmax, cached_model, host_weights, max_difference, one_each, smollm2, smollm2_with_tensors,
     };
 
     fn numbers(n: usize, seed: u32) -> Vec<f32> {
@@ -573,10 +574,10 @@ mod tests {
             .all(|(c, p)| c.len() == p.len() + 3));
     }
 
-    /// On the CPU a model whose every weight has an exact 8-bit copy (SmolLM2: Q4_1
-    /// and Q8_0) holds no f32 weights besides it: not for prompts, not for the
-    /// output, and its embedding rows come from the tied output's copy. Loaded to
-    /// run through candle's ops, it keeps them all.
+    /// On the CPU a model holds no f32 weights besides its 8-bit copies and Q6_K
+    /// blocks: not for prompts, not for the output; SmolLM2's embedding rows come
+    /// from the tied output's copy (Q8_0), Qwen's from its own (Q5_0). Loaded to run
+    /// through candle's ops, a model keeps them all.
     #[test]
     fn a_cpu_model_holds_exact_weights_once() {
         let dense_count = |model: &Model| {
@@ -596,6 +597,14 @@ mod tests {
         let model = all.model();
         assert_eq!(dense_count(model), model.layers.len() * 7 + 1);
         assert!(matches!(model.embedding, Embedding::Dense(_)));
+
+        // Qwen's Q6_K projections keep the file's blocks instead of f32.
+        let qwen = cached_model("qwen2.5-coder-0.5b-instruct");
+        let model = qwen.model();
+        assert_eq!(dense_count(model), 0);
+        let q6k = model.layers.iter().filter(|l| l.down.q6k.is_some()).count();
+        assert_eq!(q6k, 12);
+        assert!(matches!(model.embedding, Embedding::Packed(_)));
     }
 
     /// The stacked bias holds each projection's bias (zeros for a missing one) at

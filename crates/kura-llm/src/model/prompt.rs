@@ -17,7 +17,7 @@ use kura_simd::{matmul, matmul_strided, MatRef, Threads};
 use super::host::{add_rows, with_host_values, HostWeights, Weights};
 use super::{Cache, Linear, Model};
 use crate::error::LlmError;
-use crate::q8::{Q8Matrix, BLOCK};
+use crate::q8::{Q8Matrix, Widen, BLOCK};
 
 impl Model {
     /// [`Model::forward`] of a prompt of many tokens on host buffers: the pass of a
@@ -57,9 +57,9 @@ const SLAB_VALUES: usize = 1 << 20;
 /// work, and slabs take a run of rows instead.
 const MIN_SLAB_COLS: usize = 256;
 
-/// `xs · W[rows]ᵀ (+ bias)` for a prompt's many rows, with `linear`'s dense weights
-/// where it keeps them (the rounded types), else with rows `rows` of `matrix`, its
-/// 8-bit copy (or the stack that holds it), widened a slab at a time.
+/// `xs · W[rows]ᵀ (+ bias)` for a prompt's many rows: with `linear`'s dense weights
+/// where it keeps them, its Q6_K blocks, or else rows `rows` of `matrix`, its
+/// 8-bit copy (or the stack that holds it), these two widened a slab at a time.
 pub(super) fn prompt_product(
     linear: &Linear,
     matrix: &Q8Matrix,
@@ -67,9 +67,10 @@ pub(super) fn prompt_product(
     xs: &[f32],
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>, LlmError> {
-    let mut ys = match &linear.dense {
-        Some(dense) => dense_product(dense, xs)?,
-        None => widened_product(matrix, rows, xs),
+    let mut ys = match (&linear.dense, &linear.q6k) {
+        (Some(dense), _) => dense_product(dense, xs)?,
+        (None, Some(blocks)) => widened_product(blocks, 0..blocks.rows(), xs),
+        (None, None) => widened_product(matrix, rows, xs),
     };
     if let Some(bias) = bias {
         add_rows(&mut ys, bias);
@@ -91,11 +92,11 @@ fn dense_product(dense: &Tensor, xs: &[f32]) -> Result<Vec<f32>, LlmError> {
     Ok(ys)
 }
 
-/// `xs · W[rows]ᵀ` with the weights widened from their 8-bit copy into a slab of f32
-/// at a time, so that a model holds its weights once, at a byte each, instead of also
-/// at four. On Qwen 0.5B's shapes for a 600-token prompt this runs within 1–3% of one
-/// GEMM over dense weights held whole; widening is 2% of it.
-fn widened_product(matrix: &Q8Matrix, rows: Range<usize>, xs: &[f32]) -> Vec<f32> {
+/// `xs · W[rows]ᵀ` with the weights widened from their compact form into a slab of
+/// f32 at a time, so that a model holds its weights once, at a byte each, instead of
+/// also at four. On Qwen 0.5B's shapes for a 600-token prompt this runs within 1–3% of
+/// one GEMM over dense weights held whole; widening the 8-bit copy is 2% of it.
+fn widened_product(matrix: &impl Widen, rows: Range<usize>, xs: &[f32]) -> Vec<f32> {
     let (outputs, inputs) = (rows.len(), matrix.cols());
     let m = xs.len() / inputs;
     let mut ys = vec![0f32; m * outputs];
@@ -139,51 +140,53 @@ fn widened_product(matrix: &Q8Matrix, rows: Range<usize>, xs: &[f32]) -> Vec<f32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{argmax, host_weights, max_difference, smollm2, smollm2_with_tensors};
+    use crate::model::{
+        argmax, cached_model, cached_model_with_tensors, host_weights, max_difference, smollm2,
+    };
 
-    /// A prompt read on host buffers, with the weights widened from their 8-bit
-    /// copies, against candle's tensor path over the f32 weights on the real model,
-    /// after a cache of earlier tokens (as a conversation continues the shared
-    /// instructions): close logits, the same next token, and caches that continue
-    /// alike. The prompt is long enough for the attention's GEMM blocks.
+    /// A prompt read on host buffers, with the weights widened from their compact
+    /// forms, against candle's tensor path over the f32 weights, on both real models
+    /// (SmolLM2: Q4_1 and Q8_0; Qwen: Q5_0, Q8_0, Q4_K and Q6_K), after a cache of
+    /// earlier tokens (as a conversation continues the shared instructions): close
+    /// logits, the same next token, and caches that continue alike. The prompt is
+    /// long enough for the attention's GEMM blocks.
     #[test]
     fn a_prompt_on_host_buffers_matches_the_tensor_path() {
-        let (llm, tensors_llm) = (smollm2(), smollm2_with_tensors());
-        let (model, on_tensors_model) = (llm.model(), tensors_llm.model());
-        let host = host_weights(model);
-        let earlier: Vec<u32> = (0..20).map(|i| 100 + i * 37).collect();
-        let prompt: Vec<u32> = (0..75).map(|i| 500 + i * 101).collect();
-        let mut on_host = model.new_cache();
-        let mut on_tensors = on_tensors_model.new_cache();
-        model
-            .prefill_on_host(host, &earlier, &mut on_host)
-            .expect("host");
-        on_tensors_model
-            .forward_through_tensors(&earlier, &mut on_tensors)
-            .expect("tensors");
+        for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
+            let (llm, tensors_llm) = (cached_model(name), cached_model_with_tensors(name));
+            let (model, on_tensors_model) = (llm.model(), tensors_llm.model());
+            let host = host_weights(model);
+            let earlier: Vec<u32> = (0..20).map(|i| 100 + i * 37).collect();
+            let prompt: Vec<u32> = (0..75).map(|i| 500 + i * 101).collect();
+            let mut on_host = model.new_cache();
+            let mut on_tensors = on_tensors_model.new_cache();
+            model
+                .prefill_on_host(host, &earlier, &mut on_host)
+                .expect("host");
+            on_tensors_model
+                .forward_through_tensors(&earlier, &mut on_tensors)
+                .expect("tensors");
 
-        let got = model
-            .prefill_on_host(host, &prompt, &mut on_host)
-            .expect("host");
-        let want = on_tensors_model
-            .forward_through_tensors(&prompt, &mut on_tensors)
-            .expect("tensors");
-        assert!(
-            max_difference(&got, &want) < 2e-3,
-            "{}",
-            max_difference(&got, &want)
-        );
-        assert_eq!(argmax(&got), argmax(&want));
-        assert_eq!(on_host.len(), earlier.len() + prompt.len());
+            let got = model
+                .prefill_on_host(host, &prompt, &mut on_host)
+                .expect("host");
+            let want = on_tensors_model
+                .forward_through_tensors(&prompt, &mut on_tensors)
+                .expect("tensors");
+            let difference = max_difference(&got, &want);
+            assert!(difference < 2e-3, "{name}: {difference}");
+            assert_eq!(argmax(&got), argmax(&want), "{name}");
+            assert_eq!(on_host.len(), earlier.len() + prompt.len());
 
-        let next = [argmax(&got)];
-        let got = model
-            .decode(&next, std::slice::from_mut(&mut on_host))
-            .expect("step");
-        let want = on_tensors_model
-            .decode(&next, std::slice::from_mut(&mut on_tensors))
-            .expect("step");
-        assert!(max_difference(&got[0], &want[0]) < 2e-3);
+            let next = [argmax(&got)];
+            let got = model
+                .decode(&next, std::slice::from_mut(&mut on_host))
+                .expect("step");
+            let want = on_tensors_model
+                .decode(&next, std::slice::from_mut(&mut on_tensors))
+                .expect("step");
+            assert!(max_difference(&got[0], &want[0]) < 2e-3, "{name}");
+        }
     }
 
     /// Prompts read from several threads at once, plain and rayon's, give each the
