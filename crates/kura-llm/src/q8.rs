@@ -146,11 +146,7 @@ impl Q8Matrix {
         })
     }
 
-    pub(crate) fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// See the field: when true, [`Q8Matrix::dequantize`] gives the file's weights,
+    /// See the field: when true, [`Widen::dequantize`] gives the file's weights,
     /// and no dense copy needs to be kept beside this one.
     pub(crate) fn is_exact(&self) -> bool {
         self.exact

@@ -11,11 +11,11 @@
 //! Every loop works on one row at a time, so a sequence's step is the same bits alone
 //! or in any batch, as the products are.
 
+use std::ops::Range;
+
 use candle_core::{Storage, Tensor};
 use kura_simd::{dot, exp, multiversion};
 use rayon::prelude::*;
-
-use std::ops::Range;
 
 use super::prompt::prompt_product;
 use super::{host_kv, Architecture, Cache, Embedding, Layer, Linear, Model};
