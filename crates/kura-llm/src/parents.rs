@@ -25,7 +25,7 @@ const MAX_PROPOSALS: usize = 12;
 const MAX_OPTIONS: usize = 12;
 
 impl LlmClusterNamer {
-    /// Up to `request.count` (at most [`MAX_PROPOSALS`]) distinct candidate names.
+    /// Up to `request.count` (at most `MAX_PROPOSALS`) distinct candidate names.
     pub fn propose(&self, request: &ProposalRequest) -> Result<Vec<String>, LlmError> {
         if request.members.is_empty() {
             return Err(LlmError::InvalidOutput(

@@ -341,7 +341,7 @@ impl Summarizer for LlmSummarizer {
             .collect()
     }
 
-    /// Up to [`SEQUENCES`] conversations in flight, each written by its own thread,
+    /// Up to `SEQUENCES` conversations in flight, each written by its own thread,
     /// their decoding steps batched (see `batch`); a thread that finishes one takes
     /// the next, so the batch stays full until the list runs out.
     fn summarize_each(
