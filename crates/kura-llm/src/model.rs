@@ -162,13 +162,22 @@ impl Linear {
         }
     }
 
-    /// Gives the projection candle's f32 weights, widened from the file's blocks it
-    /// holds when it was loaded without them.
+    /// The compact form that holds the file's own weights: the Q6_K blocks, or an
+    /// 8-bit copy that is exact.
+    fn exact_form(&self) -> Option<&dyn Widen> {
+        match (&self.q6k, &self.packed) {
+            (Some(blocks), _) => Some(blocks),
+            (None, Some(packed)) if packed.is_exact() => Some(packed),
+            _ => None,
+        }
+    }
+
+    /// Gives the projection candle's f32 weights, widened from its exact form when
+    /// it was loaded without them.
     fn ensure_dense(&mut self, device: &Device) -> Result<(), LlmError> {
-        let source: &dyn Widen = match (&self.dense, &self.q6k, &self.packed) {
-            (Some(_), _, _) | (None, None, None) => return Ok(()),
-            (None, Some(q6k), _) => q6k,
-            (None, None, Some(packed)) => packed,
+        let source = match (&self.dense, self.exact_form()) {
+            (None, Some(source)) => source,
+            _ => return Ok(()),
         };
         let (rows, cols) = (source.rows(), source.cols());
         let mut weights = vec![0f32; rows * cols];
@@ -227,7 +236,8 @@ enum Embedding {
     Packed(Q8Matrix),
     /// The file's Q6_K blocks, widened row by row.
     Q6k(Q6kMatrix),
-    /// The output projection's exact 8-bit copy: the two are one matrix (SmolLM2).
+    /// The output projection's exact form (see [`Linear::exact_form`]): the two are
+    /// one matrix (SmolLM2).
     Output,
 }
 
@@ -445,8 +455,12 @@ impl Model {
         let (cos, sin) = rope_tables(&config, max_context, device)?;
         let host = host::HostWeights::new(&mut layers, &output_norm, &output, (&cos, &sin))?;
         let embedding = if host.is_some() && tensors == Tensors::Needed {
-            // The host multiplies the output by its 8-bit copy only.
+            // The host multiplies the output by its 8-bit copy only; its Q6_K blocks
+            // serve embedding lookups, when the two are one matrix.
             output.dense = None;
+            if !tied {
+                output.q6k = None;
+            }
             host_embedding(&embedding_q, tied.then_some(&output), device)?
         } else {
             // candle's ops run this model: every projection needs its f32 weights.
@@ -832,8 +846,7 @@ fn host_embedding(
     tied_output: Option<&Linear>,
     device: &Device,
 ) -> Result<Embedding, LlmError> {
-    let output_copy = tied_output.and_then(|output| output.packed.as_ref());
-    if output_copy.is_some_and(Q8Matrix::is_exact) {
+    if tied_output.and_then(Linear::exact_form).is_some() {
         return Ok(Embedding::Output);
     }
     if let Some(copy) = exact_copy(q, device)? {

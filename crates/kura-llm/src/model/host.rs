@@ -342,7 +342,12 @@ impl Model {
             Embedding::Dense(table) => table,
             Embedding::Packed(matrix) => return widened_rows(matrix, tokens),
             Embedding::Q6k(blocks) => return widened_rows(blocks, tokens),
-            Embedding::Output => return widened_rows(packed(&self.output), tokens),
+            Embedding::Output => {
+                let table = self.output.exact_form().ok_or_else(|| {
+                    LlmError::InvalidOutput("the tied output has no exact weights".into())
+                })?;
+                return widened_rows(table, tokens);
+            }
         };
         let (vocab, width) = table.dims2()?;
         with_host_values(table, |table| {
@@ -356,7 +361,7 @@ impl Model {
 }
 
 /// Rows `tokens` of `matrix`, widened to f32.
-fn widened_rows(matrix: &impl Widen, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+fn widened_rows(matrix: &dyn Widen, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
     let width = matrix.cols();
     let mut rows = vec![0f32; tokens.len() * width];
     for (&token, row) in tokens.iter().zip(rows.chunks_exact_mut(width)) {
