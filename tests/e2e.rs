@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod support;
-use support::{kura, read_jsonl, repo, run_ok, shared, FAST};
+use support::{kura, read_jsonl, repo, run_err, run_ok, shared, FAST};
 
 /// Runs of the real models are CPU-bound and use every core: two at once only
 /// slow each other down, so the tests that run them take turns.
@@ -374,16 +374,14 @@ fn bad_input_names_file_and_line_and_writes_no_results() {
     );
     std::fs::write(&input, lines.join("\n")).unwrap();
     let out = dir.path().join("run");
-    let result = kura()
-        .arg("run")
-        .arg(&input)
-        .arg("--out")
-        .arg(&out)
-        .args(FAST)
-        .output()
-        .unwrap();
-    assert!(!result.status.success());
-    let stderr = String::from_utf8_lossy(&result.stderr);
+    let stderr = run_err(
+        kura()
+            .arg("run")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .args(FAST),
+    );
     assert!(
         stderr.contains("bad.jsonl") && stderr.contains("line 2"),
         "{stderr}"
@@ -414,15 +412,14 @@ fn an_empty_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("empty.jsonl");
     std::fs::write(&input, "").unwrap();
-    let result = kura()
-        .arg("run")
-        .arg(&input)
-        .arg("--out")
-        .arg(dir.path().join("run"))
-        .output()
-        .unwrap();
-    assert!(!result.status.success());
-    assert!(String::from_utf8_lossy(&result.stderr).contains("empty.jsonl"));
+    let stderr = run_err(
+        kura()
+            .arg("run")
+            .arg(&input)
+            .arg("--out")
+            .arg(dir.path().join("run")),
+    );
+    assert!(stderr.contains("empty.jsonl"), "{stderr}");
 }
 
 /// A file that is not GGUF, given as the LLM: one line that names it and says
@@ -433,17 +430,15 @@ fn a_broken_model_file_is_a_one_line_error_even_with_backtraces_on() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("broken.gguf");
     std::fs::write(&model, b"this is not a GGUF file at all").unwrap();
-    let result = kura()
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .args(["run", "examples/conversations.jsonl", "--llm"])
-        .arg(&model)
-        .arg("--out")
-        .arg(dir.path().join("run"))
-        .output()
-        .unwrap();
-    assert!(!result.status.success());
-    let stderr = String::from_utf8_lossy(&result.stderr);
+    let stderr = run_err(
+        kura()
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .args(["run", "examples/conversations.jsonl", "--llm"])
+            .arg(&model)
+            .arg("--out")
+            .arg(dir.path().join("run")),
+    );
     let error = stderr
         .lines()
         .find(|l| l.starts_with("error:"))

@@ -7,7 +7,7 @@ use std::process::Output;
 
 use kura_cluster::metrics::v_measure;
 use serde_json::Value;
-use support::{kura, run_ok, shared};
+use support::{kura, run_err, run_ok, shared};
 
 const ROWS: usize = 1500;
 
@@ -139,9 +139,7 @@ fn eval_names_file_line_and_field_of_a_bad_row() {
         "{\"text\": \"hi\", \"label\": \"a\"}\n{\"text\": \"yo\"}\n",
     )
     .unwrap();
-    let out = kura().arg("eval").arg(&file).output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = run_err(kura().arg("eval").arg(&file));
     assert!(
         stderr.contains("set.jsonl: line 2") && stderr.contains("\"label\""),
         "{stderr}"

@@ -45,6 +45,17 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs a command that must fail and returns what it printed to stderr.
+pub fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run kura");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "kura should have failed; stderr:\n{stderr}"
+    );
+    stderr
+}
+
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
