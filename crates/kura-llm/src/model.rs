@@ -224,8 +224,9 @@ pub(crate) struct Model {
     /// Present on the CPU: steps and prompts run on host buffers (see `host` and
     /// `prompt`); on a GPU, and for weights without 8-bit copies, candle runs them.
     host: Option<host::HostWeights>,
-    /// Held while a prompt is read on host buffers: one at a time (see `prompt`).
-    reading_prompt: std::sync::Mutex<()>,
+    /// Held while a prompt is read on host buffers, one at a time (see `prompt`):
+    /// the slab its weights are widened into, kept from prompt to prompt.
+    reading_prompt: std::sync::Mutex<Vec<f32>>,
 }
 
 /// Where a token's embedding row is read.
@@ -487,7 +488,7 @@ impl Model {
             cos,
             sin,
             host,
-            reading_prompt: std::sync::Mutex::new(()),
+            reading_prompt: std::sync::Mutex::new(Vec::new()),
         })
     }
 

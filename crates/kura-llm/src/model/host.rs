@@ -11,6 +11,7 @@
 //! Every loop works on one row at a time, so a sequence's step is the same bits alone
 //! or in any batch, as the products are.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use candle_core::{Storage, Tensor};
@@ -147,15 +148,15 @@ fn side_by_side(biases: &[Option<Vec<f32>>], widths: &[usize]) -> Option<Vec<f32
 
 /// Which copy of the weights a pass multiplies by.
 #[derive(Clone, Copy)]
-pub(super) enum Weights {
+pub(super) enum Weights<'a> {
     /// The 8-bit copies: few rows per pass, bound by the bytes streamed (steps).
     Packed,
-    /// f32 GEMM, over the weights widened a slab at a time (or the dense ones a
-    /// rounded type keeps): many rows per pass (prompts).
-    Dense,
+    /// f32 GEMM, over the weights widened a slab at a time into the buffer given
+    /// (or the dense ones a rounded type keeps): many rows per pass (prompts).
+    Dense(&'a RefCell<Vec<f32>>),
 }
 
-impl Weights {
+impl Weights<'_> {
     /// The queries, keys and values of `xs`, in that order.
     fn qkv(self, layer: &Layer, host: &HostLayer, xs: &[f32]) -> Result<[Vec<f32>; 3], LlmError> {
         match self {
@@ -163,10 +164,10 @@ impl Weights {
                 let all = product(&host.qkv, xs, host.qkv_bias.as_deref());
                 Ok(split_columns(&all, host.qkv_widths))
             }
-            Weights::Dense => {
+            Weights::Dense(slab) => {
                 let part = |linear: &Linear, i: usize| {
                     let rows = host.qkv_rows(i);
-                    prompt_product(linear, &host.qkv, rows, xs, host.qkv_bias_of(i))
+                    prompt_product(linear, &host.qkv, rows, xs, host.qkv_bias_of(i), slab)
                 };
                 Ok([part(&layer.q, 0)?, part(&layer.k, 1)?, part(&layer.v, 2)?])
             }
@@ -187,11 +188,11 @@ impl Weights {
                 let [gate, up] = split_columns(&all, [width, width]);
                 Ok((gate, up))
             }
-            Weights::Dense => {
+            Weights::Dense(slab) => {
                 let width = host.gate_up.rows() / 2;
                 Ok((
-                    prompt_product(&layer.gate, &host.gate_up, 0..width, xs, None)?,
-                    prompt_product(&layer.up, &host.gate_up, width..2 * width, xs, None)?,
+                    prompt_product(&layer.gate, &host.gate_up, 0..width, xs, None, slab)?,
+                    prompt_product(&layer.up, &host.gate_up, width..2 * width, xs, None, slab)?,
                 ))
             }
         }
@@ -201,9 +202,9 @@ impl Weights {
     fn plain(self, linear: &Linear, xs: &[f32]) -> Result<Vec<f32>, LlmError> {
         match self {
             Weights::Packed => Ok(product(packed(linear), xs, None)),
-            Weights::Dense => {
+            Weights::Dense(slab) => {
                 let matrix = packed(linear);
-                prompt_product(linear, matrix, 0..matrix.rows(), xs, None)
+                prompt_product(linear, matrix, 0..matrix.rows(), xs, None, slab)
             }
         }
     }
@@ -245,7 +246,7 @@ impl Model {
         host: &HostWeights,
         feeds: &[&[u32]],
         caches: &mut [Cache],
-        weights: Weights,
+        weights: Weights<'_>,
     ) -> Result<Vec<Vec<f32>>, LlmError> {
         let c = &self.config;
         let counts: Vec<usize> = feeds.iter().map(|feed| feed.len()).collect();
