@@ -16,6 +16,7 @@ use crate::chat::{ChatMessage, ChatMl};
 use crate::error::LlmError;
 use crate::gguf::Metadata;
 use crate::model::{Cache, Config, Model, Tensors, STEP_MAX_TOKENS};
+use crate::q8::Layout;
 use crate::tokenizer;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,14 +76,24 @@ pub fn load_tokenizer(gguf: &Path) -> Result<Tokenizer, LlmError> {
 
 impl LocalLlm {
     pub fn load(gguf: &Path, device: &Device, options: LlmOptions) -> Result<Self, LlmError> {
-        Self::load_keeping(gguf, device, options, Tensors::Needed)
+        let layout = Layout::for_this_cpu();
+        Self::load_keeping(gguf, device, options, Tensors::Needed, layout)
     }
 
     /// [`LocalLlm::load`] keeping every f32 weight, so that tests can run the model
-    /// through candle's ops on the CPU.
+    /// through candle's ops on the CPU, with the 8-bit copies in panels (whose
+    /// products take the activations as they are, as candle's f32 ops do).
     #[cfg(test)]
     pub(crate) fn load_with_all_tensors(gguf: &Path) -> Result<Self, LlmError> {
-        Self::load_keeping(gguf, &Device::Cpu, LlmOptions::default(), Tensors::All)
+        let options = LlmOptions::default();
+        Self::load_keeping(gguf, &Device::Cpu, options, Tensors::All, Layout::Panels)
+    }
+
+    /// [`LocalLlm::load`] with the 8-bit copies in `layout`, on the CPU.
+    #[cfg(test)]
+    pub(crate) fn load_in_layout(gguf: &Path, layout: Layout) -> Result<Self, LlmError> {
+        let options = LlmOptions::default();
+        Self::load_keeping(gguf, &Device::Cpu, options, Tensors::Needed, layout)
     }
 
     fn load_keeping(
@@ -90,6 +101,7 @@ impl LocalLlm {
         device: &Device,
         options: LlmOptions,
         tensors: Tensors,
+        layout: Layout,
     ) -> Result<Self, LlmError> {
         let io = |source| LlmError::Io {
             path: gguf.to_path_buf(),
@@ -106,7 +118,15 @@ impl LocalLlm {
             .ok_or_else(|| meta.error("the vocabulary has no <|im_start|>/<|im_end|> tokens"))?;
         let stop_tokens = stop_tokens(&meta, &tokenizer, &chat)?;
         let max_context = options.max_context.min(config.context_length).max(1);
-        let model = Model::load(&content, &meta, config, max_context, device, tensors)?;
+        let model = Model::load(
+            &content,
+            &meta,
+            config,
+            max_context,
+            device,
+            tensors,
+            layout,
+        )?;
         let model_id = gguf
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

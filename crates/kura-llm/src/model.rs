@@ -20,7 +20,7 @@ use crate::error::LlmError;
 use crate::gguf::Metadata;
 use crate::kv::{Heads, HostKv};
 use crate::q6k::Q6kMatrix;
-use crate::q8::{ExactBlocks, Q8Matrix, Widen};
+use crate::q8::{ExactBlocks, Layout, Q8Matrix, Widen};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +298,8 @@ struct Loader<'a> {
     device: &'a Device,
     /// Which of candle's f32 weights to keep.
     tensors: Tensors,
+    /// The layout of the 8-bit copies, which picks their kernel.
+    layout: Layout,
 }
 
 /// Which of candle's f32 weights a CPU model keeps.
@@ -349,11 +351,11 @@ impl Loader<'_> {
             packed,
             bias: None,
         };
-        let mut linear = match exact_copy(q, self.device)? {
+        let mut linear = match exact_copy(q, self.device, self.layout)? {
             Some(packed) => linear(None, None, Some(packed)),
             None => {
                 let dense = q.dequantize(self.device)?;
-                let packed = rounded_copy(&dense)?;
+                let packed = rounded_copy(&dense, self.layout)?;
                 match q6k_blocks(q, self.device)? {
                     // The file's blocks stand in for the f32 weights.
                     Some(blocks) => linear(None, Some(blocks), packed),
@@ -372,7 +374,7 @@ impl Loader<'_> {
 /// The 8-bit copy of a weight that holds the file's own weights: only on the CPU
 /// (GPUs run dense f32 fast enough), for the legacy block types and Q4_K, and
 /// matrices whose rows are whole blocks.
-fn exact_copy(q: &QTensor, device: &Device) -> Result<Option<Q8Matrix>, LlmError> {
+fn exact_copy(q: &QTensor, device: &Device, layout: Layout) -> Result<Option<Q8Matrix>, LlmError> {
     if !device.is_cpu() {
         return Ok(None);
     }
@@ -387,7 +389,7 @@ fn exact_copy(q: &QTensor, device: &Device) -> Result<Option<Q8Matrix>, LlmError
         _ => None,
     };
     match exact {
-        Some(kind) => Ok(Q8Matrix::from_blocks(kind, &q.data()?, rows, cols)),
+        Some(kind) => Ok(Q8Matrix::from_blocks(layout, kind, &q.data()?, rows, cols)),
         None => Ok(None),
     }
 }
@@ -403,13 +405,13 @@ fn q6k_blocks(q: &QTensor, device: &Device) -> Result<Option<Q6kMatrix>, LlmErro
 
 /// The 8-bit copy of weights of another type (Q6_K…), rounded once: only on the CPU,
 /// for matrices whose rows are whole blocks.
-fn rounded_copy(dense: &Tensor) -> Result<Option<Q8Matrix>, LlmError> {
+fn rounded_copy(dense: &Tensor, layout: Layout) -> Result<Option<Q8Matrix>, LlmError> {
     if !dense.device().is_cpu() {
         return Ok(None);
     }
     let (rows, cols) = dense.dims2()?;
     let weights = dense.flatten_all()?.to_vec1::<f32>()?;
-    Ok(Q8Matrix::quantize(&weights, rows, cols))
+    Ok(Q8Matrix::quantize(layout, &weights, rows, cols))
 }
 
 impl Model {
@@ -420,6 +422,7 @@ impl Model {
         max_context: usize,
         device: &Device,
         tensors: Tensors,
+        layout: Layout,
     ) -> Result<Self, LlmError> {
         let file = File::open(meta.path()).map_err(|source| LlmError::Io {
             path: meta.path().to_path_buf(),
@@ -431,6 +434,7 @@ impl Model {
             meta,
             device,
             tensors,
+            layout,
         };
         let embedding_q = loader.qtensor("token_embd.weight")?;
         let mut layers = Vec::with_capacity(config.layers);
@@ -463,7 +467,7 @@ impl Model {
             if !tied {
                 output.q6k = None;
             }
-            host_embedding(&embedding_q, tied.then_some(&output), device)?
+            host_embedding(&embedding_q, tied.then_some(&output), device, layout)?
         } else {
             // candle's ops run this model: every projection needs its f32 weights.
             for linear in layers
@@ -847,11 +851,12 @@ fn host_embedding(
     q: &QTensor,
     tied_output: Option<&Linear>,
     device: &Device,
+    layout: Layout,
 ) -> Result<Embedding, LlmError> {
     if tied_output.and_then(Linear::exact_form).is_some() {
         return Ok(Embedding::Output);
     }
-    if let Some(copy) = exact_copy(q, device)? {
+    if let Some(copy) = exact_copy(q, device, layout)? {
         return Ok(Embedding::Packed(copy));
     }
     Ok(match q6k_blocks(q, device)? {
@@ -922,10 +927,17 @@ pub(crate) fn cached_model(name: &str) -> crate::llm::LocalLlm {
     crate::llm::LocalLlm::load(&cached_path(name), &Device::Cpu, options).expect("load")
 }
 
-/// [`cached_model`] with every f32 weight kept, to run through candle's ops.
+/// [`cached_model`] with every f32 weight kept, to run through candle's ops (and
+/// the 8-bit copies in panels, whose products take the activations as they are).
 #[cfg(test)]
 pub(crate) fn cached_model_with_tensors(name: &str) -> crate::llm::LocalLlm {
     crate::llm::LocalLlm::load_with_all_tensors(&cached_path(name)).expect("load")
+}
+
+/// [`cached_model`] with its 8-bit copies in the given layout.
+#[cfg(test)]
+pub(crate) fn cached_model_in(name: &str, layout: Layout) -> crate::llm::LocalLlm {
+    crate::llm::LocalLlm::load_in_layout(&cached_path(name), layout).expect("load")
 }
 
 #[cfg(test)]

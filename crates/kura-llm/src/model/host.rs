@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::prompt::prompt_product;
 use super::{host_kv, Architecture, Cache, Embedding, Layer, Linear, Model};
 use crate::error::LlmError;
-use crate::q8::{Q8Matrix, Widen};
+use crate::q8::{Layout, Q8Matrix, Widen};
 
 /// The host copies a step needs: the norms, the biases, the rotation tables (small),
 /// and the 8-bit projections, those that read the same input stacked into one.
@@ -113,6 +113,15 @@ impl HostWeights {
             sin: host(sin)?,
         }))
     }
+
+    /// Whether the projections are in the int8 layout, whose kernel also reads
+    /// prompts: its integer products outrun f32 GEMM over widened weights at any
+    /// number of rows.
+    pub(super) fn reads_prompts_in_int8(&self) -> bool {
+        self.layers
+            .first()
+            .is_some_and(|l| l.qkv.layout() == Layout::Int8)
+    }
 }
 
 fn stackable(linears: &[&Linear]) -> bool {
@@ -161,8 +170,13 @@ impl Weights<'_> {
     fn qkv(self, layer: &Layer, host: &HostLayer, xs: &[f32]) -> Result<[Vec<f32>; 3], LlmError> {
         match self {
             Weights::Packed => {
-                let all = product(&host.qkv, xs, host.qkv_bias.as_deref());
-                Ok(split_columns(&all, host.qkv_widths))
+                let mut parts = host.qkv.matmul_parts(xs, host.qkv_widths);
+                for (i, part) in parts.iter_mut().enumerate() {
+                    if let Some(bias) = host.qkv_bias_of(i) {
+                        add_rows(part, bias);
+                    }
+                }
+                Ok(parts)
             }
             Weights::Dense(slab) => {
                 let part = |linear: &Linear, i: usize| {
@@ -183,9 +197,8 @@ impl Weights<'_> {
     ) -> Result<(Vec<f32>, Vec<f32>), LlmError> {
         match self {
             Weights::Packed => {
-                let all = product(&host.gate_up, xs, None);
                 let width = host.gate_up.rows() / 2;
-                let [gate, up] = split_columns(&all, [width, width]);
+                let [gate, up] = host.gate_up.matmul_parts(xs, [width, width]);
                 Ok((gate, up))
             }
             Weights::Dense(slab) => {
@@ -208,22 +221,6 @@ impl Weights<'_> {
             }
         }
     }
-}
-
-/// Each row of `all` cut into pieces of `widths`, gathered piece by piece.
-fn split_columns<const N: usize>(all: &[f32], widths: [usize; N]) -> [Vec<f32>; N] {
-    let total: usize = widths.iter().sum();
-    let rows = all.len() / total.max(1);
-    let mut pieces = widths.map(|width| Vec::with_capacity(rows * width));
-    for row in all.chunks_exact(total) {
-        let mut rest = row;
-        for (piece, &width) in pieces.iter_mut().zip(&widths) {
-            let (head, tail) = rest.split_at(width);
-            piece.extend_from_slice(head);
-            rest = tail;
-        }
-    }
-    pieces
 }
 
 impl Model {
@@ -475,7 +472,8 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        argmax, cached_model, host_weights, max_difference, one_each, smollm2, smollm2_with_tensors,
+        argmax, cached_model, cached_model_in, host_weights, max_difference, one_each, smollm2,
+        smollm2_with_tensors,
     };
 
     fn numbers(n: usize, seed: u32) -> Vec<f32> {
@@ -625,7 +623,8 @@ mod tests {
             Some(&[1.0, 2.0, 0.0, 0.0, 0.0, 5.0][..])
         );
         assert_eq!(side_by_side(&[None, None, None], &widths), None);
-        let matrix = || Q8Matrix::quantize(&[0.0; 32 * 4], 4, 32).expect("one panel");
+        let matrix =
+            || Q8Matrix::quantize(Layout::Panels, &[0.0; 32 * 4], 4, 32).expect("one panel");
         let layer = HostLayer {
             attn_norm: Vec::new(),
             ffn_norm: Vec::new(),
@@ -644,7 +643,7 @@ mod tests {
     /// the host step, and logits within summation order.
     #[test]
     fn ragged_steps_without_host_weights_match_the_host_step() {
-        let llm = smollm2();
+        let llm = cached_model_in("smollm2-135m-instruct", Layout::Panels);
         let model = llm.model();
         let mut tensors_llm = smollm2_with_tensors();
         tensors_llm.model_mut().host = None;

@@ -52,7 +52,10 @@ impl Model {
                 .map(std::mem::take)
                 .unwrap_or_default(),
         );
-        let weights = Weights::Dense(&slab);
+        let weights = match host.reads_prompts_in_int8() {
+            true => Weights::Packed,
+            false => Weights::Dense(&slab),
+        };
         let logits = self.run_on_host(host, &[tokens], std::slice::from_mut(cache), weights);
         if let Some(kept) = reading.as_deref_mut() {
             *kept = slab.into_inner();
@@ -169,8 +172,9 @@ fn grow(slab: &mut Vec<f32>, len: usize) {
 mod tests {
     use super::*;
     use crate::model::{
-        argmax, cached_model, cached_model_with_tensors, host_weights, max_difference, smollm2,
+        argmax, cached_model_in, cached_model_with_tensors, host_weights, max_difference, smollm2,
     };
+    use crate::q8::Layout;
 
     /// A prompt read on host buffers, with the weights widened from their compact
     /// forms, against candle's tensor path over the f32 weights, on both real models
@@ -181,7 +185,8 @@ mod tests {
     #[test]
     fn a_prompt_on_host_buffers_matches_the_tensor_path() {
         for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
-            let (llm, tensors_llm) = (cached_model(name), cached_model_with_tensors(name));
+            let llm = cached_model_in(name, Layout::Panels);
+            let tensors_llm = cached_model_with_tensors(name);
             let (model, on_tensors_model) = (llm.model(), tensors_llm.model());
             let host = host_weights(model);
             let earlier: Vec<u32> = (0..20).map(|i| 100 + i * 37).collect();
@@ -215,6 +220,77 @@ mod tests {
                 .expect("step");
             assert!(max_difference(&got[0], &want[0]) < 2e-3, "{name}");
         }
+    }
+
+    /// With VNNI, the int8 products (activations rounded to 8 bits a block at a
+    /// time) read a real prompt and decode after it close to the exact products on
+    /// both real models: the next-token distributions differ by a small KL
+    /// divergence, and the token the int8 model likes best is (nearly) the exact
+    /// model's favourite too.
+    #[test]
+    fn int8_products_read_and_decode_close_to_exact_ones() {
+        if !crate::q8::int8_supported() {
+            eprintln!("this CPU has no AVX-512 VNNI: the int8 layout is not used here");
+            return;
+        }
+        let text = "<|im_start|>user\nMy landlord kept the whole deposit after I moved out, \
+            even though the flat was spotless and I have photos. The lease says he must return \
+            it within thirty days. What can I do, and should I write him a letter first?<|im_end|>\n\
+            <|im_start|>assistant\nYou have a good case. Start with a short, polite letter";
+        for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
+            let (exact, int8) = (
+                cached_model_in(name, Layout::Panels),
+                cached_model_in(name, Layout::Int8),
+            );
+            let tokens = exact.tokenizer().encode(text, false).expect("tokens");
+            let tokens = tokens.get_ids();
+            let mut caches = [exact.model().new_cache(), int8.model().new_cache()];
+            let mut next = [0u32; 2];
+            for step in 0..8 {
+                let logits: Vec<Vec<f32>> = [&exact, &int8]
+                    .iter()
+                    .zip(caches.iter_mut())
+                    .zip(next)
+                    .map(|((llm, cache), token)| {
+                        match step {
+                            0 => llm.model().forward(tokens, cache),
+                            _ => llm.model().forward(&[token], cache),
+                        }
+                        .expect("forward")
+                    })
+                    .collect();
+                let divergence = kl_divergence(&logits[0], &logits[1]);
+                let difference = max_difference(&logits[0], &logits[1]);
+                eprintln!("{name} step {step}: KL {divergence:.5}, max difference {difference:.3}");
+                assert!(divergence < 0.02, "{name} step {step}: KL {divergence}");
+                // Where two tokens are near tied either may come first; the exact
+                // model thinks nearly as well of the int8 model's choice.
+                let exact = softmax(&logits[0]);
+                let (best, chosen) = (
+                    exact[argmax(&logits[0]) as usize],
+                    exact[argmax(&logits[1]) as usize],
+                );
+                assert!(chosen > best - 0.05, "{name} step {step}: {chosen} vs {best}");
+                // Both continue from the exact model's choice.
+                next = [argmax(&logits[0]); 2];
+            }
+        }
+    }
+
+    /// KL(p ‖ q) of the softmaxes of two rows of logits, in nats.
+    fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
+        let (p, q) = (log_softmax(p), log_softmax(q));
+        p.iter().zip(&q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum()
+    }
+
+    fn log_softmax(xs: &[f32]) -> Vec<f64> {
+        let max = xs.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+        let total: f64 = xs.iter().map(|&x| (x as f64 - max).exp()).sum();
+        xs.iter().map(|&x| x as f64 - max - total.ln()).collect()
+    }
+
+    fn softmax(xs: &[f32]) -> Vec<f64> {
+        log_softmax(xs).into_iter().map(f64::exp).collect()
     }
 
     /// Prompts read from several threads at once, plain and rayon's, give each the
@@ -260,7 +336,8 @@ mod tests {
     #[test]
     fn widened_products_match_the_definition_in_both_slab_shapes() {
         for (rows, cols) in [(520, 4096), (8200, 192)] {
-            let matrix = Q8Matrix::quantize(&numbers(rows * cols, 1), rows, cols).expect("blocks");
+            let matrix = Q8Matrix::quantize(Layout::Panels, &numbers(rows * cols, 1), rows, cols)
+                .expect("blocks");
             let window = 4..rows - 4;
             let (m, outputs) = (3, window.len());
             // The first shape takes inputs in slabs, the second rows.

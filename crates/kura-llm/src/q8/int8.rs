@@ -1,0 +1,512 @@
+//! The [`Layout::Int8`](super::Layout::Int8) product: weights times activations
+//! rounded to 8 bits, summed in 32-bit integers with AVX-512 VNNI.
+//!
+//! Why: `vpdpbusd` does 64 multiply-adds of bytes in one instruction where an f32
+//! FMA does 16, and a block's eight of them are paid for by one conversion and one
+//! FMA of its scales. On one core of a Xeon with VNNI the tile below ran 3.4 times
+//! as many multiply-adds a second as the same tile of f32 FMAs. The price is the
+//! activations' rounding: each 32 values become bytes times a scale, as ggml's and
+//! candle's quantised products round them (Q8_0).
+//!
+//! Why this layout: the instruction multiplies four bytes of a weight row by four
+//! of an activation row into one 32-bit lane. With 16 rows' four bytes side by side,
+//! one register of weights and four activation bytes broadcast give 16 outputs, so
+//! each lane is one output and no horizontal sum is needed; the integers of a whole
+//! block are summed before the one conversion to f32.
+//!
+//! The instruction takes one operand unsigned: the weights are stored plus 128, and
+//! each block's sum starts at −128 × the sum of the activation bytes, which takes
+//! the bias back off exactly. A row is summed in the same order whatever the batch,
+//! so a sequence decodes to the same bits alone or beside others.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::BLOCK;
+
+/// Weight rows side by side in one register.
+pub(super) const GROUP: usize = 16;
+/// Bytes of a group's block: 16 rows × 32 values.
+pub(super) const GROUP_BLOCK: usize = GROUP * BLOCK;
+/// Groups per parallel task.
+const GROUPS_PER_TASK: usize = 4;
+/// Activation rows per tile: 2 groups × 6 rows = 12 integer and 12 f32 sums.
+const TILE_ROWS: usize = 6;
+/// Up to this many activation rows, a tile takes four groups.
+const WIDE_TILE_ROWS: usize = 3;
+
+/// Whether this CPU multiplies in the int8 layout: AVX-512 with VNNI, unless
+/// `KURA_INT8=0` asks for the f32 kernels (which keep the activations exact).
+pub(super) fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let wanted = std::env::var("KURA_INT8").map_or(true, |v| v != "0");
+        wanted && supported()
+    })
+}
+
+/// Whether the CPU has the instructions the kernel is compiled for.
+pub(super) fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The index in a group-layout matrix's bytes of value `k` (of 32) of stored block
+/// `at` (counted as the scales are: 16 rows' block `b`, then their block `b + 1`).
+#[inline(always)]
+pub(super) fn quant_index(at: usize, k: usize) -> usize {
+    (at / GROUP) * GROUP_BLOCK + (k / 4) * GROUP * 4 + (at % GROUP) * 4 + k % 4
+}
+
+/// Rows of activations rounded to 8 bits a block at a time, as Q8_0 rounds them:
+/// each 32 values are `byte × scale`, with the largest magnitude at ±127.
+#[cfg_attr(test, derive(Debug, PartialEq))]
+pub(super) struct Activations {
+    pub(super) rows: usize,
+    blocks: usize,
+    bytes: Vec<i8>,
+    scales: Vec<f32>,
+    /// −128 × each block's sum of bytes: where its integer sum starts.
+    starts: Vec<i32>,
+    /// `scale × sum of bytes` per block, which multiplies a block's weight offset.
+    sums: Vec<f32>,
+}
+
+impl Activations {
+    pub(super) fn new(xs: &[f32], cols: usize) -> Self {
+        let blocks = cols / BLOCK;
+        let rows = xs.len() / cols.max(1);
+        let count = rows * blocks;
+        let mut bytes = vec![0i8; count * BLOCK];
+        let mut scales = vec![0f32; count];
+        let mut starts = vec![0i32; count];
+        let mut sums = vec![0f32; count];
+        bytes
+            .par_chunks_mut(BLOCK * 64)
+            .zip(xs.par_chunks(BLOCK * 64))
+            .zip(scales.par_chunks_mut(64))
+            .zip(starts.par_chunks_mut(64).zip(sums.par_chunks_mut(64)))
+            .for_each(|(((bytes, xs), scales), (starts, sums))| {
+                #[cfg(target_arch = "x86_64")]
+                if supported() {
+                    // SAFETY: the CPU has the features the code is compiled for.
+                    unsafe { vnni::round_blocks(xs, bytes, scales, starts, sums) };
+                    return;
+                }
+                round_blocks(xs, bytes, scales, starts, sums);
+            });
+        Activations {
+            rows,
+            blocks,
+            bytes,
+            scales,
+            starts,
+            sums,
+        }
+    }
+
+    /// The same rows rounded by the plain code, whatever the CPU.
+    #[cfg(test)]
+    pub(super) fn plain_rounding(&self, xs: &[f32]) -> Self {
+        let mut plain = Activations {
+            rows: self.rows,
+            blocks: self.blocks,
+            bytes: vec![0; self.bytes.len()],
+            scales: vec![0.0; self.scales.len()],
+            starts: vec![0; self.starts.len()],
+            sums: vec![0.0; self.sums.len()],
+        };
+        round_blocks(
+            xs,
+            &mut plain.bytes,
+            &mut plain.scales,
+            &mut plain.starts,
+            &mut plain.sums,
+        );
+        plain
+    }
+
+    /// Row `i`'s value `k` as the product sees it.
+    #[cfg(test)]
+    pub(super) fn value(&self, i: usize, k: usize) -> f32 {
+        self.bytes[i * self.blocks * BLOCK + k] as f32 * self.scales[i * self.blocks + k / BLOCK]
+    }
+}
+
+kura_simd::multiversion! {
+    /// Rounds blocks of 32 values to bytes and a scale each (the largest magnitude
+    /// becomes ±127), with where each block's integer sum starts and its
+    /// `scale × sum of bytes`. Ties round to even, which `vroundps` does in one
+    /// instruction: a prompt rounds some 180 000 values a token on Qwen.
+    fn round_blocks<M>(
+        xs: &[f32],
+        bytes: &mut [i8],
+        scales: &mut [f32],
+        starts: &mut [i32],
+        sums: &mut [f32],
+    ) {
+        let blocks = bytes.chunks_exact_mut(BLOCK).zip(xs.chunks_exact(BLOCK));
+        for (((bytes, xs), scale), (start, sum)) in blocks
+            .zip(scales.iter_mut())
+            .zip(starts.iter_mut().zip(sums.iter_mut()))
+        {
+            let mut most = [0f32; 8];
+            for eight in xs.chunks_exact(8) {
+                for (m, x) in most.iter_mut().zip(eight) {
+                    *m = if x.abs() > *m { x.abs() } else { *m };
+                }
+            }
+            let max = most.iter().fold(0f32, |m, &x| if x > m { x } else { m });
+            *scale = max / 127.0;
+            let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
+            let mut total = 0i32;
+            for (byte, &x) in bytes.iter_mut().zip(xs) {
+                let q = (x * inverse).round_ties_even().clamp(-127.0, 127.0) as i32;
+                *byte = q as i8;
+                total += q;
+            }
+            *start = -128 * total;
+            *sum = *scale * total as f32;
+        }
+    }
+}
+
+/// The group-layout matrix a product reads.
+pub(super) struct Groups<'a> {
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    /// Weights plus 128, in the order of [`quant_index`].
+    pub(super) quants: &'a [i8],
+    pub(super) scales: &'a [f32],
+    /// Empty when every offset is zero.
+    pub(super) offsets: &'a [f32],
+}
+
+impl Groups<'_> {
+    /// `xs · Wᵀ` for `xs` of `m × cols`, its rows cut into parts of `widths` (all
+    /// but the last whole groups): each part `m × width`, row-major. The
+    /// activations are rounded once for all parts, and one parallel pass writes
+    /// every part where it belongs, with no product to split afterwards.
+    pub(super) fn matmul_parts<const N: usize>(
+        &self,
+        xs: &[f32],
+        widths: [usize; N],
+    ) -> [Vec<f32>; N] {
+        let x = Activations::new(xs, self.cols);
+        let m = x.rows;
+        let mut outs = widths.map(|width| vec![0f32; m * width]);
+        let aligned = widths[..N.saturating_sub(1)]
+            .iter()
+            .all(|w| w.is_multiple_of(GROUP));
+        assert!(
+            aligned && widths.iter().sum::<usize>() == self.rows,
+            "parts of a product are whole groups of its rows"
+        );
+        if m == 0 {
+            return outs;
+        }
+        let mut start = 0;
+        let parts: Vec<Part> = outs
+            .iter_mut()
+            .map(|out| {
+                let width = out.len() / m;
+                start += width;
+                Part {
+                    values: out.as_mut_ptr(),
+                    width,
+                    first_row: start - width,
+                }
+            })
+            .collect();
+        let groups = self.rows.div_ceil(GROUP);
+        (0..groups.div_ceil(GROUPS_PER_TASK))
+            .into_par_iter()
+            .for_each(|task| {
+                let first = task * GROUPS_PER_TASK;
+                self.multiply(
+                    first..groups.min(first + GROUPS_PER_TASK),
+                    &x,
+                    |g, i, sums| {
+                        let row = g * GROUP;
+                        let part = parts
+                            .iter()
+                            .rfind(|p| p.first_row <= row)
+                            .unwrap_or(&parts[0]);
+                        let column = row - part.first_row;
+                        let lanes = GROUP.min(part.width - column);
+                        // SAFETY: `column + lanes <= width` and `i < m`, so the write is
+                        // inside the part's `m × width` values, which outlive the pass;
+                        // each group belongs to one task, so no two write the same value.
+                        unsafe {
+                            let at = part.values.add(i * part.width + column);
+                            std::ptr::copy_nonoverlapping(sums.as_ptr(), at, lanes);
+                        }
+                    },
+                );
+            });
+        outs
+    }
+
+    /// Groups `groups` against every activation row; `emit(g, i, sums)` takes
+    /// group `g`'s 16 sums for row `i`.
+    fn multiply(
+        &self,
+        groups: std::ops::Range<usize>,
+        x: &Activations,
+        emit: impl Fn(usize, usize, &[f32; GROUP]),
+    ) {
+        let m = x.rows;
+        for start in (0..m).step_by(TILE_ROWS) {
+            let rows = TILE_ROWS.min(m - start);
+            let wide = if rows <= WIDE_TILE_ROWS { 4 } else { 2 };
+            let mut g = groups.start;
+            while g < groups.end {
+                let width = [4, 2, 1]
+                    .into_iter()
+                    .find(|&w| w <= wide && w <= groups.end - g)
+                    .unwrap_or(1);
+                let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
+                tile(self, g, width, x, start, rows, &mut sums);
+                for (w, group_sums) in sums.iter().take(width).enumerate() {
+                    for (i, lane_sums) in group_sums.iter().take(rows).enumerate() {
+                        emit(g + w, start + i, lane_sums);
+                    }
+                }
+                g += width;
+            }
+        }
+    }
+}
+
+/// Where a part of a product goes: `m × width` values whose column 0 is the
+/// matrix's row `first_row`.
+struct Part {
+    values: *mut f32,
+    width: usize,
+    first_row: usize,
+}
+
+// SAFETY: the parts are written through disjoint groups of columns, one task each
+// (see `Groups::matmul_parts`).
+unsafe impl Send for Part {}
+unsafe impl Sync for Part {}
+
+/// Groups `first..first + width` against activation rows `start..start + rows`.
+fn tile(
+    w: &Groups<'_>,
+    first: usize,
+    width: usize,
+    x: &Activations,
+    start: usize,
+    rows: usize,
+    sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if supported() {
+        // SAFETY: the CPU has the features the kernel is compiled for.
+        unsafe { vnni::tile_any(w, first, width, x, start, rows, sums) };
+        return;
+    }
+    portable_tile(w, first, width, x, start, rows, sums);
+}
+
+/// The same integer sums and f32 steps as the VNNI kernel, for machines without it
+/// (a matrix is only built in this layout where the kernel runs; this serves tests).
+fn portable_tile(
+    w: &Groups<'_>,
+    first: usize,
+    width: usize,
+    x: &Activations,
+    start: usize,
+    rows: usize,
+    sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
+) {
+    let blocks = x.blocks;
+    for (g, group_sums) in sums.iter_mut().enumerate().take(width) {
+        for (i, lanes) in group_sums.iter_mut().enumerate().take(rows) {
+            let row = start + i;
+            for (lane, sum) in lanes.iter_mut().enumerate() {
+                let mut total = 0f32;
+                for b in 0..blocks {
+                    let at = ((first + g) * blocks + b) * GROUP + lane;
+                    let block = row * blocks + b;
+                    let mut integer = x.starts[block];
+                    for k in 0..BLOCK {
+                        let weight = w.quants[quant_index(at, k)] as u8 as i32;
+                        integer += weight * x.bytes[block * BLOCK + k] as i32;
+                    }
+                    let scale = w.scales[at] * x.scales[block];
+                    total = (integer as f32).mul_add(scale, total);
+                    if let Some(&offset) = w.offsets.get(at) {
+                        total = offset.mul_add(x.sums[block], total);
+                    }
+                }
+                *sum = total;
+            }
+        }
+    }
+}
+
+/// The product through [`portable_tile`] alone, one row and group at a time.
+#[cfg(test)]
+pub(super) fn portable_product(w: &Groups<'_>, xs: &[f32]) -> Vec<f32> {
+    let x = Activations::new(xs, w.cols);
+    let mut out = vec![0f32; x.rows * w.rows];
+    for g in 0..w.rows.div_ceil(GROUP) {
+        let lanes = GROUP.min(w.rows - g * GROUP);
+        for i in 0..x.rows {
+            let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
+            portable_tile(w, g, 1, &x, i, 1, &mut sums);
+            out[i * w.rows + g * GROUP..][..lanes].copy_from_slice(&sums[0][0][..lanes]);
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{Activations, Groups, BLOCK, GROUP, GROUP_BLOCK, TILE_ROWS};
+
+    /// [`tile`](super::tile) for the shapes [`Groups::multiply`] asks for.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tile_any(
+        w: &Groups<'_>,
+        first: usize,
+        width: usize,
+        x: &Activations,
+        start: usize,
+        rows: usize,
+        sums: &mut [[[f32; super::GROUP]; TILE_ROWS]; 4],
+    ) {
+        macro_rules! shapes {
+            ($(($g:literal, $r:literal)),*) => {
+                match (width, rows, w.offsets.is_empty()) {
+                    $(
+                        ($g, $r, true) => tile::<$g, $r, false>(w, first, x, start, sums),
+                        ($g, $r, false) => tile::<$g, $r, true>(w, first, x, start, sums),
+                    )*
+                    _ => unreachable!("Groups::multiply asks for no other shape"),
+                }
+            };
+        }
+        shapes!(
+            (4, 1),
+            (4, 2),
+            (4, 3),
+            (2, 1),
+            (2, 2),
+            (2, 3),
+            (2, 4),
+            (2, 5),
+            (2, 6),
+            (1, 1),
+            (1, 2),
+            (1, 3),
+            (1, 4),
+            (1, 5),
+            (1, 6)
+        )
+    }
+
+    /// [`round_blocks`](super::round_blocks) sixteen values at a time, to the same
+    /// bytes: `vcvtps2dq` rounds ties to even, as `round_ties_even` does.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn round_blocks(
+        xs: &[f32],
+        bytes: &mut [i8],
+        scales: &mut [f32],
+        starts: &mut [i32],
+        sums: &mut [f32],
+    ) {
+        let blocks = bytes.chunks_exact_mut(BLOCK).zip(xs.chunks_exact(BLOCK));
+        for (((bytes, xs), scale), (start, sum)) in blocks
+            .zip(scales.iter_mut())
+            .zip(starts.iter_mut().zip(sums.iter_mut()))
+        {
+            let low = _mm512_loadu_ps(xs.as_ptr());
+            let high = _mm512_loadu_ps(xs.as_ptr().add(16));
+            let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
+            *scale = max / 127.0;
+            let inverse = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+            let low = _mm512_cvtps_epi32(_mm512_mul_ps(low, inverse));
+            let high = _mm512_cvtps_epi32(_mm512_mul_ps(high, inverse));
+            let out = bytes.as_mut_ptr() as *mut __m128i;
+            _mm_storeu_si128(out, _mm512_cvtsepi32_epi8(low));
+            _mm_storeu_si128(out.add(1), _mm512_cvtsepi32_epi8(high));
+            let total = _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
+            *start = -128 * total;
+            *sum = *scale * total as f32;
+        }
+    }
+
+    /// `G` groups from `first` against `R` activation rows from `start`, every sum
+    /// in registers.
+    #[inline(always)]
+    unsafe fn tile<const G: usize, const R: usize, const OFFSETS: bool>(
+        w: &Groups<'_>,
+        first: usize,
+        x: &Activations,
+        start: usize,
+        sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
+    ) {
+        let blocks = x.blocks;
+        let quants = w.quants.as_ptr();
+        let bytes = x.bytes.as_ptr().add(start * blocks * BLOCK);
+        let row_bytes = blocks * BLOCK;
+        let at = |g: usize, b: usize| (first + g) * blocks + b;
+        // Row-major over the activation rows: `acc[i][g]`, `f[i][g]`.
+        let mut f = [[_mm512_setzero_ps(); G]; R];
+        for b in 0..blocks {
+            let mut acc = [[_mm512_setzero_si512(); G]; R];
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let begin = *x.starts.get_unchecked((start + i) * blocks + b);
+                *acc = [_mm512_set1_epi32(begin); G];
+            }
+            for quad in 0..BLOCK / 4 {
+                let mut weights = [_mm512_setzero_si512(); G];
+                for (g, weights) in weights.iter_mut().enumerate() {
+                    let p = quants.add(at(g, b) * GROUP_BLOCK + quad * 64);
+                    *weights = _mm512_loadu_si512(p as *const _);
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let p = bytes.add(i * row_bytes + b * BLOCK + quad * 4) as *const i32;
+                    let four = _mm512_set1_epi32(p.read_unaligned());
+                    for (acc, &weights) in acc.iter_mut().zip(&weights) {
+                        *acc = _mm512_dpbusd_epi32(*acc, weights, four);
+                    }
+                }
+            }
+            for g in 0..G {
+                let scales = _mm512_loadu_ps(w.scales.as_ptr().add(at(g, b) * GROUP));
+                let offsets = match OFFSETS {
+                    true => _mm512_loadu_ps(w.offsets.as_ptr().add(at(g, b) * GROUP)),
+                    false => _mm512_setzero_ps(),
+                };
+                for (i, (f, acc)) in f.iter_mut().zip(&acc).enumerate() {
+                    let block = (start + i) * blocks + b;
+                    let scale = _mm512_set1_ps(*x.scales.get_unchecked(block));
+                    let scale = _mm512_mul_ps(scales, scale);
+                    f[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g]), scale, f[g]);
+                    if OFFSETS {
+                        let sum = _mm512_set1_ps(*x.sums.get_unchecked(block));
+                        f[g] = _mm512_fmadd_ps(offsets, sum, f[g]);
+                    }
+                }
+            }
+        }
+        for (i, f) in f.iter().enumerate() {
+            for (g, f) in f.iter().enumerate() {
+                _mm512_storeu_ps(sums[g][i].as_mut_ptr(), *f);
+            }
+        }
+    }
+}
