@@ -76,8 +76,7 @@ pub fn load_tokenizer(gguf: &Path) -> Result<Tokenizer, LlmError> {
 
 impl LocalLlm {
     pub fn load(gguf: &Path, device: &Device, options: LlmOptions) -> Result<Self, LlmError> {
-        let layout = Layout::for_this_cpu();
-        Self::load_keeping(gguf, device, options, Tensors::Needed, layout)
+        Self::load_keeping(gguf, device, options, Tensors::Needed, None)
     }
 
     /// [`LocalLlm::load`] keeping every f32 weight, so that tests can run the model
@@ -86,14 +85,15 @@ impl LocalLlm {
     #[cfg(test)]
     pub(crate) fn load_with_all_tensors(gguf: &Path) -> Result<Self, LlmError> {
         let options = LlmOptions::default();
-        Self::load_keeping(gguf, &Device::Cpu, options, Tensors::All, Layout::Panels)
+        let layout = Some(Layout::Panels);
+        Self::load_keeping(gguf, &Device::Cpu, options, Tensors::All, layout)
     }
 
     /// [`LocalLlm::load`] with the 8-bit copies in `layout`, on the CPU.
     #[cfg(test)]
     pub(crate) fn load_in_layout(gguf: &Path, layout: Layout) -> Result<Self, LlmError> {
         let options = LlmOptions::default();
-        Self::load_keeping(gguf, &Device::Cpu, options, Tensors::Needed, layout)
+        Self::load_keeping(gguf, &Device::Cpu, options, Tensors::Needed, Some(layout))
     }
 
     fn load_keeping(
@@ -101,7 +101,7 @@ impl LocalLlm {
         device: &Device,
         options: LlmOptions,
         tensors: Tensors,
-        layout: Layout,
+        layout: Option<Layout>,
     ) -> Result<Self, LlmError> {
         let io = |source| LlmError::Io {
             path: gguf.to_path_buf(),
@@ -112,6 +112,7 @@ impl LocalLlm {
             .map_err(|e| LlmError::model(gguf, format!("not a readable GGUF file: {e}")))?;
         let meta = Metadata::new(&content, gguf);
         let config = Config::from_metadata(&meta)?;
+        let layout = layout.unwrap_or_else(|| Layout::for_model(config.heads * config.head_dim));
         let tokenizer = tokenizer::from_gguf(&meta)?;
         require_chatml(&meta)?;
         let chat = ChatMl::new(&tokenizer)

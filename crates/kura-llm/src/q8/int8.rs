@@ -19,8 +19,6 @@
 //! the bias back off exactly. A row is summed in the same order whatever the batch,
 //! so a sequence decodes to the same bits alone or beside others.
 
-use std::sync::OnceLock;
-
 use rayon::prelude::*;
 
 use super::BLOCK;
@@ -35,16 +33,6 @@ const GROUPS_PER_TASK: usize = 4;
 const TILE_ROWS: usize = 6;
 /// Up to this many activation rows, a tile takes four groups.
 const WIDE_TILE_ROWS: usize = 3;
-
-/// Whether this CPU multiplies in the int8 layout: AVX-512 with VNNI, unless
-/// `KURA_INT8=0` asks for the f32 kernels (which keep the activations exact).
-pub(super) fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let wanted = std::env::var("KURA_INT8").map_or(true, |v| v != "0");
-        wanted && supported()
-    })
-}
 
 /// Whether the CPU has the instructions the kernel is compiled for.
 pub(super) fn supported() -> bool {
