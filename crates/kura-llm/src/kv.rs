@@ -11,6 +11,8 @@
 
 use std::sync::Arc;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use kura_simd::{dot, matmul, multiversion, softmax, softmax_rows, MatRef, Threads};
 use rayon::prelude::*;
 
@@ -18,11 +20,21 @@ use rayon::prelude::*;
 /// each): a new token appends at the end of each, and attention streams through one
 /// head's keys contiguously. Cloning shares the buffers; the first append to a shared
 /// buffer copies it (a prompt prefix continued by many sessions).
+///
+/// Held in half precision, as llama.cpp holds them by default: a decoding step reads
+/// every cached key and value of every sequence in flight, and at the summariser's
+/// contexts (1,000+ tokens, 16 conversations) those bytes outweighed the weights
+/// (`perf` put a third of SmolLM2's summariser in this attention, streaming at the
+/// memory's speed). Half the bytes, and half the memory of the caches in flight.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HostKv {
-    keys: Arc<Vec<Vec<f32>>>,
-    values: Arc<Vec<Vec<f32>>>,
+    keys: Arc<Vec<Vec<f16>>>,
+    values: Arc<Vec<Vec<f16>>>,
 }
+
+/// Tokens of keys or values widened to f32 at a time for a decoding step's
+/// attention: a few KiB that stay in the first-level cache.
+const WIDEN_TOKENS: usize = 32;
 
 /// Tokens a head's buffer grows by when it is full.
 const GROWTH_TOKENS: usize = 128;
@@ -67,7 +79,10 @@ impl HostKv {
                 }
             }
             for (i, row) in new.chunks_exact(shape.head_dim).enumerate() {
-                heads[i % shape.kv_heads].extend_from_slice(row);
+                let head = &mut heads[i % shape.kv_heads];
+                let start = head.len();
+                head.resize(start + row.len(), f16::ZERO);
+                head[start..].convert_from_f32_slice(row);
             }
         }
     }
@@ -94,9 +109,31 @@ impl HostKv {
             .map_or(0, |keys| keys.len() / shape.head_dim.max(1))
     }
 
-    /// Keys and values head-major, `[kv_heads, tokens, head_dim]` each.
+    /// Keys and values head-major, `[kv_heads, tokens, head_dim]` each, in f32.
     pub(crate) fn head_major(&self) -> (Vec<f32>, Vec<f32>) {
-        (self.keys.concat(), self.values.concat())
+        let widen = |heads: &[Vec<f16>]| {
+            let all = heads.concat();
+            let mut wide = vec![0f32; all.len()];
+            all.convert_to_f32_slice(&mut wide);
+            wide
+        };
+        (widen(&self.keys), widen(&self.values))
+    }
+
+    /// The first `values` keys and values of each head, in f32.
+    fn widened(&self, values: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let widen = |heads: &[Vec<f16>]| {
+            heads
+                .iter()
+                .map(|head| {
+                    let head = &head[..values.min(head.len())];
+                    let mut wide = vec![0f32; head.len()];
+                    head.convert_to_f32_slice(&mut wide);
+                    wide
+                })
+                .collect()
+        };
+        (widen(&self.keys), widen(&self.values))
     }
 
     /// The attention output of one query token over every token held,
@@ -157,6 +194,8 @@ impl HostKv {
         let (heads, head_dim, group) = (shape.heads, shape.head_dim, shape.group());
         let row = shape.query_width();
         let rows = queries.len() / row;
+        // The GEMMs read f32: each head's keys and values widened once.
+        let (all_keys, all_values) = self.widened((first + rows - 1) * head_dim);
         let tasks: Vec<(usize, usize)> = (0..heads)
             .flat_map(|head| {
                 (0..rows)
@@ -169,7 +208,7 @@ impl HostKv {
             .map(|&(head, start)| {
                 let count = PROMPT_ROWS.min(rows - start);
                 let seen = first + start + count - 1;
-                let (keys, values) = (&self.keys[head / group], &self.values[head / group]);
+                let (keys, values) = (&all_keys[head / group], &all_values[head / group]);
                 let (keys, values) = (&keys[..seen * head_dim], &values[..seen * head_dim]);
                 let q = MatRef::new(
                     &queries[start * row + head * head_dim..],
@@ -210,31 +249,84 @@ impl HostKv {
 /// that each product is a real matrix product.
 const PROMPT_ROWS: usize = 32;
 
+/// Softmax attention of the query heads in `queries` (`[group, head_dim]`, one
+/// token) over the keys and values of one key/value head (`[tokens, head_dim]`
+/// each), written to `out` (`[group, head_dim]`). Keys and values are widened
+/// [`WIDEN_TOKENS`] at a time.
+fn attend_group(
+    queries: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    head_dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let tokens = keys.len() / head_dim;
+    let group = queries.len() / head_dim;
+    let mut scores = vec![0.0f32; group * tokens];
+    let mut wide = vec![0.0f32; WIDEN_TOKENS * head_dim];
+    let chunk = WIDEN_TOKENS * head_dim;
+    for (c, keys) in keys.chunks(chunk).enumerate() {
+        let wide = &mut wide[..keys.len()];
+        keys.convert_to_f32_slice(wide);
+        score_tokens(
+            queries,
+            wide,
+            head_dim,
+            scale,
+            &mut scores,
+            tokens,
+            c * WIDEN_TOKENS,
+        );
+    }
+    softmax_each(&mut scores, tokens);
+    out.fill(0.0);
+    for (c, values) in values.chunks(chunk).enumerate() {
+        let wide = &mut wide[..values.len()];
+        values.convert_to_f32_slice(wide);
+        weigh_values(&scores, wide, head_dim, out, tokens, c * WIDEN_TOKENS);
+    }
+}
+
 multiversion! {
-    /// Softmax attention of the query heads in `queries` (`[group, head_dim]`, one
-    /// token) over the keys and values of one key/value head (`[tokens, head_dim]`
-    /// each), written to `out` (`[group, head_dim]`).
-    fn attend_group<M>(
+    /// The scores of the group's queries against keys of tokens `first..`:
+    /// `scores[g * tokens + t]`.
+    fn score_tokens<M>(
         queries: &[f32],
         keys: &[f32],
-        values: &[f32],
         head_dim: usize,
         scale: f32,
-        out: &mut [f32],
+        scores: &mut [f32],
+        tokens: usize,
+        first: usize,
     ) {
-        let tokens = keys.len() / head_dim;
-        let group = queries.len() / head_dim;
-        let mut scores = vec![0.0f32; group * tokens];
-        for (t, k) in keys.chunks_exact(head_dim).enumerate() {
+        for (t, k) in (first..).zip(keys.chunks_exact(head_dim)) {
             for (g, q) in queries.chunks_exact(head_dim).enumerate() {
                 scores[g * tokens + t] = dot::<M>(q, k) * scale;
             }
         }
+    }
+}
+
+multiversion! {
+    fn softmax_each<M>(scores: &mut [f32], tokens: usize) {
         for row in scores.chunks_exact_mut(tokens.max(1)) {
             softmax::<M>(row);
         }
-        out.fill(0.0);
-        for (t, v) in values.chunks_exact(head_dim).enumerate() {
+    }
+}
+
+multiversion! {
+    /// Adds the values of tokens `first..`, weighed by each query's scores, to `out`.
+    fn weigh_values<M>(
+        scores: &[f32],
+        values: &[f32],
+        head_dim: usize,
+        out: &mut [f32],
+        tokens: usize,
+        first: usize,
+    ) {
+        for (t, v) in (first..).zip(values.chunks_exact(head_dim)) {
             for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
                 let weight = scores[g * tokens + t];
                 for (o, &v) in o.iter_mut().zip(v) {
@@ -303,7 +395,7 @@ mod tests {
         kv.append(shape, &keys[row * 8..], &values[row * 8..]);
         let query = numbers(shape.heads * shape.head_dim, 3);
         let got = kv.attend_one(&query, shape, 0.3);
-        let want = naive(&query, &keys, &values, shape, 0.3);
+        let want = naive(&query, &as_held(&keys), &as_held(&values), shape, 0.3);
         assert_close(&got, &want);
         // The clone taken before the last append still holds eight tokens.
         assert_eq!(shared.len(shape), 8);
@@ -326,6 +418,7 @@ mod tests {
         for (held_before, rows) in [(5, 3), (0, 40), (21, 70)] {
             let total = held_before + rows;
             let (keys, values) = (numbers(kv_row * total, 4), numbers(kv_row * total, 5));
+            let (held_keys, held_values) = (as_held(&keys), as_held(&values));
             let queries = numbers(row * rows, 6);
             let mut kv = HostKv::default();
             kv.append(
@@ -346,10 +439,21 @@ mod tests {
                 .enumerate()
             {
                 let seen = (held_before + j + 1) * kv_row;
-                let want = naive(query, &keys[..seen], &values[..seen], shape, 0.125);
+                let want = naive(
+                    query,
+                    &held_keys[..seen],
+                    &held_values[..seen],
+                    shape,
+                    0.125,
+                );
                 assert_close(got, &want);
             }
         }
+    }
+
+    /// The values as the cache holds them: rounded to half precision.
+    fn as_held(xs: &[f32]) -> Vec<f32> {
+        xs.iter().map(|&x| f16::from_f32(x).to_f32()).collect()
     }
 
     fn assert_close(got: &[f32], want: &[f32]) {

@@ -173,6 +173,7 @@ mod tests {
     use super::*;
     use crate::model::{
         argmax, cached_model_in, cached_model_with_tensors, host_weights, max_difference, smollm2,
+        CLOSE_LOGITS,
     };
     use crate::q8::Layout;
 
@@ -207,7 +208,7 @@ mod tests {
                 .forward_through_tensors(&prompt, &mut on_tensors)
                 .expect("tensors");
             let difference = max_difference(&got, &want);
-            assert!(difference < 2e-3, "{name}: {difference}");
+            assert!(difference < CLOSE_LOGITS, "{name}: {difference}");
             assert_eq!(argmax(&got), argmax(&want), "{name}");
             assert_eq!(on_host.len(), earlier.len() + prompt.len());
 
@@ -218,7 +219,7 @@ mod tests {
             let want = on_tensors_model
                 .decode(&next, std::slice::from_mut(&mut on_tensors))
                 .expect("step");
-            assert!(max_difference(&got[0], &want[0]) < 2e-3, "{name}");
+            assert!(max_difference(&got[0], &want[0]) < CLOSE_LOGITS, "{name}");
         }
     }
 
@@ -270,7 +271,10 @@ mod tests {
                     exact[argmax(&logits[0]) as usize],
                     exact[argmax(&logits[1]) as usize],
                 );
-                assert!(chosen > best - 0.05, "{name} step {step}: {chosen} vs {best}");
+                assert!(
+                    chosen > best - 0.05,
+                    "{name} step {step}: {chosen} vs {best}"
+                );
                 // Both continue from the exact model's choice.
                 next = [argmax(&logits[0]); 2];
             }
