@@ -1034,7 +1034,7 @@ mod tests {
         xs[..BLOCK].fill(0.0);
         xs[BLOCK + 3] = -9.5;
         let rounded = int8::Activations::new(&xs, cols);
-        assert_eq!(rounded.plain_rounding(&xs), rounded);
+        assert_eq!(int8::Activations::plain_rounding(&xs, cols), rounded);
         assert!((0..BLOCK).all(|k| rounded.value(0, k) == 0.0));
         assert_eq!(rounded.value(0, BLOCK + 3), -9.5);
     }

@@ -61,64 +61,55 @@ pub(super) struct Activations {
     blocks: usize,
     bytes: Vec<i8>,
     scales: Vec<f32>,
-    /// −128 × each block's sum of bytes: where its integer sum starts.
-    starts: Vec<i32>,
-    /// `scale × sum of bytes` per block, which multiplies a block's weight offset.
-    sums: Vec<f32>,
+    /// Each block's sum of bytes. The kernel starts the block's integer sum at
+    /// −128 × this (taking off the weights' bias), and a weight offset multiplies
+    /// `scale × this`.
+    totals: Vec<i32>,
 }
+
+/// Rounds one block of 32 values to bytes; returns its scale and sum of bytes.
+type RoundBlock = fn(&[f32], &mut [i8]) -> (f32, i32);
 
 impl Activations {
     pub(super) fn new(xs: &[f32], cols: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if supported() {
+            // SAFETY: the CPU has the features the code is compiled for (and the
+            // blocks `rounded_by` passes are whole, which the function checks).
+            return Self::rounded_by(xs, cols, |xs, bytes| unsafe {
+                vnni::round_block(xs, bytes)
+            });
+        }
+        Self::rounded_by(xs, cols, round_block)
+    }
+
+    /// The rows rounded a block at a time by `round`, blocks in parallel.
+    fn rounded_by(xs: &[f32], cols: usize, round: RoundBlock) -> Self {
         let blocks = cols / BLOCK;
         let rows = xs.len() / cols.max(1);
         let count = rows * blocks;
         let mut bytes = vec![0i8; count * BLOCK];
         let mut scales = vec![0f32; count];
-        let mut starts = vec![0i32; count];
-        let mut sums = vec![0f32; count];
+        let mut totals = vec![0i32; count];
         bytes
-            .par_chunks_mut(BLOCK * 64)
-            .zip(xs.par_chunks(BLOCK * 64))
-            .zip(scales.par_chunks_mut(64))
-            .zip(starts.par_chunks_mut(64).zip(sums.par_chunks_mut(64)))
-            .for_each(|(((bytes, xs), scales), (starts, sums))| {
-                #[cfg(target_arch = "x86_64")]
-                if supported() {
-                    // SAFETY: the CPU has the features the code is compiled for.
-                    unsafe { vnni::round_blocks(xs, bytes, scales, starts, sums) };
-                    return;
-                }
-                round_blocks(xs, bytes, scales, starts, sums);
-            });
+            .par_chunks_mut(BLOCK)
+            .zip(xs.par_chunks(BLOCK))
+            .zip(scales.par_iter_mut().zip(totals.par_iter_mut()))
+            .with_min_len(64)
+            .for_each(|((bytes, xs), (scale, total))| (*scale, *total) = round(xs, bytes));
         Activations {
             rows,
             blocks,
             bytes,
             scales,
-            starts,
-            sums,
+            totals,
         }
     }
 
     /// The same rows rounded by the plain code, whatever the CPU.
     #[cfg(test)]
-    pub(super) fn plain_rounding(&self, xs: &[f32]) -> Self {
-        let mut plain = Activations {
-            rows: self.rows,
-            blocks: self.blocks,
-            bytes: vec![0; self.bytes.len()],
-            scales: vec![0.0; self.scales.len()],
-            starts: vec![0; self.starts.len()],
-            sums: vec![0.0; self.sums.len()],
-        };
-        round_blocks(
-            xs,
-            &mut plain.bytes,
-            &mut plain.scales,
-            &mut plain.starts,
-            &mut plain.sums,
-        );
-        plain
+    pub(super) fn plain_rounding(xs: &[f32], cols: usize) -> Self {
+        Self::rounded_by(xs, cols, round_block)
     }
 
     /// Row `i`'s value `k` as the product sees it.
@@ -129,40 +120,26 @@ impl Activations {
 }
 
 kura_simd::multiversion! {
-    /// Rounds blocks of 32 values to bytes and a scale each (the largest magnitude
-    /// becomes ±127), with where each block's integer sum starts and its
-    /// `scale × sum of bytes`. Ties round to even, which `vroundps` does in one
-    /// instruction: a prompt rounds some 180 000 values a token on Qwen.
-    fn round_blocks<M>(
-        xs: &[f32],
-        bytes: &mut [i8],
-        scales: &mut [f32],
-        starts: &mut [i32],
-        sums: &mut [f32],
-    ) {
-        let blocks = bytes.chunks_exact_mut(BLOCK).zip(xs.chunks_exact(BLOCK));
-        for (((bytes, xs), scale), (start, sum)) in blocks
-            .zip(scales.iter_mut())
-            .zip(starts.iter_mut().zip(sums.iter_mut()))
-        {
-            let mut most = [0f32; 8];
-            for eight in xs.chunks_exact(8) {
-                for (m, x) in most.iter_mut().zip(eight) {
-                    *m = if x.abs() > *m { x.abs() } else { *m };
-                }
+    /// Rounds a block of 32 values to bytes (its largest magnitude becomes ±127);
+    /// returns the scale and the sum of the bytes. Ties round to even, which
+    /// `vroundps` does in one instruction: a prompt rounds some 180 000 values a
+    /// token on Qwen.
+    fn round_block<M>(xs: &[f32], bytes: &mut [i8]) -> (f32, i32) {
+        let mut most = [0f32; 8];
+        for eight in xs.chunks_exact(8) {
+            for (m, x) in most.iter_mut().zip(eight) {
+                *m = if x.abs() > *m { x.abs() } else { *m };
             }
-            let max = most.iter().fold(0f32, |m, &x| if x > m { x } else { m });
-            *scale = max / 127.0;
-            let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
-            let mut total = 0i32;
-            for (byte, &x) in bytes.iter_mut().zip(xs) {
-                let q = (x * inverse).round_ties_even().clamp(-127.0, 127.0) as i32;
-                *byte = q as i8;
-                total += q;
-            }
-            *start = -128 * total;
-            *sum = *scale * total as f32;
         }
+        let max = most.iter().fold(0f32, |m, &x| if x > m { x } else { m });
+        let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
+        let mut total = 0i32;
+        for (byte, &x) in bytes.iter_mut().zip(xs) {
+            let q = (x * inverse).round_ties_even().clamp(-127.0, 127.0) as i32;
+            *byte = q as i8;
+            total += q;
+        }
+        (max / 127.0, total)
     }
 }
 
@@ -325,7 +302,7 @@ fn portable_tile(
                 for b in 0..blocks {
                     let at = ((first + g) * blocks + b) * GROUP + lane;
                     let block = row * blocks + b;
-                    let mut integer = x.starts[block];
+                    let mut integer = -128 * x.totals[block];
                     for k in 0..BLOCK {
                         let weight = w.quants[quant_index(at, k)] as u8 as i32;
                         integer += weight * x.bytes[block * BLOCK + k] as i32;
@@ -333,7 +310,8 @@ fn portable_tile(
                     let scale = w.scales[at] * x.scales[block];
                     total = (integer as f32).mul_add(scale, total);
                     if let Some(&offset) = w.offsets.get(at) {
-                        total = offset.mul_add(x.sums[block], total);
+                        let sum = x.scales[block] * x.totals[block] as f32;
+                        total = offset.mul_add(sum, total);
                     }
                 }
                 *sum = total;
@@ -405,35 +383,22 @@ mod vnni {
         )
     }
 
-    /// [`round_blocks`](super::round_blocks) sixteen values at a time, to the same
+    /// [`round_block`](super::round_block) sixteen values at a time, to the same
     /// bytes: `vcvtps2dq` rounds ties to even, as `round_ties_even` does.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn round_blocks(
-        xs: &[f32],
-        bytes: &mut [i8],
-        scales: &mut [f32],
-        starts: &mut [i32],
-        sums: &mut [f32],
-    ) {
-        let blocks = bytes.chunks_exact_mut(BLOCK).zip(xs.chunks_exact(BLOCK));
-        for (((bytes, xs), scale), (start, sum)) in blocks
-            .zip(scales.iter_mut())
-            .zip(starts.iter_mut().zip(sums.iter_mut()))
-        {
-            let low = _mm512_loadu_ps(xs.as_ptr());
-            let high = _mm512_loadu_ps(xs.as_ptr().add(16));
-            let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
-            *scale = max / 127.0;
-            let inverse = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
-            let low = _mm512_cvtps_epi32(_mm512_mul_ps(low, inverse));
-            let high = _mm512_cvtps_epi32(_mm512_mul_ps(high, inverse));
-            let out = bytes.as_mut_ptr() as *mut __m128i;
-            _mm_storeu_si128(out, _mm512_cvtsepi32_epi8(low));
-            _mm_storeu_si128(out.add(1), _mm512_cvtsepi32_epi8(high));
-            let total = _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
-            *start = -128 * total;
-            *sum = *scale * total as f32;
-        }
+    pub(super) unsafe fn round_block(xs: &[f32], bytes: &mut [i8]) -> (f32, i32) {
+        assert!(xs.len() == BLOCK && bytes.len() == BLOCK, "one whole block");
+        let low = _mm512_loadu_ps(xs.as_ptr());
+        let high = _mm512_loadu_ps(xs.as_ptr().add(16));
+        let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
+        let inverse = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+        let low = _mm512_cvtps_epi32(_mm512_mul_ps(low, inverse));
+        let high = _mm512_cvtps_epi32(_mm512_mul_ps(high, inverse));
+        let out = bytes.as_mut_ptr() as *mut __m128i;
+        _mm_storeu_si128(out, _mm512_cvtsepi32_epi8(low));
+        _mm_storeu_si128(out.add(1), _mm512_cvtsepi32_epi8(high));
+        let total = _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
+        (max / 127.0, total)
     }
 
     /// `G` groups from `first` against `R` activation rows from `start`, every sum
@@ -456,7 +421,7 @@ mod vnni {
         for b in 0..blocks {
             let mut acc = [[_mm512_setzero_si512(); G]; R];
             for (i, acc) in acc.iter_mut().enumerate() {
-                let begin = *x.starts.get_unchecked((start + i) * blocks + b);
+                let begin = -128 * *x.totals.get_unchecked((start + i) * blocks + b);
                 *acc = [_mm512_set1_epi32(begin); G];
             }
             for quad in 0..BLOCK / 4 {
@@ -485,7 +450,8 @@ mod vnni {
                     let scale = _mm512_mul_ps(scales, scale);
                     f[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g]), scale, f[g]);
                     if OFFSETS {
-                        let sum = _mm512_set1_ps(*x.sums.get_unchecked(block));
+                        let total = *x.totals.get_unchecked(block) as f32;
+                        let sum = _mm512_set1_ps(*x.scales.get_unchecked(block) * total);
                         f[g] = _mm512_fmadd_ps(offsets, sum, f[g]);
                     }
                 }
