@@ -976,6 +976,15 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Two computations of the same logits agree: within [`CLOSE_LOGITS`], with the
+/// same most likely token.
+#[cfg(test)]
+fn assert_close_logits(got: &[f32], want: &[f32], context: &str) {
+    let difference = max_difference(got, want);
+    assert!(difference < CLOSE_LOGITS, "{context}: {difference}");
+    assert_eq!(argmax(got), argmax(want), "{context}");
+}
+
 /// The most likely token of a row of logits, for tests.
 #[cfg(test)]
 fn argmax(logits: &[f32]) -> u32 {

@@ -172,8 +172,8 @@ fn grow(slab: &mut Vec<f32>, len: usize) {
 mod tests {
     use super::*;
     use crate::model::{
-        argmax, cached_model_in, cached_model_with_tensors, host_weights, max_difference, smollm2,
-        CLOSE_LOGITS,
+        argmax, assert_close_logits, cached_model_in, cached_model_with_tensors, host_weights,
+        max_difference, smollm2, CLOSE_LOGITS,
     };
     use crate::q8::Layout;
 
@@ -207,9 +207,7 @@ mod tests {
             let want = on_tensors_model
                 .forward_through_tensors(&prompt, &mut on_tensors)
                 .expect("tensors");
-            let difference = max_difference(&got, &want);
-            assert!(difference < CLOSE_LOGITS, "{name}: {difference}");
-            assert_eq!(argmax(&got), argmax(&want), "{name}");
+            assert_close_logits(&got, &want, name);
             assert_eq!(on_host.len(), earlier.len() + prompt.len());
 
             let next = [argmax(&got)];
