@@ -112,13 +112,8 @@ impl HostKv {
 
     /// Keys and values head-major, `[kv_heads, tokens, head_dim]` each, in f32.
     pub(crate) fn head_major(&self) -> (Vec<f32>, Vec<f32>) {
-        let widen = |heads: &[Vec<f16>]| {
-            let all = heads.concat();
-            let mut wide = vec![0f32; all.len()];
-            all.convert_to_f32_slice(&mut wide);
-            wide
-        };
-        (widen(&self.keys), widen(&self.values))
+        let (keys, values) = self.widened(usize::MAX);
+        (keys.concat(), values.concat())
     }
 
     /// The first `values` keys and values of each head, in f32.
