@@ -13,31 +13,37 @@ use std::sync::Arc;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use kura_simd::{dot, matmul, multiversion, softmax, softmax_rows, MatRef, Threads};
+use kura_simd::{matmul, multiversion, softmax_rows, MatRef, Threads};
 use rayon::prelude::*;
 
-/// One layer's keys and values, one buffer per key/value head (`[tokens, head_dim]`
-/// each): a new token appends at the end of each, and attention streams through one
-/// head's keys contiguously. Cloning shares the buffers; the first append to a shared
-/// buffer copies it (a prompt prefix continued by many sessions).
+/// One layer's keys and values. Cloning shares the buffers; the first append to a
+/// shared buffer copies it (a prompt prefix continued by many sessions).
+///
+/// Keys are held in blocks of [`KEY_BLOCK`] tokens, each block dimension-major
+/// (`[head_dim, KEY_BLOCK]`), so that a decoding step scores a block's tokens with
+/// one vector FMA per dimension and query head, each lane a token: no horizontal sum
+/// per token, which is what bound the step's attention when keys were token-major.
+/// Values stay token-major (`[tokens, head_dim]`): weighing them is already one
+/// FMA per dimension and query head, each lane a dimension.
 ///
 /// Held in half precision, as llama.cpp holds them by default: at the summariser's
 /// contexts (1,000+ tokens, 16 conversations in flight) the caches were the larger
 /// part of its memory. Half precision took the peak of a Qwen summariser run from
-/// 1737 to 1432 MiB and of SmolLM2's from 1461 to 1012. The rate did not move
-/// (within the machine's drift): the step's attention is bound more by its
-/// per-token sums than by the bytes it streams.
+/// 1737 to 1432 MiB and of SmolLM2's from 1461 to 1012.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HostKv {
+    tokens: usize,
+    /// Per key/value head: whole blocks covering `tokens` (the last one's lanes past
+    /// `tokens` are never read as scores).
     keys: Arc<Vec<Vec<f16>>>,
+    /// Per key/value head: `[tokens, head_dim]`.
     values: Arc<Vec<Vec<f16>>>,
 }
 
-/// Tokens of keys or values widened to f32 at a time for a decoding step's
-/// attention: a few KiB that stay in the first-level cache.
-const WIDEN_TOKENS: usize = 32;
+/// Tokens per block of keys: one 512-bit register of f32 lanes.
+pub(crate) const KEY_BLOCK: usize = 16;
 
-/// Tokens a head's buffer grows by when it is full.
+/// Tokens a head's buffer grows by when it is full (a multiple of [`KEY_BLOCK`]).
 const GROWTH_TOKENS: usize = 128;
 
 /// The shape of the heads: `heads` query heads in `kv_heads` groups of `head_dim`.
@@ -65,77 +71,137 @@ impl Heads {
     }
 }
 
+/// Values of the blocks of keys that cover `tokens` tokens.
+fn key_values(tokens: usize, head_dim: usize) -> usize {
+    tokens.div_ceil(KEY_BLOCK) * KEY_BLOCK * head_dim
+}
+
+/// Grows `head` to `len` values, reserving by a fixed step rather than doubling: 16
+/// conversations in flight would otherwise hold up to twice their caches.
+fn grow_to(head: &mut Vec<f16>, len: usize, step: usize) {
+    if head.capacity() < len {
+        head.reserve_exact((len - head.len()).max(step));
+    }
+    head.resize(len, f16::ZERO);
+}
+
 impl HostKv {
     /// Appends tokens given token-major, `[tokens, kv_heads, head_dim]` each.
     pub(crate) fn append(&mut self, shape: Heads, keys: &[f32], values: &[f32]) {
-        for (heads, new) in [(&mut self.keys, keys), (&mut self.values, values)] {
-            let heads = Arc::make_mut(heads);
-            heads.resize_with(shape.kv_heads, Vec::new);
-            let per_head = new.len() / shape.kv_heads.max(1);
-            for head in heads.iter_mut() {
-                // Grown by a fixed step rather than doubled: 16 conversations in
-                // flight would otherwise hold up to twice their caches.
-                if head.capacity() - head.len() < per_head {
-                    head.reserve_exact(per_head.max(GROWTH_TOKENS * shape.head_dim));
+        let Heads {
+            kv_heads, head_dim, ..
+        } = shape;
+        let added = keys.len() / shape.kv_width().max(1);
+        let total = self.tokens + added;
+        let step = GROWTH_TOKENS * head_dim;
+        let key_heads = Arc::make_mut(&mut self.keys);
+        key_heads.resize_with(kv_heads, Vec::new);
+        let mut row = vec![f16::ZERO; head_dim];
+        for (h, head) in key_heads.iter_mut().enumerate() {
+            grow_to(head, key_values(total, head_dim), step);
+            for (t, keys) in (self.tokens..).zip(keys.chunks_exact(shape.kv_width())) {
+                row.convert_from_f32_slice(&keys[h * head_dim..][..head_dim]);
+                let block = &mut head[t / KEY_BLOCK * KEY_BLOCK * head_dim..];
+                for (d, &key) in row.iter().enumerate() {
+                    block[d * KEY_BLOCK + t % KEY_BLOCK] = key;
                 }
             }
-            for (i, row) in new.chunks_exact(shape.head_dim).enumerate() {
-                let head = &mut heads[i % shape.kv_heads];
-                let start = head.len();
-                head.resize(start + row.len(), f16::ZERO);
-                head[start..].convert_from_f32_slice(row);
+        }
+        let value_heads = Arc::make_mut(&mut self.values);
+        value_heads.resize_with(kv_heads, Vec::new);
+        for (h, head) in value_heads.iter_mut().enumerate() {
+            let start = head.len();
+            grow_to(head, total * head_dim, step);
+            for (to, values) in head[start..]
+                .chunks_exact_mut(head_dim)
+                .zip(values.chunks_exact(shape.kv_width()))
+            {
+                to.convert_from_f32_slice(&values[h * head_dim..][..head_dim]);
             }
         }
+        self.tokens = total;
     }
 
-    /// Keeps the first `values` of each head's keys and values (a whole number of
-    /// tokens): in place when no other cache shares the buffers, else by copying
-    /// only what is kept.
-    pub(crate) fn truncate(&mut self, values: usize) {
-        for heads in [&mut self.keys, &mut self.values] {
+    /// Keeps the first `tokens` tokens: in place when no other cache shares the
+    /// buffers, else by copying only what is kept.
+    pub(crate) fn truncate(&mut self, tokens: usize, shape: Heads) {
+        if tokens >= self.tokens {
+            return;
+        }
+        let kept = [
+            (&mut self.keys, key_values(tokens, shape.head_dim)),
+            (&mut self.values, tokens * shape.head_dim),
+        ];
+        for (heads, len) in kept {
             match Arc::get_mut(heads) {
-                Some(owned) => owned.iter_mut().for_each(|head| head.truncate(values)),
+                Some(owned) => owned.iter_mut().for_each(|head| head.truncate(len)),
                 None => {
-                    let kept = heads.iter().map(|h| h[..values.min(h.len())].to_vec());
+                    let kept = heads.iter().map(|h| h[..len.min(h.len())].to_vec());
                     *heads = Arc::new(kept.collect());
                 }
             }
         }
+        self.tokens = tokens;
     }
 
     /// Tokens held.
-    pub(crate) fn len(&self, shape: Heads) -> usize {
-        self.keys
-            .first()
-            .map_or(0, |keys| keys.len() / shape.head_dim.max(1))
+    pub(crate) fn len(&self) -> usize {
+        self.tokens
     }
 
     /// Keys and values head-major, `[kv_heads, tokens, head_dim]` each, in f32.
-    pub(crate) fn head_major(&self) -> (Vec<f32>, Vec<f32>) {
-        let (keys, values) = self.widened(usize::MAX);
-        (keys.concat(), values.concat())
+    pub(crate) fn head_major(&self, head_dim: usize) -> (Vec<f32>, Vec<f32>) {
+        let tokens = self.tokens;
+        let mut keys = Vec::with_capacity(self.keys.len() * tokens * head_dim);
+        for transposed in self.keys_transposed(tokens, head_dim) {
+            for t in 0..tokens {
+                keys.extend((0..head_dim).map(|d| transposed[d * tokens + t]));
+            }
+        }
+        (keys, self.values_widened(tokens, head_dim).concat())
     }
 
-    /// The first `values` keys and values of each head, in f32.
-    fn widened(&self, values: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-        let widen = |heads: &[Vec<f16>]| {
-            heads
-                .iter()
-                .map(|head| {
-                    let head = &head[..values.min(head.len())];
-                    let mut wide = vec![0f32; head.len()];
-                    head.convert_to_f32_slice(&mut wide);
-                    wide
-                })
-                .collect()
-        };
-        (widen(&self.keys), widen(&self.values))
+    /// Each head's keys of the first `tokens` tokens as an f32 matrix
+    /// `[head_dim, tokens]`: the right-hand side of a prompt's score GEMM.
+    fn keys_transposed(&self, tokens: usize, head_dim: usize) -> Vec<Vec<f32>> {
+        self.keys
+            .iter()
+            .map(|head| {
+                let mut wide = vec![0f32; head_dim * tokens];
+                let mut lanes = [0f32; KEY_BLOCK];
+                for (b, block) in head[..key_values(tokens, head_dim)]
+                    .chunks_exact(KEY_BLOCK * head_dim)
+                    .enumerate()
+                {
+                    let first = b * KEY_BLOCK;
+                    let count = KEY_BLOCK.min(tokens - first);
+                    for (d, keys) in block.chunks_exact(KEY_BLOCK).enumerate() {
+                        keys.convert_to_f32_slice(&mut lanes);
+                        wide[d * tokens + first..][..count].copy_from_slice(&lanes[..count]);
+                    }
+                }
+                wide
+            })
+            .collect()
+    }
+
+    /// Each head's values of the first `tokens` tokens in f32, `[tokens, head_dim]`.
+    fn values_widened(&self, tokens: usize, head_dim: usize) -> Vec<Vec<f32>> {
+        self.values
+            .iter()
+            .map(|head| {
+                let head = &head[..tokens * head_dim];
+                let mut wide = vec![0f32; head.len()];
+                head.convert_to_f32_slice(&mut wide);
+                wide
+            })
+            .collect()
     }
 
     /// The attention output of one query token over every token held,
     /// `[heads, head_dim]`, for `query` given as `[heads, head_dim]`.
     pub(crate) fn attend_one(&self, query: &[f32], shape: Heads, scale: f32) -> Vec<f32> {
-        self.attend_causal(self.len(shape), query, shape, scale)
+        self.attend_causal(self.len(), query, shape, scale)
     }
 
     /// Attention of the last tokens held, whose queries are `queries`
@@ -165,9 +231,10 @@ impl HostKv {
                     .zip(queries.chunks_exact(row))
                     .zip(out.chunks_exact_mut(group))
                 {
-                    let held = seen * head_dim;
-                    let (keys, values) = (&self.keys[g][..held], &self.values[g][..held]);
-                    attend_group(&q[g * group..][..group], keys, values, head_dim, scale, out);
+                    let keys = &self.keys[g][..key_values(seen, head_dim)];
+                    let values = &self.values[g][..seen * head_dim];
+                    let q = &q[g * group..][..group];
+                    attend_group(q, keys, values, head_dim, scale, out);
                 }
                 out
             })
@@ -191,7 +258,11 @@ impl HostKv {
         let row = shape.query_width();
         let rows = queries.len() / row;
         // The GEMMs read f32: each head's keys and values widened once.
-        let (all_keys, all_values) = self.widened((first + rows - 1) * head_dim);
+        let held = first + rows - 1;
+        let (all_keys, all_values) = (
+            self.keys_transposed(held, head_dim),
+            self.values_widened(held, head_dim),
+        );
         let tasks: Vec<(usize, usize)> = (0..heads)
             .flat_map(|head| {
                 (0..rows)
@@ -205,7 +276,6 @@ impl HostKv {
                 let count = PROMPT_ROWS.min(rows - start);
                 let seen = first + start + count - 1;
                 let (keys, values) = (&all_keys[head / group], &all_values[head / group]);
-                let (keys, values) = (&keys[..seen * head_dim], &values[..seen * head_dim]);
                 let q = MatRef::new(
                     &queries[start * row + head * head_dim..],
                     count,
@@ -214,7 +284,7 @@ impl HostKv {
                     1,
                 );
                 let mut scores = vec![0.0f32; count * seen];
-                let keys = MatRef::row_major(keys, seen, head_dim).t();
+                let keys = MatRef::new(keys, head_dim, seen, held, 1);
                 matmul(&mut scores, q, keys, scale, false, Threads::One);
                 for (sees, scores) in (first + start..).zip(scores.chunks_exact_mut(seen)) {
                     let (visible, hidden) = scores.split_at_mut(sees);
@@ -223,7 +293,7 @@ impl HostKv {
                 }
                 let mut out = vec![0.0f32; count * head_dim];
                 let scores = MatRef::row_major(&scores, count, seen);
-                let values = MatRef::row_major(values, seen, head_dim);
+                let values = MatRef::row_major(&values[..seen * head_dim], seen, head_dim);
                 matmul(&mut out, scores, values, 1.0, false, Threads::One);
                 out
             })
@@ -246,9 +316,8 @@ impl HostKv {
 const PROMPT_ROWS: usize = 32;
 
 /// Softmax attention of the query heads in `queries` (`[group, head_dim]`, one
-/// token) over the keys and values of one key/value head (`[tokens, head_dim]`
-/// each), written to `out` (`[group, head_dim]`). Keys and values are widened
-/// [`WIDEN_TOKENS`] at a time.
+/// token) over the keys (whole blocks) and values (`[tokens, head_dim]`) of one
+/// key/value head, written to `out` (`[group, head_dim]`).
 fn attend_group(
     queries: &[f32],
     keys: &[f16],
@@ -257,58 +326,142 @@ fn attend_group(
     scale: f32,
     out: &mut [f32],
 ) {
-    let tokens = keys.len() / head_dim;
+    let tokens = values.len() / head_dim;
     let group = queries.len() / head_dim;
-    let mut scores = vec![0.0f32; group * tokens];
-    let mut wide = vec![0.0f32; WIDEN_TOKENS * head_dim];
-    let chunk = WIDEN_TOKENS * head_dim;
-    for (c, keys) in keys.chunks(chunk).enumerate() {
-        let wide = &mut wide[..keys.len()];
-        keys.convert_to_f32_slice(wide);
-        score_tokens(
+    // Each query's scores take whole blocks; lanes past `tokens` are left out below.
+    let stride = tokens.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+    let mut scores = vec![0.0f32; group * stride];
+    let kernel = Kernel::for_heads(head_dim);
+    kernel.score(queries, keys, head_dim, scale, &mut scores, stride);
+    for row in scores.chunks_exact_mut(stride) {
+        softmax_rows(&mut row[..tokens], tokens);
+    }
+    kernel.weigh(&scores, stride, values, head_dim, out);
+}
+
+/// Which build of the decoding-step kernels runs: AVX-512 reads the half-precision
+/// cache in place (`vcvtph2ps` widens a load), the plain one widens a block at a
+/// time into f32 first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    Plain,
+}
+
+impl Kernel {
+    fn for_heads(head_dim: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if head_dim.is_multiple_of(avx512::LANES) && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            return Kernel::Avx512;
+        }
+        let _ = head_dim;
+        Kernel::Plain
+    }
+
+    /// `scores[g * stride + t] = scale · queries[g] · key[t]` for every token of the
+    /// blocks in `keys`.
+    fn score(
+        self,
+        queries: &[f32],
+        keys: &[f16],
+        head_dim: usize,
+        scale: f32,
+        scores: &mut [f32],
+        stride: usize,
+    ) {
+        match self {
+            // SAFETY: `for_heads` chose this build only where the CPU has AVX-512F and
+            // `head_dim` is whole registers.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                avx512::score(queries, keys, head_dim, scale, scores, stride)
+            },
+            Kernel::Plain => plain_score(queries, keys, head_dim, scale, scores, stride),
+        }
+    }
+
+    /// `out[g] = Σ_t scores[g * stride + t] · value[t]`.
+    fn weigh(
+        self,
+        scores: &[f32],
+        stride: usize,
+        values: &[f16],
+        head_dim: usize,
+        out: &mut [f32],
+    ) {
+        match self {
+            // SAFETY: as for `score`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::weigh(scores, stride, values, head_dim, out) },
+            Kernel::Plain => plain_weigh(scores, stride, values, head_dim, out),
+        }
+    }
+}
+
+/// [`Kernel::score`] on keys widened a block at a time.
+fn plain_score(
+    queries: &[f32],
+    keys: &[f16],
+    head_dim: usize,
+    scale: f32,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    let mut wide = vec![0f32; KEY_BLOCK * head_dim];
+    for (b, block) in keys.chunks_exact(KEY_BLOCK * head_dim).enumerate() {
+        block.convert_to_f32_slice(&mut wide);
+        score_block(
             queries,
-            wide,
+            &wide,
             head_dim,
             scale,
-            &mut scores,
-            tokens,
-            c * WIDEN_TOKENS,
+            scores,
+            stride,
+            b * KEY_BLOCK,
         );
-    }
-    softmax_each(&mut scores, tokens);
-    out.fill(0.0);
-    for (c, values) in values.chunks(chunk).enumerate() {
-        let wide = &mut wide[..values.len()];
-        values.convert_to_f32_slice(wide);
-        weigh_values(&scores, wide, head_dim, out, tokens, c * WIDEN_TOKENS);
     }
 }
 
 multiversion! {
-    /// The scores of the group's queries against keys of tokens `first..`:
-    /// `scores[g * tokens + t]`.
-    fn score_tokens<M>(
+    /// The scores of one block of widened keys (`[head_dim, KEY_BLOCK]`), tokens
+    /// `first..first + KEY_BLOCK`.
+    fn score_block<M>(
         queries: &[f32],
-        keys: &[f32],
+        block: &[f32],
         head_dim: usize,
         scale: f32,
         scores: &mut [f32],
-        tokens: usize,
+        stride: usize,
         first: usize,
     ) {
-        for (t, k) in (first..).zip(keys.chunks_exact(head_dim)) {
-            for (g, q) in queries.chunks_exact(head_dim).enumerate() {
-                scores[g * tokens + t] = dot::<M>(q, k) * scale;
+        for (q, scores) in queries.chunks_exact(head_dim).zip(scores.chunks_exact_mut(stride)) {
+            let mut lanes = [0f32; KEY_BLOCK];
+            for (&q, keys) in q.iter().zip(block.chunks_exact(KEY_BLOCK)) {
+                for (lane, &key) in lanes.iter_mut().zip(keys) {
+                    *lane = M::mul_add(q, key, *lane);
+                }
+            }
+            for (score, lane) in scores[first..first + KEY_BLOCK].iter_mut().zip(lanes) {
+                *score = lane * scale;
             }
         }
     }
 }
 
-multiversion! {
-    fn softmax_each<M>(scores: &mut [f32], tokens: usize) {
-        for row in scores.chunks_exact_mut(tokens.max(1)) {
-            softmax::<M>(row);
-        }
+/// Tokens of values widened to f32 at a time by [`plain_weigh`]: a few KiB that
+/// stay in the first-level cache.
+const WIDEN_TOKENS: usize = 32;
+
+/// [`Kernel::weigh`] on values widened [`WIDEN_TOKENS`] at a time.
+fn plain_weigh(scores: &[f32], stride: usize, values: &[f16], head_dim: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let mut wide = vec![0f32; WIDEN_TOKENS * head_dim];
+    for (c, values) in values.chunks(WIDEN_TOKENS * head_dim).enumerate() {
+        let wide = &mut wide[..values.len()];
+        values.convert_to_f32_slice(wide);
+        weigh_values(scores, wide, head_dim, out, stride, c * WIDEN_TOKENS);
     }
 }
 
@@ -319,16 +472,157 @@ multiversion! {
         values: &[f32],
         head_dim: usize,
         out: &mut [f32],
-        tokens: usize,
+        stride: usize,
         first: usize,
     ) {
         for (t, v) in (first..).zip(values.chunks_exact(head_dim)) {
             for (g, o) in out.chunks_exact_mut(head_dim).enumerate() {
-                let weight = scores[g * tokens + t];
+                let weight = scores[g * stride + t];
                 for (o, &v) in o.iter_mut().zip(v) {
                     *o = M::mul_add(weight, v, *o);
                 }
             }
+        }
+    }
+}
+
+/// The decoding-step kernels with AVX-512: every sum in registers, the
+/// half-precision cache widened as it is loaded.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::KEY_BLOCK;
+
+    /// f32 lanes of a register.
+    pub(super) const LANES: usize = 16;
+
+    /// Query heads taken together: each holds one register of sums per lane block.
+    const HEADS: usize = 8;
+
+    /// [`Kernel::score`](super::Kernel::score); `head_dim` is whole registers.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn score(
+        queries: &[f32],
+        keys: &[f16],
+        head_dim: usize,
+        scale: f32,
+        scores: &mut [f32],
+        stride: usize,
+    ) {
+        let block_values = KEY_BLOCK * head_dim;
+        assert!(keys.len().is_multiple_of(block_values) && keys.len() / head_dim <= stride);
+        assert!(scores.len() * head_dim >= queries.len() * stride);
+        for (chunk, queries) in queries.chunks(HEADS * head_dim).enumerate() {
+            let scores = &mut scores[chunk * HEADS * stride..];
+            macro_rules! heads {
+                ($($g:literal),*) => {
+                    match queries.len() / head_dim {
+                        $($g => score_heads::<$g>(queries, keys, head_dim, scale, scores, stride),)*
+                        _ => unreachable!("chunks of 1 to {HEADS} heads"),
+                    }
+                };
+            }
+            heads!(1, 2, 3, 4, 5, 6, 7, 8);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn score_heads<const G: usize>(
+        queries: &[f32],
+        keys: &[f16],
+        head_dim: usize,
+        scale: f32,
+        scores: &mut [f32],
+        stride: usize,
+    ) {
+        let scale = _mm512_set1_ps(scale);
+        let q = queries.as_ptr();
+        for (b, block) in keys.chunks_exact(KEY_BLOCK * head_dim).enumerate() {
+            let mut sums = [_mm512_setzero_ps(); G];
+            let block = block.as_ptr() as *const __m256i;
+            for d in 0..head_dim {
+                let keys = _mm512_cvtph_ps(_mm256_loadu_si256(block.add(d)));
+                for (g, sum) in sums.iter_mut().enumerate() {
+                    let query = _mm512_set1_ps(*q.add(g * head_dim + d));
+                    *sum = _mm512_fmadd_ps(query, keys, *sum);
+                }
+            }
+            for (g, sum) in sums.iter().enumerate() {
+                let at = scores.as_mut_ptr().add(g * stride + b * KEY_BLOCK);
+                _mm512_storeu_ps(at, _mm512_mul_ps(*sum, scale));
+            }
+        }
+    }
+
+    /// [`Kernel::weigh`](super::Kernel::weigh); `head_dim` is whole registers.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weigh(
+        scores: &[f32],
+        stride: usize,
+        values: &[f16],
+        head_dim: usize,
+        out: &mut [f32],
+    ) {
+        let tokens = values.len() / head_dim;
+        let group = out.len() / head_dim;
+        assert!(tokens <= stride && scores.len() >= group * stride);
+        for (chunk, out) in out.chunks_mut(HEADS * head_dim).enumerate() {
+            let scores = &scores[chunk * HEADS * stride..];
+            macro_rules! heads {
+                ($($g:literal),*) => {
+                    match out.len() / head_dim {
+                        $($g => weigh_heads::<$g>(scores, stride, values, head_dim, out),)*
+                        _ => unreachable!("chunks of 1 to {HEADS} heads"),
+                    }
+                };
+            }
+            heads!(1, 2, 3, 4, 5, 6, 7, 8);
+        }
+    }
+
+    /// Two registers of dimensions at a time (one where `head_dim` is odd in
+    /// registers): `G × 2` sums and the two registers of values stay in registers.
+    #[inline(always)]
+    unsafe fn weigh_heads<const G: usize>(
+        scores: &[f32],
+        stride: usize,
+        values: &[f16],
+        head_dim: usize,
+        out: &mut [f32],
+    ) {
+        let tokens = values.len() / head_dim;
+        let v = values.as_ptr();
+        let s = scores.as_ptr();
+        let mut d = 0;
+        while d < head_dim {
+            let pair = d + 2 * LANES <= head_dim;
+            let mut sums = [[_mm512_setzero_ps(); 2]; G];
+            for t in 0..tokens {
+                let at = v.add(t * head_dim + d) as *const __m256i;
+                let low = _mm512_cvtph_ps(_mm256_loadu_si256(at));
+                let high = match pair {
+                    true => _mm512_cvtph_ps(_mm256_loadu_si256(at.add(1))),
+                    false => _mm512_setzero_ps(),
+                };
+                for (g, sums) in sums.iter_mut().enumerate() {
+                    let weight = _mm512_set1_ps(*s.add(g * stride + t));
+                    sums[0] = _mm512_fmadd_ps(weight, low, sums[0]);
+                    if pair {
+                        sums[1] = _mm512_fmadd_ps(weight, high, sums[1]);
+                    }
+                }
+            }
+            for (g, sums) in sums.iter().enumerate() {
+                let at = out.as_mut_ptr().add(g * head_dim + d);
+                _mm512_storeu_ps(at, sums[0]);
+                if pair {
+                    _mm512_storeu_ps(at.add(LANES), sums[1]);
+                }
+            }
+            d += if pair { 2 * LANES } else { LANES };
         }
     }
 }
@@ -394,8 +688,8 @@ mod tests {
         let want = naive(&query, &as_held(&keys), &as_held(&values), shape, 0.3);
         assert_close(&got, &want);
         // The clone taken before the last append still holds eight tokens.
-        assert_eq!(shared.len(shape), 8);
-        assert_eq!(kv.len(shape), 9);
+        assert_eq!(shared.len(), 8);
+        assert_eq!(kv.len(), 9);
     }
 
     /// Rows fed together see only the tokens up to their own, on both paths: one
@@ -443,6 +737,54 @@ mod tests {
                     0.125,
                 );
                 assert_close(got, &want);
+            }
+        }
+    }
+
+    /// Both builds of the step's kernels against the definition, for every number
+    /// of query heads a chunk of them can hold (and more), head widths of one and
+    /// of several registers, and contexts that end inside a block of keys.
+    #[test]
+    fn each_build_of_the_step_attends_as_the_definition() {
+        let mut builds = vec![Kernel::Plain];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            builds.push(Kernel::Avx512);
+        } else {
+            eprintln!("this CPU has no AVX-512: only the plain build is checked");
+        }
+        for (group, head_dim, tokens) in [
+            (1, 16, 1),
+            (3, 64, 17),
+            (7, 64, 40),
+            (8, 48, 16),
+            (11, 128, 33),
+        ] {
+            let shape = Heads {
+                heads: group,
+                kv_heads: 1,
+                head_dim,
+            };
+            let (keys, values) = (numbers(head_dim * tokens, 7), numbers(head_dim * tokens, 8));
+            let mut kv = HostKv::default();
+            kv.append(shape, &keys, &values);
+            let query = numbers(group * head_dim, 9);
+            let want = naive(&query, &as_held(&keys), &as_held(&values), shape, 0.2);
+            for &build in &builds {
+                let stride = tokens.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+                let mut scores = vec![0f32; group * stride];
+                build.score(&query, &kv.keys[0], head_dim, 0.2, &mut scores, stride);
+                for row in scores.chunks_exact_mut(stride) {
+                    softmax_rows(&mut row[..tokens], tokens);
+                }
+                let mut got = vec![0f32; group * head_dim];
+                build.weigh(&scores, stride, &kv.values[0], head_dim, &mut got);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() < 1e-5,
+                        "{build:?}, {group} heads of {head_dim}: {g} vs {w}"
+                    );
+                }
             }
         }
     }

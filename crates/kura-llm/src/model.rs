@@ -276,11 +276,10 @@ impl Model {
         if len >= cache.len {
             return Ok(());
         }
-        let values = len * self.config.head_dim;
         for slot in &mut cache.layers {
             match slot {
                 LayerKv::Empty => {}
-                LayerKv::Host(kv) => kv.truncate(values),
+                LayerKv::Host(kv) => kv.truncate(len, self.config.heads()),
                 LayerKv::Device(k, v) => {
                     *slot = LayerKv::Device(k.narrow(2, 0, len)?, v.narrow(2, 0, len)?);
                 }
@@ -808,8 +807,8 @@ impl Model {
         let token_major = |t: &Tensor| t.squeeze(0)?.transpose(0, 1)?.flatten_all()?.to_vec1();
         let kv = host_kv(slot);
         kv.append(shape, &token_major(k)?, &token_major(v)?);
-        let tokens = kv.len(shape);
-        let (keys, values) = kv.head_major();
+        let tokens = kv.len();
+        let (keys, values) = kv.head_major(c.head_dim);
         let as_heads =
             |buf: Vec<f32>| Tensor::from_vec(buf, (1, c.kv_heads, tokens, c.head_dim), q.device());
         let k = repeat_kv(as_heads(keys)?, c.heads / c.kv_heads)?;
