@@ -31,6 +31,7 @@
 
 use std::ops::Range;
 
+use kura_simd::silu_times;
 use rayon::prelude::*;
 
 mod int8;
@@ -345,6 +346,22 @@ impl Q8Matrix {
         match self.layout {
             Layout::Int8 => self.groups().matmul_parts(xs, widths),
             Layout::Panels => split_columns(&self.panel_product(xs), widths),
+        }
+    }
+
+    /// silu(gate) · up, `m × rows / 2`, for a stack of a gate and an up projection
+    /// of equal widths in whole groups. In the int8 layout each task multiplies its
+    /// rows of both and applies the activation while they are in cache, so neither
+    /// product is written out whole (for a 512-token Qwen prompt, 20 MB a layer).
+    pub(crate) fn gated_product(&self, xs: &[f32]) -> Vec<f32> {
+        let width = self.rows / 2;
+        match self.layout {
+            Layout::Int8 => self.groups().gated_product(xs),
+            Layout::Panels => {
+                let [mut gate, up] = self.matmul_parts(xs, [width, width]);
+                silu_times(&mut gate, &up);
+                gate
+            }
         }
     }
 
@@ -1025,6 +1042,24 @@ mod tests {
         }
     }
 
+    /// The gated product gives the bits of the two products and the activation
+    /// applied afterwards, in both layouts, for rows within one tile and across
+    /// several.
+    #[test]
+    fn the_gated_product_is_the_activation_of_both_parts() {
+        let (width, cols) = (96, 128);
+        for layout in LAYOUTS {
+            let q = Q8Matrix::quantize(layout, &numbers(2 * width * cols, 51), 2 * width, cols)
+                .unwrap();
+            for m in [1, 3, 7, 13] {
+                let xs = numbers(m * cols, 52 + m as u64);
+                let [mut gate, up] = q.matmul_parts(&xs, [width, width]);
+                silu_times(&mut gate, &up);
+                assert_eq!(q.gated_product(&xs), gate, "{layout:?}, {m} rows");
+            }
+        }
+    }
+
     /// Activations rounded sixteen at a time (AVX-512) are the bytes, scales and
     /// sums of the plain code, and each block's largest magnitude becomes ±127.
     #[test]
@@ -1054,7 +1089,8 @@ mod tests {
             Q8Matrix::quantize(Layout::Int8, &numbers(rows * cols, 21), rows, cols).unwrap();
         let with_offsets = q4(Layout::Int8, rows, cols, GgmlDType::Q4_0);
         for q in [&symmetric, &with_offsets] {
-            for m in 1..=6 {
+            // One tile of rows and several, the last one part full.
+            for m in (1..=6).chain([11, 13]) {
                 let xs = numbers(m * cols, 30 + m as u64);
                 let got = q.matmul(&xs);
                 let want = int8::portable_product(&q.groups(), &xs);

@@ -207,6 +207,16 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// `gate[i] = silu(gate[i]) · up[i]`: the gated activation of a SwiGLU
+    /// feed-forward layer.
+    pub fn silu_times<M>(gate: &mut [f32], up: &[f32]) {
+        for (g, &u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + exp::<M>(-*g)) * u;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::f32::consts::LN_2;

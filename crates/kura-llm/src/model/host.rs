@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 use candle_core::{Storage, Tensor};
-use kura_simd::{dot, exp, multiversion};
+use kura_simd::{dot, multiversion, silu_times};
 use rayon::prelude::*;
 
 use super::prompt::prompt_product;
@@ -190,25 +190,19 @@ impl Weights<'_> {
         }
     }
 
-    /// The gate and up projections of `xs`.
-    fn gate_up(
-        self,
-        layer: &Layer,
-        host: &HostLayer,
-        xs: &[f32],
-    ) -> Result<(Vec<f32>, Vec<f32>), LlmError> {
+    /// The gated activation of `xs`: silu(gate) · up, the input of the down
+    /// projection.
+    fn gated(self, layer: &Layer, host: &HostLayer, xs: &[f32]) -> Result<Vec<f32>, LlmError> {
         match self {
-            Weights::Packed => {
-                let width = host.gate_up.rows() / 2;
-                let [gate, up] = host.gate_up.matmul_parts(xs, [width, width]);
-                Ok((gate, up))
-            }
+            Weights::Packed => Ok(host.gate_up.gated_product(xs)),
             Weights::Dense(slab) => {
                 let width = host.gate_up.rows() / 2;
-                Ok((
-                    prompt_product(&layer.gate, &host.gate_up, 0..width, xs, None, slab)?,
-                    prompt_product(&layer.up, &host.gate_up, width..2 * width, xs, None, slab)?,
-                ))
+                let mut gate =
+                    prompt_product(&layer.gate, &host.gate_up, 0..width, xs, None, slab)?;
+                let up =
+                    prompt_product(&layer.up, &host.gate_up, width..2 * width, xs, None, slab)?;
+                silu_times(&mut gate, &up);
+                Ok(gate)
             }
         }
     }
@@ -256,9 +250,8 @@ impl Model {
             let attended = self.attend_each(host, index, qkv, &counts, caches);
             add_rows(&mut xs, &weights.plain(&layer.o, &attended)?);
             let normed = rms_norm_rows(&xs, &norms.ffn_norm, c.rms_eps);
-            let (mut gate, up) = weights.gate_up(layer, norms, &normed)?;
-            silu_times(&mut gate, &up);
-            add_rows(&mut xs, &weights.plain(&layer.down, &gate)?);
+            let gated = weights.gated(layer, norms, &normed)?;
+            add_rows(&mut xs, &weights.plain(&layer.down, &gated)?);
         }
         for (cache, count) in caches.iter_mut().zip(&counts) {
             cache.len += count;
@@ -437,15 +430,6 @@ multiversion! {
             }
         }
         out
-    }
-}
-
-multiversion! {
-    /// `gate[i] = silu(gate[i]) · up[i]`.
-    fn silu_times<M>(gate: &mut [f32], up: &[f32]) {
-        for (g, &u) in gate.iter_mut().zip(up) {
-            *g = *g / (1.0 + exp::<M>(-*g)) * u;
-        }
     }
 }
 
