@@ -3,13 +3,12 @@
 //! time.
 //!
 //! Why plain loops and not intrinsics: written as fixed-width partial sums and
-//! branch-free polynomials (no libm calls), LLVM turns them into eight-lane code
-//! under `#[target_feature]`, and the same source is the portable fallback, so one
-//! binary runs everywhere while the exp of every attention score runs eight at a
-//! or sixteen at a time on the machines we care about. [`multiversion!`] does the
-//! compiling;
-//! the helpers here are `#[inline(always)]` so that they take the flavour of the
-//! kernel they are inlined into. The embedder and the LLM share them, and
+//! branch-free polynomials (no libm calls), LLVM turns them into vector code under
+//! `#[target_feature]`, and the same source is the portable fallback, so one binary
+//! runs everywhere while the exp of every attention score runs eight or sixteen at
+//! a time on the machines we care about. [`multiversion!`] does the compiling; the
+//! helpers here are `#[inline(always)]` so that they take the flavour of the kernel
+//! they are inlined into. The embedder and the LLM share them, and
 //! [`matmul`]: the `gemm` crate's product behind a checked, safe signature.
 
 use std::f32::consts::LOG2_E;
