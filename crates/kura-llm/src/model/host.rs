@@ -190,11 +190,15 @@ impl Weights<'_> {
         }
     }
 
-    /// The gated activation of `xs`: silu(gate) · up, the input of the down
-    /// projection.
-    fn gated(self, layer: &Layer, host: &HostLayer, xs: &[f32]) -> Result<Vec<f32>, LlmError> {
+    /// The feed-forward block of `xs`: `down · (silu(gate) · up)`.
+    fn feed_forward(
+        self,
+        layer: &Layer,
+        host: &HostLayer,
+        xs: &[f32],
+    ) -> Result<Vec<f32>, LlmError> {
         match self {
-            Weights::Packed => Ok(host.gate_up.gated_product(xs)),
+            Weights::Packed => Ok(host.gate_up.feed_forward(packed(&layer.down), xs)),
             Weights::Dense(slab) => {
                 let width = host.gate_up.rows() / 2;
                 let mut gate =
@@ -202,7 +206,7 @@ impl Weights<'_> {
                 let up =
                     prompt_product(&layer.up, &host.gate_up, width..2 * width, xs, None, slab)?;
                 silu_times(&mut gate, &up);
-                Ok(gate)
+                self.plain(&layer.down, &gate)
             }
         }
     }
@@ -250,8 +254,7 @@ impl Model {
             let attended = self.attend_each(host, index, qkv, &counts, caches);
             add_rows(&mut xs, &weights.plain(&layer.o, &attended)?);
             let normed = rms_norm_rows(&xs, &norms.ffn_norm, c.rms_eps);
-            let gated = weights.gated(layer, norms, &normed)?;
-            add_rows(&mut xs, &weights.plain(&layer.down, &gated)?);
+            add_rows(&mut xs, &weights.feed_forward(layer, norms, &normed)?);
         }
         for (cache, count) in caches.iter_mut().zip(&counts) {
             cache.len += count;

@@ -73,15 +73,7 @@ type RoundBlock = fn(&[f32], &mut [i8]) -> (f32, i32);
 
 impl Activations {
     pub(super) fn new(xs: &[f32], cols: usize) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if supported() {
-            // SAFETY: the CPU has the features the code is compiled for (and the
-            // blocks `rounded_by` passes are whole, which the function checks).
-            return Self::rounded_by(xs, cols, |xs, bytes| unsafe {
-                vnni::round_block(xs, bytes)
-            });
-        }
-        Self::rounded_by(xs, cols, round_block)
+        Self::rounded_by(xs, cols, rounder())
     }
 
     /// The rows rounded a block at a time by `round`, blocks in parallel.
@@ -144,6 +136,17 @@ kura_simd::multiversion! {
     }
 }
 
+/// The fastest rounding of a block this CPU runs.
+fn rounder() -> RoundBlock {
+    #[cfg(target_arch = "x86_64")]
+    if supported() {
+        // SAFETY: the CPU has the features the code is compiled for (and the
+        // blocks passed are whole, which the function checks).
+        return |xs, bytes| unsafe { vnni::round_block(xs, bytes) };
+    }
+    round_block
+}
+
 /// The group-layout matrix a product reads.
 pub(super) struct Groups<'a> {
     pub(super) rows: usize,
@@ -165,7 +168,15 @@ impl Groups<'_> {
         xs: &[f32],
         widths: [usize; N],
     ) -> [Vec<f32>; N] {
-        let x = Activations::new(xs, self.cols);
+        self.rounded_parts(&Activations::new(xs, self.cols), widths)
+    }
+
+    /// [`Groups::matmul_parts`] of activations already rounded.
+    pub(super) fn rounded_parts<const N: usize>(
+        &self,
+        x: &Activations,
+        widths: [usize; N],
+    ) -> [Vec<f32>; N] {
         let m = x.rows;
         // Not zeroed: the pass below writes every value (each group's lanes, for
         // every row), and zeroing them first took 5% of a prompt's time.
@@ -200,7 +211,7 @@ impl Groups<'_> {
                 let first = task * GROUPS_PER_TASK;
                 self.multiply(
                     first..groups.min(first + GROUPS_PER_TASK),
-                    &x,
+                    x,
                     |g, i, sums| {
                         let row = g * GROUP;
                         let part = parts
@@ -223,23 +234,34 @@ impl Groups<'_> {
         outs
     }
 
-    /// silu(gate) · up, `m × rows / 2`, where the first half of the rows is the gate
-    /// projection and the second half the up projection (whole groups each). Each
-    /// task takes a run of gate groups and the same run of up groups, and writes
-    /// the activation of its columns only.
-    pub(super) fn gated_product(&self, xs: &[f32]) -> Vec<f32> {
+    /// silu(gate) · up rounded to bytes as a product reads them, `m × rows / 2`,
+    /// where the first half of the rows is the gate projection and the second half
+    /// the up projection (whole blocks each). Each task takes a run of gate groups
+    /// (whole blocks of the result) and the same run of up groups, and rounds the
+    /// activation of its columns while they are in cache: the f32 activation is
+    /// never written out, nor read back to be rounded.
+    pub(super) fn gated_rounded(&self, xs: &[f32]) -> Activations {
+        const { assert!((GROUPS_PER_TASK * GROUP).is_multiple_of(BLOCK)) };
         let x = Activations::new(xs, self.cols);
         let (m, width) = (x.rows, self.rows / 2);
         assert!(
-            width.is_multiple_of(GROUP) && 2 * width == self.rows,
-            "a gate and an up projection of the same whole groups"
+            width.is_multiple_of(BLOCK) && 2 * width == self.rows,
+            "a gate and an up projection of the same whole blocks"
         );
-        let mut out = Vec::<f32>::with_capacity(m * width);
-        let part = Part {
-            values: out.as_mut_ptr(),
-            width,
-            first_row: 0,
+        let blocks = width / BLOCK;
+        let mut out = Activations {
+            rows: m,
+            blocks,
+            bytes: vec![0; m * width],
+            scales: vec![0.0; m * blocks],
+            totals: vec![0; m * blocks],
         };
+        let rounded = RoundedBlocks {
+            bytes: out.bytes.as_mut_ptr(),
+            scales: out.scales.as_mut_ptr(),
+            totals: out.totals.as_mut_ptr(),
+        };
+        let round = rounder();
         let groups = width / GROUP;
         (0..groups.div_ceil(GROUPS_PER_TASK))
             .into_par_iter()
@@ -262,14 +284,19 @@ impl Groups<'_> {
                     product
                 });
                 silu_times(&mut gate, &up);
+                let mut bytes = [0i8; BLOCK];
+                let first_block = first * GROUP / BLOCK;
                 for (i, row) in gate.chunks_exact(columns).enumerate() {
-                    // SAFETY: row `i < m`, columns `first · GROUP ..` + `columns` of
-                    // `width`: inside `out`'s capacity, and this task's columns alone.
-                    unsafe { part.write(i * width + first * GROUP, row) };
+                    for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
+                        let (scale, total) = round(xs, &mut bytes);
+                        // SAFETY: row `i < m`, block `first_block + b < blocks`: this
+                        // task's blocks alone, inside `out`.
+                        unsafe {
+                            rounded.write(i * blocks + first_block + b, &bytes, scale, total)
+                        };
+                    }
                 }
             });
-        // SAFETY: the tasks' columns cover all `width` columns of every row.
-        unsafe { out.set_len(m * width) };
         out
     }
 
@@ -328,6 +355,29 @@ impl Part {
         }
     }
 }
+
+/// Where [`Groups::gated_rounded`]'s tasks write their blocks.
+struct RoundedBlocks {
+    bytes: *mut i8,
+    scales: *mut f32,
+    totals: *mut i32,
+}
+
+impl RoundedBlocks {
+    /// Writes block `at` (counted over all rows' blocks).
+    ///
+    /// # Safety
+    /// `at` is a block of the activations written, and no other thread writes it.
+    unsafe fn write(&self, at: usize, bytes: &[i8; BLOCK], scale: f32, total: i32) {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.bytes.add(at * BLOCK), BLOCK);
+        *self.scales.add(at) = scale;
+        *self.totals.add(at) = total;
+    }
+}
+
+// SAFETY: tasks write disjoint blocks (see `Groups::gated_rounded`).
+unsafe impl Send for RoundedBlocks {}
+unsafe impl Sync for RoundedBlocks {}
 
 // SAFETY: the parts are written through disjoint groups of columns, one task each
 // (see `Groups::matmul_parts`).
