@@ -27,7 +27,7 @@ use rayon::prelude::*;
 /// FMA per dimension and query head, each lane a dimension.
 ///
 /// Held in half precision, as llama.cpp holds them by default: at the summariser's
-/// contexts (1,000+ tokens, 16 conversations in flight) the caches were the larger
+/// contexts (1,000+ tokens, many conversations in flight) the caches were the larger
 /// part of its memory. Half precision took the peak of a Qwen summariser run from
 /// 1737 to 1432 MiB and of SmolLM2's from 1461 to 1012.
 #[derive(Clone, Debug, Default)]
