@@ -502,6 +502,24 @@ mod avx512 {
     /// Query heads taken together: each holds one register of sums per lane block.
     const HEADS: usize = 8;
 
+    /// Calls `$kernel::<G>(..)` with `G` = `$heads`, the query heads of a chunk (1
+    /// to [`HEADS`]), so that each count keeps its sums in registers.
+    macro_rules! with_heads {
+        ($heads:expr, $kernel:ident($($arg:expr),*)) => {
+            match $heads {
+                1 => $kernel::<1>($($arg),*),
+                2 => $kernel::<2>($($arg),*),
+                3 => $kernel::<3>($($arg),*),
+                4 => $kernel::<4>($($arg),*),
+                5 => $kernel::<5>($($arg),*),
+                6 => $kernel::<6>($($arg),*),
+                7 => $kernel::<7>($($arg),*),
+                8 => $kernel::<8>($($arg),*),
+                _ => unreachable!("chunks of 1 to {HEADS} heads"),
+            }
+        };
+    }
+
     /// [`Kernel::score`](super::Kernel::score); `head_dim` is whole registers.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn score(
@@ -517,15 +535,11 @@ mod avx512 {
         assert!(scores.len() * head_dim >= queries.len() * stride);
         for (chunk, queries) in queries.chunks(HEADS * head_dim).enumerate() {
             let scores = &mut scores[chunk * HEADS * stride..];
-            macro_rules! heads {
-                ($($g:literal),*) => {
-                    match queries.len() / head_dim {
-                        $($g => score_heads::<$g>(queries, keys, head_dim, scale, scores, stride),)*
-                        _ => unreachable!("chunks of 1 to {HEADS} heads"),
-                    }
-                };
-            }
-            heads!(1, 2, 3, 4, 5, 6, 7, 8);
+            let heads = queries.len() / head_dim;
+            with_heads!(
+                heads,
+                score_heads(queries, keys, head_dim, scale, scores, stride)
+            );
         }
     }
 
@@ -571,15 +585,8 @@ mod avx512 {
         assert!(tokens <= stride && scores.len() >= group * stride);
         for (chunk, out) in out.chunks_mut(HEADS * head_dim).enumerate() {
             let scores = &scores[chunk * HEADS * stride..];
-            macro_rules! heads {
-                ($($g:literal),*) => {
-                    match out.len() / head_dim {
-                        $($g => weigh_heads::<$g>(scores, stride, values, head_dim, out),)*
-                        _ => unreachable!("chunks of 1 to {HEADS} heads"),
-                    }
-                };
-            }
-            heads!(1, 2, 3, 4, 5, 6, 7, 8);
+            let heads = out.len() / head_dim;
+            with_heads!(heads, weigh_heads(scores, stride, values, head_dim, out));
         }
     }
 
