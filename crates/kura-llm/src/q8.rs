@@ -1043,27 +1043,73 @@ mod tests {
         }
     }
 
-    /// The feed-forward gives the bits of the two products, the activation and the
-    /// down product one after another, in both layouts, for rows within one tile
-    /// and across several.
+    /// The feed-forward is the definition, `down · (silu(gate) · up)` summed in f64
+    /// over the weights and the inputs as the product sees them: within f32's
+    /// rounding in panels, and the activation's 8-bit rounding in the int8 layout, where it
+    /// also gives the bits of the unfused products one after another (a separate
+    /// path: the f32 activation written out, then rounded). Rows within one tile and
+    /// across several.
     #[test]
-    fn the_feed_forward_is_its_products_in_turn() {
+    fn the_feed_forward_is_the_definition() {
         let (width, cols) = (96, 128);
         for layout in LAYOUTS {
             let gate_up =
                 Q8Matrix::quantize(layout, &numbers(2 * width * cols, 51), 2 * width, cols)
                     .unwrap();
             let down = Q8Matrix::quantize(layout, &numbers(cols * width, 53), cols, width).unwrap();
+            let (gate_up_weights, down_weights) = (dequantized(&gate_up), dequantized(&down));
             for m in [1, 3, 7, 13] {
                 let xs = numbers(m * cols, 52 + m as u64);
-                let [mut gate, up] = gate_up.matmul_parts(&xs, [width, width]);
-                silu_times(&mut gate, &up);
-                let want = down.matmul(&gate);
-                assert_eq!(
-                    gate_up.feed_forward(&down, &xs),
-                    want,
-                    "{layout:?}, {m} rows"
-                );
+                let got = gate_up.feed_forward(&down, &xs);
+                assert_eq!(got.len(), m * cols);
+                let seen = as_multiplied(layout, &xs, cols);
+                for (i, (x, got)) in seen.chunks(cols).zip(got.chunks(cols)).enumerate() {
+                    let row = |weights: &[f32], r: usize, xs: &[f64]| -> f64 {
+                        let row = &weights[r * xs.len()..][..xs.len()];
+                        row.iter().zip(xs).map(|(&w, x)| w as f64 * x).sum()
+                    };
+                    let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                    let gated: Vec<f64> = (0..width)
+                        .map(|r| {
+                            let (g, u) = (
+                                row(&gate_up_weights, r, &x),
+                                row(&gate_up_weights, width + r, &x),
+                            );
+                            g / (1.0 + (-g).exp()) * u
+                        })
+                        .collect();
+                    // f32's rounding, relative to the sum of the terms' magnitudes;
+                    // in int8 also the activation's rounding to 8 bits: each value
+                    // moves by at most half a step, its block's largest over 254.
+                    let moved: Vec<f64> = match layout {
+                        Layout::Panels => vec![0.0; width],
+                        Layout::Int8 => gated
+                            .chunks(BLOCK)
+                            .flat_map(|block| {
+                                let largest = block.iter().fold(0f64, |m, v| m.max(v.abs()));
+                                vec![largest / 254.0; block.len()]
+                            })
+                            .collect(),
+                    };
+                    for (r, &got) in got.iter().enumerate() {
+                        let want = row(&down_weights, r, &gated);
+                        let weights = &down_weights[r * width..][..width];
+                        let bound: f64 = weights
+                            .iter()
+                            .zip(gated.iter().zip(&moved))
+                            .map(|(&w, (h, moved))| (w as f64).abs() * (1e-5 * h.abs() + moved))
+                            .sum();
+                        assert!(
+                            (got as f64 - want).abs() <= bound,
+                            "{layout:?}, {m} rows, row {i}, output {r}: {got} vs {want} ({bound})"
+                        );
+                    }
+                }
+                if layout == Layout::Int8 {
+                    let [mut gate, up] = gate_up.matmul_parts(&xs, [width, width]);
+                    silu_times(&mut gate, &up);
+                    assert_eq!(got, down.matmul(&gate), "{m} rows");
+                }
             }
         }
     }
