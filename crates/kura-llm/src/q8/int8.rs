@@ -19,6 +19,8 @@
 //! the bias back off exactly. A row is summed in the same order whatever the batch,
 //! so a sequence decodes to the same bits alone or beside others.
 
+use std::ops::Range;
+
 use kura_simd::silu_times;
 use rayon::prelude::*;
 
@@ -205,29 +207,21 @@ impl Groups<'_> {
                 }
             })
             .collect();
-        let groups = self.rows.div_ceil(GROUP);
-        (0..groups.div_ceil(GROUPS_PER_TASK))
-            .into_par_iter()
-            .for_each(|task| {
-                let first = task * GROUPS_PER_TASK;
-                self.multiply(
-                    first..groups.min(first + GROUPS_PER_TASK),
-                    x,
-                    |g, i, sums| {
-                        let row = g * GROUP;
-                        let part = parts
-                            .iter()
-                            .rfind(|p| p.first_row <= row)
-                            .unwrap_or(&parts[0]);
-                        let column = row - part.first_row;
-                        let lanes = GROUP.min(part.width - column);
-                        // SAFETY: `column + lanes <= width` and `i < m`, so the write is
-                        // inside the part's `m × width` values, which outlive the pass;
-                        // each group belongs to one task, so no two write the same value.
-                        unsafe { part.write(i * part.width + column, &sums[..lanes]) };
-                    },
-                );
+        task_runs(self.rows.div_ceil(GROUP)).for_each(|run| {
+            self.multiply(run, x, |g, i, sums| {
+                let row = g * GROUP;
+                let part = parts
+                    .iter()
+                    .rfind(|p| p.first_row <= row)
+                    .unwrap_or(&parts[0]);
+                let column = row - part.first_row;
+                let lanes = GROUP.min(part.width - column);
+                // SAFETY: `column + lanes <= width` and `i < m`, so the write is
+                // inside the part's `m × width` values, which outlive the pass;
+                // each group belongs to one task, so no two write the same value.
+                unsafe { part.write(i * part.width + column, &sums[..lanes]) };
             });
+        });
         for (out, width) in outs.iter_mut().zip(widths) {
             // SAFETY: the pass wrote all `m × width` values of each part (see above).
             unsafe { out.set_len(m * width) };
@@ -264,40 +258,35 @@ impl Groups<'_> {
         };
         let round = rounder();
         let groups = width / GROUP;
-        (0..groups.div_ceil(GROUPS_PER_TASK))
-            .into_par_iter()
-            .for_each(|task| {
-                let first = task * GROUPS_PER_TASK;
-                let gates = first..groups.min(first + GROUPS_PER_TASK);
-                let columns = gates.len() * GROUP;
-                let [mut gate, up] = [0, groups].map(|offset| {
-                    let mut product = Vec::with_capacity(m * columns);
-                    let spare = product.spare_capacity_mut();
-                    let groups = gates.start + offset..gates.end + offset;
-                    self.multiply(groups, &x, |g, i, sums| {
-                        let at = i * columns + (g - offset - first) * GROUP;
-                        for (to, &sum) in spare[at..at + GROUP].iter_mut().zip(sums) {
-                            to.write(sum);
-                        }
-                    });
-                    // SAFETY: every row's every column (whole groups) was written.
-                    unsafe { product.set_len(m * columns) };
-                    product
-                });
-                silu_times(&mut gate, &up);
-                let mut bytes = [0i8; BLOCK];
-                let first_block = first * GROUP / BLOCK;
-                for (i, row) in gate.chunks_exact(columns).enumerate() {
-                    for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
-                        let (scale, total) = round(xs, &mut bytes);
-                        // SAFETY: row `i < m`, block `first_block + b < blocks`: this
-                        // task's blocks alone, inside `out`.
-                        unsafe {
-                            rounded.write(i * blocks + first_block + b, &bytes, scale, total)
-                        };
+        task_runs(groups).for_each(|gates| {
+            let first = gates.start;
+            let columns = gates.len() * GROUP;
+            let [mut gate, up] = [0, groups].map(|offset| {
+                let mut product = Vec::with_capacity(m * columns);
+                let spare = product.spare_capacity_mut();
+                let groups = gates.start + offset..gates.end + offset;
+                self.multiply(groups, &x, |g, i, sums| {
+                    let at = i * columns + (g - offset - first) * GROUP;
+                    for (to, &sum) in spare[at..at + GROUP].iter_mut().zip(sums) {
+                        to.write(sum);
                     }
-                }
+                });
+                // SAFETY: every row's every column (whole groups) was written.
+                unsafe { product.set_len(m * columns) };
+                product
             });
+            silu_times(&mut gate, &up);
+            let mut bytes = [0i8; BLOCK];
+            let first_block = first * GROUP / BLOCK;
+            for (i, row) in gate.chunks_exact(columns).enumerate() {
+                for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
+                    let (scale, total) = round(xs, &mut bytes);
+                    // SAFETY: row `i < m`, block `first_block + b < blocks`: this
+                    // task's blocks alone, inside `out`.
+                    unsafe { rounded.write(i * blocks + first_block + b, &bytes, scale, total) };
+                }
+            }
+        });
         out
     }
 
@@ -305,7 +294,7 @@ impl Groups<'_> {
     /// group `g`'s 16 sums for row `i`.
     fn multiply(
         &self,
-        groups: std::ops::Range<usize>,
+        groups: Range<usize>,
         x: &Activations,
         mut emit: impl FnMut(usize, usize, &[f32; GROUP]),
     ) {
@@ -330,6 +319,17 @@ impl Groups<'_> {
             }
         }
     }
+}
+
+/// The runs of groups `0..groups` that the parallel tasks of a product take,
+/// [`GROUPS_PER_TASK`] each.
+fn task_runs(groups: usize) -> impl ParallelIterator<Item = Range<usize>> {
+    (0..groups.div_ceil(GROUPS_PER_TASK))
+        .into_par_iter()
+        .map(move |task| {
+            let first = task * GROUPS_PER_TASK;
+            first..groups.min(first + GROUPS_PER_TASK)
+        })
 }
 
 /// Where a part of a product goes: `m × width` values whose column 0 is the
