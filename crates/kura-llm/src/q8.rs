@@ -99,6 +99,15 @@ impl Layout {
         }
     }
 
+    /// The index among the stored blocks (and the scales) of block `block` of row
+    /// `row`, in a matrix of `blocks` blocks a row: group by group, then block by
+    /// block, then row by row within the group.
+    #[inline(always)]
+    pub(crate) fn stored_block(self, row: usize, block: usize, blocks: usize) -> usize {
+        let group = self.group();
+        ((row / group) * blocks + block) * group + row % group
+    }
+
     /// Where value `k` of stored block `at` sits among the quants. Stored blocks
     /// are counted group by group, block by block, row by row within the group,
     /// which is also the order of the scales.
@@ -466,9 +475,9 @@ impl Widen for Q8Matrix {
     }
 
     fn dequantize_row(&self, r: usize, start: usize, out: &mut [f32]) {
-        let blocks = self.cols / BLOCK;
-        let group = self.layout.group();
-        let first = ((r / group) * blocks + start / BLOCK) * group + r % group;
+        let first = self
+            .layout
+            .stored_block(r, start / BLOCK, self.cols / BLOCK);
         let offsets = (!self.offsets.is_empty()).then_some(&self.offsets[..]);
         widen_blocks(out, self.layout, &self.quants, &self.scales, offsets, first);
     }
@@ -791,8 +800,7 @@ mod tests {
 
     /// Weight `(r, k)` as its integer, scale and offset.
     fn parts(q: &Q8Matrix, r: usize, k: usize) -> (i32, f32, f32) {
-        let (blocks, group) = (q.cols / BLOCK, q.layout.group());
-        let at = (r / group * blocks + k / BLOCK) * group + r % group;
+        let at = q.layout.stored_block(r, k / BLOCK, q.cols / BLOCK);
         let stored = q.quants[q.layout.quant_index(at, k % BLOCK)];
         (
             q.layout.load(stored) as i32,

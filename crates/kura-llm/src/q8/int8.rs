@@ -24,7 +24,7 @@ use std::ops::Range;
 use kura_simd::silu_times;
 use rayon::prelude::*;
 
-use super::BLOCK;
+use super::{Layout, BLOCK};
 
 /// Weight rows side by side in one register.
 pub(super) const GROUP: usize = 16;
@@ -416,7 +416,7 @@ fn portable_tile(
             for (lane, sum) in lanes.iter_mut().enumerate() {
                 let mut total = 0f32;
                 for b in 0..blocks {
-                    let at = ((first + g) * blocks + b) * GROUP + lane;
+                    let at = Layout::Int8.stored_block((first + g) * GROUP + lane, b, blocks);
                     let block = row * blocks + b;
                     let mut integer = -128 * x.totals[block];
                     for k in 0..BLOCK {
