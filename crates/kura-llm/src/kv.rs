@@ -71,13 +71,19 @@ impl Heads {
     }
 }
 
-/// Values of the blocks of keys that cover `tokens` tokens.
-fn key_values(tokens: usize, head_dim: usize) -> usize {
-    tokens.div_ceil(KEY_BLOCK) * KEY_BLOCK * head_dim
+/// `tokens` rounded up to whole blocks of keys.
+fn whole_blocks(tokens: usize) -> usize {
+    tokens.div_ceil(KEY_BLOCK) * KEY_BLOCK
 }
 
-/// Grows `head` to `len` values, reserving by a fixed step rather than doubling: 16
-/// conversations in flight would otherwise hold up to twice their caches.
+/// Values of the blocks of keys that cover `tokens` tokens.
+fn key_values(tokens: usize, head_dim: usize) -> usize {
+    whole_blocks(tokens) * head_dim
+}
+
+/// Grows `head` to `len` values, reserving by a fixed step rather than doubling:
+/// the summariser's conversations in flight would otherwise hold up to twice their
+/// caches.
 fn grow_to(head: &mut Vec<f16>, len: usize, step: usize) {
     if head.capacity() < len {
         head.reserve_exact((len - head.len()).max(step));
@@ -223,6 +229,7 @@ impl HostKv {
         // A group's queries, side by side in a row.
         let group = shape.group() * head_dim;
         let rows = queries.len() / row;
+        let kernel = Kernel::for_heads(head_dim);
         let per_group: Vec<Vec<f32>> = (0..shape.kv_heads)
             .into_par_iter()
             .map(|g| {
@@ -234,7 +241,7 @@ impl HostKv {
                     let keys = &self.keys[g][..key_values(seen, head_dim)];
                     let values = &self.values[g][..seen * head_dim];
                     let q = &q[g * group..][..group];
-                    attend_group(q, keys, values, head_dim, scale, out);
+                    attend_group(kernel, q, keys, values, head_dim, scale, out);
                 }
                 out
             })
@@ -317,8 +324,10 @@ const PROMPT_ROWS: usize = 32;
 
 /// Softmax attention of the query heads in `queries` (`[group, head_dim]`, one
 /// token) over the keys (whole blocks) and values (`[tokens, head_dim]`) of one
-/// key/value head, written to `out` (`[group, head_dim]`).
+/// key/value head, written to `out` (`[group, head_dim]`), by the build of the
+/// kernels its caller picked once for all its rows and heads.
 fn attend_group(
+    kernel: Kernel,
     queries: &[f32],
     keys: &[f16],
     values: &[f16],
@@ -329,9 +338,8 @@ fn attend_group(
     let tokens = values.len() / head_dim;
     let group = queries.len() / head_dim;
     // Each query's scores take whole blocks; lanes past `tokens` are left out below.
-    let stride = tokens.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+    let stride = whole_blocks(tokens);
     let mut scores = vec![0.0f32; group * stride];
-    let kernel = Kernel::for_heads(head_dim);
     kernel.score(queries, keys, head_dim, scale, &mut scores, stride);
     for row in scores.chunks_exact_mut(stride) {
         softmax_rows(&mut row[..tokens], tokens);
@@ -778,7 +786,7 @@ mod tests {
             let query = numbers(group * head_dim, 9);
             let want = naive(&query, &as_held(&keys), &as_held(&values), shape, 0.2);
             for &build in &builds {
-                let stride = tokens.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+                let stride = whole_blocks(tokens);
                 let mut scores = vec![0f32; group * stride];
                 build.score(&query, &kv.keys[0], head_dim, 0.2, &mut scores, stride);
                 for row in scores.chunks_exact_mut(stride) {
