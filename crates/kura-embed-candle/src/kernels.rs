@@ -1,6 +1,7 @@
 //! Row-wise numeric kernels of the CPU encoder: activations and layer norm, written
-//! as `kura_simd` kernels (plain loops compiled for AVX2 and for the baseline,
-//! picked at run time), so the erf of every GELU runs eight lanes at a time.
+//! as `kura_simd` kernels (plain loops compiled for AVX-512, AVX2 and the baseline,
+//! picked at run time), so the erf of every GELU runs eight or sixteen lanes at a
+//! time.
 
 use std::f32::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 

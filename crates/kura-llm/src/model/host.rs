@@ -2,12 +2,14 @@
 //! step feeds each sequence one new token, or a few (a piece of a template), after
 //! its cache.
 //!
-//! Why not candle's tensor ops, as for prompts: with one new token per sequence the
-//! arithmetic of a layer is small, and each tensor op costs more to dispatch than to
-//! compute; with a dozen of them per layer (and a narrow, a rotation and two copies
-//! per sequence) a SmolLM2 token took 22 ms, of which streaming the weights is 8.
-//! Here a layer is its four 8-bit products (queries, keys and values stacked into one,
-//! gate and up into another; see `q8`) and a few loops between them.
+//! Why not candle's tensor ops (which a GPU still runs): with one new token per
+//! sequence the arithmetic of a layer is small, and each tensor op costs more to
+//! dispatch than to compute; with a dozen of them per layer (and a narrow, a rotation
+//! and two copies per sequence) a SmolLM2 token took 22 ms, of which streaming the
+//! weights is 8.
+//! Here a layer is its 8-bit products (queries, keys and values stacked into one,
+//! gate and up into another, whose activation feeds the down product; see `q8`) and
+//! a few loops between them.
 //! Every loop works on one row at a time, so a sequence's step is the same bits alone
 //! or in any batch, as the products are.
 

@@ -1,5 +1,6 @@
 //! Reading a prompt on the CPU on host buffers: the pass of a decoding step (`host`),
-//! with f32 GEMM for the projections, over the 8-bit weights widened a slab at a
+//! with the projections multiplied by the int8 kernel where the 8-bit copies are in
+//! its layout (`q8`), else by f32 GEMM over the 8-bit weights widened a slab at a
 //! time, and causal attention over each head's keys as GEMMs over blocks of rows
 //! (`kv`).
 //!
