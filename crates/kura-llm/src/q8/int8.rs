@@ -64,10 +64,21 @@ pub(super) struct Activations {
     blocks: usize,
     bytes: Vec<i8>,
     scales: Vec<f32>,
-    /// Each block's sum of bytes. The kernel starts the block's integer sum at
-    /// −128 × this (taking off the weights' bias), and a weight offset multiplies
-    /// `scale × this`.
-    totals: Vec<i32>,
+    /// Each block's −128 × its sum of bytes: the kernel starts the block's integer
+    /// sum here (taking off the weights' bias of 128), broadcast straight from
+    /// memory where a product computed in a register costs the vector port a
+    /// broadcast per block and row. A weight offset multiplies `scale × sum`.
+    biases: Vec<i32>,
+}
+
+/// A block's starting integer sum (see [`Activations::biases`]) from its sum of bytes.
+fn bias_of(total: i32) -> i32 {
+    -128 * total
+}
+
+/// A block's sum of bytes back from its bias, exactly (a power of two apart).
+fn sum_of(bias: i32) -> f32 {
+    bias as f32 / -128.0
 }
 
 /// Rounds one block of 32 values to bytes; returns its scale and sum of bytes.
@@ -85,19 +96,22 @@ impl Activations {
         let count = rows * blocks;
         let mut bytes = vec![0i8; count * BLOCK];
         let mut scales = vec![0f32; count];
-        let mut totals = vec![0i32; count];
+        let mut biases = vec![0i32; count];
         bytes
             .par_chunks_mut(BLOCK)
             .zip(xs.par_chunks(BLOCK))
-            .zip(scales.par_iter_mut().zip(totals.par_iter_mut()))
+            .zip(scales.par_iter_mut().zip(biases.par_iter_mut()))
             .with_min_len(64)
-            .for_each(|((bytes, xs), (scale, total))| (*scale, *total) = round(xs, bytes));
+            .for_each(|((bytes, xs), (scale, bias))| {
+                let (rounded_scale, total) = round(xs, bytes);
+                (*scale, *bias) = (rounded_scale, bias_of(total));
+            });
         Activations {
             rows,
             blocks,
             bytes,
             scales,
-            totals,
+            biases,
         }
     }
 
@@ -249,12 +263,12 @@ impl Groups<'_> {
             blocks,
             bytes: vec![0; m * width],
             scales: vec![0.0; m * blocks],
-            totals: vec![0; m * blocks],
+            biases: vec![0; m * blocks],
         };
         let rounded = RoundedBlocks {
             bytes: out.bytes.as_mut_ptr(),
             scales: out.scales.as_mut_ptr(),
-            totals: out.totals.as_mut_ptr(),
+            biases: out.biases.as_mut_ptr(),
         };
         let round = rounder();
         let groups = width / GROUP;
@@ -292,6 +306,13 @@ impl Groups<'_> {
 
     /// Groups `groups` against every activation row; `emit(g, i, sums)` takes
     /// group `g`'s 16 sums for row `i`.
+    ///
+    /// A tile's groups are the outer loop: their weights (28 KB for Qwen's 896
+    /// columns) stay in the core's first-level cache while every row of activations
+    /// streams past, where rows outer streamed the task's weights again for each
+    /// tile of rows, five times the bytes a cycle. With the broadcast biases (see
+    /// [`Activations::biases`]) this took Qwen's gate and up product from 345 to 383
+    /// G multiply-adds a second on two cores.
     fn multiply(
         &self,
         groups: Range<usize>,
@@ -299,15 +320,15 @@ impl Groups<'_> {
         mut emit: impl FnMut(usize, usize, &[f32; GROUP]),
     ) {
         let m = x.rows;
-        for start in (0..m).step_by(TILE_ROWS) {
-            let rows = TILE_ROWS.min(m - start);
-            let wide = if rows <= WIDE_TILE_ROWS { 4 } else { 2 };
-            let mut g = groups.start;
-            while g < groups.end {
-                let width = [4, 2, 1]
-                    .into_iter()
-                    .find(|&w| w <= wide && w <= groups.end - g)
-                    .unwrap_or(1);
+        let wide = if m <= WIDE_TILE_ROWS { 4 } else { 2 };
+        let mut g = groups.start;
+        while g < groups.end {
+            let width = [4, 2, 1]
+                .into_iter()
+                .find(|&w| w <= wide && w <= groups.end - g)
+                .unwrap_or(1);
+            for start in (0..m).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(m - start);
                 let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
                 tile(self, g, width, x, start, rows, &mut sums);
                 for (w, group_sums) in sums.iter().take(width).enumerate() {
@@ -315,8 +336,8 @@ impl Groups<'_> {
                         emit(g + w, start + i, lane_sums);
                     }
                 }
-                g += width;
             }
+            g += width;
         }
     }
 }
@@ -355,7 +376,7 @@ impl Part {
 struct RoundedBlocks {
     bytes: *mut i8,
     scales: *mut f32,
-    totals: *mut i32,
+    biases: *mut i32,
 }
 
 impl RoundedBlocks {
@@ -366,7 +387,7 @@ impl RoundedBlocks {
     unsafe fn write(&self, at: usize, bytes: &[i8; BLOCK], scale: f32, total: i32) {
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.bytes.add(at * BLOCK), BLOCK);
         *self.scales.add(at) = scale;
-        *self.totals.add(at) = total;
+        *self.biases.add(at) = bias_of(total);
     }
 }
 
@@ -418,7 +439,7 @@ fn portable_tile(
                 for b in 0..blocks {
                     let at = Layout::Int8.stored_block((first + g) * GROUP + lane, b, blocks);
                     let block = row * blocks + b;
-                    let mut integer = -128 * x.totals[block];
+                    let mut integer = x.biases[block];
                     for k in 0..BLOCK {
                         let weight = w.quants[quant_index(at, k)] as u8 as i32;
                         integer += weight * x.bytes[block * BLOCK + k] as i32;
@@ -426,7 +447,7 @@ fn portable_tile(
                     let scale = w.scales[at] * x.scales[block];
                     total = (integer as f32).mul_add(scale, total);
                     if let Some(&offset) = w.offsets.get(at) {
-                        let sum = x.scales[block] * x.totals[block] as f32;
+                        let sum = x.scales[block] * sum_of(x.biases[block]);
                         total = offset.mul_add(sum, total);
                     }
                 }
@@ -537,8 +558,8 @@ mod vnni {
         for b in 0..blocks {
             let mut acc = [[_mm512_setzero_si512(); G]; R];
             for (i, acc) in acc.iter_mut().enumerate() {
-                let begin = -128 * *x.totals.get_unchecked((start + i) * blocks + b);
-                *acc = [_mm512_set1_epi32(begin); G];
+                let begin = _mm512_set1_epi32(*x.biases.get_unchecked((start + i) * blocks + b));
+                *acc = [begin; G];
             }
             for quad in 0..BLOCK / 4 {
                 let mut weights = [_mm512_setzero_si512(); G];
@@ -566,7 +587,7 @@ mod vnni {
                     let scale = _mm512_mul_ps(scales, scale);
                     f[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g]), scale, f[g]);
                     if OFFSETS {
-                        let total = *x.totals.get_unchecked(block) as f32;
+                        let total = super::sum_of(*x.biases.get_unchecked(block));
                         let sum = _mm512_set1_ps(*x.scales.get_unchecked(block) * total);
                         f[g] = _mm512_fmadd_ps(offsets, sum, f[g]);
                     }
