@@ -18,6 +18,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::LlmError;
+use crate::logits::Logits;
 use crate::model::{Cache, Model};
 
 pub(crate) struct StepBatcher {
@@ -31,7 +32,7 @@ struct Gathering {
 }
 
 /// The cache after the step and the logits of the next token, or why the pass failed.
-type Answer = Result<(Cache, Vec<f32>), String>;
+type Answer = Result<(Cache, Logits), String>;
 
 struct Step {
     tokens: Vec<u32>,
@@ -73,7 +74,7 @@ impl StepBatcher {
         model: &Model,
         tokens: &[u32],
         cache: Cache,
-    ) -> Result<(Cache, Vec<f32>), LlmError> {
+    ) -> Result<(Cache, Logits), LlmError> {
         let (reply, answer) = mpsc::channel();
         let complete = {
             let mut state = self.lock();

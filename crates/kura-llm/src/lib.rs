@@ -18,6 +18,7 @@ mod fit;
 mod gguf;
 mod kv;
 mod llm;
+mod logits;
 mod model;
 mod namer;
 mod parents;

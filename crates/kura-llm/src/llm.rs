@@ -15,6 +15,7 @@ use crate::batch::StepBatcher;
 use crate::chat::{ChatMessage, ChatMl};
 use crate::error::LlmError;
 use crate::gguf::Metadata;
+use crate::logits::Logits;
 use crate::model::{Cache, Config, Model, Tensors, STEP_MAX_TOKENS};
 use crate::q8::Layout;
 use crate::tokenizer;
@@ -328,7 +329,7 @@ const RETRY_TEMPERATURE: f32 = 0.5;
 pub(crate) struct Session<'a> {
     llm: &'a LocalLlm,
     cache: Cache,
-    logits: Option<Vec<f32>>,
+    logits: Option<Logits>,
     temperature: f32,
     rng: StdRng,
     /// Where one-token feeds go to be decoded together with other threads' sessions.
@@ -340,7 +341,7 @@ impl<'a> Session<'a> {
     pub(crate) fn resume(
         llm: &'a LocalLlm,
         cache: Cache,
-        logits: Option<Vec<f32>>,
+        logits: Option<Logits>,
         temperature: f32,
         seed: u64,
     ) -> Self {
@@ -407,7 +408,7 @@ impl<'a> Session<'a> {
         )))
     }
 
-    pub(crate) fn snapshot(&self) -> (Cache, Option<Vec<f32>>) {
+    pub(crate) fn snapshot(&self) -> (Cache, Option<Logits>) {
         (self.cache.clone(), self.logits.clone())
     }
 
@@ -458,7 +459,7 @@ impl<'a> Session<'a> {
     pub(crate) fn sample(&mut self) -> Result<u32, LlmError> {
         let temperature = self.temperature;
         if temperature <= 0.0 {
-            return argmax(self.logits()?.iter().copied().enumerate());
+            return argmax(self.logits()?).map(|id| id as u32);
         }
         let logits = self.logits()?;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -474,7 +475,7 @@ impl<'a> Session<'a> {
             }
             target -= weight;
         }
-        argmax(weights.iter().copied().enumerate())
+        argmax(&weights).map(|id| id as u32)
     }
 
     /// The log-probability of `token` as the next token.
@@ -495,7 +496,7 @@ impl<'a> Session<'a> {
             .logits
             .as_mut()
             .ok_or_else(|| LlmError::InvalidOutput("nothing was fed before sampling".into()))?;
-        for (id, logit) in logits.iter_mut().enumerate() {
+        for (id, logit) in logits.make_mut().iter_mut().enumerate() {
             if !allowed(id as u32) {
                 *logit = f32::NEG_INFINITY;
             }
@@ -506,16 +507,16 @@ impl<'a> Session<'a> {
     /// The index into `candidates` of the most likely candidate token.
     pub(crate) fn choose(&self, candidates: &[u32]) -> Result<usize, LlmError> {
         let logits = self.logits()?;
-        let scored = candidates.iter().enumerate().map(|(i, &id)| {
-            (
-                i,
+        let scores: Vec<f32> = candidates
+            .iter()
+            .map(|&id| {
                 logits
                     .get(id as usize)
                     .copied()
-                    .unwrap_or(f32::NEG_INFINITY),
-            )
-        });
-        argmax(scored).map(|i| i as usize)
+                    .unwrap_or(f32::NEG_INFINITY)
+            })
+            .collect();
+        argmax(&scores)
     }
 }
 
@@ -540,11 +541,9 @@ pub(crate) fn feed_each(sessions: &mut [&mut Session<'_>], tokens: &[u32]) -> Re
     Ok(())
 }
 
-fn argmax(scores: impl Iterator<Item = (usize, f32)>) -> Result<u32, LlmError> {
-    scores
-        .filter(|(_, s)| !s.is_nan())
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(i, _)| i as u32)
+/// The index of the largest score, the last of equal ones; NaN never wins.
+fn argmax(scores: &[f32]) -> Result<usize, LlmError> {
+    kura_simd::argmax(scores)
         .ok_or_else(|| LlmError::InvalidOutput("the model produced no usable logits".into()))
 }
 

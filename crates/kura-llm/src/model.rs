@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::error::LlmError;
 use crate::gguf::Metadata;
 use crate::kv::{Heads, HostKv};
+use crate::logits::Logits;
 use crate::q6k::Q6kMatrix;
 use crate::q8::{ExactBlocks, Layout, Q8Matrix, Widen};
 use rayon::prelude::*;
@@ -503,7 +504,7 @@ impl Model {
     }
 
     /// Runs `tokens` after what `cache` holds and returns the logits of the last token.
-    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Vec<f32>, LlmError> {
+    pub(crate) fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Logits, LlmError> {
         let count = tokens.len();
         if count == 0 {
             return Err(LlmError::InvalidOutput("no tokens to run".into()));
@@ -526,7 +527,7 @@ impl Model {
         &self,
         tokens: &[u32],
         cache: &mut Cache,
-    ) -> Result<Vec<f32>, LlmError> {
+    ) -> Result<Logits, LlmError> {
         let count = tokens.len();
         let device = self.output_norm.device();
         let ids = Tensor::new(tokens, device)?;
@@ -537,7 +538,7 @@ impl Model {
         let mask = causal_mask(count, cache.len, device)?;
         let xs = self.layers_forward(xs, std::slice::from_mut(cache), mask.as_ref())?;
         let last = xs.narrow(1, count - 1, 1)?;
-        Ok(self.logits(&last)?.flatten_all()?.to_vec1()?)
+        Ok(Logits::from(self.logits(&last)?.flatten_all()?.to_vec1()?))
     }
 
     /// Decodes one step of several sequences at once: `tokens[i]` follows what
@@ -548,7 +549,7 @@ impl Model {
         &self,
         tokens: &[u32],
         caches: &mut [Cache],
-    ) -> Result<Vec<Vec<f32>>, LlmError> {
+    ) -> Result<Vec<Logits>, LlmError> {
         self.step(&one_each(tokens), caches)
     }
 
@@ -560,7 +561,7 @@ impl Model {
         &self,
         feeds: &[&[u32]],
         caches: &mut [Cache],
-    ) -> Result<Vec<Vec<f32>>, LlmError> {
+    ) -> Result<Vec<Logits>, LlmError> {
         if feeds.is_empty() || feeds.len() != caches.len() {
             return Err(LlmError::InvalidOutput(format!(
                 "{} feeds for {} sequences",
@@ -596,14 +597,15 @@ impl Model {
         &self,
         tokens: &[u32],
         caches: &mut [Cache],
-    ) -> Result<Vec<Vec<f32>>, LlmError> {
+    ) -> Result<Vec<Logits>, LlmError> {
         let ids = Tensor::new(tokens, self.output_norm.device())?;
         let xs = self
             .embedding_table()?
             .index_select(&ids, 0)?
             .unsqueeze(1)?;
         let xs = self.layers_forward(xs, caches, None)?;
-        Ok(self.logits(&xs)?.squeeze(1)?.to_vec2()?)
+        let all = self.logits(&xs)?.flatten_all()?.to_vec1()?;
+        Ok(Logits::rows(all, tokens.len()))
     }
 
     /// candle's embedding table, which a model that runs through candle's ops has.

@@ -7,13 +7,14 @@ use std::sync::{Mutex, PoisonError};
 use crate::chat::{ChatMessage, ChatRole};
 use crate::error::LlmError;
 use crate::llm::{LocalLlm, Session};
+use crate::logits::Logits;
 use crate::model::Cache;
 
 pub(crate) struct SharedPrefix {
     system: String,
     /// Computed by the first session asked for; a lock, not a race, so that threads
     /// starting together do not each read the prefix.
-    computed: Mutex<Option<(Cache, Option<Vec<f32>>)>>,
+    computed: Mutex<Option<(Cache, Option<Logits>)>>,
 }
 
 impl SharedPrefix {
@@ -41,7 +42,7 @@ impl SharedPrefix {
         Ok(Session::resume(llm, cache, logits, temperature, seed))
     }
 
-    fn compute(&self, llm: &LocalLlm) -> Result<(Cache, Option<Vec<f32>>), LlmError> {
+    fn compute(&self, llm: &LocalLlm) -> Result<(Cache, Option<Logits>), LlmError> {
         let chat = llm.chat();
         let mut tokens = chat.message(&ChatMessage::system(self.system.clone()))?;
         tokens.extend(chat.open(ChatRole::User)?);

@@ -76,6 +76,8 @@ macro_rules! multiversion {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
+            // A body that needs no fused multiply-add (a comparison) leaves `M` unused.
+            #[allow(clippy::extra_unused_type_parameters)]
             fn generic<$m: $crate::MulAdd>($($arg: $ty),*) $(-> $ret)? $body
 
             #[cfg(target_arch = "x86_64")]
@@ -240,6 +242,27 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// The index of the largest of `xs`, the last of equal ones, NaN left out
+    /// (`None` when no value is a number): greedy decoding's choice, made over a
+    /// vocabulary of 150 000 logits for every sequence of every step. Two passes
+    /// that vectorise (the largest value, then the last block holding it) where a
+    /// comparison chained through every value was 1.5% of the summariser's time.
+    pub fn argmax<M>(xs: &[f32]) -> Option<usize> {
+        const BLOCK: usize = 64;
+        let top = max(xs);
+        let mut end = xs.len();
+        for block in xs.rchunks(BLOCK) {
+            let start = end - block.len();
+            if block.iter().fold(false, |found, &x| found | (x == top)) {
+                return block.iter().rposition(|&x| x == top).map(|at| start + at);
+            }
+            end = start;
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::f32::consts::LN_2;
@@ -248,6 +271,24 @@ mod tests {
 
     fn grid(lo: f32, hi: f32, steps: usize) -> impl Iterator<Item = f32> {
         (0..=steps).map(move |i| lo + (hi - lo) * i as f32 / steps as f32)
+    }
+
+    #[test]
+    fn argmax_takes_the_last_of_equal_maxima_and_leaves_out_nan() {
+        let mut xs: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32).collect();
+        let last_max = xs.iter().rposition(|&x| x == 100.0).unwrap();
+        assert_eq!(argmax(&xs), Some(last_max));
+        xs[3] = f32::NAN;
+        xs[999] = f32::NAN;
+        assert_eq!(argmax(&xs), Some(last_max));
+        xs[5] = 101.0;
+        assert_eq!(argmax(&xs), Some(5), "a single maximum in the first block");
+        assert_eq!(
+            argmax(&[f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY]),
+            Some(2)
+        );
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), None);
+        assert_eq!(argmax(&[]), None);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use super::prompt::prompt_product;
 use super::{host_kv, Architecture, Cache, Embedding, Layer, Linear, Model};
 use crate::error::LlmError;
+use crate::logits::Logits;
 use crate::q8::{Layout, Q8Matrix, Widen};
 
 /// The host copies a step needs: the norms, the biases, the rotation tables (small),
@@ -232,7 +233,7 @@ impl Model {
         host: &HostWeights,
         feeds: &[&[u32]],
         caches: &mut [Cache],
-    ) -> Result<Vec<Vec<f32>>, LlmError> {
+    ) -> Result<Vec<Logits>, LlmError> {
         self.run_on_host(host, feeds, caches, Weights::Packed)
     }
 
@@ -246,7 +247,7 @@ impl Model {
         feeds: &[&[u32]],
         caches: &mut [Cache],
         weights: Weights<'_>,
-    ) -> Result<Vec<Vec<f32>>, LlmError> {
+    ) -> Result<Vec<Logits>, LlmError> {
         let c = &self.config;
         let counts: Vec<usize> = feeds.iter().map(|feed| feed.len()).collect();
         let mut xs = self.embedding_rows(&feeds.concat())?;
@@ -271,8 +272,7 @@ impl Model {
         }
         let normed = rms_norm_rows(&last_rows, &host.output_norm, c.rms_eps);
         let logits = product(packed(&self.output), &normed, None);
-        let vocab = logits.len() / feeds.len();
-        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        Ok(Logits::rows(logits, feeds.len()))
     }
 
     /// Rotates each sequence's queries and keys to their positions, appends the keys

@@ -19,6 +19,7 @@ use kura_simd::{matmul, matmul_strided, MatRef, Threads};
 use super::host::{add_rows, with_host_values, HostWeights, Weights};
 use super::{Cache, Linear, Model};
 use crate::error::LlmError;
+use crate::logits::Logits;
 use crate::q8::{Q8Matrix, Widen, BLOCK};
 
 impl Model {
@@ -37,7 +38,7 @@ impl Model {
         host: &HostWeights,
         tokens: &[u32],
         cache: &mut Cache,
-    ) -> Result<Vec<f32>, LlmError> {
+    ) -> Result<Logits, LlmError> {
         let mut reading = match rayon::current_thread_index() {
             None => Some(
                 self.reading_prompt
@@ -247,7 +248,7 @@ mod tests {
             let mut caches = [exact.model().new_cache(), int8.model().new_cache()];
             let mut next = [0u32; 2];
             for step in 0..8 {
-                let logits: Vec<Vec<f32>> = [&exact, &int8]
+                let logits: Vec<Logits> = [&exact, &int8]
                     .iter()
                     .zip(caches.iter_mut())
                     .zip(next)
@@ -311,9 +312,9 @@ mod tests {
             let mut cache = model.new_cache();
             model.forward(prompt, &mut cache).expect("prompt")
         };
-        let alone: Vec<Vec<f32>> = prompts.iter().map(read).collect();
-        let on_rayon: Vec<Vec<f32>> = prompts.par_iter().map(read).collect();
-        let on_threads: Vec<Vec<f32>> = std::thread::scope(|scope| {
+        let alone: Vec<Logits> = prompts.iter().map(read).collect();
+        let on_rayon: Vec<Logits> = prompts.par_iter().map(read).collect();
+        let on_threads: Vec<Logits> = std::thread::scope(|scope| {
             let handles: Vec<_> = prompts
                 .iter()
                 .map(|p| scope.spawn(move || read(p)))
