@@ -421,20 +421,32 @@ multiversion! {
     }
 }
 
+/// RMS norm of each row of `weight.len()` values, scaled by `weight`: the mean of
+/// squares in f32, then `x · (1 / √(mean + eps)) · w`, where candle divides each
+/// value (within a rounding of it; a division a value was half the norm's time).
+/// Runs of rows in parallel: on one core a Qwen prompt's two norms a layer were 2%
+/// of its time. 512 rows of 896 took 0.65 ms before both changes, 0.20–0.25 after.
+fn rms_norm_rows(xs: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    const ROWS_PER_TASK: usize = 16;
+    let width = weight.len().max(1);
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(ROWS_PER_TASK * width)
+        .zip(xs.par_chunks(ROWS_PER_TASK * width))
+        .for_each(|(out, xs)| rms_norm_into(xs, weight, eps, out));
+    out
+}
+
 multiversion! {
-    /// RMS norm of each row of `weight.len()` values, scaled by `weight`, as candle
-    /// computes it (mean of squares in f32, then `x / √(mean + eps) · w`).
-    fn rms_norm_rows<M>(xs: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    /// [`rms_norm_rows`] of some rows, into `out`.
+    fn rms_norm_into<M>(xs: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         let width = weight.len().max(1);
-        let mut out = vec![0f32; xs.len()];
         for (row, out) in xs.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
             let mean = dot::<M>(row, row) / width as f32;
-            let root = (mean + eps).sqrt();
+            let inverse = 1.0 / (mean + eps).sqrt();
             for ((o, &x), &w) in out.iter_mut().zip(row).zip(weight) {
-                *o = x / root * w;
+                *o = x * inverse * w;
             }
         }
-        out
     }
 }
 
