@@ -67,18 +67,17 @@ pub(super) struct Activations {
     /// Each block's −128 × its sum of bytes: the kernel starts the block's integer
     /// sum here (taking off the weights' bias of 128), broadcast straight from
     /// memory where a product computed in a register costs the vector port a
-    /// broadcast per block and row. A weight offset multiplies `scale × sum`.
+    /// broadcast per block and row.
     biases: Vec<i32>,
+    /// Each block's `scale × sum of bytes`, which multiplies a weight offset (types
+    /// with a minimum, such as Q4_1): computed once here, not per group in the tile.
+    offset_sums: Vec<f32>,
 }
 
-/// A block's starting integer sum (see [`Activations::biases`]) from its sum of bytes.
-fn bias_of(total: i32) -> i32 {
-    -128 * total
-}
-
-/// A block's sum of bytes back from its bias, exactly (a power of two apart).
-fn sum_of(bias: i32) -> f32 {
-    bias as f32 / -128.0
+/// A rounded block's starting integer sum and offset sum (see
+/// [`Activations::biases`] and [`Activations::offset_sums`]).
+fn block_terms(scale: f32, total: i32) -> (i32, f32) {
+    (-128 * total, scale * total as f32)
 }
 
 /// Rounds one block of 32 values to bytes; returns its scale and sum of bytes.
@@ -97,14 +96,17 @@ impl Activations {
         let mut bytes = vec![0i8; count * BLOCK];
         let mut scales = vec![0f32; count];
         let mut biases = vec![0i32; count];
+        let mut offset_sums = vec![0f32; count];
+        let terms = biases.par_iter_mut().zip(offset_sums.par_iter_mut());
         bytes
             .par_chunks_mut(BLOCK)
             .zip(xs.par_chunks(BLOCK))
-            .zip(scales.par_iter_mut().zip(biases.par_iter_mut()))
+            .zip(scales.par_iter_mut().zip(terms))
             .with_min_len(64)
-            .for_each(|((bytes, xs), (scale, bias))| {
-                let (rounded_scale, total) = round(xs, bytes);
-                (*scale, *bias) = (rounded_scale, bias_of(total));
+            .for_each(|((bytes, xs), (scale, (bias, offset_sum)))| {
+                let total;
+                (*scale, total) = round(xs, bytes);
+                (*bias, *offset_sum) = block_terms(*scale, total);
             });
         Activations {
             rows,
@@ -112,6 +114,7 @@ impl Activations {
             bytes,
             scales,
             biases,
+            offset_sums,
         }
     }
 
@@ -264,11 +267,13 @@ impl Groups<'_> {
             bytes: vec![0; m * width],
             scales: vec![0.0; m * blocks],
             biases: vec![0; m * blocks],
+            offset_sums: vec![0.0; m * blocks],
         };
         let rounded = RoundedBlocks {
             bytes: out.bytes.as_mut_ptr(),
             scales: out.scales.as_mut_ptr(),
             biases: out.biases.as_mut_ptr(),
+            offset_sums: out.offset_sums.as_mut_ptr(),
         };
         let round = rounder();
         let groups = width / GROUP;
@@ -377,6 +382,7 @@ struct RoundedBlocks {
     bytes: *mut i8,
     scales: *mut f32,
     biases: *mut i32,
+    offset_sums: *mut f32,
 }
 
 impl RoundedBlocks {
@@ -387,7 +393,7 @@ impl RoundedBlocks {
     unsafe fn write(&self, at: usize, bytes: &[i8; BLOCK], scale: f32, total: i32) {
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.bytes.add(at * BLOCK), BLOCK);
         *self.scales.add(at) = scale;
-        *self.biases.add(at) = bias_of(total);
+        (*self.biases.add(at), *self.offset_sums.add(at)) = block_terms(scale, total);
     }
 }
 
@@ -447,8 +453,7 @@ fn portable_tile(
                     let scale = w.scales[at] * x.scales[block];
                     total = (integer as f32).mul_add(scale, total);
                     if let Some(&offset) = w.offsets.get(at) {
-                        let sum = x.scales[block] * sum_of(x.biases[block]);
-                        total = offset.mul_add(sum, total);
+                        total = offset.mul_add(x.offset_sums[block], total);
                     }
                 }
                 *sum = total;
@@ -587,8 +592,7 @@ mod vnni {
                     let scale = _mm512_mul_ps(scales, scale);
                     f[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g]), scale, f[g]);
                     if OFFSETS {
-                        let total = super::sum_of(*x.biases.get_unchecked(block));
-                        let sum = _mm512_set1_ps(*x.scales.get_unchecked(block) * total);
+                        let sum = _mm512_set1_ps(*x.offset_sums.get_unchecked(block));
                         f[g] = _mm512_fmadd_ps(offsets, sum, f[g]);
                     }
                 }
