@@ -786,14 +786,9 @@ mod tests {
             let query = numbers(group * head_dim, 9);
             let want = naive(&query, &as_held(&keys), &as_held(&values), shape, 0.2);
             for &build in &builds {
-                let stride = whole_blocks(tokens);
-                let mut scores = vec![0f32; group * stride];
-                build.score(&query, &kv.keys[0], head_dim, 0.2, &mut scores, stride);
-                for row in scores.chunks_exact_mut(stride) {
-                    softmax_rows(&mut row[..tokens], tokens);
-                }
                 let mut got = vec![0f32; group * head_dim];
-                build.weigh(&scores, stride, &kv.values[0], head_dim, &mut got);
+                let (keys, values) = (&kv.keys[0], &kv.values[0]);
+                attend_group(build, &query, keys, values, head_dim, 0.2, &mut got);
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
                         (g - w).abs() < 1e-5,
