@@ -376,14 +376,37 @@ struct References {
     decode: Option<Reference>,
 }
 
-/// On the Xeon kind, sentence-transformers was measured by the script (476.8 and
-/// 32.2 a second). llama.cpp built for that CPU dies there on an AMX instruction the
-/// virtual machine faults on, so its figures are those noted for the machine kind
-/// when the project began (Qwen 0.5B 105 / 22 tokens a second; SmolLM2 306 / 59, on
-/// its Q8_0 file, not the Q4_1 file we ship), and the source says so.
-const XEON_EMBED: (f64, f64) = (476.8, 32.2);
-const XEON_QWEN: (f64, f64) = (105.0, 22.0);
-const XEON_SMOLLM2: (f64, f64) = (306.0, 59.0);
+/// The reference figures of one machine kind: (short, long) texts a second for the
+/// embedder, (prefill, decode) tokens a second for each LLM, and where the LLMs'
+/// figures come from.
+struct KindFigures {
+    embed: (f64, f64),
+    qwen: (f64, f64),
+    smollm2: (f64, f64),
+    llama_prefill: &'static str,
+    llama_decode: &'static str,
+}
+
+/// AMD EPYC: every figure measured by the script.
+const EPYC: KindFigures = KindFigures {
+    embed: (257.0, 20.8),
+    qwen: (136.0, 41.4),
+    smollm2: (265.0, 115.0),
+    llama_prefill: "llama.cpp, same GGUF, 2 threads",
+    llama_decode: "llama.cpp batch 1, same GGUF, 2 threads",
+};
+
+/// Intel Xeon: sentence-transformers measured by the script. llama.cpp built for that
+/// CPU dies there on an AMX instruction the virtual machine faults on, so its
+/// figures are those noted for the machine kind when the project began (SmolLM2's
+/// on its Q8_0 file, not the Q4_1 file we ship), and the source says so.
+const XEON: KindFigures = KindFigures {
+    embed: (476.8, 32.2),
+    qwen: (105.0, 22.0),
+    smollm2: (306.0, 59.0),
+    llama_prefill: "llama.cpp, 2 threads (noted for this machine kind)",
+    llama_decode: "llama.cpp batch 1, 2 threads (noted for this machine kind)",
+};
 
 fn references(model: &str) -> References {
     references_on(MachineKind::of_this_cpu(), model)
@@ -397,34 +420,23 @@ fn references_on(kind: MachineKind, model: &str) -> References {
         })
     };
     const ST: &str = "sentence-transformers on PyTorch, 2 threads";
-    let (llama_prefill, llama_decode) = match kind {
-        MachineKind::Avx2 => (
-            "llama.cpp, same GGUF, 2 threads",
-            "llama.cpp batch 1, same GGUF, 2 threads",
-        ),
-        MachineKind::Avx512Vnni => (
-            "llama.cpp, 2 threads (noted for this machine kind)",
-            "llama.cpp batch 1, 2 threads (noted for this machine kind)",
-        ),
-    };
-    // (short and long texts a second; prefill and decode tokens a second)
-    let (embed, qwen, smollm2) = match kind {
-        MachineKind::Avx2 => ((257.0, 20.8), (136.0, 41.4), (265.0, 115.0)),
-        MachineKind::Avx512Vnni => (XEON_EMBED, XEON_QWEN, XEON_SMOLLM2),
+    let figures = match kind {
+        MachineKind::Avx2 => &EPYC,
+        MachineKind::Avx512Vnni => &XEON,
     };
     let llm = |(prefill, decode): (f64, f64)| References {
-        prefill: r(prefill, llama_prefill),
-        decode: r(decode, llama_decode),
+        prefill: r(prefill, figures.llama_prefill),
+        decode: r(decode, figures.llama_decode),
         ..References::default()
     };
     match model {
         "all-minilm-l6-v2" => References {
-            embed_short: r(embed.0, ST),
-            embed_long: r(embed.1, ST),
+            embed_short: r(figures.embed.0, ST),
+            embed_long: r(figures.embed.1, ST),
             ..References::default()
         },
-        "qwen2.5-coder-0.5b-instruct" => llm(qwen),
-        "smollm2-135m-instruct" => llm(smollm2),
+        "qwen2.5-coder-0.5b-instruct" => llm(figures.qwen),
+        "smollm2-135m-instruct" => llm(figures.smollm2),
         _ => References::default(),
     }
 }
