@@ -24,13 +24,13 @@ use crate::q8::{Q8Matrix, Widen, BLOCK};
 
 impl Model {
     /// [`Model::forward`] of a prompt of many tokens on host buffers: the pass of a
-    /// decoding step, with GEMM for the products. Returns the logits after its last
-    /// token.
+    /// decoding step, with the int8 kernel or else f32 GEMM over widened slabs for
+    /// the products. Returns the logits after its last token.
     ///
-    /// One prompt is read at a time: its GEMMs already spread over every core, so
-    /// several at once go no faster, while each holds its intermediate buffers (for a
-    /// 600-token Qwen prompt, gate and up alone are 23 MB). The summariser's 16
-    /// threads reading their prompts together peaked 250 MB higher, at the same rate.
+    /// One prompt is read at a time: its products already spread over every core, so
+    /// several at once go no faster, while each holds its intermediate buffers
+    /// (megabytes a layer for a 600-token Qwen prompt). Sixteen summariser threads
+    /// reading their prompts together peaked 250 MB higher, at the same rate.
     /// Not on a rayon worker: waiting on a GEMM there, it may take up another task
     /// that reads a prompt, which would wait for the lock its own thread holds.
     pub(super) fn prefill_on_host(
@@ -47,7 +47,8 @@ impl Model {
             ),
             Some(_) => None,
         };
-        // The lock's slab, reused from prompt to prompt; a rayon worker's own.
+        // The lock's slab, reused from prompt to prompt (empty, and never grown, when
+        // the int8 kernel reads the prompt); a rayon worker's own.
         let slab = RefCell::new(
             reading
                 .as_deref_mut()
