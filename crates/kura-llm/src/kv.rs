@@ -17,7 +17,9 @@ use kura_simd::{matmul, multiversion, softmax_rows, MatRef, Threads};
 use rayon::prelude::*;
 
 /// One layer's keys and values. Cloning shares the buffers; the first append to a
-/// shared buffer copies it (a prompt prefix continued by many sessions).
+/// shared buffer copies it. A prompt prefix that many sessions continue is frozen
+/// first (see [`HostKv::freeze`]): its whole blocks are then held once, read by every
+/// session, and only the few tokens past them are copied.
 ///
 /// Keys are held in blocks of [`KEY_BLOCK`] tokens, each block dimension-major
 /// (`[head_dim, KEY_BLOCK]`), so that a decoding step scores a block's tokens with
@@ -33,11 +35,62 @@ use rayon::prelude::*;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HostKv {
     tokens: usize,
-    /// Per key/value head: whole blocks covering `tokens` (the last one's lanes past
-    /// `tokens` are never read as scores).
-    keys: Arc<Vec<Vec<f16>>>,
+    /// The first `frozen_tokens` tokens (whole blocks), never written again.
+    frozen: Arc<Held>,
+    frozen_tokens: usize,
+    /// The tokens after them.
+    own: Arc<Held>,
+}
+
+/// Keys and values of a run of tokens that starts on a block boundary.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    /// Per key/value head: whole blocks covering the tokens (the last one's lanes
+    /// past them are never read as scores).
+    keys: Vec<Vec<f16>>,
     /// Per key/value head: `[tokens, head_dim]`.
-    values: Arc<Vec<Vec<f16>>>,
+    values: Vec<Vec<f16>>,
+}
+
+impl Held {
+    /// Head `head`'s first `count` tokens, which are tokens `first..` of the cache.
+    fn run(&self, head: usize, first: usize, count: usize, head_dim: usize) -> Run<'_> {
+        match (self.keys.get(head), self.values.get(head)) {
+            (Some(keys), Some(values)) if count > 0 => Run {
+                first,
+                keys: &keys[..key_values(count, head_dim)],
+                values: &values[..count * head_dim],
+            },
+            _ => Run {
+                first,
+                keys: &[],
+                values: &[],
+            },
+        }
+    }
+
+    /// The first `tokens` tokens of each head, copied.
+    fn first(&self, tokens: usize, head_dim: usize) -> Held {
+        let cut = |heads: &[Vec<f16>], len: usize| -> Vec<Vec<f16>> {
+            heads
+                .iter()
+                .map(|h| h[..len.min(h.len())].to_vec())
+                .collect()
+        };
+        Held {
+            keys: cut(&self.keys, key_values(tokens, head_dim)),
+            values: cut(&self.values, tokens * head_dim),
+        }
+    }
+}
+
+/// The keys and values of one head over a run of tokens from token `first` (a
+/// block boundary), as the kernels read them.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    first: usize,
+    keys: &'a [f16],
+    values: &'a [f16],
 }
 
 /// Tokens per block of keys: one 512-bit register of f32 lanes.
@@ -98,14 +151,16 @@ impl HostKv {
             kv_heads, head_dim, ..
         } = shape;
         let added = keys.len() / shape.kv_width().max(1);
-        let total = self.tokens + added;
+        // Positions in `own`, which starts on a block boundary.
+        let held = self.tokens - self.frozen_tokens;
+        let total = held + added;
         let step = GROWTH_TOKENS * head_dim;
-        let key_heads = Arc::make_mut(&mut self.keys);
-        key_heads.resize_with(kv_heads, Vec::new);
+        let own = Arc::make_mut(&mut self.own);
+        own.keys.resize_with(kv_heads, Vec::new);
         let mut row = vec![f16::ZERO; head_dim];
-        for (h, head) in key_heads.iter_mut().enumerate() {
+        for (h, head) in own.keys.iter_mut().enumerate() {
             grow_to(head, key_values(total, head_dim), step);
-            for (t, keys) in (self.tokens..).zip(keys.chunks_exact(shape.kv_width())) {
+            for (t, keys) in (held..).zip(keys.chunks_exact(shape.kv_width())) {
                 row.convert_from_f32_slice(&keys[h * head_dim..][..head_dim]);
                 let block = &mut head[t / KEY_BLOCK * KEY_BLOCK * head_dim..];
                 for (d, &key) in row.iter().enumerate() {
@@ -113,9 +168,8 @@ impl HostKv {
                 }
             }
         }
-        let value_heads = Arc::make_mut(&mut self.values);
-        value_heads.resize_with(kv_heads, Vec::new);
-        for (h, head) in value_heads.iter_mut().enumerate() {
+        own.values.resize_with(kv_heads, Vec::new);
+        for (h, head) in own.values.iter_mut().enumerate() {
             let start = head.len();
             grow_to(head, total * head_dim, step);
             for (to, values) in head[start..]
@@ -125,7 +179,38 @@ impl HostKv {
                 to.convert_from_f32_slice(&values[h * head_dim..][..head_dim]);
             }
         }
-        self.tokens = total;
+        self.tokens += added;
+    }
+
+    /// Makes the whole blocks held so far read-only, shared by every clone taken
+    /// after this: a clone's first append then copies only the tokens past them (at
+    /// most a block) where it copied the whole cache. The summariser's instruction
+    /// prefix is some 280 tokens; copied into each of the 32 conversations in flight
+    /// it cost about 100 MB of Qwen's keys and values. (Decoding did not
+    /// get faster for reading it from one place: 0.81 conversations a second
+    /// either way.)
+    pub(crate) fn freeze(&mut self, head_dim: usize) {
+        let whole = self.tokens / KEY_BLOCK * KEY_BLOCK;
+        if whole <= self.frozen_tokens {
+            return;
+        }
+        let moved = whole - self.frozen_tokens;
+        let mut frozen = Held::clone(&self.frozen);
+        let heads = self.own.keys.len();
+        frozen.keys.resize_with(heads, Vec::new);
+        frozen.values.resize_with(heads, Vec::new);
+        // Whole blocks: as many key values as value values.
+        let cut = moved * head_dim;
+        let mut own = Held::default();
+        for (h, (keys, values)) in self.own.keys.iter().zip(&self.own.values).enumerate() {
+            frozen.keys[h].extend_from_slice(&keys[..cut]);
+            frozen.values[h].extend_from_slice(&values[..cut]);
+            own.keys.push(keys[cut..].to_vec());
+            own.values.push(values[cut..].to_vec());
+        }
+        self.frozen = Arc::new(frozen);
+        self.frozen_tokens = whole;
+        self.own = Arc::new(own);
     }
 
     /// Keeps the first `tokens` tokens: in place when no other cache shares the
@@ -134,20 +219,42 @@ impl HostKv {
         if tokens >= self.tokens {
             return;
         }
-        let kept = [
-            (&mut self.keys, key_values(tokens, shape.head_dim)),
-            (&mut self.values, tokens * shape.head_dim),
-        ];
-        for (heads, len) in kept {
-            match Arc::get_mut(heads) {
-                Some(owned) => owned.iter_mut().for_each(|head| head.truncate(len)),
-                None => {
-                    let kept = heads.iter().map(|h| h[..len.min(h.len())].to_vec());
-                    *heads = Arc::new(kept.collect());
+        let head_dim = shape.head_dim;
+        if tokens < self.frozen_tokens {
+            self.own = Arc::new(self.frozen.first(tokens, head_dim));
+            self.frozen = Arc::default();
+            self.frozen_tokens = 0;
+        } else {
+            let kept = tokens - self.frozen_tokens;
+            match Arc::get_mut(&mut self.own) {
+                Some(own) => {
+                    own.keys
+                        .iter_mut()
+                        .for_each(|head| head.truncate(key_values(kept, head_dim)));
+                    own.values
+                        .iter_mut()
+                        .for_each(|head| head.truncate(kept * head_dim));
                 }
+                None => self.own = Arc::new(self.own.first(kept, head_dim)),
             }
         }
         self.tokens = tokens;
+    }
+
+    /// Key/value heads held.
+    fn heads(&self) -> usize {
+        self.own.keys.len().max(self.frozen.keys.len())
+    }
+
+    /// Head `head`'s keys and values of the first `tokens` tokens: the frozen run
+    /// and the own run after it (either may be empty).
+    fn runs(&self, head: usize, tokens: usize, head_dim: usize) -> [Run<'_>; 2] {
+        let in_frozen = tokens.min(self.frozen_tokens);
+        let in_own = tokens - in_frozen;
+        [
+            self.frozen.run(head, 0, in_frozen, head_dim),
+            self.own.run(head, self.frozen_tokens, in_own, head_dim),
+        ]
     }
 
     /// Tokens held.
@@ -158,7 +265,7 @@ impl HostKv {
     /// Keys and values head-major, `[kv_heads, tokens, head_dim]` each, in f32.
     pub(crate) fn head_major(&self, head_dim: usize) -> (Vec<f32>, Vec<f32>) {
         let tokens = self.tokens;
-        let mut keys = Vec::with_capacity(self.keys.len() * tokens * head_dim);
+        let mut keys = Vec::with_capacity(self.heads() * tokens * head_dim);
         for transposed in self.keys_transposed(tokens, head_dim) {
             for t in 0..tokens {
                 keys.extend((0..head_dim).map(|d| transposed[d * tokens + t]));
@@ -170,20 +277,18 @@ impl HostKv {
     /// Each head's keys of the first `tokens` tokens as an f32 matrix
     /// `[head_dim, tokens]`: the right-hand side of a prompt's score GEMM.
     fn keys_transposed(&self, tokens: usize, head_dim: usize) -> Vec<Vec<f32>> {
-        self.keys
-            .iter()
+        (0..self.heads())
             .map(|head| {
                 let mut wide = vec![0f32; head_dim * tokens];
                 let mut lanes = [0f32; KEY_BLOCK];
-                for (b, block) in head[..key_values(tokens, head_dim)]
-                    .chunks_exact(KEY_BLOCK * head_dim)
-                    .enumerate()
-                {
-                    let first = b * KEY_BLOCK;
-                    let count = KEY_BLOCK.min(tokens - first);
-                    for (d, keys) in block.chunks_exact(KEY_BLOCK).enumerate() {
-                        keys.convert_to_f32_slice(&mut lanes);
-                        wide[d * tokens + first..][..count].copy_from_slice(&lanes[..count]);
+                for run in self.runs(head, tokens, head_dim) {
+                    for (b, block) in run.keys.chunks_exact(KEY_BLOCK * head_dim).enumerate() {
+                        let first = run.first + b * KEY_BLOCK;
+                        let count = KEY_BLOCK.min(tokens - first);
+                        for (d, keys) in block.chunks_exact(KEY_BLOCK).enumerate() {
+                            keys.convert_to_f32_slice(&mut lanes);
+                            wide[d * tokens + first..][..count].copy_from_slice(&lanes[..count]);
+                        }
                     }
                 }
                 wide
@@ -193,12 +298,14 @@ impl HostKv {
 
     /// Each head's values of the first `tokens` tokens in f32, `[tokens, head_dim]`.
     fn values_widened(&self, tokens: usize, head_dim: usize) -> Vec<Vec<f32>> {
-        self.values
-            .iter()
+        (0..self.heads())
             .map(|head| {
-                let head = &head[..tokens * head_dim];
-                let mut wide = vec![0f32; head.len()];
-                head.convert_to_f32_slice(&mut wide);
+                let mut wide = vec![0f32; tokens * head_dim];
+                for run in self.runs(head, tokens, head_dim) {
+                    let at = run.first * head_dim;
+                    run.values
+                        .convert_to_f32_slice(&mut wide[at..at + run.values.len()]);
+                }
                 wide
             })
             .collect()
@@ -238,10 +345,9 @@ impl HostKv {
                     .zip(queries.chunks_exact(row))
                     .zip(out.chunks_exact_mut(group))
                 {
-                    let keys = &self.keys[g][..key_values(seen, head_dim)];
-                    let values = &self.values[g][..seen * head_dim];
+                    let runs = self.runs(g, seen, head_dim);
                     let q = &q[g * group..][..group];
-                    attend_group(kernel, q, keys, values, head_dim, scale, out);
+                    attend_group(kernel, q, &runs, head_dim, scale, out);
                 }
                 out
             })
@@ -323,28 +429,32 @@ impl HostKv {
 const PROMPT_ROWS: usize = 32;
 
 /// Softmax attention of the query heads in `queries` (`[group, head_dim]`, one
-/// token) over the keys (whole blocks) and values (`[tokens, head_dim]`) of one
-/// key/value head, written to `out` (`[group, head_dim]`), by the build of the
-/// kernels its caller picked once for all its rows and heads.
+/// token) over the runs of one key/value head's keys (whole blocks) and values
+/// (`[tokens, head_dim]`), in token order, written to `out` (`[group, head_dim]`),
+/// by the build of the kernels its caller picked once for all its rows and heads.
 fn attend_group(
     kernel: Kernel,
     queries: &[f32],
-    keys: &[f16],
-    values: &[f16],
+    runs: &[Run<'_>],
     head_dim: usize,
     scale: f32,
     out: &mut [f32],
 ) {
-    let tokens = values.len() / head_dim;
+    let tokens = runs.iter().map(|run| run.values.len()).sum::<usize>() / head_dim;
     let group = queries.len() / head_dim;
     // Each query's scores take whole blocks; lanes past `tokens` are left out below.
     let stride = whole_blocks(tokens);
     let mut scores = vec![0.0f32; group * stride];
-    kernel.score(queries, keys, head_dim, scale, &mut scores, stride);
+    for run in runs {
+        kernel.score(queries, run, head_dim, scale, &mut scores, stride);
+    }
     for row in scores.chunks_exact_mut(stride) {
         softmax_rows(&mut row[..tokens], tokens);
     }
-    kernel.weigh(&scores, stride, values, head_dim, out);
+    out.fill(0.0);
+    for run in runs {
+        kernel.weigh(&scores, stride, run, head_dim, out);
+    }
 }
 
 /// Which build of the decoding-step kernels runs: AVX-512 reads the half-precision
@@ -368,42 +478,51 @@ impl Kernel {
         Kernel::Plain
     }
 
-    /// `scores[g * stride + t] = scale · queries[g] · key[t]` for every token of the
-    /// blocks in `keys`.
+    /// `scores[g * stride + t] = scale · queries[g] · key[t]` for every token `t` of
+    /// the blocks of `run`.
     fn score(
         self,
         queries: &[f32],
-        keys: &[f16],
+        run: &Run<'_>,
         head_dim: usize,
         scale: f32,
         scores: &mut [f32],
         stride: usize,
     ) {
+        let (keys, first) = (run.keys, run.first);
+        let group = queries.len() / head_dim;
+        assert!(
+            keys.len().is_multiple_of(KEY_BLOCK * head_dim)
+                && first + keys.len() / head_dim <= stride
+                && scores.len() >= group * stride,
+            "a run's whole blocks of keys inside each query's scores"
+        );
         match self {
             // SAFETY: `for_heads` chose this build only where the CPU has AVX-512F and
-            // `head_dim` is whole registers.
+            // `head_dim` is whole registers; the shapes are checked above.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => unsafe {
-                avx512::score(queries, keys, head_dim, scale, scores, stride)
+                avx512::score(queries, keys, head_dim, scale, scores, stride, first)
             },
-            Kernel::Plain => plain_score(queries, keys, head_dim, scale, scores, stride),
+            Kernel::Plain => plain_score(queries, keys, head_dim, scale, scores, stride, first),
         }
     }
 
-    /// `out[g] = Σ_t scores[g * stride + t] · value[t]`.
-    fn weigh(
-        self,
-        scores: &[f32],
-        stride: usize,
-        values: &[f16],
-        head_dim: usize,
-        out: &mut [f32],
-    ) {
+    /// `out[g] += Σ_t scores[g * stride + t] · value[t]` over the tokens of `run`.
+    fn weigh(self, scores: &[f32], stride: usize, run: &Run<'_>, head_dim: usize, out: &mut [f32]) {
+        let (values, first) = (run.values, run.first);
+        let group = out.len() / head_dim;
+        assert!(
+            first + values.len() / head_dim <= stride && scores.len() >= group * stride,
+            "a run's values inside each query's scores"
+        );
         match self {
             // SAFETY: as for `score`.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { avx512::weigh(scores, stride, values, head_dim, out) },
-            Kernel::Plain => plain_weigh(scores, stride, values, head_dim, out),
+            Kernel::Avx512 => unsafe {
+                avx512::weigh(scores, stride, values, head_dim, out, first)
+            },
+            Kernel::Plain => plain_weigh(scores, stride, values, head_dim, out, first),
         }
     }
 }
@@ -416,6 +535,7 @@ fn plain_score(
     scale: f32,
     scores: &mut [f32],
     stride: usize,
+    first: usize,
 ) {
     let mut wide = vec![0f32; KEY_BLOCK * head_dim];
     for (b, block) in keys.chunks_exact(KEY_BLOCK * head_dim).enumerate() {
@@ -427,7 +547,7 @@ fn plain_score(
             scale,
             scores,
             stride,
-            b * KEY_BLOCK,
+            first + b * KEY_BLOCK,
         );
     }
 }
@@ -463,13 +583,26 @@ multiversion! {
 const WIDEN_TOKENS: usize = 32;
 
 /// [`Kernel::weigh`] on values widened [`WIDEN_TOKENS`] at a time.
-fn plain_weigh(scores: &[f32], stride: usize, values: &[f16], head_dim: usize, out: &mut [f32]) {
-    out.fill(0.0);
+fn plain_weigh(
+    scores: &[f32],
+    stride: usize,
+    values: &[f16],
+    head_dim: usize,
+    out: &mut [f32],
+    first: usize,
+) {
     let mut wide = vec![0f32; WIDEN_TOKENS * head_dim];
     for (c, values) in values.chunks(WIDEN_TOKENS * head_dim).enumerate() {
         let wide = &mut wide[..values.len()];
         values.convert_to_f32_slice(wide);
-        weigh_values(scores, wide, head_dim, out, stride, c * WIDEN_TOKENS);
+        weigh_values(
+            scores,
+            wide,
+            head_dim,
+            out,
+            stride,
+            first + c * WIDEN_TOKENS,
+        );
     }
 }
 
@@ -528,7 +661,8 @@ mod avx512 {
         };
     }
 
-    /// [`Kernel::score`](super::Kernel::score); `head_dim` is whole registers.
+    /// [`Kernel::score`](super::Kernel::score), which checked the shapes;
+    /// `head_dim` is whole registers.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn score(
         queries: &[f32],
@@ -537,12 +671,10 @@ mod avx512 {
         scale: f32,
         scores: &mut [f32],
         stride: usize,
+        first: usize,
     ) {
-        let block_values = KEY_BLOCK * head_dim;
-        assert!(keys.len().is_multiple_of(block_values) && keys.len() / head_dim <= stride);
-        assert!(scores.len() * head_dim >= queries.len() * stride);
         for (chunk, queries) in queries.chunks(HEADS * head_dim).enumerate() {
-            let scores = &mut scores[chunk * HEADS * stride..];
+            let scores = &mut scores[chunk * HEADS * stride + first..];
             let heads = queries.len() / head_dim;
             with_heads!(
                 heads,
@@ -579,7 +711,8 @@ mod avx512 {
         }
     }
 
-    /// [`Kernel::weigh`](super::Kernel::weigh); `head_dim` is whole registers.
+    /// [`Kernel::weigh`](super::Kernel::weigh), which checked the shapes;
+    /// `head_dim` is whole registers.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn weigh(
         scores: &[f32],
@@ -587,12 +720,10 @@ mod avx512 {
         values: &[f16],
         head_dim: usize,
         out: &mut [f32],
+        first: usize,
     ) {
-        let tokens = values.len() / head_dim;
-        let group = out.len() / head_dim;
-        assert!(tokens <= stride && scores.len() >= group * stride);
         for (chunk, out) in out.chunks_mut(HEADS * head_dim).enumerate() {
-            let scores = &scores[chunk * HEADS * stride..];
+            let scores = &scores[chunk * HEADS * stride + first..];
             let heads = out.len() / head_dim;
             with_heads!(heads, weigh_heads(scores, stride, values, head_dim, out));
         }
@@ -615,6 +746,13 @@ mod avx512 {
         while d < head_dim {
             let pair = d + 2 * LANES <= head_dim;
             let mut sums = [[_mm512_setzero_ps(); 2]; G];
+            for (g, sums) in sums.iter_mut().enumerate() {
+                let at = out.as_ptr().add(g * head_dim + d);
+                sums[0] = _mm512_loadu_ps(at);
+                if pair {
+                    sums[1] = _mm512_loadu_ps(at.add(LANES));
+                }
+            }
             for t in 0..tokens {
                 let at = v.add(t * head_dim + d) as *const __m256i;
                 let low = _mm512_cvtph_ps(_mm256_loadu_si256(at));
@@ -783,20 +921,95 @@ mod tests {
             let (keys, values) = (numbers(head_dim * tokens, 7), numbers(head_dim * tokens, 8));
             let mut kv = HostKv::default();
             kv.append(shape, &keys, &values);
+            let mut frozen = kv.clone();
+            // Its whole blocks one run, the tokens past them another.
+            frozen.freeze(head_dim);
             let query = numbers(group * head_dim, 9);
             let want = naive(&query, &as_held(&keys), &as_held(&values), shape, 0.2);
             for &build in &builds {
-                let mut got = vec![0f32; group * head_dim];
-                let (keys, values) = (&kv.keys[0], &kv.values[0]);
-                attend_group(build, &query, keys, values, head_dim, 0.2, &mut got);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() < 1e-5,
-                        "{build:?}, {group} heads of {head_dim}: {g} vs {w}"
-                    );
+                for kv in [&kv, &frozen] {
+                    // Stale values in `out`: the runs are added to it after it is cleared.
+                    let mut got = vec![1f32; group * head_dim];
+                    let runs = kv.runs(0, tokens, head_dim);
+                    attend_group(build, &query, &runs, head_dim, 0.2, &mut got);
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() < 1e-5,
+                            "{build:?}, {group} heads of {head_dim}, {} frozen: {g} vs {w}",
+                            kv.frozen_tokens
+                        );
+                    }
                 }
             }
         }
+    }
+
+    /// A frozen prefix continued by two clones: each attends, on both paths, as a
+    /// cache that was never frozen; the clones share the frozen blocks rather than
+    /// copy them; and cutting back into the frozen part and continuing is exact too.
+    #[test]
+    fn clones_of_a_frozen_prefix_share_it_and_attend_as_unfrozen_caches() {
+        let shape = Heads {
+            heads: 14,
+            kv_heads: 2,
+            head_dim: 64,
+        };
+        let (row, kv_row) = (shape.query_width(), shape.kv_width());
+        let (prefix, added) = (37, 40);
+        let total = prefix + added;
+        let (keys, values) = (numbers(kv_row * total, 10), numbers(kv_row * total, 11));
+        let split = |kv: &mut HostKv, from: usize, to: usize| {
+            kv.append(
+                shape,
+                &keys[kv_row * from..kv_row * to],
+                &values[kv_row * from..kv_row * to],
+            )
+        };
+        let mut plain = HostKv::default();
+        split(&mut plain, 0, total);
+        let mut shared = HostKv::default();
+        split(&mut shared, 0, prefix);
+        shared.freeze(shape.head_dim);
+        assert_eq!(shared.frozen_tokens, 32, "the whole blocks of 37 tokens");
+        assert_eq!(shared.len(), prefix);
+        let (mut first, mut second) = (shared.clone(), shared.clone());
+        // One clone continues a few tokens at a time, the other in one prompt.
+        split(&mut first, prefix, prefix + 3);
+        split(&mut first, prefix + 3, total);
+        split(&mut second, prefix, total);
+        assert!(Arc::ptr_eq(&first.frozen, &second.frozen));
+        assert!(Arc::ptr_eq(&first.frozen, &shared.frozen));
+        assert!(!Arc::ptr_eq(&first.own, &shared.own));
+        let queries = numbers(row * added, 12);
+        let want = plain.attend_causal(prefix + 1, &queries, shape, 0.125);
+        for kv in [&first, &second] {
+            assert_eq!(kv.len(), total);
+            assert_eq!(kv.attend_causal(prefix + 1, &queries, shape, 0.125), want);
+            let last = &queries[row * (added - 1)..];
+            assert_eq!(
+                kv.attend_one(last, shape, 0.125),
+                plain.attend_one(last, shape, 0.125)
+            );
+            assert_eq!(
+                kv.head_major(shape.head_dim),
+                plain.head_major(shape.head_dim)
+            );
+        }
+        // Back to 20 tokens, inside the frozen blocks, and on again.
+        for kv in [&mut first, &mut plain] {
+            kv.truncate(20, shape);
+            split(kv, 20, total);
+        }
+        assert_eq!(first.frozen_tokens, 0);
+        assert_eq!(
+            first.attend_causal(prefix + 1, &queries, shape, 0.125),
+            plain.attend_causal(prefix + 1, &queries, shape, 0.125)
+        );
+        // The other clone still reads the frozen blocks.
+        assert_eq!(
+            second.attend_causal(prefix + 1, &queries, shape, 0.125),
+            want
+        );
     }
 
     /// The values as the cache holds them: rounded to half precision.

@@ -289,6 +289,16 @@ impl Model {
         cache.len = len;
         Ok(())
     }
+
+    /// Makes what `cache` holds read-only and shared by its clones (see
+    /// [`HostKv::freeze`]): for a prefix that many sessions continue.
+    pub(crate) fn freeze_cache(&self, cache: &mut Cache) {
+        for slot in &mut cache.layers {
+            if let LayerKv::Host(kv) = slot {
+                kv.freeze(self.config.head_dim);
+            }
+        }
+    }
 }
 
 struct Loader<'a> {

@@ -48,6 +48,8 @@ impl SharedPrefix {
         tokens.extend(chat.open(ChatRole::User)?);
         let mut session = llm.session(0.0, 0);
         session.feed(&tokens)?;
-        Ok(session.snapshot())
+        let (mut cache, logits) = session.snapshot();
+        llm.model().freeze_cache(&mut cache);
+        Ok((cache, logits))
     }
 }
