@@ -52,41 +52,53 @@ struct Held {
     values: Vec<Vec<f16>>,
 }
 
+/// How many of a head's key and value buffers' values hold `tokens` tokens.
+fn head_lengths(tokens: usize, head_dim: usize) -> (usize, usize) {
+    (key_values(tokens, head_dim), tokens * head_dim)
+}
+
 impl Held {
     /// Head `head`'s first `count` tokens, which are tokens `first..` of the cache.
     fn run(&self, head: usize, first: usize, count: usize, head_dim: usize) -> Run<'_> {
-        match (self.keys.get(head), self.values.get(head)) {
-            (Some(keys), Some(values)) if count > 0 => Run {
-                first,
-                keys: &keys[..key_values(count, head_dim)],
-                values: &values[..count * head_dim],
-            },
-            _ => Run {
+        if count == 0 {
+            return Run {
                 first,
                 keys: &[],
                 values: &[],
-            },
+            };
+        }
+        let (keys, values) = head_lengths(count, head_dim);
+        Run {
+            first,
+            keys: &self.keys[head][..keys],
+            values: &self.values[head][..values],
         }
     }
 
     /// The first `tokens` tokens of each head, copied.
     fn first(&self, tokens: usize, head_dim: usize) -> Held {
+        let (keys, values) = head_lengths(tokens, head_dim);
         let cut = |heads: &[Vec<f16>], len: usize| -> Vec<Vec<f16>> {
-            heads
-                .iter()
-                .map(|h| h[..len.min(h.len())].to_vec())
-                .collect()
+            heads.iter().map(|h| h[..len].to_vec()).collect()
         };
         Held {
-            keys: cut(&self.keys, key_values(tokens, head_dim)),
-            values: cut(&self.values, tokens * head_dim),
+            keys: cut(&self.keys, keys),
+            values: cut(&self.values, values),
         }
+    }
+
+    /// Keeps the first `tokens` tokens of each head, in place.
+    fn truncate(&mut self, tokens: usize, head_dim: usize) {
+        let (keys, values) = head_lengths(tokens, head_dim);
+        self.keys.iter_mut().for_each(|head| head.truncate(keys));
+        self.values
+            .iter_mut()
+            .for_each(|head| head.truncate(values));
     }
 }
 
 /// The keys and values of one head over a run of tokens from token `first` (a
 /// block boundary), as the kernels read them.
-#[derive(Clone, Copy)]
 struct Run<'a> {
     first: usize,
     keys: &'a [f16],
@@ -199,14 +211,13 @@ impl HostKv {
         let heads = self.own.keys.len();
         frozen.keys.resize_with(heads, Vec::new);
         frozen.values.resize_with(heads, Vec::new);
-        // Whole blocks: as many key values as value values.
-        let cut = moved * head_dim;
+        let (key_cut, value_cut) = head_lengths(moved, head_dim);
         let mut own = Held::default();
         for (h, (keys, values)) in self.own.keys.iter().zip(&self.own.values).enumerate() {
-            frozen.keys[h].extend_from_slice(&keys[..cut]);
-            frozen.values[h].extend_from_slice(&values[..cut]);
-            own.keys.push(keys[cut..].to_vec());
-            own.values.push(values[cut..].to_vec());
+            frozen.keys[h].extend_from_slice(&keys[..key_cut]);
+            frozen.values[h].extend_from_slice(&values[..value_cut]);
+            own.keys.push(keys[key_cut..].to_vec());
+            own.values.push(values[value_cut..].to_vec());
         }
         self.frozen = Arc::new(frozen);
         self.frozen_tokens = whole;
@@ -227,14 +238,7 @@ impl HostKv {
         } else {
             let kept = tokens - self.frozen_tokens;
             match Arc::get_mut(&mut self.own) {
-                Some(own) => {
-                    own.keys
-                        .iter_mut()
-                        .for_each(|head| head.truncate(key_values(kept, head_dim)));
-                    own.values
-                        .iter_mut()
-                        .for_each(|head| head.truncate(kept * head_dim));
-                }
+                Some(own) => own.truncate(kept, head_dim),
                 None => self.own = Arc::new(self.own.first(kept, head_dim)),
             }
         }
