@@ -347,17 +347,11 @@ impl HostKv {
         if kernel == Kernel::Plain && rows >= PROMPT_ROWS {
             return self.attend_prompt(first, queries, shape, scale);
         }
-        let tasks: Vec<(usize, usize)> = (0..shape.kv_heads)
-            .flat_map(|g| {
-                (0..rows)
-                    .step_by(ROWS_TOGETHER)
-                    .map(move |start| (g, start))
-            })
-            .collect();
-        let parts: Vec<Vec<f32>> = tasks
-            .par_iter()
-            .map(|&(g, start)| {
-                let count = ROWS_TOGETHER.min(rows - start);
+        in_blocks_of_rows(
+            (shape.kv_heads, group),
+            rows,
+            ROWS_TOGETHER,
+            |g, start, count| {
                 let mut block = Vec::with_capacity(count * group);
                 for q in queries[start * row..].chunks_exact(row).take(count) {
                     block.extend_from_slice(&q[g * group..][..group]);
@@ -375,18 +369,8 @@ impl HostKv {
                     &mut out,
                 );
                 out
-            })
-            .collect();
-        let mut out = vec![0.0f32; rows * row];
-        for (&(g, start), part) in tasks.iter().zip(&parts) {
-            for (out, part) in out[start * row..]
-                .chunks_mut(row)
-                .zip(part.chunks_exact(group))
-            {
-                out[g * group..][..group].copy_from_slice(part);
-            }
-        }
-        out
+            },
+        )
     }
 
     /// [`HostKv::attend_causal`] for many rows (a prompt): per query head and block
@@ -404,17 +388,11 @@ impl HostKv {
             self.keys_transposed(held, head_dim),
             self.values_widened(held, head_dim),
         );
-        let tasks: Vec<(usize, usize)> = (0..heads)
-            .flat_map(|head| {
-                (0..rows)
-                    .step_by(PROMPT_ROWS)
-                    .map(move |start| (head, start))
-            })
-            .collect();
-        let blocks: Vec<Vec<f32>> = tasks
-            .par_iter()
-            .map(|&(head, start)| {
-                let count = PROMPT_ROWS.min(rows - start);
+        in_blocks_of_rows(
+            (heads, head_dim),
+            rows,
+            PROMPT_ROWS,
+            |head, start, count| {
                 let seen = first + start + count - 1;
                 let (keys, values) = (&all_keys[head / group], &all_values[head / group]);
                 let q = MatRef::new(
@@ -437,19 +415,38 @@ impl HostKv {
                 let values = MatRef::row_major(&values[..seen * head_dim], seen, head_dim);
                 matmul(&mut out, scores, values, 1.0, false, Threads::One);
                 out
-            })
-            .collect();
-        let mut out = vec![0.0f32; rows * row];
-        for (&(head, start), block) in tasks.iter().zip(&blocks) {
-            for (to, from) in out[start * row..]
-                .chunks_mut(row)
-                .zip(block.chunks_exact(head_dim))
-            {
-                to[head * head_dim..][..head_dim].copy_from_slice(from);
-            }
-        }
-        out
+            },
+        )
     }
+}
+
+/// The attention of `rows` rows of `parts × width` values, computed by `task(part,
+/// start, count)` for each part and block of up to `size` rows from `start` (its
+/// `count × width` values), the tasks in parallel, each written to its columns.
+fn in_blocks_of_rows(
+    (parts, width): (usize, usize),
+    rows: usize,
+    size: usize,
+    task: impl Fn(usize, usize, usize) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    let tasks: Vec<(usize, usize)> = (0..parts)
+        .flat_map(|part| (0..rows).step_by(size).map(move |start| (part, start)))
+        .collect();
+    let blocks: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(part, start)| task(part, start, size.min(rows - start)))
+        .collect();
+    let row = parts * width;
+    let mut out = vec![0.0f32; rows * row];
+    for (&(part, start), block) in tasks.iter().zip(&blocks) {
+        for (to, from) in out[start * row..]
+            .chunks_mut(row)
+            .zip(block.chunks_exact(width))
+        {
+            to[part * width..][..width].copy_from_slice(from);
+        }
+    }
+    out
 }
 
 /// Rows from which [`HostKv::attend_causal`] computes attention as GEMMs where the
