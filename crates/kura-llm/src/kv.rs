@@ -741,24 +741,18 @@ mod avx512 {
         stride: usize,
     ) {
         let scale = _mm512_set1_ps(scale);
-        // Dimension-major, `[head_dim, G]`: a dimension's queries are G floats in a
-        // row, each broadcast from a fixed offset of one pointer.
-        let mut transposed = vec![0f32; head_dim * G];
-        for (g, query) in queries.chunks_exact(head_dim).enumerate() {
-            for (d, &q) in query.iter().enumerate() {
-                transposed[d * G + g] = q;
-            }
-        }
+        let q = queries.as_ptr();
         for (b, block) in keys.chunks_exact(KEY_BLOCK * head_dim).enumerate() {
             let mut sums = [_mm512_setzero_ps(); G];
             let block = block.as_ptr() as *const __m256i;
-            for (d, q) in transposed.chunks_exact(G).enumerate() {
+            for d in 0..head_dim {
                 _mm_prefetch::<_MM_HINT_T0>(
                     block.wrapping_add(d + KEYS_AHEAD * head_dim) as *const i8
                 );
                 let keys = _mm512_cvtph_ps(_mm256_loadu_si256(block.add(d)));
-                for (sum, &q) in sums.iter_mut().zip(q) {
-                    *sum = _mm512_fmadd_ps(_mm512_set1_ps(q), keys, *sum);
+                for (g, sum) in sums.iter_mut().enumerate() {
+                    let query = _mm512_set1_ps(*q.add(g * head_dim + d));
+                    *sum = _mm512_fmadd_ps(query, keys, *sum);
                 }
             }
             for (g, sum) in sums.iter().enumerate() {
