@@ -405,11 +405,7 @@ impl HostKv {
                 let mut scores = vec![0.0f32; count * seen];
                 let keys = MatRef::new(keys, head_dim, seen, held, 1);
                 matmul(&mut scores, q, keys, scale, false, Threads::One);
-                for (sees, scores) in (first + start..).zip(scores.chunks_exact_mut(seen)) {
-                    let (visible, hidden) = scores.split_at_mut(sees);
-                    softmax_rows(visible, sees);
-                    hidden.fill(0.0);
-                }
+                causal_softmax(&mut scores, (seen, seen), first + start, 1);
                 let mut out = vec![0.0f32; count * head_dim];
                 let scores = MatRef::row_major(&scores, count, seen);
                 let values = MatRef::row_major(&values[..seen * head_dim], seen, head_dim);
@@ -486,15 +482,28 @@ fn attend_group(
     for run in runs {
         kernel.score(queries, run, head_dim, scale, &mut scores, stride);
     }
-    for (q, scores) in scores.chunks_exact_mut(stride).enumerate() {
-        let seen = sees + q / row_heads;
-        let (visible, hidden) = scores[..tokens].split_at_mut(seen);
-        softmax_rows(visible, seen);
-        hidden.fill(0.0);
-    }
+    causal_softmax(&mut scores, (stride, tokens), sees, row_heads);
     out.fill(0.0);
     for run in runs {
         kernel.weigh(&scores, stride, run, head_dim, out);
+    }
+}
+
+/// Softmax of rows of scores (`stride` apart, `tokens` each) that causal attention
+/// lets see a prefix: rows come `per_row` at a time (a token's query heads), the
+/// first rows see `sees` tokens and each next token one more. What a row does not
+/// see is zeroed, so that weighing every token adds nothing for it.
+fn causal_softmax(
+    scores: &mut [f32],
+    (stride, tokens): (usize, usize),
+    sees: usize,
+    per_row: usize,
+) {
+    for (i, scores) in scores.chunks_exact_mut(stride).enumerate() {
+        let seen = sees + i / per_row;
+        let (visible, hidden) = scores[..tokens].split_at_mut(seen);
+        softmax_rows(visible, seen);
+        hidden.fill(0.0);
     }
 }
 
