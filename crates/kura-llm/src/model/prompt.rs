@@ -1,8 +1,8 @@
 //! Reading a prompt on the CPU on host buffers: the pass of a decoding step (`host`),
 //! with the projections multiplied by the int8 kernel where the 8-bit copies are in
 //! its layout (`q8`), else by f32 GEMM over the 8-bit weights widened a slab at a
-//! time, and causal attention over each head's keys as GEMMs over blocks of rows
-//! (`kv`).
+//! time, and causal attention over the cache as blocks of rows (`kv`: the step's
+//! kernels with AVX-512, GEMMs elsewhere).
 //!
 //! Why not candle's ops, as before: the GEMMs were only half of a prompt's time. The
 //! rest was the ops between them: the full masked square of scores with a scalar
