@@ -964,6 +964,40 @@ mod tests {
         }
     }
 
+    /// Rows taken together attend to the bits each row gets fed alone after the
+    /// rows before it: what a row does not see adds exact zeros, and a query's sums
+    /// do not depend on the queries beside it. Twenty rows span blocks of
+    /// [`ROWS_TOGETHER`] and stay below [`PROMPT_ROWS`], so every build runs them
+    /// through the kernels; the cache has a frozen prefix, as the summariser's do.
+    #[test]
+    fn rows_together_are_the_bits_of_each_row_alone() {
+        let shape = Heads {
+            heads: 14,
+            kv_heads: 2,
+            head_dim: 64,
+        };
+        let (row, kv_row) = (shape.query_width(), shape.kv_width());
+        let (held_before, rows) = (37, 20);
+        let total = held_before + rows;
+        let (keys, values) = (numbers(kv_row * total, 11), numbers(kv_row * total, 12));
+        let queries = numbers(row * rows, 13);
+        let mut kv = HostKv::default();
+        let before = kv_row * held_before;
+        kv.append(shape, &keys[..before], &values[..before]);
+        kv.freeze(shape.head_dim);
+        kv.append(shape, &keys[before..], &values[before..]);
+        let together = kv.attend_causal(held_before + 1, &queries, shape, 0.125);
+        for (j, (got, query)) in together
+            .chunks_exact(row)
+            .zip(queries.chunks_exact(row))
+            .enumerate()
+        {
+            let mut alone = kv.clone();
+            alone.truncate(held_before + j + 1, shape);
+            assert_eq!(got, alone.attend_one(query, shape, 0.125), "row {j}");
+        }
+    }
+
     /// Both builds of the kernels against the definition, for every number of query
     /// heads a chunk of them can hold (and more), one row and several (each seeing
     /// one token more), head widths of one and of several registers, and contexts
