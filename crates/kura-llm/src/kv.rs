@@ -877,6 +877,13 @@ mod tests {
         out
     }
 
+    /// Qwen 2.5 0.5B's heads: 14 query heads sharing 2 key/value heads of 64.
+    const QWEN: Heads = Heads {
+        heads: 14,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+
     fn numbers(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
@@ -913,11 +920,7 @@ mod tests {
     /// through the GEMMs that read prompts where the CPU has no AVX-512.
     #[test]
     fn rows_fed_together_attend_causally() {
-        let shape = Heads {
-            heads: 14,
-            kv_heads: 2,
-            head_dim: 64,
-        };
+        let shape = QWEN;
         let (row, kv_row) = (
             shape.heads * shape.head_dim,
             shape.kv_heads * shape.head_dim,
@@ -971,11 +974,7 @@ mod tests {
     /// through the kernels; the cache has a frozen prefix, as the summariser's do.
     #[test]
     fn rows_together_are_the_bits_of_each_row_alone() {
-        let shape = Heads {
-            heads: 14,
-            kv_heads: 2,
-            head_dim: 64,
-        };
+        let shape = QWEN;
         let (row, kv_row) = (shape.query_width(), shape.kv_width());
         let (held_before, rows) = (37, 20);
         let total = held_before + rows;
@@ -1074,11 +1073,7 @@ mod tests {
     /// copy them; and cutting back into the frozen part and continuing is exact too.
     #[test]
     fn clones_of_a_frozen_prefix_share_it_and_attend_as_unfrozen_caches() {
-        let shape = Heads {
-            heads: 14,
-            kv_heads: 2,
-            head_dim: 64,
-        };
+        let shape = QWEN;
         let (row, kv_row) = (shape.query_width(), shape.kv_width());
         let (prefix, added) = (37, 40);
         let total = prefix + added;
