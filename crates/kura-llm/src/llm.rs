@@ -505,6 +505,44 @@ impl<'a> Session<'a> {
     }
 
     /// The index into `candidates` of the most likely candidate token.
+    /// [`Session::probabilities`] of `candidates` after `text`, which is fed and
+    /// taken back: the cache and the logits are left as they were.
+    pub(crate) fn weigh_after(
+        &mut self,
+        text: &str,
+        candidates: &[u32],
+    ) -> Result<Vec<f32>, LlmError> {
+        let (len, logits) = (self.cache.len(), self.logits.clone());
+        self.feed_text(text)?;
+        let weights = self.probabilities(candidates);
+        self.llm.model().truncate_cache(&mut self.cache, len)?;
+        self.logits = logits;
+        weights
+    }
+
+    /// The softmax of the next token's logits over `candidates` alone.
+    fn probabilities(&self, candidates: &[u32]) -> Result<Vec<f32>, LlmError> {
+        let logits = self.logits()?;
+        let scores: Vec<f32> = candidates
+            .iter()
+            .map(|&id| {
+                logits
+                    .get(id as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY)
+            })
+            .collect();
+        let most = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if !most.is_finite() {
+            return Err(LlmError::InvalidOutput(
+                "the model gave none of the options a usable logit".into(),
+            ));
+        }
+        let weights: Vec<f32> = scores.iter().map(|s| (s - most).exp()).collect();
+        let total: f32 = weights.iter().sum();
+        Ok(weights.into_iter().map(|w| w / total).collect())
+    }
+
     pub(crate) fn choose(&self, candidates: &[u32]) -> Result<usize, LlmError> {
         let logits = self.logits()?;
         let scores: Vec<f32> = candidates

@@ -3,7 +3,7 @@
 //! text here must bump the matching version, which is part of the stage id, so cached
 //! results made with the old prompt are recomputed.
 
-pub const SUMMARY_PROMPT_VERSION: &str = "summary-v5";
+pub const SUMMARY_PROMPT_VERSION: &str = "summary-v6";
 pub const NAMING_PROMPT_VERSION: &str = "naming-v7";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\
@@ -24,6 +24,17 @@ pub(crate) const SUMMARY_REQUEST: &str = "Describe this conversation as JSON.";
 pub(crate) const SUMMARY_PREFIX: &str = "The user";
 pub(crate) const REQUEST_PREFIX: &str = "The user's overall request for the assistant is to";
 pub(crate) const TASK_PREFIX: &str = "The task is to";
+/// Opens the answer with a safety judgement; the model's odds between the two
+/// options that end it become the concerning score (see `summarizer`). Measured with
+/// Qwen 0.5B on 32 everyday Arena-Hard requests and 8 harmful ones (bombs, malware,
+/// racism): a digit for `concerning_score` came out 3 or 4 for both; these odds put
+/// 29 of the everyday ones at 1 and 7 of the harmful ones at 2 to 5. Describing a
+/// `safety` field in the instructions made the odds swing with the wording (every
+/// request harmless with one phrasing, most harmful with another), so the
+/// instructions keep the scale, and the judgement comes first, read from the
+/// conversation rather than from the model's own summary of it.
+pub(crate) const SAFETY_PREFIX: &str = "The user's request is";
+pub(crate) const SAFETY_OPTIONS: [&str; 2] = [" harmless", " harmful"];
 
 pub(crate) const NAMING_SYSTEM: &str = "\
 You name a group of similar conversations between users and an AI assistant.

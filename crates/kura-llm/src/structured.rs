@@ -101,15 +101,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         self.open_key(key);
         self.pending.push('"');
         self.flush()?;
-        let chat = self.session.llm().chat();
-        let mut first_tokens = Vec::with_capacity(options.len());
-        for option in options {
-            let ids = chat.encode_text(option)?;
-            let first = ids.first().copied().ok_or_else(|| {
-                LlmError::InvalidOutput(format!("option {option:?} encodes to no tokens"))
-            })?;
-            first_tokens.push(first);
-        }
+        let first_tokens = self.first_tokens(options)?;
         let chosen = options[self.session.choose(&first_tokens)?];
         self.session.feed_text(chosen)?;
         if whole_word {
@@ -119,6 +111,53 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         let (raw, unfed) = self.decode_string(max_tokens, 1)?;
         self.pending = format!("{unfed}\"");
         Ok(clean_value(&format!("{chosen}{raw}")))
+    }
+
+    /// How likely the model finds each of `options` to end a string value `key`
+    /// that `prefix` opens, written next (by each option's first token, among the
+    /// options alone). Nothing is written: the key, the prefix and the option are
+    /// fed, read and taken back, so the answer goes on as if it had not been asked.
+    /// Used where a small model has a judgement but no calibrated number for it:
+    /// asked for a digit from 1 to 5, Qwen 0.5B answered 3 or 4 for proofs and bomb
+    /// recipes alike, while whether a request "is harmless" or "is harmful"
+    /// separates the two. Taken back, because SmolLM2 then copied its judgement
+    /// into the summary that followed it.
+    pub(crate) fn weigh(
+        &mut self,
+        key: &str,
+        prefix: &str,
+        options: &[&str],
+    ) -> Result<Vec<f32>, LlmError> {
+        let separator = if self.fields > 0 { ", " } else { "" };
+        let question = format!("{}{separator}\"{key}\": \"{prefix}", self.pending);
+        let first_tokens = self.first_tokens(options)?;
+        if (1..first_tokens.len()).any(|i| first_tokens[..i].contains(&first_tokens[i])) {
+            return Err(LlmError::InvalidOutput(format!(
+                "the options {options:?} do not all start with different tokens, so the \
+                 model's choice between them cannot be read off one set of logits"
+            )));
+        }
+        self.session.weigh_after(&question, &first_tokens)
+    }
+
+    /// An integer value chosen by the program, written as the model would have.
+    pub(crate) fn number(&mut self, key: &str, value: u8) {
+        self.open_key(key);
+        self.pending.push_str(&value.to_string());
+    }
+
+    /// Each option's first token, by which the model's logits choose among them.
+    fn first_tokens(&self, options: &[&str]) -> Result<Vec<u32>, LlmError> {
+        let chat = self.session.llm().chat();
+        let mut first_tokens = Vec::with_capacity(options.len());
+        for option in options {
+            let ids = chat.encode_text(option)?;
+            let first = ids.first().copied().ok_or_else(|| {
+                LlmError::InvalidOutput(format!("option {option:?} encodes to no tokens"))
+            })?;
+            first_tokens.push(first);
+        }
+        Ok(first_tokens)
     }
 
     /// An integer in `choices` (single digits), chosen by the model's logits over them.
@@ -175,7 +214,14 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             self.session.feed(&[token])?;
             fed = text;
         }
-        Ok((fed, String::new()))
+        // Cut off at its token cap, a value keeps its whole sentences: the summary
+        // "… The assistant provided a plan for each step, including" loses the
+        // unfinished one. (The model has read it all; the next key follows.)
+        let value = match ids.len() == max_tokens {
+            true => whole_sentences(&fed).to_string(),
+            false => fed,
+        };
+        Ok((value, String::new()))
     }
 }
 
@@ -208,6 +254,17 @@ fn sentences_end(text: &str, count: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// `text` up to the end of its last finished sentence, or all of it when none is.
+fn whole_sentences(text: &str) -> &str {
+    let mut ends = text.char_indices().filter(|&(i, c)| {
+        matches!(c, '.' | '!' | '?') && text[i + 1..].chars().next().is_none_or(char::is_whitespace)
+    });
+    match ends.next_back() {
+        Some((i, c)) => &text[..i + c.len_utf8()],
+        None => text,
+    }
 }
 
 /// Undoes JSON escapes and collapses whitespace.
@@ -243,6 +300,62 @@ pub(crate) fn split_list(value: &str) -> Vec<String> {
     items
 }
 
+/// Splits the assistant's errors: on semicolons alone, as the prompt asks, since an
+/// error is a clause that may hold commas and "and" ("wrong formatting of the
+/// intervals and the bar heights"); a part that says there was no error ("No
+/// mistakes were made by the assistant") is dropped, so such an answer is the empty
+/// list.
+pub(crate) fn split_errors(value: &str) -> Vec<String> {
+    let mut errors: Vec<String> = Vec::new();
+    for part in value.split([';', '\n']) {
+        let error = part
+            .trim()
+            .trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
+            .to_string();
+        if !error.is_empty() && !says_no_error(&error) && !errors.contains(&error) {
+            errors.push(error);
+        }
+    }
+    errors
+}
+
+/// Whether an entry of the errors list says that there was none.
+fn says_no_error(entry: &str) -> bool {
+    let lower = entry.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let denial = |w: &str| matches!(w, "no" | "none" | "nothing" | "not" | "didn't" | "never");
+    let fault = |w: &str| {
+        [
+            "error",
+            "mistake",
+            "issue",
+            "problem",
+            "inaccurac",
+            "fault",
+            "wrong",
+        ]
+        .iter()
+        .any(|f| w.starts_with(f))
+    };
+    match words.as_slice() {
+        [] => true,
+        ["none" | "n" | "na" | "nothing" | "no", ..] if words.len() <= 2 => true,
+        _ => {
+            // "No errors were made", "The assistant made no mistakes", "did not
+            // make any errors": a denial shortly before the fault it denies.
+            let short = words.len() <= 12;
+            short
+                && words
+                    .iter()
+                    .enumerate()
+                    .any(|(i, w)| denial(w) && words[i + 1..].iter().take(4).any(|w| fault(w)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,16 +368,61 @@ mod tests {
     }
 
     #[test]
-    fn sentences_end_counts_finished_sentences() {
-        assert_eq!(sentences_end("One. Two. Three", 2), Some(9));
-        assert_eq!(sentences_end("One. Two.", 2), None);
-        assert_eq!(sentences_end("Version 1.5 works! Yes", 1), Some(18));
+    fn whole_sentences_drop_an_unfinished_one() {
+        assert_eq!(
+            whole_sentences("It asked for a plan. The assistant gave steps, including"),
+            "It asked for a plan."
+        );
+        assert_eq!(
+            whole_sentences("Version 1.5 is out! Then"),
+            "Version 1.5 is out!"
+        );
+        assert_eq!(
+            whole_sentences("No sentence ends here"),
+            "No sentence ends here"
+        );
+        assert_eq!(whole_sentences("One. Two."), "One. Two.");
     }
 
     #[test]
     fn clean_value_unescapes_and_collapses() {
         assert_eq!(clean_value(r#"a \"b\"  \n c"#), "a \"b\" c");
         assert_eq!(clean_value(r"broken \x escape"), r"broken \x escape");
+    }
+
+    #[test]
+    fn errors_split_on_semicolons_alone_and_denials_are_no_errors() {
+        assert_eq!(
+            split_errors(
+                "The assistant made several mistakes, including wrong formatting of the \
+                 intervals and the bar heights; it forgot the legend."
+            ),
+            [
+                "The assistant made several mistakes, including wrong formatting of the \
+                 intervals and the bar heights",
+                "it forgot the legend"
+            ]
+        );
+        for none in [
+            "none",
+            "None.",
+            "No mistakes made by the assistant",
+            "No errors were found",
+            "No errors were made in the conversation.",
+            "The assistant made no mistakes.",
+            "The assistant did not make any errors",
+            "n/a",
+            "",
+        ] {
+            assert!(split_errors(none).is_empty(), "{none:?}");
+        }
+        // A real error that happens to hold "no" or "not" is kept.
+        for kept in [
+            "The code does not handle the case where the row is already sorted",
+            "It said there is no closed form, which is wrong",
+        ] {
+            assert_eq!(split_errors(kept), [kept], "{kept:?}");
+        }
     }
 
     #[test]

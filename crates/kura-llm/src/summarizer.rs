@@ -14,10 +14,10 @@ use crate::fit::{fit_transcript, Turn};
 use crate::llm::{LocalLlm, Session};
 use crate::prefix::SharedPrefix;
 use crate::prompts::{
-    REQUEST_PREFIX, SUMMARY_PREFIX, SUMMARY_PROMPT_VERSION, SUMMARY_REQUEST, SUMMARY_SYSTEM,
-    TASK_PREFIX,
+    REQUEST_PREFIX, SAFETY_OPTIONS, SAFETY_PREFIX, SUMMARY_PREFIX, SUMMARY_PROMPT_VERSION,
+    SUMMARY_REQUEST, SUMMARY_SYSTEM, TASK_PREFIX,
 };
-use crate::structured::{split_list, FormWriter};
+use crate::structured::{split_errors, split_list, FormWriter};
 
 /// Token caps per field; their sum plus the skeleton is kept free in the context.
 const SUMMARY_TOKENS: usize = 80;
@@ -167,12 +167,14 @@ struct Facets {
 
 fn fill_facets(session: &mut Session<'_>) -> Result<Facets, LlmError> {
     let mut form = FormWriter::new(session);
+    let harm = form.weigh("safety", SAFETY_PREFIX, &SAFETY_OPTIONS)?;
     let summary = form.text("summary", SUMMARY_PREFIX, SUMMARY_TOKENS, 2)?;
     let request = form.text("request", REQUEST_PREFIX, REQUEST_TOKENS, 1)?;
     let task = form.text("task", TASK_PREFIX, TASK_TOKENS, 1)?;
     let languages =
         form.choice_then_text("natural_languages", LANGUAGES, LANGUAGE_TOKENS, false)?;
-    let concerning_score = form.digit("concerning_score", &SCORES)?;
+    let concerning_score = concerning_score(harm[1]);
+    form.number("concerning_score", concerning_score);
     let user_frustration = form.digit("user_frustration", &SCORES)?;
     let assistant_errors = form.text("assistant_errors", "", ERROR_TOKENS, 2)?;
     Ok(Facets {
@@ -182,8 +184,16 @@ fn fill_facets(session: &mut Session<'_>) -> Result<Facets, LlmError> {
         languages: normalize_languages(&languages),
         concerning_score,
         user_frustration,
-        assistant_errors: split_list(&assistant_errors),
+        assistant_errors: split_errors(&assistant_errors),
     })
+}
+
+/// Clio's 1–5 concerning score from how likely the model finds the request harmful
+/// rather than harmless: 1 while it leans to harmless, then 2 to 5 in four equal
+/// steps of its odds for harmful, so 5 is a request it is sure is harmful.
+fn concerning_score(harmful: f32) -> u8 {
+    let lean = ((harmful - 0.5) / 0.125).ceil().clamp(0.0, 4.0);
+    1 + lean as u8
 }
 
 /// The first language is chosen among these (the most used languages online), so
@@ -379,5 +389,26 @@ impl Summarizer for LlmSummarizer {
                 done(i, result.map_err(BoxError::from));
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_concerning_score_is_1_while_the_model_leans_to_harmless() {
+        for (harmful, score) in [
+            (0.0, 1),
+            (0.3, 1),
+            (0.5, 1),
+            (0.55, 2),
+            (0.7, 3),
+            (0.8, 4),
+            (0.9, 5),
+            (1.0, 5),
+        ] {
+            assert_eq!(concerning_score(harmful), score, "{harmful}");
+        }
     }
 }

@@ -46,6 +46,23 @@ pub fn llm(name: &str) -> Arc<LocalLlm> {
         .clone()
 }
 
+/// The conversations of a shared data file with these ids, in the order given.
+pub fn conversations_by_id(file: &str, ids: &[&str]) -> Vec<Conversation> {
+    let path = PathBuf::from(format!("{DATA}/conversations/{file}"));
+    let loaded = kura_core::loaders::load_file(&path, &Default::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ids.iter()
+        .map(|id| {
+            loaded
+                .conversations
+                .iter()
+                .find(|c| c.chat_id == *id)
+                .unwrap_or_else(|| panic!("{}: no conversation {id}", path.display()))
+                .clone()
+        })
+        .collect()
+}
+
 pub fn arena_conversations(indices: &[usize]) -> Vec<Conversation> {
     let path = format!("{DATA}/conversations/arena_hard_500.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
