@@ -522,16 +522,7 @@ impl<'a> Session<'a> {
 
     /// The softmax of the next token's logits over `candidates` alone.
     fn probabilities(&self, candidates: &[u32]) -> Result<Vec<f32>, LlmError> {
-        let logits = self.logits()?;
-        let scores: Vec<f32> = candidates
-            .iter()
-            .map(|&id| {
-                logits
-                    .get(id as usize)
-                    .copied()
-                    .unwrap_or(f32::NEG_INFINITY)
-            })
-            .collect();
+        let scores = self.candidate_logits(candidates)?;
         let most = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         if !most.is_finite() {
             return Err(LlmError::InvalidOutput(
@@ -544,8 +535,14 @@ impl<'a> Session<'a> {
     }
 
     pub(crate) fn choose(&self, candidates: &[u32]) -> Result<usize, LlmError> {
+        argmax(&self.candidate_logits(candidates)?)
+    }
+
+    /// The next token's logit for each of `candidates` (−∞ for an id past the
+    /// vocabulary).
+    fn candidate_logits(&self, candidates: &[u32]) -> Result<Vec<f32>, LlmError> {
         let logits = self.logits()?;
-        let scores: Vec<f32> = candidates
+        Ok(candidates
             .iter()
             .map(|&id| {
                 logits
@@ -553,8 +550,7 @@ impl<'a> Session<'a> {
                     .copied()
                     .unwrap_or(f32::NEG_INFINITY)
             })
-            .collect();
-        argmax(&scores)
+            .collect())
     }
 }
 
@@ -610,5 +606,38 @@ mod tests {
         });
         assert_eq!(starts, [5, 5, 5]);
         assert_eq!(answer.expect("the third attempt is accepted"), 7);
+    }
+
+    /// Weighing options after a text leaves the session as it was: the next token
+    /// is predicted from the same logits and continues to the same bits as in a
+    /// session that never weighed; the weights are those of feeding the text.
+    #[test]
+    fn weighing_after_a_text_takes_the_text_back() {
+        let llm = smollm2();
+        let prompt = [1, 520, 2_000, 33, 7_000];
+        let mut weighed = llm.session(0.0, 0);
+        weighed.feed(&prompt).expect("prompt");
+        let mut plain = llm.session(0.0, 0);
+        plain.feed(&prompt).expect("prompt");
+
+        let candidates = [300, 400];
+        let weights = weighed
+            .weigh_after("The answer is", &candidates)
+            .expect("weigh");
+        assert_eq!(weighed.cache.len(), prompt.len());
+        assert_eq!(weighed.logits, plain.logits);
+
+        let mut fed = llm.session(0.0, 0);
+        fed.feed(&prompt).expect("prompt");
+        fed.feed_text("The answer is").expect("text");
+        assert_eq!(weights, fed.probabilities(&candidates).expect("weights"));
+        assert!(
+            (weights.iter().sum::<f32>() - 1.0).abs() < 1e-5,
+            "{weights:?}"
+        );
+
+        weighed.feed(&[42]).expect("step");
+        plain.feed(&[42]).expect("step");
+        assert_eq!(weighed.logits, plain.logits);
     }
 }
