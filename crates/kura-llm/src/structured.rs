@@ -368,6 +368,13 @@ mod tests {
     }
 
     #[test]
+    fn sentences_end_counts_finished_sentences() {
+        assert_eq!(sentences_end("One. Two. Three", 2), Some(9));
+        assert_eq!(sentences_end("One. Two.", 2), None);
+        assert_eq!(sentences_end("Version 1.5 works! Yes", 1), Some(18));
+    }
+
+    #[test]
     fn whole_sentences_drop_an_unfinished_one() {
         assert_eq!(
             whole_sentences("It asked for a plan. The assistant gave steps, including"),
