@@ -142,27 +142,23 @@ fn larger(m: f32, x: f32) -> f32 {
 /// chunks, folded into eight, then the rest of `xs` eight and one at a time.
 #[inline(always)]
 fn reduce(xs: &[f32], start: f32, op: impl Fn(f32, f32) -> f32 + Copy) -> [f32; LANES] {
+    // Each partial result takes the value beside it: `xs` is zipped, never indexed.
+    let fold_into = |acc: &mut [f32], xs: &[f32]| {
+        for (a, &x) in acc.iter_mut().zip(xs) {
+            *a = op(*a, x);
+        }
+    };
     let mut wide = [start; WIDE];
     let mut chunks = xs.chunks_exact(WIDE);
     for chunk in &mut chunks {
-        for (a, &x) in wide.iter_mut().zip(chunk) {
-            *a = op(*a, x);
-        }
+        fold_into(&mut wide, chunk);
     }
     let mut acc = [start; LANES];
-    for part in wide.chunks_exact(LANES) {
-        for (a, &x) in acc.iter_mut().zip(part) {
-            *a = op(*a, x);
-        }
-    }
-    let mut rest = chunks.remainder().chunks_exact(LANES);
-    for part in &mut rest {
-        for (a, &x) in acc.iter_mut().zip(part) {
-            *a = op(*a, x);
-        }
-    }
-    for (a, &x) in acc.iter_mut().zip(rest.remainder()) {
-        *a = op(*a, x);
+    for part in wide
+        .chunks_exact(LANES)
+        .chain(chunks.remainder().chunks(LANES))
+    {
+        fold_into(&mut acc, part);
     }
     acc
 }
