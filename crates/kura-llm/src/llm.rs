@@ -504,7 +504,6 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// The index into `candidates` of the most likely candidate token.
     /// [`Session::probabilities`] of `candidates` after `text`, which is fed and
     /// taken back: the cache and the logits are left as they were.
     pub(crate) fn weigh_after(
@@ -534,6 +533,7 @@ impl<'a> Session<'a> {
         Ok(weights.into_iter().map(|w| w / total).collect())
     }
 
+    /// The index into `candidates` of the most likely candidate token.
     pub(crate) fn choose(&self, candidates: &[u32]) -> Result<usize, LlmError> {
         argmax(&self.candidate_logits(candidates)?)
     }

@@ -27,13 +27,16 @@ impl<'s, 'a> FormWriter<'s, 'a> {
     }
 
     fn open_key(&mut self, key: &str) {
-        if self.fields > 0 {
-            self.pending.push_str(", ");
-        }
-        self.pending.push('"');
-        self.pending.push_str(key);
-        self.pending.push_str("\": ");
+        let opening = self.key_opening(key);
+        self.pending.push_str(&opening);
         self.fields += 1;
+    }
+
+    /// What opens the next field, `key`: the separator after the fields before it,
+    /// the quoted key and the colon.
+    fn key_opening(&self, key: &str) -> String {
+        let separator = if self.fields > 0 { ", " } else { "" };
+        format!("{separator}\"{key}\": ")
     }
 
     fn flush(&mut self) -> Result<(), LlmError> {
@@ -128,8 +131,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         prefix: &str,
         options: &[&str],
     ) -> Result<Vec<f32>, LlmError> {
-        let separator = if self.fields > 0 { ", " } else { "" };
-        let question = format!("{}{separator}\"{key}\": \"{prefix}", self.pending);
+        let question = format!("{}{}\"{prefix}", self.pending, self.key_opening(key));
         let first_tokens = self.first_tokens(options)?;
         if (1..first_tokens.len()).any(|i| first_tokens[..i].contains(&first_tokens[i])) {
             return Err(LlmError::InvalidOutput(format!(

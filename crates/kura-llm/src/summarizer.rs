@@ -77,10 +77,14 @@ impl LlmSummarizer {
                 conversation.chat_id
             )));
         }
-        let prompt = self.prompt_session(conversation)?.with_batcher(batcher);
+        let mut prompt = self.prompt_session(conversation)?.with_batcher(batcher);
+        // Read once: the odds do not depend on the attempt (sampled retries draw
+        // from the same logits), and the feed is taken back.
+        let harm = FormWriter::new(&mut prompt).weigh("safety", SAFETY_PREFIX, &SAFETY_OPTIONS)?;
+        let concerning_score = concerning_score(harm[1]);
         let what = format!("conversation {}", conversation.chat_id);
         let facets = prompt.first_valid(&what, |session| {
-            let facets = fill_facets(session)?;
+            let facets = fill_facets(session, concerning_score)?;
             Ok(facets.validate().map(|()| facets))
         })?;
         Ok(facets.into_summary(conversation))
@@ -165,15 +169,15 @@ struct Facets {
     assistant_errors: Vec<String>,
 }
 
-fn fill_facets(session: &mut Session<'_>) -> Result<Facets, LlmError> {
+/// The facets written after the prompt, with the concerning score already read
+/// from the model's odds (see [`concerning_score`]).
+fn fill_facets(session: &mut Session<'_>, concerning_score: u8) -> Result<Facets, LlmError> {
     let mut form = FormWriter::new(session);
-    let harm = form.weigh("safety", SAFETY_PREFIX, &SAFETY_OPTIONS)?;
     let summary = form.text("summary", SUMMARY_PREFIX, SUMMARY_TOKENS, 2)?;
     let request = form.text("request", REQUEST_PREFIX, REQUEST_TOKENS, 1)?;
     let task = form.text("task", TASK_PREFIX, TASK_TOKENS, 1)?;
     let languages =
         form.choice_then_text("natural_languages", LANGUAGES, LANGUAGE_TOKENS, false)?;
-    let concerning_score = concerning_score(harm[1]);
     form.number("concerning_score", concerning_score);
     let user_frustration = form.digit("user_frustration", &SCORES)?;
     let assistant_errors = form.text("assistant_errors", "", ERROR_TOKENS, 2)?;
