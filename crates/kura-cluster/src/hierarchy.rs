@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 
-use kura_core::text::slugify;
+use kura_core::text::{distinct_name, slugify};
 use kura_core::NamingRequest;
 use kura_core::{BoxError, Cluster, ClusterName, ClusterNamer, Embedder, HierarchyBuilder, Matrix};
 use sha2::{Digest, Sha256};
@@ -209,9 +209,12 @@ impl ClioHierarchy {
 
         let mut parents = Vec::with_capacity(groups.len());
         let mut vectors = Vec::with_capacity(groups.len());
+        let mut taken: Vec<String> = Vec::with_capacity(groups.len());
         for group in &groups {
             let vector = normalized_mean(&level.vectors, group);
-            let name = self.name_group(all, level, group, &vector, namer);
+            let mut name = self.name_group(all, level, group, &vector, &taken, namer);
+            name.name = distinct_name(&name.name, &taken);
+            taken.push(name.name.clone());
             let children: Vec<usize> = group.iter().map(|&g| level.clusters[g]).collect();
             let parent = make_parent(all, &children, name, round);
             for &child in &children {
@@ -254,6 +257,7 @@ impl ClioHierarchy {
         level: &Level,
         group: &[usize],
         vector: &[f32],
+        taken: &[String],
         namer: &dyn ClusterNamer,
     ) -> ClusterName {
         let child = |g: usize| &all[level.clusters[g]];
@@ -281,6 +285,7 @@ impl ClioHierarchy {
                 .collect(),
             contrast,
             is_parent: true,
+            taken: taken.to_vec(),
         };
         match namer.name(&request) {
             Ok(name) => name,

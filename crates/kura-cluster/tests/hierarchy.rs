@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use kura_cluster::{ClioHierarchy, ClusterError};
+use kura_core::text::same_name;
 use kura_core::{
     BoxError, ChoiceRequest, Cluster, ClusterName, ClusterNamer, Embedder, HierarchyBuilder,
     Matrix, NamingRequest, ProposalRequest,
@@ -160,6 +161,22 @@ fn check_invariants(tree: &[Cluster], base_in: &[Cluster], top_clusters: usize) 
         "a round did not shrink: {sizes:?}"
     );
 
+    let mut names_per_level: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    for parent in &tree[n..] {
+        names_per_level
+            .entry(level[&parent.id])
+            .or_default()
+            .push(&parent.name);
+    }
+    for (depth, names) in &names_per_level {
+        for (i, a) in names.iter().enumerate() {
+            assert!(
+                names[..i].iter().all(|b| !same_name(a, b)),
+                "level {depth} has two parents named {a:?}: {names:?}"
+            );
+        }
+    }
+
     for parent in &tree[n..] {
         let children: Vec<&Cluster> = tree
             .iter()
@@ -176,6 +193,33 @@ fn check_invariants(tree: &[Cluster], base_in: &[Cluster], top_clusters: usize) 
             .all(|c| level[&c.id] + 1 == level[&parent.id]));
         assert!(!parent.slug.is_empty());
     }
+}
+
+/// Gives every parent one name.
+struct OneNameNamer;
+
+impl ClusterNamer for OneNameNamer {
+    fn id(&self) -> String {
+        "one-name".into()
+    }
+    fn name(&self, _: &NamingRequest) -> Result<ClusterName, BoxError> {
+        Ok(ClusterName {
+            name: "Discuss many things".into(),
+            description: "Users discussed many things.".into(),
+        })
+    }
+}
+
+#[test]
+fn parents_of_one_level_never_share_a_name() {
+    let (clusters, vectors) = base(40, 5);
+    // check_invariants holds every level's names distinct.
+    let tree = build_checked(3, &clusters, &vectors, &OneNameNamer, 1);
+    let numbered = tree[clusters.len()..]
+        .iter()
+        .filter(|c| c.name.starts_with("Discuss many things ("))
+        .count();
+    assert!(numbered > 0, "{tree:?}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::loaders::conversation_fingerprint;
 use crate::matrix::Matrix;
 use crate::store::{self, fingerprint, Journal};
-use crate::text::{slugify, truncate_chars};
+use crate::text::{distinct_name, slugify, truncate_chars};
 use crate::traits::{
     ChoiceRequest, ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest,
     ProposalRequest, Reducer, Summarizer,
@@ -410,6 +410,7 @@ impl Run {
         let namer = self.journaled_namer(namer)?;
         self.progress.begin("clusters", groups.len() as u64);
         let mut clusters = Vec::with_capacity(groups.len());
+        let mut taken: Vec<String> = Vec::with_capacity(groups.len());
         for members in &groups {
             let centroid = normalized_mean(&embeddings, members);
             let request = NamingRequest {
@@ -432,10 +433,13 @@ impl Run {
                 .map(|i| summaries[i].summary.clone())
                 .collect(),
                 is_parent: false,
+                taken: taken.clone(),
             };
-            let name = namer
+            let mut name = namer
                 .name(&request)
                 .unwrap_or_else(|e| name_from_central_member(&request, &e));
+            name.name = distinct_name(&name.name, &taken);
+            taken.push(name.name.clone());
             let chat_ids: Vec<String> = members
                 .iter()
                 .map(|&i| summaries[i].chat_id.clone())
@@ -952,6 +956,8 @@ impl ClusterNamer for JournaledNamer<'_> {
         parts.extend(request.members.iter().cloned());
         parts.push("\u{0}contrast".into());
         parts.extend(request.contrast.iter().cloned());
+        parts.push("\u{0}taken".into());
+        parts.extend(request.taken.iter().cloned());
         let key = fingerprint(&parts);
         if let Some((name, description)) = self.journal.get(&key) {
             return Ok(ClusterName { name, description });

@@ -44,9 +44,51 @@ pub fn truncate_chars(text: &str, max_chars: usize) -> String {
     }
 }
 
+/// Whether two cluster names read the same once case, punctuation, spacing and a
+/// plural `s` are set aside ("Write Python scripts." and "write python script"):
+/// two such clusters cannot be told apart in the tree.
+pub fn same_name(a: &str, b: &str) -> bool {
+    name_words(a) == name_words(b)
+}
+
+fn name_words(name: &str) -> Vec<String> {
+    name.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase().trim_end_matches('s').to_string())
+        .collect()
+}
+
+/// `name` itself if no name in `taken` reads the same (see [`same_name`]),
+/// otherwise the first of `name (2)`, `name (3)`, … that none does. The last
+/// resort for a namer that keeps giving one name to different clusters.
+pub fn distinct_name(name: &str, taken: &[String]) -> String {
+    let free = |candidate: &str| !taken.iter().any(|t| same_name(t, candidate));
+    if free(name) {
+        return name.to_string();
+    }
+    (2..)
+        .map(|n| format!("{name} ({n})"))
+        .find(|candidate| free(candidate))
+        .unwrap_or_else(|| name.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_differ_only_in_case_punctuation_or_plural_are_the_same() {
+        assert!(same_name("Write Python scripts.", "write  python script"));
+        assert!(!same_name("Write Python scripts", "Write Rust scripts"));
+        assert!(!same_name("Fix bugs", "Fix bugs in tests"));
+    }
+
+    #[test]
+    fn a_taken_name_gets_the_first_free_number() {
+        let taken = vec!["Plan trips".to_string(), "plan trip (2)".to_string()];
+        assert_eq!(distinct_name("Cook dinners", &taken), "Cook dinners");
+        assert_eq!(distinct_name("Plan trips.", &taken), "Plan trips. (3)");
+    }
 
     #[test]
     fn slug_keeps_words_and_drops_punctuation() {

@@ -73,6 +73,13 @@ pub struct NamingRequest {
     pub contrast: Vec<String>,
     /// True when naming a parent from its children.
     pub is_parent: bool,
+    /// The names already given to the other clusters of this level. The answer
+    /// must read differently from each (see [`crate::text::same_name`]): two
+    /// clusters with one name cannot be told apart in the tree. A namer may show
+    /// them to its model or only check its answers against them; a name that still
+    /// collides gets a number from the caller (see [`crate::text::distinct_name`]).
+    /// Named one after another, each cluster's request holds the names before it.
+    pub taken: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

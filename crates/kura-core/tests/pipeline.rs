@@ -150,6 +150,7 @@ impl HierarchyBuilder for OneRoot {
             members: base.iter().map(|c| c.name.clone()).collect(),
             contrast: vec![],
             is_parent: true,
+            taken: vec![],
         })?;
         let chat_ids: Vec<String> = base.iter().flat_map(|c| c.chat_ids.clone()).collect();
         for c in &mut base {
@@ -537,6 +538,52 @@ fn a_failing_namer_names_clusters_after_a_central_summary_instead_of_failing_the
             .unwrap_or_else(|| panic!("fallback name {:?} names no topic", cluster.name));
         assert!(cluster.description.contains("namer failed"));
         assert!(cluster.description.contains(topic));
+    }
+}
+
+/// A namer that gives every cluster one name, and records the names it was told
+/// were taken.
+struct OneNameNamer {
+    taken_seen: std::sync::Mutex<Vec<Vec<String>>>,
+}
+
+impl ClusterNamer for OneNameNamer {
+    fn id(&self) -> String {
+        "one-name".into()
+    }
+    fn name(&self, request: &NamingRequest) -> Result<ClusterName, BoxError> {
+        self.taken_seen.lock().unwrap().push(request.taken.clone());
+        Ok(ClusterName {
+            name: "Ask questions".into(),
+            description: "Users asked questions.".into(),
+        })
+    }
+}
+
+#[test]
+fn clusters_of_one_level_never_share_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    run.set_conversations(&[], &corpus(9), &[]).unwrap();
+    run.summarize(&ScriptedSummarizer::new("v1")).unwrap();
+    run.embed(&TopicEmbedder).unwrap();
+    let namer = OneNameNamer {
+        taken_seen: Default::default(),
+    };
+    run.cluster(&ArgmaxClusterer { param: 1 }, &namer, Outliers::Keep)
+        .unwrap();
+
+    let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
+    let names: Vec<&str> = base.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["Ask questions", "Ask questions (2)", "Ask questions (3)"]
+    );
+    // Each request named the clusters before it, so a namer can avoid them.
+    let seen = namer.taken_seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    for (i, taken) in seen.iter().enumerate() {
+        assert_eq!(taken.as_slice(), &names[..i]);
     }
 }
 

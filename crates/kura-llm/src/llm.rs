@@ -49,6 +49,8 @@ pub struct LocalLlm {
     model_id: String,
     /// Per token id: whether it opens a new word (see [`LocalLlm::starts_word`]).
     word_starts: OnceLock<Vec<bool>>,
+    /// Per token id: whether it closes a JSON string (see [`LocalLlm::closes_string`]).
+    string_closers: OnceLock<Vec<bool>>,
 }
 
 /// Opens `device`: the first CUDA GPU when `cuda` is set, else the CPU.
@@ -142,6 +144,7 @@ impl LocalLlm {
             max_context,
             model_id,
             word_starts: OnceLock::new(),
+            string_closers: OnceLock::new(),
         })
     }
 
@@ -256,17 +259,40 @@ impl LocalLlm {
     /// `Ġ`, SentencePiece's `▁`), a line break or punctuation. Ids past the
     /// vocabulary (padding rows of the output matrix) do not.
     pub(crate) fn starts_word(&self, id: u32) -> bool {
-        let starts = self.word_starts.get_or_init(|| {
+        self.vocab_table(&self.word_starts, id, |text| {
+            text.chars().next().is_some_and(|c| {
+                matches!(c, 'Ġ' | '▁' | 'Ċ' | ' ' | '\n') || c.is_ascii_punctuation()
+            })
+        })
+    }
+
+    /// Whether token `id` would end a string value the form writer decodes: it
+    /// holds a quote or a line break (GPT-2's `Ċ` and `č`, SentencePiece's byte
+    /// tokens).
+    pub(crate) fn closes_string(&self, id: u32) -> bool {
+        self.vocab_table(&self.string_closers, id, |text| {
+            text.contains(['"', 'Ċ', 'č', '\n', '\r']) || text == "<0x0A>" || text == "<0x0D>"
+        })
+    }
+
+    /// `property` of token `id`'s text, worked out once for the whole vocabulary
+    /// and kept in `table`. Ids past the vocabulary (padding rows of the output
+    /// matrix) have none.
+    fn vocab_table(
+        &self,
+        table: &OnceLock<Vec<bool>>,
+        id: u32,
+        property: impl Fn(&str) -> bool,
+    ) -> bool {
+        let table = table.get_or_init(|| {
             let vocab = self.tokenizer.get_vocab(true);
-            let mut starts = vec![false; vocab.values().max().map_or(0, |&m| m as usize + 1)];
+            let mut table = vec![false; vocab.values().max().map_or(0, |&m| m as usize + 1)];
             for (text, id) in vocab {
-                starts[id as usize] = text.chars().next().is_some_and(|c| {
-                    matches!(c, 'Ġ' | '▁' | 'Ċ' | ' ' | '\n') || c.is_ascii_punctuation()
-                });
+                table[id as usize] = property(&text);
             }
-            starts
+            table
         });
-        starts.get(id as usize).copied().unwrap_or(false)
+        table.get(id as usize).copied().unwrap_or(false)
     }
 
     pub(crate) fn is_stop(&self, token: u32) -> bool {

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use kura_core::text::same_name;
 use kura_core::{
     BoxError, ChoiceRequest, ClusterName, ClusterNamer, NamingRequest, ProposalRequest,
 };
@@ -127,10 +128,12 @@ impl LlmClusterNamer {
         let prompt = self.prompt_session(request)?;
         prompt.first_valid("cluster name", |session| {
             let mut form = FormWriter::new(session);
-            let name = form.choice_then_text("name", NAME_VERBS, NAME_TOKENS, true)?;
+            let name =
+                form.choice_then_text("name", NAME_VERBS, NAME_TOKENS, true, &request.taken)?;
             let description = form.text("description", "", DESCRIPTION_TOKENS, 2)?;
             let name = name.trim_end_matches(['.', '!']).trim().to_string();
-            Ok(validate(&name, &description).map(|()| ClusterName { name, description }))
+            Ok(validate(&name, &description, &request.taken)
+                .map(|()| ClusterName { name, description }))
         })
     }
 
@@ -221,7 +224,7 @@ impl<'l, 'u> BulletList<'l, 'u> {
     }
 }
 
-fn validate(name: &str, description: &str) -> Result<(), String> {
+fn validate(name: &str, description: &str, taken: &[String]) -> Result<(), String> {
     let words = name.split_whitespace().count();
     if words == 0 {
         return Err("empty name".into());
@@ -240,6 +243,9 @@ fn validate(name: &str, description: &str) -> Result<(), String> {
     }
     if description.split_whitespace().count() < 3 {
         return Err(format!("description too short: {description:?}"));
+    }
+    if taken.iter().any(|t| same_name(t, name)) {
+        return Err(format!("name already given to another cluster: {name:?}"));
     }
     Ok(())
 }
@@ -314,19 +320,19 @@ mod tests {
             "Group 1",
             "Conversation Group",
         ] {
-            let refused = validate(echo, description).unwrap_err();
+            let refused = validate(echo, description, &[]).unwrap_err();
             assert!(refused.contains("repeats the instructions"), "{refused}");
         }
-        assert!(validate("AI and Private Equity Group", description).is_ok());
-        assert!(validate("Fix Rust borrow checker errors", description).is_ok());
+        assert!(validate("AI and Private Equity Group", description, &[]).is_ok());
+        assert!(validate("Fix Rust borrow checker errors", description, &[]).is_ok());
     }
 
     #[test]
     fn a_name_that_loops_on_one_word_is_refused() {
         let description = "Users asked for help with their code. They differ from others.";
         let looped = "The AI and AI-powered AI-powered AI-powered AI-powered";
-        let refused = validate(looped, description).unwrap_err();
+        let refused = validate(looped, description, &[]).unwrap_err();
         assert!(refused.contains("repeats a word"), "{refused}");
-        assert!(validate("Compare AI and non-AI tools", description).is_ok());
+        assert!(validate("Compare AI and non-AI tools", description, &[]).is_ok());
     }
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{arena_conversations, assert_valid_summary, llm, SMOLLM2};
+use kura_core::text::same_name;
 use kura_core::{ClusterNamer, Conversation, Message, NamingRequest, Role, Summarizer};
 use kura_llm::{ChatMessage, LlmClusterNamer, LlmSummarizer};
 
@@ -177,6 +178,7 @@ fn namer_returns_a_short_name_and_a_description() {
         ],
         contrast: vec!["The user asked how to set random seeds in Python threads.".into()],
         is_parent: false,
+        taken: vec![],
     };
     let name = namer.name(&request).expect("cluster name");
     eprintln!("{name:?}");
@@ -187,6 +189,17 @@ fn namer_returns_a_short_name_and_a_description() {
     assert!(kura_llm::NAME_VERBS.contains(&first), "{name:?}");
     assert!(!name.description.trim().is_empty(), "{name:?}");
     assert!(namer.id().contains(kura_llm::NAMING_PROMPT_VERSION));
+
+    // Told that its answer already names another cluster, the namer finds another.
+    let taken = vec![name.name.clone()];
+    let other = namer
+        .name(&NamingRequest { taken, ..request })
+        .expect("a second, different name");
+    eprintln!("{other:?}");
+    assert!(
+        !same_name(&other.name, &name.name),
+        "{other:?} after {name:?}"
+    );
 }
 
 #[test]
