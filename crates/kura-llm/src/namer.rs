@@ -128,10 +128,10 @@ impl LlmClusterNamer {
         let prompt = self.prompt_session(request)?;
         prompt.first_valid("cluster name", |session| {
             let mut form = FormWriter::new(session);
-            let name =
-                form.choice_then_text("name", NAME_VERBS, NAME_TOKENS, true, &request.taken)?;
+            let taken = |name: &str| is_taken(name, &request.taken);
+            let name = form.choice_then_text("name", NAME_VERBS, NAME_TOKENS, true, &taken)?;
             let description = form.text("description", "", DESCRIPTION_TOKENS, 2)?;
-            let name = name.trim_end_matches(['.', '!']).trim().to_string();
+            let name = first_clause_if_long(name.trim_end_matches(['.', '!']).trim());
             Ok(validate(&name, &description, &request.taken)
                 .map(|()| ClusterName { name, description }))
         })
@@ -244,24 +244,54 @@ fn validate(name: &str, description: &str, taken: &[String]) -> Result<(), Strin
     if description.split_whitespace().count() < 3 {
         return Err(format!("description too short: {description:?}"));
     }
-    if taken.iter().any(|t| same_name(t, name)) {
+    if is_taken(name, taken) {
         return Err(format!("name already given to another cluster: {name:?}"));
     }
     Ok(())
 }
 
-/// Whether every word of `name` comes from the naming instructions: small models
-/// answer "Group of similar conversations between users and an AI assistant" or
-/// "JSON", which names nothing. Numbers do not count as content ("Group 1").
+/// A name over [`MAX_NAME_WORDS`] cut to its first clause where that is a name of
+/// its own: Qwen 0.5B wrote "Plan a vegetarian meal prep for 5 workday lunches,
+/// with at least 25 g protein per lunch and no time" three times, and the cluster
+/// took a member's summary as its name.
+fn first_clause_if_long(name: &str) -> String {
+    let words = |text: &str| text.split_whitespace().count();
+    if words(name) <= MAX_NAME_WORDS {
+        return name.to_string();
+    }
+    match name.split([',', ';', ':', '(']).next().map(str::trim) {
+        Some(clause) if (2..=MAX_NAME_WORDS).contains(&words(clause)) => clause.to_string(),
+        _ => name.to_string(),
+    }
+}
+
+/// Whether `name` reads as one of the names other clusters of its level have.
+fn is_taken(name: &str, taken: &[String]) -> bool {
+    let name = name.trim_end_matches(['.', '!']).trim();
+    taken.iter().any(|t| same_name(t, name))
+}
+
+/// Whether every word of `name` after its opening verb comes from the naming
+/// instructions: small models answer "Group of similar conversations between users
+/// and an AI assistant" or "JSON", and after the verb we chose for them "Classify
+/// Conversations" or "Suggest Conversations" (two of the example's eight names at
+/// `fc764d8`), which name nothing. Numbers do not count as content ("Group 1").
 fn echoes_the_instructions(name: &str) -> bool {
     static INSTRUCTIONS: OnceLock<HashSet<String>> = OnceLock::new();
+    static VERBS: OnceLock<HashSet<String>> = OnceLock::new();
     let instructions = INSTRUCTIONS.get_or_init(|| {
         [NAMING_SYSTEM, NAMING_PARENT_NOTE, NAMING_REQUEST]
             .into_iter()
             .flat_map(words)
             .collect()
     });
-    words(name).iter().all(|w| instructions.contains(w))
+    let verbs = VERBS.get_or_init(|| NAME_VERBS.iter().copied().flat_map(words).collect());
+    let words = words(name);
+    let subject = match words.split_first() {
+        Some((first, rest)) if verbs.contains(first) => rest,
+        _ => &words[..],
+    };
+    subject.iter().all(|w| instructions.contains(w))
 }
 
 /// Whether a word comes back three times or more: a small model caught in a loop
@@ -309,7 +339,7 @@ impl ClusterNamer for LlmClusterNamer {
 
 #[cfg(test)]
 mod tests {
-    use super::validate;
+    use super::{first_clause_if_long, validate};
 
     #[test]
     fn a_name_made_only_of_the_instructions_words_is_refused() {
@@ -319,12 +349,35 @@ mod tests {
             "JSON",
             "Group 1",
             "Conversation Group",
+            "Classify Conversations",
+            "Suggest Conversations",
+            "Explain",
         ] {
             let refused = validate(echo, description, &[]).unwrap_err();
             assert!(refused.contains("repeats the instructions"), "{refused}");
         }
         assert!(validate("AI and Private Equity Group", description, &[]).is_ok());
         assert!(validate("Fix Rust borrow checker errors", description, &[]).is_ok());
+        assert!(validate("Classify customer emails", description, &[]).is_ok());
+    }
+
+    #[test]
+    fn a_long_name_keeps_its_first_clause_when_that_is_a_name() {
+        assert_eq!(
+            first_clause_if_long(
+                "Plan a vegetarian meal prep for 5 workday lunches, with at least 25 g \
+                 protein per lunch and no time"
+            ),
+            "Plan a vegetarian meal prep for 5 workday lunches"
+        );
+        let short = "Fix bugs, crashes and hangs";
+        assert_eq!(first_clause_if_long(short), short);
+        // No clause short enough: left whole, for validation to refuse.
+        let rambling =
+            "Discuss the fungal disease affecting tomato plants and its effects on tomatoes";
+        assert_eq!(first_clause_if_long(rambling), rambling);
+        let one_word = "Plan, with at least 25 g protein per lunch and no time on Sundays at all";
+        assert_eq!(first_clause_if_long(one_word), one_word);
     }
 
     #[test]

@@ -9,7 +9,6 @@
 
 use crate::error::LlmError;
 use crate::llm::Session;
-use kura_core::text::same_name;
 
 pub(crate) struct FormWriter<'s, 'a> {
     session: &'s mut Session<'a>,
@@ -95,18 +94,18 @@ impl<'s, 'a> FormWriter<'s, 'a> {
     /// usable: the conversation's language, and the verb a cluster name opens with.
     /// With `whole_word` the option is written as a whole word: the model's next token
     /// must open a new one, or a chosen "Help" could grow into "Helpful". Where the
-    /// model would close the value on one that reads as one of `taken` (see
-    /// [`same_name`]), it may not close there and says more. The taken names are
-    /// not shown to the model: shown them, Qwen 0.5B copied one for six of the
-    /// example's eight clusters, where only refusing the close leaves its other
-    /// names as they were.
+    /// model would close the value (option included) on one that `refused` refuses,
+    /// it may not close there and says more: where two clusters are alike, their
+    /// names read the same unless the second is made to go on. (The names taken
+    /// are not shown to the model: shown them, Qwen 0.5B copied one for six of the
+    /// example's eight clusters.)
     pub(crate) fn choice_then_text(
         &mut self,
         key: &str,
         options: &[&str],
         max_tokens: usize,
         whole_word: bool,
-        taken: &[String],
+        refused: &dyn Fn(&str) -> bool,
     ) -> Result<String, LlmError> {
         self.open_key(key);
         self.pending.push('"');
@@ -120,7 +119,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         }
         let unlike = Unlike {
             opening: chosen,
-            taken,
+            refused: Some(refused),
         };
         let (raw, unfed) = self.decode_string(max_tokens, 1, &unlike)?;
         self.pending = format!("{unfed}\"");
@@ -248,25 +247,22 @@ impl<'s, 'a> FormWriter<'s, 'a> {
     }
 }
 
-/// Values a string may not end as: those that read as one of `taken` once
-/// `opening` (written before the decoded text) is put back in front.
+/// Values a string may not end as: those `refused` refuses once `opening`
+/// (written before the decoded text) is put back in front.
 struct Unlike<'a> {
     opening: &'a str,
-    taken: &'a [String],
+    refused: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 impl Unlike<'_> {
     const NOTHING: Unlike<'static> = Unlike {
         opening: "",
-        taken: &[],
+        refused: None,
     };
 
     fn forbids(&self, value: &str) -> bool {
-        !self.taken.is_empty()
-            && self
-                .taken
-                .iter()
-                .any(|t| same_name(t, &format!("{}{value}", self.opening)))
+        self.refused
+            .is_some_and(|refused| refused(&format!("{}{value}", self.opening)))
     }
 }
 

@@ -176,8 +176,13 @@ fn fill_facets(session: &mut Session<'_>, concerning_score: u8) -> Result<Facets
     let summary = form.text("summary", SUMMARY_PREFIX, SUMMARY_TOKENS, 2)?;
     let request = form.text("request", REQUEST_PREFIX, REQUEST_TOKENS, 1)?;
     let task = form.text("task", TASK_PREFIX, TASK_TOKENS, 1)?;
-    let languages =
-        form.choice_then_text("natural_languages", LANGUAGES, LANGUAGE_TOKENS, false, &[])?;
+    let languages = form.choice_then_text(
+        "natural_languages",
+        LANGUAGES,
+        LANGUAGE_TOKENS,
+        false,
+        &|_| false,
+    )?;
     form.number("concerning_score", concerning_score);
     let user_frustration = form.digit("user_frustration", &SCORES)?;
     let assistant_errors = form.text("assistant_errors", "", ERROR_TOKENS, 2)?;
