@@ -212,6 +212,16 @@ fn corpus(n: usize) -> Vec<Conversation> {
         .collect()
 }
 
+/// A run in `dir` of `conversations`, summarised and embedded by the scripted
+/// backends: where the tests of clustering start.
+fn summarized_and_embedded(dir: &std::path::Path, conversations: &[Conversation]) -> Run {
+    let run = Run::open(dir, 7, Arc::new(NoProgress)).unwrap();
+    run.set_conversations(&[], conversations, &[]).unwrap();
+    run.summarize(&ScriptedSummarizer::new("v1")).unwrap();
+    run.embed(&TopicEmbedder).unwrap();
+    run
+}
+
 fn full_run(
     dir: &std::path::Path,
     convs: &[Conversation],
@@ -522,10 +532,7 @@ impl ClusterNamer for FailingNamer {
 #[test]
 fn a_failing_namer_names_clusters_after_a_central_summary_instead_of_failing_the_run() {
     let dir = tempfile::tempdir().unwrap();
-    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
-    run.set_conversations(&[], &corpus(9), &[]).unwrap();
-    run.summarize(&ScriptedSummarizer::new("v1")).unwrap();
-    run.embed(&TopicEmbedder).unwrap();
+    let run = summarized_and_embedded(dir.path(), &corpus(9));
     run.cluster(&ArgmaxClusterer { param: 1 }, &FailingNamer, Outliers::Keep)
         .unwrap();
 
@@ -563,10 +570,7 @@ impl ClusterNamer for OneNameNamer {
 #[test]
 fn clusters_of_one_level_never_share_a_name() {
     let dir = tempfile::tempdir().unwrap();
-    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
-    run.set_conversations(&[], &corpus(9), &[]).unwrap();
-    run.summarize(&ScriptedSummarizer::new("v1")).unwrap();
-    run.embed(&TopicEmbedder).unwrap();
+    let run = summarized_and_embedded(dir.path(), &corpus(9));
     let namer = OneNameNamer {
         taken_seen: Default::default(),
     };
@@ -590,13 +594,10 @@ fn clusters_of_one_level_never_share_a_name() {
 #[test]
 fn outliers_are_kept_as_one_unnamed_root_or_placed_with_their_nearest_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
     let mut convs = corpus(9);
     convs.push(conversation("odd1", "something unrelated"));
     convs.push(conversation("odd2", "another stray question"));
-    run.set_conversations(&[], &convs, &[]).unwrap();
-    run.summarize(&ScriptedSummarizer::new("v1")).unwrap();
-    run.embed(&TopicEmbedder).unwrap();
+    let run = summarized_and_embedded(dir.path(), &convs);
     let namer = CountingNamer {
         calls: AtomicUsize::new(0),
     };
