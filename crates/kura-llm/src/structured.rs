@@ -58,7 +58,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         self.pending.push('"');
         self.pending.push_str(prefix);
         self.flush()?;
-        let (raw, unfed) = self.decode_string(max_tokens, max_sentences, &Unlike::NOTHING)?;
+        let (raw, unfed) = self.decode_string(max_tokens, max_sentences, &any_end)?;
         self.pending = format!("{unfed}\"");
         Ok(clean_value(&format!("{prefix}{raw}")))
     }
@@ -80,7 +80,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             }
             self.pending.push('"');
             self.flush()?;
-            let (raw, unfed) = self.decode_string(max_tokens, 1, &Unlike::NOTHING)?;
+            let (raw, unfed) = self.decode_string(max_tokens, 1, &any_end)?;
             self.pending = format!("{unfed}\"");
             items.push(clean_value(&raw));
         }
@@ -117,11 +117,8 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             let llm = self.session.llm();
             self.session.restrict_next(|id| llm.starts_word(id))?;
         }
-        let unlike = Unlike {
-            opening: chosen,
-            refused: Some(refused),
-        };
-        let (raw, unfed) = self.decode_string(max_tokens, 1, &unlike)?;
+        let refused_end = |raw: &str| refused(&format!("{chosen}{raw}"));
+        let (raw, unfed) = self.decode_string(max_tokens, 1, &refused_end)?;
         self.pending = format!("{unfed}\"");
         Ok(clean_value(&format!("{chosen}{raw}")))
     }
@@ -196,11 +193,13 @@ impl<'s, 'a> FormWriter<'s, 'a> {
 
     /// Decodes until the string's end; returns the value's raw text and the part of it
     /// that the model has not been fed (the text before a quote inside the last token).
+    /// Where `refused_end` refuses the value the model would end on, that end is
+    /// forbidden once and the model goes on.
     fn decode_string(
         &mut self,
         max_tokens: usize,
         max_sentences: usize,
-        unlike: &Unlike,
+        refused_end: &dyn Fn(&str) -> bool,
     ) -> Result<(String, String), LlmError> {
         let llm = self.session.llm();
         let mut ids = Vec::new();
@@ -224,7 +223,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             };
             if let Some(end) = end {
                 let value = text[..end].to_string();
-                if refused_at != Some(ids.len()) && unlike.forbids(&value) {
+                if refused_at != Some(ids.len()) && refused_end(&value) {
                     refused_at = Some(ids.len());
                     ids.pop();
                     self.session.restrict_next(|id| !llm.closes_string(id))?;
@@ -247,23 +246,9 @@ impl<'s, 'a> FormWriter<'s, 'a> {
     }
 }
 
-/// Values a string may not end as: those `refused` refuses once `opening`
-/// (written before the decoded text) is put back in front.
-struct Unlike<'a> {
-    opening: &'a str,
-    refused: Option<&'a dyn Fn(&str) -> bool>,
-}
-
-impl Unlike<'_> {
-    const NOTHING: Unlike<'static> = Unlike {
-        opening: "",
-        refused: None,
-    };
-
-    fn forbids(&self, value: &str) -> bool {
-        self.refused
-            .is_some_and(|refused| refused(&format!("{}{value}", self.opening)))
-    }
+/// A value may end wherever the model ends it (see [`FormWriter::choice_then_text`]).
+pub(crate) fn any_end(_: &str) -> bool {
+    false
 }
 
 /// The byte index of the first unescaped `"` or raw newline.
@@ -280,30 +265,29 @@ fn string_end(text: &str) -> Option<usize> {
     None
 }
 
-/// The byte index just after the `count`-th sentence end (`.`, `!` or `?` followed by
-/// whitespace), once the text goes on past it.
+/// The byte index just after each sentence end in `text` (`.`, `!` or `?`
+/// followed by whitespace, or by the end of the text when `at_end` says it counts).
+fn sentence_ends(text: &str, at_end: bool) -> impl Iterator<Item = usize> + '_ {
+    text.char_indices().filter_map(move |(i, c)| {
+        let after = i + c.len_utf8();
+        let closes = match text[after..].chars().next() {
+            Some(next) => next.is_whitespace(),
+            None => at_end,
+        };
+        (matches!(c, '.' | '!' | '?') && closes).then_some(after)
+    })
+}
+
+/// The byte index just after the `count`-th sentence end, once the text goes on
+/// past it.
 fn sentences_end(text: &str, count: usize) -> Option<usize> {
-    let mut seen = 0;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        let next_is_space = chars.peek().is_some_and(|(_, n)| n.is_whitespace());
-        if matches!(c, '.' | '!' | '?') && next_is_space {
-            seen += 1;
-            if seen == count {
-                return Some(i + c.len_utf8());
-            }
-        }
-    }
-    None
+    sentence_ends(text, false).nth(count.checked_sub(1)?)
 }
 
 /// `text` up to the end of its last finished sentence, or all of it when none is.
 fn whole_sentences(text: &str) -> &str {
-    let mut ends = text.char_indices().filter(|&(i, c)| {
-        matches!(c, '.' | '!' | '?') && text[i + 1..].chars().next().is_none_or(char::is_whitespace)
-    });
-    match ends.next_back() {
-        Some((i, c)) => &text[..i + c.len_utf8()],
+    match sentence_ends(text, true).last() {
+        Some(end) => &text[..end],
         None => text,
     }
 }

@@ -17,7 +17,7 @@ use crate::prompts::{
     REQUEST_PREFIX, SAFETY_OPTIONS, SAFETY_PREFIX, SUMMARY_PREFIX, SUMMARY_PROMPT_VERSION,
     SUMMARY_REQUEST, SUMMARY_SYSTEM, TASK_PREFIX,
 };
-use crate::structured::{split_errors, split_list, FormWriter};
+use crate::structured::{any_end, split_errors, split_list, FormWriter};
 
 /// Token caps per field; their sum plus the skeleton is kept free in the context.
 const SUMMARY_TOKENS: usize = 80;
@@ -181,7 +181,7 @@ fn fill_facets(session: &mut Session<'_>, concerning_score: u8) -> Result<Facets
         LANGUAGES,
         LANGUAGE_TOKENS,
         false,
-        &|_| false,
+        &any_end,
     )?;
     form.number("concerning_score", concerning_score);
     let user_frustration = form.digit("user_frustration", &SCORES)?;
