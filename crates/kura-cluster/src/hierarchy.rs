@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 
-use kura_core::text::{distinct_name, slugify};
+use kura_core::text::{slugify, LevelNames};
 use kura_core::NamingRequest;
 use kura_core::{BoxError, Cluster, ClusterName, ClusterNamer, Embedder, HierarchyBuilder, Matrix};
 use sha2::{Digest, Sha256};
@@ -209,12 +209,11 @@ impl ClioHierarchy {
 
         let mut parents = Vec::with_capacity(groups.len());
         let mut vectors = Vec::with_capacity(groups.len());
-        let mut taken: Vec<String> = Vec::with_capacity(groups.len());
+        let mut names = LevelNames::default();
         for group in &groups {
             let vector = normalized_mean(&level.vectors, group);
-            let mut name = self.name_group(all, level, group, &vector, &taken, namer);
-            name.name = distinct_name(&name.name, &taken);
-            taken.push(name.name.clone());
+            let mut name = self.name_group(all, level, group, &vector, names.given(), namer);
+            name.name = names.give(&name.name);
             let children: Vec<usize> = group.iter().map(|&g| level.clusters[g]).collect();
             let parent = make_parent(all, &children, name, round);
             for &child in &children {

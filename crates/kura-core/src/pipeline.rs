@@ -20,7 +20,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::loaders::conversation_fingerprint;
 use crate::matrix::Matrix;
 use crate::store::{self, fingerprint, Journal};
-use crate::text::{distinct_name, slugify, truncate_chars};
+use crate::text::{slugify, truncate_chars, LevelNames};
 use crate::traits::{
     ChoiceRequest, ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest,
     ProposalRequest, Reducer, Summarizer,
@@ -410,7 +410,7 @@ impl Run {
         let namer = self.journaled_namer(namer)?;
         self.progress.begin("clusters", groups.len() as u64);
         let mut clusters = Vec::with_capacity(groups.len());
-        let mut taken: Vec<String> = Vec::with_capacity(groups.len());
+        let mut names = LevelNames::default();
         for members in &groups {
             let centroid = normalized_mean(&embeddings, members);
             let request = NamingRequest {
@@ -433,13 +433,12 @@ impl Run {
                 .map(|i| summaries[i].summary.clone())
                 .collect(),
                 is_parent: false,
-                taken: taken.clone(),
+                taken: names.given().to_vec(),
             };
             let mut name = namer
                 .name(&request)
                 .unwrap_or_else(|e| name_from_central_member(&request, &e));
-            name.name = distinct_name(&name.name, &taken);
-            taken.push(name.name.clone());
+            name.name = names.give(&name.name);
             let chat_ids: Vec<String> = members
                 .iter()
                 .map(|&i| summaries[i].chat_id.clone())

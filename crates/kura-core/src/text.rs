@@ -51,25 +51,44 @@ pub fn same_name(a: &str, b: &str) -> bool {
     name_words(a) == name_words(b)
 }
 
-fn name_words(name: &str) -> Vec<String> {
+/// The words of a name as names are compared: runs of letters and digits,
+/// lower-cased, a plural `s` dropped ("Conversation Group" and "conversations
+/// groups" have the same words).
+pub fn name_words(name: &str) -> Vec<String> {
     name.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(|w| w.to_lowercase().trim_end_matches('s').to_string())
         .collect()
 }
 
-/// `name` itself if no name in `taken` reads the same (see [`same_name`]),
-/// otherwise the first of `name (2)`, `name (3)`, … that none does. The last
-/// resort for a namer that keeps giving one name to different clusters.
-pub fn distinct_name(name: &str, taken: &[String]) -> String {
-    let free = |candidate: &str| !taken.iter().any(|t| same_name(t, candidate));
-    if free(name) {
-        return name.to_string();
+/// The names given so far to the clusters of one level, named one after another.
+/// Each is told the names before it (`NamingRequest::taken`), and one that still
+/// reads as an earlier one (see [`same_name`]) is numbered: the last resort for a
+/// namer that keeps giving one name to different clusters.
+#[derive(Debug, Default)]
+pub struct LevelNames {
+    given: Vec<String>,
+}
+
+impl LevelNames {
+    pub fn given(&self) -> &[String] {
+        &self.given
     }
-    (2..)
-        .map(|n| format!("{name} ({n})"))
-        .find(|candidate| free(candidate))
-        .unwrap_or_else(|| name.to_string())
+
+    /// Gives the level's next cluster `name`, or the first of `name (2)`,
+    /// `name (3)`, … that no name given before reads as; returns the name given.
+    pub fn give(&mut self, name: &str) -> String {
+        let free = |candidate: &str| !self.given.iter().any(|g| same_name(g, candidate));
+        let name = match free(name) {
+            true => name.to_string(),
+            false => (2..)
+                .map(|n| format!("{name} ({n})"))
+                .find(|candidate| free(candidate))
+                .unwrap_or_else(|| name.to_string()),
+        };
+        self.given.push(name.clone());
+        name
+    }
 }
 
 #[cfg(test)]
@@ -85,9 +104,20 @@ mod tests {
 
     #[test]
     fn a_taken_name_gets_the_first_free_number() {
-        let taken = vec!["Plan trips".to_string(), "plan trip (2)".to_string()];
-        assert_eq!(distinct_name("Cook dinners", &taken), "Cook dinners");
-        assert_eq!(distinct_name("Plan trips.", &taken), "Plan trips. (3)");
+        let mut names = LevelNames::default();
+        assert_eq!(names.give("Plan trips"), "Plan trips");
+        assert_eq!(names.give("plan trip"), "plan trip (2)");
+        assert_eq!(names.give("Cook dinners"), "Cook dinners");
+        assert_eq!(names.give("Plan trips."), "Plan trips. (3)");
+        assert_eq!(
+            names.given(),
+            [
+                "Plan trips",
+                "plan trip (2)",
+                "Cook dinners",
+                "Plan trips. (3)"
+            ]
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub struct NamingRequest {
     /// must read differently from each (see [`crate::text::same_name`]): two
     /// clusters with one name cannot be told apart in the tree. A namer may show
     /// them to its model or only check its answers against them; a name that still
-    /// collides gets a number from the caller (see [`crate::text::distinct_name`]).
+    /// collides gets a number from the caller (see [`crate::text::LevelNames`]).
     /// Named one after another, each cluster's request holds the names before it.
     pub taken: Vec<String>,
 }

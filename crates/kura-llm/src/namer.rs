@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use kura_core::text::same_name;
+use kura_core::text::{name_words, same_name};
 use kura_core::{
     BoxError, ChoiceRequest, ClusterName, ClusterNamer, NamingRequest, ProposalRequest,
 };
@@ -267,7 +267,6 @@ fn first_clause_if_long(name: &str) -> String {
 
 /// Whether `name` reads as one of the names other clusters of its level have.
 fn is_taken(name: &str, taken: &[String]) -> bool {
-    let name = name.trim_end_matches(['.', '!']).trim();
     taken.iter().any(|t| same_name(t, name))
 }
 
@@ -303,13 +302,12 @@ fn stutters(name: &str) -> bool {
         .any(|w| words.iter().filter(|other| *other == w).count() >= 3)
 }
 
-/// The alphabetic words of `text`, lower-cased, singular and plural alike
-/// ("Conversation Group" echoes "conversations").
+/// The words of `text` as names are compared (see [`name_words`]), numbers left
+/// out: they name nothing ("Group 1").
 fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphabetic())
-        .filter(|w| !w.is_empty())
-        .map(|w| w.to_lowercase().trim_end_matches('s').to_string())
-        .collect()
+    let mut words = name_words(text);
+    words.retain(|w| !w.chars().all(|c| c.is_ascii_digit()));
+    words
 }
 
 impl ClusterNamer for LlmClusterNamer {
