@@ -127,6 +127,20 @@ fn assert_complete_run(dir: &Path) {
             );
         }
     }
+    // Clusters of one level never share a name (the real namer, as the run gave them).
+    let mut names_by_level: HashMap<u64, Vec<&str>> = HashMap::new();
+    for c in &all {
+        let level = level_of[c["id"].as_str().unwrap()];
+        let name = c["name"].as_str().unwrap();
+        let names = names_by_level.entry(level).or_default();
+        assert!(
+            !names
+                .iter()
+                .any(|other| kura_core::text::same_name(other, name)),
+            "two clusters of level {level} are named {name:?}: {names:?}"
+        );
+        names.push(name);
+    }
     let points = read_jsonl(&dir.join("conversation_coords.jsonl"));
     assert_eq!(points.len(), ids.len());
 
