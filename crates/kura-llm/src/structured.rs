@@ -307,19 +307,31 @@ pub(crate) fn split_list(value: &str) -> Vec<String> {
     } else {
         &[',', ';']
     };
+    let parts = value.split(separator).flat_map(|p| p.split(" and "));
+    distinct_items(parts, |item| {
+        matches!(
+            item.to_lowercase().as_str(),
+            "none" | "no" | "n/a" | "na" | "nothing" | "no errors" | "none found"
+        )
+    })
+}
+
+/// `parts` trimmed of spaces and punctuation, less the empty ones, those `dropped`
+/// drops and repeats (case aside).
+fn distinct_items<'v>(
+    parts: impl Iterator<Item = &'v str>,
+    dropped: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let mut items: Vec<String> = Vec::new();
-    for part in value.split(separator).flat_map(|p| p.split(" and ")) {
-        let item = part
-            .trim()
-            .trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
-            .to_string();
-        let lower = item.to_lowercase();
-        let is_none = matches!(
-            lower.as_str(),
-            "" | "none" | "no" | "n/a" | "na" | "nothing" | "no errors" | "none found"
-        );
-        if !is_none && !items.iter().any(|i| i.to_lowercase() == lower) {
-            items.push(item);
+    for part in parts {
+        let item = part.trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace());
+        let repeat = || {
+            items
+                .iter()
+                .any(|i| i.to_lowercase() == item.to_lowercase())
+        };
+        if !item.is_empty() && !dropped(item) && !repeat() {
+            items.push(item.to_string());
         }
     }
     items
@@ -331,17 +343,7 @@ pub(crate) fn split_list(value: &str) -> Vec<String> {
 /// mistakes were made by the assistant") is dropped, so such an answer is the empty
 /// list.
 pub(crate) fn split_errors(value: &str) -> Vec<String> {
-    let mut errors: Vec<String> = Vec::new();
-    for part in value.split([';', '\n']) {
-        let error = part
-            .trim()
-            .trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
-            .to_string();
-        if !error.is_empty() && !says_no_error(&error) && !errors.contains(&error) {
-            errors.push(error);
-        }
-    }
-    errors
+    distinct_items(value.split([';', '\n']), says_no_error)
 }
 
 /// Whether an entry of the errors list says that there was none.
