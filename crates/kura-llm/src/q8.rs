@@ -70,14 +70,15 @@ pub(crate) enum Layout {
     /// activations (AVX2 and FMA, or portable code).
     Panels,
     /// Groups of 16 rows with four bytes of each side by side, stored plus 128 and
-    /// multiplied by activations rounded to 8 bits (AVX-512 VNNI); see `int8`.
+    /// multiplied by activations rounded to 8 bits (AVX-512 VNNI, or AVX2); see
+    /// `int8`.
     Int8,
 }
 
 impl Layout {
-    /// The layout for a model `width` wide on this CPU: int8 where the CPU has
-    /// VNNI and the model is wide enough (see [`INT8_MIN_WIDTH`]), unless
-    /// `KURA_INT8` says otherwise (`0`: never; `1`: whatever the width).
+    /// The layout for a model `width` wide on this CPU: int8 where the CPU runs
+    /// its kernel (AVX-512 VNNI or AVX2) and the model is wide enough (see
+    /// [`INT8_MIN_WIDTH`]), unless `KURA_INT8` says otherwise (`0`: never; `1`: whatever the width).
     pub(crate) fn for_model(width: usize) -> Self {
         let wanted = match std::env::var("KURA_INT8").as_deref() {
             Ok("0") => false,
@@ -120,7 +121,7 @@ impl Layout {
     }
 
     /// How a weight's integer is stored: as itself, or plus 128 for the unsigned
-    /// operand of VNNI (the same bits with the sign bit flipped).
+    /// operand of the int8 kernels (the same bits with the sign bit flipped).
     #[inline(always)]
     fn store(self, q: i8) -> i8 {
         match self {
@@ -153,6 +154,9 @@ pub(crate) struct Q8Matrix {
     /// Whether every weight is the file's own (copied from exact blocks), rather than
     /// rounded to 8 bits.
     exact: bool,
+    /// Whether every integer is within ±[`int8::SMALL`], which lets the AVX2
+    /// kernel take a cheaper path (see `int8`).
+    small: bool,
 }
 
 impl Q8Matrix {
@@ -245,6 +249,9 @@ impl Q8Matrix {
         if offsets.iter().all(|&offset| offset == 0.0) {
             offsets = Vec::new();
         }
+        let small = quants
+            .par_iter()
+            .all(|&q| layout.load(q).unsigned_abs() <= int8::SMALL);
         Some(Q8Matrix {
             rows,
             cols,
@@ -253,6 +260,7 @@ impl Q8Matrix {
             scales,
             offsets,
             exact,
+            small,
         })
     }
 
@@ -301,6 +309,7 @@ impl Q8Matrix {
                 .collect(),
             offsets,
             exact: parts.iter().all(|p| p.exact),
+            small: parts.iter().all(|p| p.small),
         })
     }
 
@@ -323,6 +332,7 @@ impl Q8Matrix {
             quants: &self.quants,
             scales: &self.scales,
             offsets: &self.offsets,
+            small: self.small,
         }
     }
 
@@ -1136,7 +1146,7 @@ mod tests {
         assert_eq!(rounded.value(0, BLOCK + 3), -9.5);
     }
 
-    /// The int8 layout is what a wide model gets where the CPU has VNNI (unless
+    /// The int8 layout is what a wide model gets where the CPU runs its kernel (unless
     /// turned off), and its kernel gives the portable code's bits.
     #[test]
     fn the_int8_kernel_gives_the_portable_sums() {
@@ -1150,6 +1160,8 @@ mod tests {
         let symmetric =
             Q8Matrix::quantize(Layout::Int8, &numbers(rows * cols, 21), rows, cols).unwrap();
         let with_offsets = q4(Layout::Int8, rows, cols, GgmlDType::Q4_0);
+        // Both of the AVX2 kernel's paths: 8-bit weights, and weights within ±64.
+        assert!(!symmetric.small && with_offsets.small);
         for q in [&symmetric, &with_offsets] {
             // One tile of rows and several, the last one part full.
             for m in (1..=6).chain([11, 13]) {

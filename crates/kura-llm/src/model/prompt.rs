@@ -224,15 +224,17 @@ mod tests {
         }
     }
 
-    /// With VNNI, the int8 products (activations rounded to 8 bits a block at a
-    /// time) read a real prompt and decode after it close to the exact products on
-    /// both real models: the next-token distributions differ by a small KL
-    /// divergence, and the token the int8 model likes best is (nearly) the exact
-    /// model's favourite too.
+    /// Where the CPU runs an int8 kernel (AVX-512 VNNI or AVX2), the int8 products
+    /// (activations rounded to 8 bits a block at a time) read a real prompt and
+    /// decode after it close to the exact products on both real models: the
+    /// next-token distributions differ by a small KL divergence, and the token the
+    /// int8 model likes best is (nearly) the exact model's favourite too.
     #[test]
     fn int8_products_read_and_decode_close_to_exact_ones() {
         if !crate::q8::int8_supported() {
-            eprintln!("this CPU has no AVX-512 VNNI: the int8 layout is not used here");
+            eprintln!(
+                "this CPU has neither AVX-512 VNNI nor AVX2: the int8 layout is not used here"
+            );
             return;
         }
         let text = "<|im_start|>user\nMy landlord kept the whole deposit after I moved out, \

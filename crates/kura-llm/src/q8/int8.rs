@@ -1,23 +1,33 @@
 //! The [`Layout::Int8`](super::Layout::Int8) product: weights times activations
-//! rounded to 8 bits, summed in 32-bit integers with AVX-512 VNNI.
+//! rounded to 8 bits, summed in 32-bit integers (AVX-512 VNNI, or AVX2).
 //!
 //! Why: `vpdpbusd` does 64 multiply-adds of bytes in one instruction where an f32
 //! FMA does 16, and a block's eight of them are paid for by one conversion and one
 //! FMA of its scales. On one core of a Xeon with VNNI the tile below ran 3.4 times
-//! as many multiply-adds a second as the same tile of f32 FMAs. The price is the
-//! activations' rounding: each 32 values become bytes times a scale, as ggml's and
-//! candle's quantised products round them (Q8_0).
+//! as many multiply-adds a second as the same tile of f32 FMAs. Without VNNI,
+//! AVX2's `vpmaddubsw` and `vpmaddwd` do the same 32 multiply-adds of a register in
+//! two instructions: on one core of an AMD EPYC (Zen 3) the AVX2 tile ran about 1.6
+//! times the multiply-adds of f32 FMAs. The price is the activations' rounding:
+//! each 32 values become bytes times a scale, as ggml's and candle's quantised
+//! products round them (Q8_0).
 //!
 //! Why this layout: the instruction multiplies four bytes of a weight row by four
 //! of an activation row into one 32-bit lane. With 16 rows' four bytes side by side,
-//! one register of weights and four activation bytes broadcast give 16 outputs, so
-//! each lane is one output and no horizontal sum is needed; the integers of a whole
-//! block are summed before the one conversion to f32.
+//! one register of weights and four activation bytes broadcast give 16 outputs (two
+//! AVX2 registers give 8 each), so each lane is one output and no horizontal sum is
+//! needed; the integers of a whole block are summed before the one conversion to
+//! f32.
 //!
-//! The instruction takes one operand unsigned: the weights are stored plus 128, and
+//! The instructions take one operand unsigned: the weights are stored plus 128, and
 //! each block's sum starts at −128 × the sum of the activation bytes, which takes
-//! the bias back off exactly. A row is summed in the same order whatever the batch,
-//! so a sequence decodes to the same bits alone or beside others.
+//! the bias back off exactly. `vpmaddubsw` adds its pairs of products in 16 bits,
+//! with saturation, so the AVX2 kernel keeps each pair under 2^15: a matrix whose
+//! integers are all within ±64 (the 4- and 5-bit types) is multiplied plus 64 (and
+//! its sums start at −64 × the activations' sum); others (8-bit and 6-bit types)
+//! move each weight's sign onto the activation byte first (`vpsignb`), which costs
+//! one instruction more. Every kernel gives the same integers, and a row is summed
+//! in the same order whatever the batch or the CPU, so a sequence decodes to the
+//! same bits alone or beside others.
 
 use std::ops::Range;
 
@@ -32,21 +42,55 @@ pub(super) const GROUP: usize = 16;
 pub(super) const GROUP_BLOCK: usize = GROUP * BLOCK;
 /// Groups per parallel task.
 const GROUPS_PER_TASK: usize = 4;
-/// Activation rows per tile: 2 groups × 6 rows = 12 integer and 12 f32 sums.
+/// Activation rows per tile at most.
 const TILE_ROWS: usize = 6;
-/// Up to this many activation rows, a tile takes four groups.
-const WIDE_TILE_ROWS: usize = 3;
 
-/// Whether the CPU has the instructions the kernel is compiled for.
-pub(super) fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
+/// The largest weight magnitude that the AVX2 kernel multiplies without moving
+/// signs: plus 64 it is at most 128, and 2 × 128 × 127 fits a signed 16-bit sum.
+pub(super) const SMALL: u8 = 64;
+
+/// The kernels that multiply the layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// AVX-512 VNNI: `vpdpbusd`, 16 rows a register.
+    Vnni,
+    /// AVX2: `vpmaddubsw` then `vpmaddwd`, 8 rows a register.
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs, if any.
+    fn detect() -> Option<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                return Some(Kernel::Vnni);
+            }
+            if has!("avx2") && has!("fma") {
+                return Some(Kernel::Avx2);
+            }
+        }
+        None
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+
+    /// Groups a tile takes at most, and activation rows, for `m` rows in all.
+    /// VNNI: two groups × six rows = 12 integer and 12 f32 sums of its 32
+    /// registers, or four groups for up to three rows. AVX2 has 16 registers: one
+    /// group (two registers) × six rows, or two groups for one or two rows.
+    fn tile_shape(self, m: usize) -> (usize, usize) {
+        match self {
+            Kernel::Vnni if m <= 3 => (4, TILE_ROWS),
+            Kernel::Vnni => (2, TILE_ROWS),
+            Kernel::Avx2 if m <= 2 => (2, TILE_ROWS),
+            Kernel::Avx2 => (1, TILE_ROWS),
+        }
+    }
+}
+
+/// Whether the CPU has the instructions of one of the kernels.
+pub(super) fn supported() -> bool {
+    Kernel::detect().is_some()
 }
 
 /// The index in a group-layout matrix's bytes of value `k` (of 32) of stored block
@@ -158,7 +202,7 @@ kura_simd::multiversion! {
 /// The fastest rounding of a block this CPU runs.
 fn rounder() -> RoundBlock {
     #[cfg(target_arch = "x86_64")]
-    if supported() {
+    if Kernel::detect() == Some(Kernel::Vnni) {
         // SAFETY: the CPU has the features the code is compiled for (and the
         // blocks passed are whole, which the function checks).
         return |xs, bytes| unsafe { vnni::round_block(xs, bytes) };
@@ -175,6 +219,8 @@ pub(super) struct Groups<'a> {
     pub(super) scales: &'a [f32],
     /// Empty when every offset is zero.
     pub(super) offsets: &'a [f32],
+    /// Whether every weight is within ±[`SMALL`].
+    pub(super) small: bool,
 }
 
 impl Groups<'_> {
@@ -325,17 +371,18 @@ impl Groups<'_> {
         mut emit: impl FnMut(usize, usize, &[f32; GROUP]),
     ) {
         let m = x.rows;
-        let wide = if m <= WIDE_TILE_ROWS { 4 } else { 2 };
+        let kernel = Kernel::detect();
+        let (wide, tile_rows) = kernel.map_or((1, 1), |k| k.tile_shape(m));
         let mut g = groups.start;
         while g < groups.end {
             let width = [4, 2, 1]
                 .into_iter()
                 .find(|&w| w <= wide && w <= groups.end - g)
                 .unwrap_or(1);
-            for start in (0..m).step_by(TILE_ROWS) {
-                let rows = TILE_ROWS.min(m - start);
+            for start in (0..m).step_by(tile_rows) {
+                let rows = tile_rows.min(m - start);
                 let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
-                tile(self, g, width, x, start, rows, &mut sums);
+                tile(kernel, self, g, width, x, start, rows, &mut sums);
                 for (w, group_sums) in sums.iter().take(width).enumerate() {
                     for (i, lane_sums) in group_sums.iter().take(rows).enumerate() {
                         emit(g + w, start + i, lane_sums);
@@ -406,8 +453,11 @@ unsafe impl Sync for RoundedBlocks {}
 unsafe impl Send for Part {}
 unsafe impl Sync for Part {}
 
-/// Groups `first..first + width` against activation rows `start..start + rows`.
+/// Groups `first..first + width` against activation rows `start..start + rows`, by
+/// `kernel` (detected on this CPU).
+#[allow(clippy::too_many_arguments)]
 fn tile(
+    kernel: Option<Kernel>,
     w: &Groups<'_>,
     first: usize,
     width: usize,
@@ -416,16 +466,23 @@ fn tile(
     rows: usize,
     sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
 ) {
+    // SAFETY: `kernel` was detected on this CPU, which has the features it is
+    // compiled for.
     #[cfg(target_arch = "x86_64")]
-    if supported() {
-        // SAFETY: the CPU has the features the kernel is compiled for.
-        unsafe { vnni::tile_any(w, first, width, x, start, rows, sums) };
-        return;
+    match kernel {
+        Some(Kernel::Vnni) => {
+            return unsafe { vnni::tile_any(w, first, width, x, start, rows, sums) };
+        }
+        Some(Kernel::Avx2) => {
+            return unsafe { avx2::tile_any(w, first, width, x, start, rows, sums) };
+        }
+        None => {}
     }
+    let _ = kernel;
     portable_tile(w, first, width, x, start, rows, sums);
 }
 
-/// The same integer sums and f32 steps as the VNNI kernel, for machines without it
+/// The same integer sums and f32 steps as the kernels, for machines without them
 /// (a matrix is only built in this layout where the kernel runs; this serves tests).
 fn portable_tile(
     w: &Groups<'_>,
@@ -601,6 +658,156 @@ mod vnni {
         for (i, f) in f.iter().enumerate() {
             for (g, f) in f.iter().enumerate() {
                 _mm512_storeu_ps(sums[g][i].as_mut_ptr(), *f);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Activations, Groups, BLOCK, GROUP, GROUP_BLOCK, SMALL, TILE_ROWS};
+
+    /// Lanes of a register: a group's 16 rows take two.
+    const HALF: usize = GROUP / 2;
+
+    /// [`tile`](super::tile) for the shapes [`Groups::multiply`] asks of this kernel.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_any(
+        w: &Groups<'_>,
+        first: usize,
+        width: usize,
+        x: &Activations,
+        start: usize,
+        rows: usize,
+        sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
+    ) {
+        macro_rules! shapes {
+            ($(($g:literal, $r:literal)),*) => {
+                match (width, rows, w.offsets.is_empty(), w.small) {
+                    $(
+                        ($g, $r, true, true) => tile::<$g, $r, false, true>(w, first, x, start, sums),
+                        ($g, $r, false, true) => tile::<$g, $r, true, true>(w, first, x, start, sums),
+                        ($g, $r, true, false) => tile::<$g, $r, false, false>(w, first, x, start, sums),
+                        ($g, $r, false, false) => tile::<$g, $r, true, false>(w, first, x, start, sums),
+                    )*
+                    _ => unreachable!("Groups::multiply asks for no other shape"),
+                }
+            };
+        }
+        shapes!(
+            (2, 1),
+            (2, 2),
+            (1, 1),
+            (1, 2),
+            (1, 3),
+            (1, 4),
+            (1, 5),
+            (1, 6)
+        )
+    }
+
+    /// `G` groups from `first` against `R` activation rows from `start`.
+    ///
+    /// `SMALL_WEIGHTS`: the stored weights less 64 are the unsigned operand (0 to
+    /// 128), and each block's sum starts at −64 × its activation bytes' sum, half
+    /// the stored bias. Otherwise each weight's sign moves onto the activation byte
+    /// and its magnitude is the unsigned operand, and the sums start at zero.
+    #[inline(always)]
+    unsafe fn tile<
+        const G: usize,
+        const R: usize,
+        const OFFSETS: bool,
+        const SMALL_WEIGHTS: bool,
+    >(
+        w: &Groups<'_>,
+        first: usize,
+        x: &Activations,
+        start: usize,
+        sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
+    ) {
+        let blocks = x.blocks;
+        let quants = w.quants.as_ptr();
+        let bytes = x.bytes.as_ptr().add(start * blocks * BLOCK);
+        let row_bytes = blocks * BLOCK;
+        let at = |g: usize, b: usize| (first + g) * blocks + b;
+        let ones = _mm256_set1_epi16(1);
+        let shift = _mm256_set1_epi8(match SMALL_WEIGHTS {
+            true => SMALL as i8,
+            false => i8::MIN,
+        });
+        // Row-major over the activation rows: `acc[i][g][half]`, `f[i][g][half]`.
+        let mut f = [[[_mm256_setzero_ps(); 2]; G]; R];
+        for b in 0..blocks {
+            let mut acc = [[[_mm256_setzero_si256(); 2]; G]; R];
+            if SMALL_WEIGHTS {
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let bias = *x.biases.get_unchecked((start + i) * blocks + b);
+                    *acc = [[_mm256_set1_epi32(bias / 2); 2]; G];
+                }
+            }
+            for quad in 0..BLOCK / 4 {
+                // The unsigned operand of each register, and for large weights the
+                // signed weights whose signs the activations take.
+                let mut unsigned = [[_mm256_setzero_si256(); 2]; G];
+                let mut signed = [[_mm256_setzero_si256(); 2]; G];
+                for g in 0..G {
+                    for half in 0..2 {
+                        let p = quants.add(at(g, b) * GROUP_BLOCK + quad * 64 + half * 32);
+                        let stored = _mm256_loadu_si256(p as *const __m256i);
+                        let shifted = _mm256_sub_epi8(stored, shift);
+                        if SMALL_WEIGHTS {
+                            unsigned[g][half] = shifted;
+                        } else {
+                            signed[g][half] = shifted;
+                            unsigned[g][half] = _mm256_abs_epi8(shifted);
+                        }
+                    }
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let p = bytes.add(i * row_bytes + b * BLOCK + quad * 4) as *const i32;
+                    let four = _mm256_set1_epi32(p.read_unaligned());
+                    for g in 0..G {
+                        for half in 0..2 {
+                            let four = match SMALL_WEIGHTS {
+                                true => four,
+                                false => _mm256_sign_epi8(four, signed[g][half]),
+                            };
+                            let pairs = _mm256_maddubs_epi16(unsigned[g][half], four);
+                            let quads = _mm256_madd_epi16(pairs, ones);
+                            acc[g][half] = _mm256_add_epi32(acc[g][half], quads);
+                        }
+                    }
+                }
+            }
+            for g in 0..G {
+                for half in 0..2 {
+                    let lane = at(g, b) * GROUP + half * HALF;
+                    let scales = _mm256_loadu_ps(w.scales.as_ptr().add(lane));
+                    let offsets = match OFFSETS {
+                        true => _mm256_loadu_ps(w.offsets.as_ptr().add(lane)),
+                        false => _mm256_setzero_ps(),
+                    };
+                    for (i, (f, acc)) in f.iter_mut().zip(&acc).enumerate() {
+                        let block = (start + i) * blocks + b;
+                        let scale = _mm256_set1_ps(*x.scales.get_unchecked(block));
+                        let scale = _mm256_mul_ps(scales, scale);
+                        let sum = _mm256_cvtepi32_ps(acc[g][half]);
+                        f[g][half] = _mm256_fmadd_ps(sum, scale, f[g][half]);
+                        if OFFSETS {
+                            let sum = _mm256_set1_ps(*x.offset_sums.get_unchecked(block));
+                            f[g][half] = _mm256_fmadd_ps(offsets, sum, f[g][half]);
+                        }
+                    }
+                }
+            }
+        }
+        for (i, f) in f.iter().enumerate() {
+            for (g, f) in f.iter().enumerate() {
+                for (half, f) in f.iter().enumerate() {
+                    _mm256_storeu_ps(sums[g][i][half * HALF..].as_mut_ptr(), *f);
+                }
             }
         }
     }
