@@ -333,6 +333,7 @@ impl Q8Matrix {
             scales: &self.scales,
             offsets: &self.offsets,
             small: self.small,
+            kernel: int8::Kernel::detect(),
         }
     }
 
@@ -853,7 +854,7 @@ mod tests {
         match layout {
             Layout::Panels => xs.to_vec(),
             Layout::Int8 => {
-                let rounded = int8::Activations::new(xs, cols);
+                let rounded = int8::Activations::new(xs, cols, int8::Kernel::detect());
                 (0..xs.len())
                     .map(|i| rounded.value(i / cols, i % cols))
                     .collect()
@@ -1132,18 +1133,30 @@ mod tests {
         }
     }
 
-    /// Activations rounded sixteen at a time (AVX-512) are the bytes, scales and
-    /// sums of the plain code, and each block's largest magnitude becomes ±127.
+    /// Activations rounded by every kernel this CPU runs (sixteen values at a time
+    /// with AVX-512, eight with AVX2) are the bytes, scales and sums of the plain
+    /// code, and each block's largest magnitude becomes ±127.
     #[test]
-    fn activations_round_alike_in_both_builds() {
+    fn activations_round_alike_in_every_build() {
         let cols = 256;
         let mut xs = numbers(7 * cols, 40);
         xs[..BLOCK].fill(0.0);
         xs[BLOCK + 3] = -9.5;
-        let rounded = int8::Activations::new(&xs, cols);
-        assert_eq!(int8::Activations::plain_rounding(&xs, cols), rounded);
-        assert!((0..BLOCK).all(|k| rounded.value(0, k) == 0.0));
-        assert_eq!(rounded.value(0, BLOCK + 3), -9.5);
+        // A tie for every even and odd neighbour: 127 / 127 × 2.5 rounds to 2.
+        xs[2 * BLOCK..3 * BLOCK].fill(2.5);
+        xs[2 * BLOCK] = 127.0;
+        xs[2 * BLOCK + 1] = -3.5;
+        let plain = int8::Activations::new(&xs, cols, None);
+        assert!((0..BLOCK).all(|k| plain.value(0, k) == 0.0));
+        assert_eq!(plain.value(0, BLOCK + 3), -9.5);
+        assert_eq!(plain.value(0, 2 * BLOCK + 2), 2.0);
+        assert_eq!(plain.value(0, 2 * BLOCK + 1), -4.0);
+        let kernels: Vec<_> = int8::Kernel::available().collect();
+        for &kernel in &kernels {
+            let rounded = int8::Activations::new(&xs, cols, Some(kernel));
+            assert_eq!(plain, rounded, "{kernel:?}");
+        }
+        eprintln!("kernels compared with the plain rounding: {kernels:?}");
     }
 
     /// The int8 layout is what a wide model gets where the CPU runs its kernel (unless
@@ -1162,14 +1175,22 @@ mod tests {
         let with_offsets = q4(Layout::Int8, rows, cols, GgmlDType::Q4_0);
         // Both of the AVX2 kernel's paths: 8-bit weights, and weights within ±64.
         assert!(!symmetric.small && with_offsets.small);
+        let kernels: Vec<_> = int8::Kernel::available().collect();
         for q in [&symmetric, &with_offsets] {
             // One tile of rows and several, the last one part full.
             for m in (1..=6).chain([11, 13]) {
                 let xs = numbers(m * cols, 30 + m as u64);
-                let got = q.matmul(&xs);
-                let want = int8::portable_product(&q.groups(), &xs);
-                assert_eq!(got, want, "{m} rows");
+                assert_eq!(q.matmul(&xs), int8::portable_product(&q.groups(), &xs));
+                // Every kernel this CPU runs, not only the one it would pick.
+                for &kernel in &kernels {
+                    let mut groups = q.groups();
+                    groups.kernel = Some(kernel);
+                    let [got] = groups.matmul_parts(&xs, [rows]);
+                    let want = int8::portable_product(&groups, &xs);
+                    assert_eq!(got, want, "{kernel:?}, {m} rows");
+                }
             }
         }
+        eprintln!("kernels compared with the portable code: {kernels:?}");
     }
 }
