@@ -17,6 +17,7 @@ mod error;
 mod fit;
 mod gguf;
 mod kv;
+mod language;
 mod llm;
 mod logits;
 mod model;

@@ -3,7 +3,7 @@
 //! text here must bump the matching version, which is part of the stage id, so cached
 //! results made with the old prompt are recomputed.
 
-pub const SUMMARY_PROMPT_VERSION: &str = "summary-v6";
+pub const SUMMARY_PROMPT_VERSION: &str = "summary-v7";
 pub const NAMING_PROMPT_VERSION: &str = "naming-v9";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\

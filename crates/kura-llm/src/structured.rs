@@ -149,6 +149,13 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         self.session.weigh_after(&question, &first_tokens)
     }
 
+    /// A string value chosen by the program, written as the model would have.
+    pub(crate) fn string(&mut self, key: &str, value: &str) {
+        self.open_key(key);
+        let quoted = serde_json::Value::from(value).to_string();
+        self.pending.push_str(&quoted);
+    }
+
     /// An integer value chosen by the program, written as the model would have.
     pub(crate) fn number(&mut self, key: &str, value: u8) {
         self.open_key(key);

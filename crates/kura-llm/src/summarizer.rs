@@ -1,6 +1,8 @@
 //! [`LlmSummarizer`]: Clio's facets of a conversation, written by a local model through
 //! template-forced JSON (see `structured`), validated, and retried with light sampling
-//! when a value is unusable.
+//! when a value is unusable. Two facets are not left to the model's words: the
+//! concerning score comes from its odds (see [`concerning_score`]), and the languages
+//! from a detector wherever it can place the text (see `language`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -11,6 +13,7 @@ use crate::batch::{Leaving, StepBatcher};
 use crate::chat::ChatRole;
 use crate::error::LlmError;
 use crate::fit::{fit_transcript, Turn};
+use crate::language::detect_languages;
 use crate::llm::{LocalLlm, Session};
 use crate::prefix::SharedPrefix;
 use crate::prompts::{
@@ -82,9 +85,10 @@ impl LlmSummarizer {
         // from the same logits), and the feed is taken back.
         let harm = FormWriter::new(&mut prompt).weigh("safety", SAFETY_PREFIX, &SAFETY_OPTIONS)?;
         let concerning_score = concerning_score(harm[1]);
+        let languages = detect_languages(conversation);
         let what = format!("conversation {}", conversation.chat_id);
         let facets = prompt.first_valid(&what, |session| {
-            let facets = fill_facets(session, concerning_score)?;
+            let facets = fill_facets(session, concerning_score, languages.as_deref())?;
             Ok(facets.validate().map(|()| facets))
         })?;
         Ok(facets.into_summary(conversation))
@@ -171,18 +175,30 @@ struct Facets {
 
 /// The facets written after the prompt, with the concerning score already read
 /// from the model's odds (see [`concerning_score`]).
-fn fill_facets(session: &mut Session<'_>, concerning_score: u8) -> Result<Facets, LlmError> {
+/// The languages come from the detector where it placed the conversation (written
+/// into the answer as the model would have), and from the model otherwise.
+fn fill_facets(
+    session: &mut Session<'_>,
+    concerning_score: u8,
+    detected: Option<&[String]>,
+) -> Result<Facets, LlmError> {
     let mut form = FormWriter::new(session);
     let summary = form.text("summary", SUMMARY_PREFIX, SUMMARY_TOKENS, 2)?;
     let request = form.text("request", REQUEST_PREFIX, REQUEST_TOKENS, 1)?;
     let task = form.text("task", TASK_PREFIX, TASK_TOKENS, 1)?;
-    let languages = form.choice_then_text(
-        "natural_languages",
-        LANGUAGES,
-        LANGUAGE_TOKENS,
-        false,
-        &any_end,
-    )?;
+    let languages = match detected {
+        Some(languages) => {
+            form.string("natural_languages", &as_written(languages));
+            languages.to_vec()
+        }
+        None => normalize_languages(&form.choice_then_text(
+            "natural_languages",
+            LANGUAGES,
+            LANGUAGE_TOKENS,
+            false,
+            &any_end,
+        )?),
+    };
     form.number("concerning_score", concerning_score);
     let user_frustration = form.digit("user_frustration", &SCORES)?;
     let assistant_errors = form.text("assistant_errors", "", ERROR_TOKENS, 2)?;
@@ -190,11 +206,26 @@ fn fill_facets(session: &mut Session<'_>, concerning_score: u8) -> Result<Facets
         summary,
         request,
         task,
-        languages: normalize_languages(&languages),
+        languages,
         concerning_score,
         user_frustration,
         assistant_errors: split_errors(&assistant_errors),
     })
+}
+
+/// Languages as the instructions ask for them: capitalised English names separated
+/// by commas ("German, English").
+fn as_written(languages: &[String]) -> String {
+    let capitalised: Vec<String> = languages
+        .iter()
+        .map(|l| {
+            let mut chars = l.chars();
+            chars
+                .next()
+                .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+        })
+        .collect();
+    capitalised.join(", ")
 }
 
 /// Clio's 1–5 concerning score from how likely the model finds the request harmful
