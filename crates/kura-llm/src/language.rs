@@ -17,7 +17,8 @@
 use kura_core::{Conversation, Role};
 use whatlang::{Detector, Lang};
 
-/// A paragraph with fewer letters than this tells too little to place it.
+/// A paragraph with fewer letters than this tells too little to place it (see
+/// [`letters`]).
 const MIN_LETTERS: usize = 12;
 /// A language named after the first must hold this share of the placed letters.
 const MIN_SHARE: f64 = 0.2;
@@ -77,13 +78,28 @@ pub(crate) fn detect_languages(conversation: &Conversation) -> Option<Vec<String
 /// The paragraph's language and its count of letters, where the detector is sure
 /// of it.
 fn place(detector: &Detector, paragraph: &str) -> Option<(Lang, usize)> {
-    let letters = paragraph.chars().filter(|c| c.is_alphabetic()).count();
+    let letters = letters(paragraph);
     if letters < MIN_LETTERS {
         return None;
     }
     let info = detector.detect(paragraph)?;
     let lang = info.lang();
     (info.is_reliable() && !UNLIKELY.contains(&lang)).then_some((lang, letters))
+}
+
+/// How much text a paragraph holds, in letters of an alphabet: a Chinese or Japanese
+/// character or a Korean syllable is about a word, so it counts as three
+/// ("你會繁體中文嗎" is 21, "Hola" 4).
+fn letters(paragraph: &str) -> usize {
+    paragraph
+        .chars()
+        .filter(|c| c.is_alphabetic())
+        .map(|c| match c as u32 {
+            // Hiragana and Katakana, CJK ideographs, Hangul syllables.
+            0x3040..=0x30FF | 0x3400..=0x9FFF | 0xAC00..=0xD7AF => 3,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// The language's lowercase English name, as the summary facet writes it.
