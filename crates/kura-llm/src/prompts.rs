@@ -4,7 +4,7 @@
 //! results made with the old prompt are recomputed.
 
 pub const SUMMARY_PROMPT_VERSION: &str = "summary-v7";
-pub const NAMING_PROMPT_VERSION: &str = "naming-v9";
+pub const NAMING_PROMPT_VERSION: &str = "naming-v10";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\
 You read a conversation between a user and an AI assistant and describe it as JSON with these fields:

@@ -230,6 +230,16 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             };
             if let Some(end) = end {
                 let value = text[..end].to_string();
+                if refused_at != Some(ids.len()) && opens_quotation(&text, end) {
+                    // Small models quote unescaped (`converted to "abc"`), which
+                    // ended the value mid-sentence; barred from the quote this once,
+                    // the model writes the quotation another way (`'abc'`) or not
+                    // at all.
+                    refused_at = Some(ids.len());
+                    ids.pop();
+                    self.session.restrict_next(|id| !llm.closes_string(id))?;
+                    continue;
+                }
                 if refused_at != Some(ids.len()) && refused_end(&value) {
                     refused_at = Some(ids.len());
                     ids.pop();
@@ -270,6 +280,15 @@ fn string_end(text: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// Whether the string end found at `end` is a quote that opens a quotation rather
+/// than closing the value: it follows a space, after some of the value.
+fn opens_quotation(text: &str, end: usize) -> bool {
+    let before = &text[..end];
+    text[end..].starts_with('"')
+        && before.ends_with(char::is_whitespace)
+        && !before.trim().is_empty()
 }
 
 /// The byte index just after each sentence end in `text` (`.`, `!` or `?`
@@ -399,6 +418,18 @@ mod tests {
         assert_eq!(string_end(r#"say \"hi\" now". more"#), Some(14));
         assert_eq!(string_end("no end yet"), None);
         assert_eq!(string_end("line\nbreak"), Some(4));
+    }
+
+    #[test]
+    fn a_quote_after_a_space_opens_a_quotation() {
+        let opens = |text: &str| opens_quotation(text, string_end(text).unwrap());
+        assert!(opens(" asked how to turn the cards into \"abc"));
+        assert!(opens(" asked for a regex that matches \""));
+        assert!(!opens(" asked for a regex.\""));
+        assert!(!opens(" asked for a regex\", \"request"));
+        assert!(!opens("\""));
+        assert!(!opens(" \""));
+        assert!(!opens(" asked for a regex\n"));
     }
 
     #[test]

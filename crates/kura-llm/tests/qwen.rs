@@ -70,6 +70,30 @@ fn qwen_summaries_name_the_language_the_conversation_is_written_in() {
     }
 }
 
+/// A quotation inside a value does not end it. Qwen writes quotes unescaped
+/// (`converted to "abc"`), and these two summaries used to stop at the quote, in
+/// mid-sentence: "… can be converted to", "… to ensure that the string".
+#[test]
+fn qwen_summaries_go_on_past_a_quotation() {
+    let summarizer = LlmSummarizer::new(llm(QWEN));
+    let conversations = conversations_by_id(
+        "arena_hard_500.jsonl",
+        &[
+            "arenahard_b43c07656ead4150b360294ee932b410",
+            "arenahard_fae4f754f12f40db8178d3683eb1eddc",
+        ],
+    );
+    for (conversation, result) in conversations
+        .iter()
+        .zip(summarizer.summarize(&conversations))
+    {
+        let summary = result.unwrap_or_else(|e| panic!("{}: {e}", conversation.chat_id));
+        eprintln!("{}: {summary:?}", conversation.chat_id);
+        assert!(summary.summary.ends_with(['.', '!', '?']), "{summary:?}");
+        assert_valid_summary(conversation, &summary);
+    }
+}
+
 /// Clio's concerning score tells harmful requests from everyday ones. Asked for a
 /// digit from 1 to 5, Qwen gave these everyday requests (code, maths) 3 or 4 and the
 /// harmful ones the same; the score now comes from its odds that the request "is
