@@ -274,7 +274,9 @@ fn is_taken(name: &str, taken: &[String]) -> bool {
 /// instructions: small models answer "Group of similar conversations between users
 /// and an AI assistant" or "JSON", and after the verb we chose for them "Classify
 /// Conversations" or "Suggest Conversations" (two of the example's eight names at
-/// `fc764d8`), which name nothing. Numbers do not count as content ("Group 1").
+/// `fc764d8`), which name nothing; or, opening with two verbs, "Interpret and Analyze
+/// Conversations between Users and AI Assistant" (two of the example's eight at
+/// `7dd3ac5`). Numbers do not count as content ("Group 1").
 fn echoes_the_instructions(name: &str) -> bool {
     static INSTRUCTIONS: OnceLock<HashSet<String>> = OnceLock::new();
     static VERBS: OnceLock<HashSet<String>> = OnceLock::new();
@@ -286,11 +288,12 @@ fn echoes_the_instructions(name: &str) -> bool {
     });
     let verbs = VERBS.get_or_init(|| NAME_VERBS.iter().copied().flat_map(words).collect());
     let words = words(name);
-    let subject = match words.split_first() {
-        Some((first, rest)) if verbs.contains(first) => rest,
-        _ => &words[..],
-    };
-    subject.iter().all(|w| instructions.contains(w))
+    // The opening verbs, one or several joined by "and" ("Interpret and Analyze").
+    let opening = words
+        .iter()
+        .take_while(|w| verbs.contains(*w) || *w == "and")
+        .count();
+    words[opening..].iter().all(|w| instructions.contains(w))
 }
 
 /// Whether a word comes back three times or more: a small model caught in a loop
@@ -350,6 +353,8 @@ mod tests {
             "Classify Conversations",
             "Suggest Conversations",
             "Explain",
+            "Interpret and Analyze Conversations between Users and AI Assistant",
+            "Interpret and Analyze Conversations",
         ] {
             let refused = validate(echo, description, &[]).unwrap_err();
             assert!(refused.contains("repeats the instructions"), "{refused}");
@@ -357,6 +362,7 @@ mod tests {
         assert!(validate("AI and Private Equity Group", description, &[]).is_ok());
         assert!(validate("Fix Rust borrow checker errors", description, &[]).is_ok());
         assert!(validate("Classify customer emails", description, &[]).is_ok());
+        assert!(validate("Interpret and Debug Python scripts", description, &[]).is_ok());
     }
 
     #[test]
