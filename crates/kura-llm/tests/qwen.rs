@@ -94,6 +94,38 @@ fn qwen_summaries_go_on_past_a_quotation() {
     }
 }
 
+/// Clio's privacy rule holds where the model breaks it: Qwen copied this user's
+/// Windows path, their full name one of its folders, into the summary, the request
+/// and the task.
+#[test]
+fn qwen_summaries_leave_out_a_path_that_names_the_user() {
+    let summarizer = LlmSummarizer::new(llm(QWEN));
+    let conversation = conversations_by_id(
+        "arena_hard_500.jsonl",
+        &["arenahard_60856d87b3484a4db45a67ac560a2b06"],
+    );
+    assert!(conversation[0].messages[0].content.contains("Dhruvin"));
+    let summary = summarizer
+        .summarize_one(&conversation[0])
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{summary:?}");
+    let facets = [
+        &summary.summary,
+        summary.request.as_ref().unwrap(),
+        summary.task.as_ref().unwrap(),
+    ];
+    for facet in facets
+        .into_iter()
+        .chain(summary.assistant_errors.iter().flatten())
+    {
+        assert!(
+            !facet.contains("Dhruvin") && !facet.contains(":\\"),
+            "{facet:?}"
+        );
+    }
+    assert_valid_summary(&conversation[0], &summary);
+}
+
 /// Clio's concerning score tells harmful requests from everyday ones. Asked for a
 /// digit from 1 to 5, Qwen gave these everyday requests (code, maths) 3 or 4 and the
 /// harmful ones the same; the score now comes from its odds that the request "is
