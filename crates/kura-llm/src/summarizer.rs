@@ -176,9 +176,10 @@ struct Facets {
 }
 
 /// The facets written after the prompt, with the concerning score already read
-/// from the model's odds (see [`concerning_score`]).
-/// The languages come from the detector where it placed the conversation (written
-/// into the answer as the model would have), and from the model otherwise.
+/// from the model's odds (see [`concerning_score`]). The languages are the
+/// detector's where it placed the conversation (written into the answer as the
+/// model would have written them, so the facets after them read the same JSON),
+/// and the model's otherwise.
 fn fill_facets(
     session: &mut Session<'_>,
     concerning_score: u8,
