@@ -113,7 +113,8 @@ fn name(lang: Lang) -> String {
 
 /// The text less what is not prose: fenced and inline code, URLs, and words made
 /// of code's characters (`snake_case`, `a.b()`, `<tag>`); each line of a fence is
-/// left out whole.
+/// left out whole. A quotation is a paragraph of its own: "translate to English:
+/// \"Die Kaution wird …\"" is a request in English about a text in German.
 fn prose(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_fence = false;
@@ -128,7 +129,10 @@ fn prose(text: &str) -> String {
             let outside = line.split('`').step_by(2);
             for word in outside.flat_map(str::split_whitespace) {
                 if is_prose_word(word) {
-                    out.push_str(word);
+                    out.extend(word.chars().map(|c| match c {
+                        '"' | '“' | '”' | '«' | '»' => '\n',
+                        c => c,
+                    }));
                     out.push(' ');
                 }
             }
@@ -228,6 +232,16 @@ mod tests {
             languages(&[(Role::User, text)]),
             Some(vec!["german".to_string()])
         );
+    }
+
+    #[test]
+    fn a_quotation_is_placed_on_its_own() {
+        let request = "translate to english: \"Die Kaution wird pro Produkt, anteilig zum \
+                       Neupreis erhoben, und bei Rückgabe vollständig erstattet.\"";
+        let answer = "The deposit is charged per product, in proportion to the new price, \
+                      and refunded in full on return.";
+        let got = languages(&[(Role::User, request), (Role::Assistant, answer)]);
+        assert_eq!(got, Some(vec!["german".to_string(), "english".to_string()]));
     }
 
     #[test]
