@@ -38,9 +38,17 @@ fn is_bidi_control(c: char) -> bool {
 
 /// Cuts `text` to at most `max_chars` characters on a char boundary, marking the cut.
 pub fn truncate_chars(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_string(),
+    match first_chars(text, max_chars) {
+        head if head.len() < text.len() => format!("{head}…"),
+        _ => text.to_string(),
+    }
+}
+
+/// The first `count` characters of `text` (all of it when shorter).
+pub fn first_chars(text: &str, count: usize) -> &str {
+    match text.char_indices().nth(count) {
+        Some((end, _)) => &text[..end],
+        None => text,
     }
 }
 
