@@ -200,8 +200,8 @@ impl<'s, 'a> FormWriter<'s, 'a> {
 
     /// Decodes until the string's end; returns the value's raw text and the part of it
     /// that the model has not been fed (the text before a quote inside the last token).
-    /// Where `refused_end` refuses the value the model would end on, that end is
-    /// forbidden once and the model goes on.
+    /// Where `refused_end` refuses the value the model would end on, or the end is a
+    /// quote that opens a quotation, that end is forbidden once and the model goes on.
     fn decode_string(
         &mut self,
         max_tokens: usize,
@@ -230,17 +230,12 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             };
             if let Some(end) = end {
                 let value = text[..end].to_string();
-                if refused_at != Some(ids.len()) && opens_quotation(&text, end) {
-                    // Small models quote unescaped (`converted to "abc"`), which
-                    // ended the value mid-sentence; barred from the quote this once,
-                    // the model writes the quotation another way (`'abc'`) or not
-                    // at all.
-                    refused_at = Some(ids.len());
-                    ids.pop();
-                    self.session.restrict_next(|id| !llm.closes_string(id))?;
-                    continue;
-                }
-                if refused_at != Some(ids.len()) && refused_end(&value) {
+                // A quote that opens a quotation is no end: small models quote
+                // unescaped (`converted to "abc"`), which ended the value
+                // mid-sentence; barred from the quote once, the model writes the
+                // quotation another way (`'abc'`) or not at all.
+                let refused = opens_quotation(&text, end) || refused_end(&value);
+                if refused && refused_at != Some(ids.len()) {
                     refused_at = Some(ids.len());
                     ids.pop();
                     self.session.restrict_next(|id| !llm.closes_string(id))?;
