@@ -16,6 +16,7 @@ pub mod explore;
 pub mod loaders;
 pub mod matrix;
 pub mod pipeline;
+pub mod privacy;
 pub mod store;
 pub mod text;
 pub mod traits;

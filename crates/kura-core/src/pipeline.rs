@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::error::{BoxError, Error, Result};
 use crate::loaders::conversation_fingerprint;
 use crate::matrix::Matrix;
+use crate::privacy::{redact_summary, REDACTION_VERSION};
 use crate::store::{self, fingerprint, Journal};
 use crate::text::{slugify, truncate_chars, LevelNames};
 use crate::traits::{
@@ -231,7 +232,7 @@ impl Run {
     /// Stage 1: Clio's facets for every conversation, journaled one by one.
     pub fn summarize(&self, summarizer: &dyn Summarizer) -> Result<StageOutcome> {
         let upstream = self.upstream_key("conversations", "summaries")?;
-        let key = fingerprint(&[upstream.as_str(), &summarizer.id()]);
+        let key = fingerprint(&[upstream.as_str(), &summarizer.id(), REDACTION_VERSION]);
         if self.is_fresh("summaries", &key, &[SUMMARIES]) {
             return self.reused("summaries");
         }
@@ -239,8 +240,10 @@ impl Run {
         let conversations: Vec<Conversation> = store::read_jsonl(&self.path(CONVERSATIONS))?;
         let journal: Journal<ConversationSummary> =
             Journal::open(&self.path("cache/summaries.journal.jsonl"))?;
-        let item_key =
-            |c: &Conversation| fingerprint(&[summarizer.id(), conversation_fingerprint(c)]);
+        let item_key = |c: &Conversation| {
+            let id = summarizer.id();
+            fingerprint(&[id.as_str(), REDACTION_VERSION, &conversation_fingerprint(c)])
+        };
         let todo: Vec<&Conversation> = conversations
             .iter()
             .filter(|c| journal.get(&item_key(c)).is_none())
@@ -264,7 +267,7 @@ impl Run {
                 Ok(summary) => {
                     let written = journal.append(
                         &item_key(conversation),
-                        &with_provenance(summary, conversation),
+                        &with_provenance(redact_summary(summary), conversation),
                     );
                     if let Err(e) = written {
                         journal_error.get_or_insert(e);

@@ -375,6 +375,24 @@ fn a_changed_summariser_recomputes_summaries_instead_of_reusing_stale_ones() {
     assert!(summaries.iter().all(|s| s.summary.starts_with("v2 ")));
 }
 
+/// Clio's privacy rule holds whatever summariser wrote the facets: the scripted one
+/// copies the message, address and path included, and the pipeline keeps neither.
+#[test]
+fn every_summarisers_facets_lose_addresses_and_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "mail jane.doe@example.com the file E:\\Jane Doe\\Reports\\q3.docx today";
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    run.set_conversations(&[], &[conversation("c0", text)], &[])
+        .unwrap();
+    run.summarize(&ScriptedSummarizer::new("v1")).unwrap();
+    let summaries: Vec<ConversationSummary> =
+        store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
+    assert_eq!(
+        summaries[0].summary,
+        "v1 mail an email address the file a file path today"
+    );
+}
+
 #[test]
 fn a_grown_input_summarises_only_the_new_conversations() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,7 +24,6 @@ mod model;
 mod namer;
 mod parents;
 mod prefix;
-mod privacy;
 mod prompts;
 mod q6k;
 mod q8;

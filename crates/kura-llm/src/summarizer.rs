@@ -2,8 +2,9 @@
 //! template-forced JSON (see `structured`), validated, and retried with light sampling
 //! when a value is unusable. Two facets are not left to the model's words: the
 //! concerning score comes from its odds (see [`concerning_score`]), and the languages
-//! from a detector wherever it can place the text (see `language`); and what the
-//! model writes loses the email addresses and file paths it copies (see `privacy`).
+//! from a detector wherever it can place the text (see `language`). (The email
+//! addresses and file paths the model copies are taken out by the pipeline, for
+//! every summariser: see `kura_core::privacy`.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -17,7 +18,6 @@ use crate::fit::{fit_transcript, Turn};
 use crate::language::detect_languages;
 use crate::llm::{LocalLlm, Session};
 use crate::prefix::SharedPrefix;
-use crate::privacy::redact_identifiers;
 use crate::prompts::{
     REQUEST_PREFIX, SAFETY_OPTIONS, SAFETY_PREFIX, SUMMARY_PREFIX, SUMMARY_PROMPT_VERSION,
     SUMMARY_REQUEST, SUMMARY_SYSTEM, TASK_PREFIX,
@@ -205,15 +205,14 @@ fn fill_facets(
     form.number("concerning_score", concerning_score);
     let user_frustration = form.digit("user_frustration", &SCORES)?;
     let assistant_errors = form.text("assistant_errors", "", ERROR_TOKENS, 2)?;
-    // What the model wrote loses the identifiers it copied (see `privacy`).
     Ok(Facets {
-        summary: redact_identifiers(&summary),
-        request: redact_identifiers(&request),
-        task: redact_identifiers(&task),
+        summary,
+        request,
+        task,
         languages,
         concerning_score,
         user_frustration,
-        assistant_errors: split_errors(&redact_identifiers(&assistant_errors)),
+        assistant_errors: split_errors(&assistant_errors),
     })
 }
 

@@ -5,7 +5,10 @@
 mod common;
 
 use common::{arena_conversations, assert_valid_summary, conversations_by_id, llm, QWEN};
-use kura_core::Summarizer;
+use std::sync::Arc;
+
+use kura_core::pipeline::{NoProgress, Run, SUMMARIES};
+use kura_core::{ConversationSummary, Summarizer};
 use kura_llm::{ChatMessage, LlmSummarizer};
 
 #[test]
@@ -94,20 +97,24 @@ fn qwen_summaries_go_on_past_a_quotation() {
     }
 }
 
-/// Clio's privacy rule holds where the model breaks it: Qwen copied this user's
+/// Clio's privacy rule holds where the model breaks it: Qwen copies this user's
 /// Windows path, their full name one of its folders, into the summary, the request
-/// and the task.
+/// and the task; the pipeline's summaries stage keeps none of it.
 #[test]
-fn qwen_summaries_leave_out_a_path_that_names_the_user() {
+fn qwen_summaries_kept_by_the_pipeline_leave_out_a_path_that_names_the_user() {
     let summarizer = LlmSummarizer::new(llm(QWEN));
-    let conversation = conversations_by_id(
+    let conversations = conversations_by_id(
         "arena_hard_500.jsonl",
         &["arenahard_60856d87b3484a4db45a67ac560a2b06"],
     );
-    assert!(conversation[0].messages[0].content.contains("Dhruvin"));
-    let summary = summarizer
-        .summarize_one(&conversation[0])
-        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(conversations[0].messages[0].content.contains("Dhruvin"));
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::open(dir.path(), 42, Arc::new(NoProgress)).unwrap();
+    run.set_conversations(&[], &conversations, &[]).unwrap();
+    run.summarize(&summarizer).unwrap();
+    let summaries: Vec<ConversationSummary> =
+        kura_core::store::read_jsonl(&dir.path().join(SUMMARIES)).unwrap();
+    let summary = &summaries[0];
     eprintln!("{summary:?}");
     let facets = [
         &summary.summary,
@@ -123,7 +130,7 @@ fn qwen_summaries_leave_out_a_path_that_names_the_user() {
             "{facet:?}"
         );
     }
-    assert_valid_summary(&conversation[0], &summary);
+    assert_valid_summary(&conversations[0], summary);
 }
 
 /// Clio's concerning score tells harmful requests from everyday ones. Asked for a

@@ -1,16 +1,36 @@
-//! Identifiers taken out of what the model wrote: email addresses and file paths
-//! that start at a drive or a user's home.
+//! Identifiers taken out of every summary the pipeline keeps: email addresses and
+//! file paths that start at a drive or a user's home.
 //!
-//! Why: the instructions carry Clio's privacy rule, but a 0.5B model copies what is
-//! in front of it. On 64 Arena-Hard conversations Qwen put one user's full name into
-//! three facets of one summary, as a folder of the Windows path it quoted
-//! (`E:\<first name> <last name>\Backup\…\Android.mk`). A path or an address tells
-//! a cluster nothing its words do not, so they are replaced with what they are,
-//! whatever the model: the facets are what people browse and export.
+//! Why: Clio's privacy rule asks summaries to identify no one, and a summariser
+//! copies what is in front of it. On 64 Arena-Hard conversations Qwen 0.5B put one
+//! user's full name into three facets of one summary, as a folder of the Windows
+//! path it quoted (`E:\<first name> <last name>\Backup\…\Android.mk`). A path or an
+//! address tells a cluster nothing its words do not, so they are replaced with what
+//! they are. The pipeline does it to whatever summariser wrote the facets, so a
+//! backend of one's own keeps the rule without knowing of it.
+
+use crate::types::ConversationSummary;
+
+/// Bump when what is redacted changes: it is part of the summaries stage's key, so
+/// summaries kept before are redacted again.
+pub const REDACTION_VERSION: &str = "redact-v1";
+
+/// The summary with [`redact_identifiers`] applied to every facet written in words.
+pub fn redact_summary(mut summary: ConversationSummary) -> ConversationSummary {
+    summary.summary = redact_identifiers(&summary.summary);
+    let facets = [&mut summary.request, &mut summary.task, &mut summary.topic];
+    for text in facets.into_iter().flatten() {
+        *text = redact_identifiers(text);
+    }
+    for error in summary.assistant_errors.iter_mut().flatten() {
+        *error = redact_identifiers(error);
+    }
+    summary
+}
 
 /// `text` with each email address and each absolute path from a drive (`E:\…`) or a
 /// home (`/home/…`, `/Users/…`, `C:\Users\…`, `~/…`) replaced by a description.
-pub(crate) fn redact_identifiers(text: &str) -> String {
+pub fn redact_identifiers(text: &str) -> String {
     let words: Vec<&str> = text.split(' ').collect();
     let mut out: Vec<String> = Vec::with_capacity(words.len());
     let mut i = 0;
