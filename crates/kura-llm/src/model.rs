@@ -130,8 +130,10 @@ struct Linear {
 const PACKED_MAX_ROWS: usize = 16;
 
 /// The most tokens a sequence may feed in one [`Model::step`]; longer feeds (prompts)
-/// are read with the dense GEMM.
-pub(crate) const STEP_MAX_TOKENS: usize = PACKED_MAX_ROWS;
+/// are read on their own. The summariser's longest piece of skeleton (the forced
+/// languages and score, then the next key) is 24 tokens for Qwen: at 16 it was read
+/// alone, a whole pass over the weights while the 31 other conversations waited.
+pub(crate) const STEP_MAX_TOKENS: usize = 32;
 
 impl Linear {
     /// `decoding`: every sequence in `xs` is one new token. Then the 8-bit copy is
