@@ -35,6 +35,9 @@ use kura_simd::silu_times;
 use rayon::prelude::*;
 
 mod int8;
+mod lines;
+
+use lines::LineBytes;
 
 /// Values per scale, as in Q8_0.
 pub(crate) const BLOCK: usize = 32;
@@ -144,7 +147,7 @@ pub(crate) struct Q8Matrix {
     /// Group after group of rows (the last padded with zero rows), as
     /// [`Layout::quant_index`] places them. In panels: for each block of the row,
     /// that block of each of the panel's rows in turn.
-    quants: Vec<i8>,
+    quants: LineBytes,
     /// One per stored block, in the order of `quants`: a weight is
     /// `quant × scale + offset`.
     scales: Vec<f32>,
@@ -225,7 +228,7 @@ impl Q8Matrix {
         let blocks = cols / BLOCK;
         let group = layout.group();
         let stored = rows.div_ceil(group) * group * blocks;
-        let mut quants = vec![layout.store(0); stored * BLOCK];
+        let mut quants = LineBytes::filled(stored * BLOCK, layout.store(0));
         let mut scales = vec![0f32; stored];
         let mut offsets = vec![0f32; stored];
         quants
@@ -1178,7 +1181,7 @@ mod tests {
         let kernels: Vec<_> = int8::Kernel::available().collect();
         for q in [&symmetric, &with_offsets] {
             // One tile of rows and several, the last one part full.
-            for m in (1..=6).chain([11, 13]) {
+            for m in (1..=6).chain([11, 13, 16, 17, 32, 40]) {
                 let xs = numbers(m * cols, 30 + m as u64);
                 assert_eq!(q.matmul(&xs), int8::portable_product(&q.groups(), &xs));
                 // Every kernel this CPU runs, not only the one it would pick.

@@ -34,7 +34,7 @@ use std::ops::Range;
 use kura_simd::silu_times;
 use rayon::prelude::*;
 
-use super::{Layout, BLOCK};
+use super::{Layout, LineBytes, BLOCK};
 
 /// Weight rows side by side in one register.
 pub(super) const GROUP: usize = 16;
@@ -120,7 +120,7 @@ pub(super) fn quant_index(at: usize, k: usize) -> usize {
 pub(super) struct Activations {
     pub(super) rows: usize,
     blocks: usize,
-    bytes: Vec<i8>,
+    bytes: LineBytes,
     scales: Vec<f32>,
     /// Each block's −128 × its sum of bytes: the kernel starts the block's integer
     /// sum here (taking off the weights' bias of 128), broadcast straight from
@@ -152,7 +152,7 @@ impl Activations {
         let blocks = cols / BLOCK;
         let rows = xs.len() / cols.max(1);
         let count = rows * blocks;
-        let mut bytes = vec![0i8; count * BLOCK];
+        let mut bytes = LineBytes::filled(count * BLOCK, 0);
         let mut scales = vec![0f32; count];
         let mut biases = vec![0i32; count];
         let mut offset_sums = vec![0f32; count];
@@ -324,7 +324,7 @@ impl Groups<'_> {
         let mut out = Activations {
             rows: m,
             blocks,
-            bytes: vec![0; m * width],
+            bytes: LineBytes::filled(m * width, 0),
             scales: vec![0.0; m * blocks],
             biases: vec![0; m * blocks],
             offset_sums: vec![0.0; m * blocks],
