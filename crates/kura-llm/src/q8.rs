@@ -1181,7 +1181,9 @@ mod tests {
         let kernels: Vec<_> = int8::Kernel::available().collect();
         for q in [&symmetric, &with_offsets] {
             // One tile of rows and several, the last one part full.
-            for m in (1..=6).chain([11, 13, 16, 17, 32, 40]) {
+            // Past one block of rows too (see `int8::rows_in_cache`).
+            let past_a_block = int8::rows_in_cache(cols, 6) + 7;
+            for m in (1..=6).chain([11, 13, 16, 17, 32, 40, past_a_block]) {
                 let xs = numbers(m * cols, 30 + m as u64);
                 assert_eq!(q.matmul(&xs), int8::portable_product(&q.groups(), &xs));
                 // Every kernel this CPU runs, not only the one it would pick.
