@@ -62,6 +62,10 @@ fn matches_sentence_transformers_on_every_reference_text() {
     assert_eq!(embedder.dim(), rows[0].1.len());
     let ours = embedder.embed(&texts).unwrap();
     assert_eq!(ours.rows(), rows.len());
+    let worst = (0..rows.len())
+        .map(|i| cosine(ours.row(i), &rows[i].1))
+        .fold(f32::INFINITY, f32::min);
+    eprintln!("worst cosine over {} reference texts: {worst}", rows.len());
     for (i, (text, expected)) in rows.iter().enumerate() {
         let similarity = cosine(ours.row(i), expected);
         assert!(

@@ -13,6 +13,7 @@
 
 use std::f32::consts::LOG2_E;
 
+pub mod amx;
 mod matmul;
 pub use matmul::{matmul, matmul_strided, MatRef, Threads};
 
