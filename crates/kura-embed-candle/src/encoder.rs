@@ -31,7 +31,7 @@ use candle_core::{DType, Device};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 use gemm::Parallelism;
 use kura_simd::amx::{self, Bf16Weights};
-use kura_simd::{MatRef, Threads};
+use kura_simd::{MatRef, SharedMut, Threads};
 use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use tokenizers::Encoding;
@@ -383,25 +383,6 @@ impl Encoder {
             });
     }
 }
-
-/// `context`'s pointer, shared by attention tasks that write disjoint blocks of it.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-
-impl SharedMut {
-    /// A method, not a field access, so that closures capture the `Sync` wrapper
-    /// rather than the bare pointer.
-    ///
-    /// # Safety
-    /// `offset` must be inside the buffer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: the caller keeps `offset` inside the buffer.
-        unsafe { self.0.add(offset) }
-    }
-}
-// SAFETY: see `Encoder::attention`: every task writes its own block.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
 
 /// `out = input · W (+ out, when accumulate)`, over all rows of `input`.
 fn matmul(input: &[f32], linear: &Linear, out: &mut [f32], accumulate: bool) {

@@ -14,6 +14,8 @@
 
 use rayon::prelude::*;
 
+use crate::SharedMut;
+
 /// Columns of a tile of sums (16 f32 in a 64-byte row).
 const TILE_COLS: usize = 16;
 /// Rows of a tile (the unit's most).
@@ -133,7 +135,7 @@ pub fn matmul_bf16(out: &mut [f32], input: &[f32], weights: &Bf16Weights, accumu
                 *to = bf16(from);
             }
         });
-    let out = SharedOut(out.as_mut_ptr());
+    let out = SharedMut(out.as_mut_ptr());
     let steps = k / STEP;
     // Tasks of two column tiles each (all rows): their weights stay in cache while
     // the rows stream past.
@@ -147,32 +149,13 @@ pub fn matmul_bf16(out: &mut [f32], input: &[f32], weights: &Bf16Weights, accumu
                 rows,
                 k,
                 weights,
-                out.column(2 * pair * TILE_COLS),
+                out.at(2 * pair * TILE_COLS),
                 n,
                 accumulate,
             )
         }
     });
 }
-
-/// `out`'s pointer, shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-
-impl SharedOut {
-    /// The pointer to column `column` of row 0 (a method, so that a task's closure
-    /// captures the `Sync` wrapper rather than the bare pointer).
-    ///
-    /// # Safety
-    /// `column` is inside the first row.
-    unsafe fn column(self, column: usize) -> *mut f32 {
-        // SAFETY: the caller keeps `column` inside the buffer.
-        unsafe { self.0.add(column) }
-    }
-}
-// SAFETY: see `matmul_bf16`: every task writes its own columns.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod tiles {

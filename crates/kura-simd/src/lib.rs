@@ -17,6 +17,27 @@ pub mod amx;
 mod matmul;
 pub use matmul::{matmul, matmul_strided, MatRef, Threads};
 
+/// A buffer's pointer that parallel tasks share, each writing its own disjoint part
+/// (the embedder's attention blocks, the tile product's columns): the tasks' writes
+/// are their own business, and this makes the pointer `Send` and `Sync`.
+#[derive(Clone, Copy)]
+pub struct SharedMut(pub *mut f32);
+
+impl SharedMut {
+    /// The pointer `offset` values on. A method rather than a field access, so that
+    /// a task's closure captures the `Sync` wrapper rather than the bare pointer.
+    ///
+    /// # Safety
+    /// `offset` must be inside the buffer.
+    pub unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `offset` inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+// SAFETY: whoever shares it writes disjoint parts from each task (see `SharedMut`).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
 /// Whether this CPU can run the AVX2 + FMA builds of the kernels (std caches the
 /// detection, so this is a load and a test).
 #[cfg(target_arch = "x86_64")]
