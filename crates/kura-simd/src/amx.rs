@@ -255,8 +255,10 @@ mod tiles {
             }
             let two = shape[1] > 0;
             let c0 = out.add(start * n);
-            let c1 = c0.add(TILE_ROWS * n);
-            let (c0b, c1b) = (c0.add(TILE_COLS), c1.add(TILE_COLS));
+            // The second row tile's pointers lie past the buffer when there is no
+            // second tile (and are then never read): wrapping, not `add`.
+            let c1 = c0.wrapping_add(TILE_ROWS * n);
+            let (c0b, c1b) = (c0.add(TILE_COLS), c1.wrapping_add(TILE_COLS));
             if accumulate {
                 asm!(
                     "tileloadd tmm0, [{c0} + {s}*1]",
@@ -279,7 +281,7 @@ mod tiles {
                 }
             }
             let a0 = input.as_ptr().add(start * k);
-            let a1 = a0.add(TILE_ROWS * k);
+            let a1 = a0.wrapping_add(TILE_ROWS * k);
             for s in 0..steps {
                 let w0 = weights.as_ptr().add(s);
                 let w1 = weights.as_ptr().add(steps + s);
@@ -298,7 +300,7 @@ mod tiles {
                         "tileloadd tmm5, [{a1} + {ia}*1]",
                         "tdpbf16ps tmm2, tmm5, tmm6",
                         "tdpbf16ps tmm3, tmm5, tmm7",
-                        a1 = in(reg) a1.add(s * STEP), ia = in(reg) input_stride,
+                        a1 = in(reg) a1.wrapping_add(s * STEP), ia = in(reg) input_stride,
                         options(nostack, readonly),
                     );
                 }
