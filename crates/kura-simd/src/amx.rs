@@ -92,15 +92,25 @@ impl Bf16Weights {
     }
 }
 
-/// `value` rounded to the nearest bfloat16 (ties to even), as its 16 bits.
+/// `value` rounded to the nearest bfloat16 (ties to even), as its 16 bits; a NaN
+/// stays a (quiet) NaN. Without a branch, so that a loop of it vectorises: with
+/// one, rounding a batch's inputs was 7% of embedding long texts.
 #[inline(always)]
 fn bf16(value: f32) -> u16 {
     let bits = value.to_bits();
-    if value.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    let quiet = (bits >> 16) | 0x40;
+    (if nan { quiet } else { rounded }) as u16
+}
+
+crate::multiversion! {
+    /// Each of `from` rounded to bfloat16 into `to`.
+    fn round_all<M>(to: &mut [u16], from: &[f32]) {
+        for (to, &from) in to.iter_mut().zip(from) {
+            *to = bf16(from);
+        }
     }
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
-    (rounded >> 16) as u16
 }
 
 /// `out = input · W (+ out, when accumulate)` on the tile unit, for `input` of
@@ -130,11 +140,7 @@ pub fn matmul_bf16(out: &mut [f32], input: &[f32], weights: &Bf16Weights, accumu
     rounded
         .par_chunks_mut(k * 64)
         .zip(input.par_chunks(k * 64))
-        .for_each(|(to, from)| {
-            for (to, &from) in to.iter_mut().zip(from) {
-                *to = bf16(from);
-            }
-        });
+        .for_each(|(to, from)| round_all(to, from));
     let out = SharedMut(out.as_mut_ptr());
     let steps = k / STEP;
     // Tasks of two column tiles each (all rows): their weights stay in cache while
