@@ -39,30 +39,35 @@ use tokenizers::Encoding;
 use crate::error::EmbedError;
 use crate::kernels::{self, Activation};
 
-/// A linear layer with its weight transposed to `inputs × outputs`, row-major, or
-/// (where the CPU has AMX) in bfloat16 tiles for the tile unit instead.
+/// A linear layer: its weight and bias.
 struct Linear {
-    /// Empty when `tiles` holds the weight.
-    weight: Vec<f32>,
-    tiles: Option<Bf16Weights>,
+    weight: Weight,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
 }
 
-impl Linear {
-    /// Moves the weight into bfloat16 tiles where the CPU has AMX with bfloat16
-    /// (unless `KURA_AMX=0`) and the shape fills whole tiles; otherwise it stays
-    /// in f32 for `gemm`.
-    fn on_tiles_where_available(mut self) -> Self {
+/// A linear layer's weight, held once, in the form its product reads.
+enum Weight {
+    /// Transposed to `inputs × outputs`, row-major, for `gemm`.
+    F32(Vec<f32>),
+    /// In bfloat16 tiles for the AMX unit.
+    Tiles(Bf16Weights),
+}
+
+impl Weight {
+    /// `weight` (`inputs × outputs`, row-major) in bfloat16 tiles where the CPU has
+    /// AMX with bfloat16 (unless `KURA_AMX=0`) and the shape fills whole tiles;
+    /// otherwise kept in f32.
+    fn for_this_cpu(weight: Vec<f32>, inputs: usize, outputs: usize) -> Self {
         let wanted = std::env::var("KURA_AMX").map_or(true, |v| v != "0");
-        if wanted && amx::available() {
-            self.tiles = Bf16Weights::new(&self.weight, self.inputs, self.outputs);
-            if self.tiles.is_some() {
-                self.weight = Vec::new();
-            }
+        let tiles = (wanted && amx::available())
+            .then(|| Bf16Weights::new(&weight, inputs, outputs))
+            .flatten();
+        match tiles {
+            Some(tiles) => Weight::Tiles(tiles),
+            None => Weight::F32(weight),
         }
-        self
     }
 }
 
@@ -395,12 +400,14 @@ fn matmul(input: &[f32], linear: &Linear, out: &mut [f32], accumulate: bool) {
         out.len(),
         linear.outputs
     );
-    if let Some(tiles) = &linear.tiles {
-        return amx::matmul_bf16(out, input, tiles, accumulate);
+    match &linear.weight {
+        Weight::Tiles(tiles) => amx::matmul_bf16(out, input, tiles, accumulate),
+        Weight::F32(weight) => {
+            let input = MatRef::row_major(input, rows, linear.inputs);
+            let weight = MatRef::row_major(weight, linear.inputs, linear.outputs);
+            kura_simd::matmul(out, input, weight, 1.0, accumulate, Threads::All);
+        }
     }
-    let input = MatRef::row_major(input, rows, linear.inputs);
-    let weight = MatRef::row_major(&linear.weight, linear.inputs, linear.outputs);
-    kura_simd::matmul(out, input, weight, 1.0, accumulate, Threads::All);
 }
 
 /// Rows per parallel chunk of the row-wise kernels: enough work per task (about
@@ -511,13 +518,11 @@ impl<'a> Weights<'a> {
             bias.extend(self.get(&format!("{name}.bias"), &[outputs_each])?);
         }
         Ok(Linear {
-            weight,
-            tiles: None,
+            weight: Weight::for_this_cpu(weight, inputs, outputs),
             bias,
             inputs,
             outputs,
-        }
-        .on_tiles_where_available())
+        })
     }
 }
 
