@@ -11,9 +11,10 @@
 //!   product over all of the batch's tokens, with weights converted once at load
 //!   (to f32, transposed to `inputs × outputs`, Q, K and V side by side), biases
 //!   and residuals folded into the product's accumulator. The product is `gemm`'s,
-//!   or where the CPU has AMX the tile unit's in bfloat16 with f32 sums
-//!   (`kura_simd::amx`): on the Xeon it embedded 10,000 Banking77 questions 1.7
-//!   to 3.1 times as fast, every vector within 0.99997 cosine of the f32 one;
+//!   or in bfloat16 with f32 sums (`kura_simd::bf16`) where the CPU has a unit
+//!   for it: AMX's tiles on the Xeon embedded 10,000 Banking77 questions 1.7 to
+//!   3.1 times as fast, every vector within 0.99997 cosine of the f32 one, and
+//!   AVX-512 BF16 on AMD's Zen 5 multiplies twice what its f32 FMAs do;
 //! - attention runs per (text, head) on that text's own tokens only, in parallel,
 //!   so there is nothing to pad and nothing to mask, and a text's vector cannot
 //!   depend on which texts share its batch;
@@ -30,7 +31,7 @@ use candle_core::safetensors::Load;
 use candle_core::{DType, Device};
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 use gemm::Parallelism;
-use kura_simd::amx::{self, Bf16Weights};
+use kura_simd::bf16::{self, Bf16Weights};
 use kura_simd::{MatRef, SharedMut, Threads};
 use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
@@ -51,21 +52,21 @@ struct Linear {
 enum Weight {
     /// Transposed to `inputs × outputs`, row-major, for `gemm`.
     F32(Vec<f32>),
-    /// In bfloat16 tiles for the AMX unit.
-    Tiles(Bf16Weights),
+    /// In bfloat16, for AMX's tiles or AVX-512 BF16.
+    Bf16(Bf16Weights),
 }
 
 impl Weight {
-    /// `weight` (`inputs × outputs`, row-major) in bfloat16 tiles where the CPU has
-    /// AMX with bfloat16 (unless `KURA_AMX=0`) and the shape fills whole tiles;
-    /// otherwise kept in f32.
+    /// `weight` (`inputs × outputs`, row-major) in bfloat16 where the CPU has a
+    /// unit that multiplies it faster than f32 (unless `KURA_BF16=0`) and the shape
+    /// fills whole tiles; otherwise kept in f32.
     fn for_this_cpu(weight: Vec<f32>, inputs: usize, outputs: usize) -> Self {
-        let wanted = std::env::var("KURA_AMX").map_or(true, |v| v != "0");
-        let tiles = (wanted && amx::available())
+        let wanted = std::env::var("KURA_BF16").map_or(true, |v| v != "0");
+        let narrow = (wanted && bf16::unit().is_some())
             .then(|| Bf16Weights::new(&weight, inputs, outputs))
             .flatten();
-        match tiles {
-            Some(tiles) => Weight::Tiles(tiles),
+        match narrow {
+            Some(narrow) => Weight::Bf16(narrow),
             None => Weight::F32(weight),
         }
     }
@@ -401,7 +402,7 @@ fn matmul(input: &[f32], linear: &Linear, out: &mut [f32], accumulate: bool) {
         linear.outputs
     );
     match &linear.weight {
-        Weight::Tiles(tiles) => amx::matmul_bf16(out, input, tiles, accumulate),
+        Weight::Bf16(weights) => bf16::matmul_bf16(out, input, weights, accumulate),
         Weight::F32(weight) => {
             let input = MatRef::row_major(input, rows, linear.inputs);
             let weight = MatRef::row_major(weight, linear.inputs, linear.outputs);

@@ -14,6 +14,7 @@
 use std::f32::consts::LOG2_E;
 
 pub mod amx;
+pub mod bf16;
 mod matmul;
 pub use matmul::{matmul, matmul_strided, MatRef, Threads};
 
@@ -57,6 +58,15 @@ pub fn has_avx512() -> bool {
         && std::arch::is_x86_feature_detected!("avx512dq")
         && std::arch::is_x86_feature_detected!("avx512vl")
         && has_avx2_fma()
+}
+
+/// Whether this is an AMD CPU: where an instruction's speed differs between the
+/// vendors' cores (AVX-512 BF16's dot product), the choice of kernel follows it.
+#[cfg(target_arch = "x86_64")]
+pub fn is_amd() -> bool {
+    let leaf = std::arch::x86_64::__cpuid(0);
+    // "AuthenticAMD", in the order CPUID gives its three registers.
+    [leaf.ebx, leaf.edx, leaf.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]
 }
 
 /// `a·b + c`, fused into one FMA instruction where the build has them and as a
