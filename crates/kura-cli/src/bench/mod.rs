@@ -340,31 +340,49 @@ fn summarizer_figure(
     })
 }
 
-/// The two kinds of 2-core machine the references were measured on. Their CPUs
-/// differ in what our kernels use (AVX-512 VNNI or AVX2 alone) and in the speed of
-/// the reference stacks themselves, so a ratio means something only against the
-/// figures of the same kind.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// The kinds of 2-core machine the references were measured on. Their CPUs differ
+/// in what our kernels use (AVX2 alone, AVX-512 with VNNI and BF16, or AMX too) and
+/// in the speed of the reference stacks themselves, so a ratio means something only
+/// against the figures of the same kind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum MachineKind {
     /// AMD EPYC (Zen 3): AVX2 and FMA, no AVX-512.
-    Avx2,
-    /// Intel Xeon with AVX-512 and VNNI.
-    Avx512Vnni,
+    Zen3,
+    /// AMD EPYC (Zen 5): AVX-512 with VNNI and BF16, no AMX.
+    Zen5,
+    /// Intel Xeon (Sapphire Rapids): AVX-512 with VNNI, and AMX.
+    Xeon,
 }
 
 impl MachineKind {
+    #[cfg(test)]
+    const ALL: [MachineKind; 3] = [MachineKind::Zen3, MachineKind::Zen5, MachineKind::Xeon];
+
     fn of_this_cpu() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512vnni") {
-            return MachineKind::Avx512Vnni;
+            return if kura_simd::is_amd() {
+                MachineKind::Zen5
+            } else {
+                MachineKind::Xeon
+            };
         }
-        MachineKind::Avx2
+        MachineKind::Zen3
+    }
+
+    fn figures(self) -> &'static KindFigures {
+        match self {
+            MachineKind::Zen3 => &ZEN3,
+            MachineKind::Zen5 => &ZEN5,
+            MachineKind::Xeon => &XEON,
+        }
     }
 }
 
 /// What the reference stacks do with the same models and texts on a 2-core machine
-/// of this kind, as `scripts/reference_bench.py` measured them (November 2026):
-/// sentence-transformers 6.2 on PyTorch 2.15 for the embedder, llama.cpp (through
+/// of this kind, as `scripts/reference_bench.py` measured them (November 2026; the
+/// Zen 5 kind in December with sentence-transformers 6.3): sentence-transformers
+/// 6.2 on PyTorch 2.15 for the embedder, llama.cpp (through
 /// llama-cpp-python 0.3.36, built for the machine) on the same GGUF file and thread
 /// count for the LLMs. Machines of one kind differ by up to two times over a day:
 /// rerun the script beside `kura bench` before reading much into a ratio.
@@ -387,11 +405,21 @@ struct KindFigures {
     llama_decode: &'static str,
 }
 
-/// AMD EPYC: every figure measured by the script.
-const EPYC: KindFigures = KindFigures {
+/// AMD EPYC (Zen 3): every figure measured by the script.
+const ZEN3: KindFigures = KindFigures {
     embed: (257.0, 20.8),
     qwen: (136.0, 41.4),
     smollm2: (265.0, 115.0),
+    llama_prefill: "llama.cpp, same GGUF, 2 threads",
+    llama_decode: "llama.cpp batch 1, same GGUF, 2 threads",
+};
+
+/// AMD EPYC (Zen 5): every figure measured by the script (December 2026, load
+/// average 1.7 to 2.0 while it ran).
+const ZEN5: KindFigures = KindFigures {
+    embed: (302.9, 25.1),
+    qwen: (301.8, 51.1),
+    smollm2: (429.3, 134.6),
     llama_prefill: "llama.cpp, same GGUF, 2 threads",
     llama_decode: "llama.cpp batch 1, same GGUF, 2 threads",
 };
@@ -420,10 +448,7 @@ fn references_on(kind: MachineKind, model: &str) -> References {
         })
     };
     const ST: &str = "sentence-transformers on PyTorch, 2 threads";
-    let figures = match kind {
-        MachineKind::Avx2 => &EPYC,
-        MachineKind::Avx512Vnni => &XEON,
-    };
+    let figures = kind.figures();
     let llm = |(prefill, decode): (f64, f64)| References {
         prefill: r(prefill, figures.llama_prefill),
         decode: r(decode, figures.llama_decode),
@@ -445,8 +470,8 @@ fn references_on(kind: MachineKind, model: &str) -> References {
 mod tests {
     use super::*;
 
-    /// Both machine kinds have every reference figure for the default models, and
-    /// their figures differ (a ratio is read against its own kind).
+    /// Every machine kind has every reference figure for the default models, and
+    /// no two kinds share a figure (a ratio is read against its own kind).
     #[test]
     fn each_machine_kind_has_its_references() {
         let figures = |kind| {
@@ -463,10 +488,15 @@ mod tests {
             ]
             .map(|r| r.expect("a reference").value)
         };
-        let (amd, xeon) = (figures(MachineKind::Avx2), figures(MachineKind::Avx512Vnni));
-        assert!(amd.iter().zip(&xeon).all(|(a, x)| a != x));
-        assert!(references_on(MachineKind::Avx2, "some-other-model")
-            .prefill
-            .is_none());
+        for (i, &a) in MachineKind::ALL.iter().enumerate() {
+            for &b in &MachineKind::ALL[i + 1..] {
+                let (fa, fb) = (figures(a), figures(b));
+                assert!(
+                    fa.iter().zip(&fb).all(|(x, y)| x != y),
+                    "{a:?} and {b:?} share a figure"
+                );
+            }
+            assert!(references_on(a, "some-other-model").prefill.is_none());
+        }
     }
 }
