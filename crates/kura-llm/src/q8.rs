@@ -37,6 +37,7 @@ use rayon::prelude::*;
 mod int8;
 mod lines;
 
+pub(crate) use int8::Rounding;
 use lines::LineBytes;
 
 /// Values per scale, as in Q8_0.
@@ -63,7 +64,8 @@ pub(crate) fn int8_supported() -> bool {
 /// SmolLM2 (576 wide) moves several times as much (0.0001–0.004), and there the
 /// change showed: with int8 products it named a test cluster "Fix-Fix-Fix…" three
 /// times over and called an English conversation Czech, tasks it does right in
-/// f32. Narrow models keep their activations exact; `KURA_INT8=1` overrides.
+/// f32. Narrow models have theirs rounded twice (see [`Rounding::Twice`]) where
+/// the CPU has VNNI, and kept exact elsewhere.
 pub(crate) const INT8_MIN_WIDTH: usize = 768;
 
 /// How a matrix's bytes are laid out, which picks the kernel that multiplies it.
@@ -73,25 +75,30 @@ pub(crate) enum Layout {
     /// activations (AVX2 and FMA, or portable code).
     Panels,
     /// Groups of 16 rows with four bytes of each side by side, stored plus 128 and
-    /// multiplied by activations rounded to 8 bits (AVX-512 VNNI, or AVX2); see
-    /// `int8`.
-    Int8,
+    /// multiplied by activations rounded to 8 bits, once or twice (AVX-512 VNNI,
+    /// or AVX2); see `int8`.
+    Int8(Rounding),
 }
 
 impl Layout {
     /// The layout for a model `width` wide on this CPU: int8 where the CPU runs
-    /// its kernel (AVX-512 VNNI or AVX2) and the model is wide enough (see
-    /// [`INT8_MIN_WIDTH`]), unless `KURA_INT8` says otherwise (`0`: never; `1`: whatever the width).
+    /// its kernel (AVX-512 VNNI or AVX2), its activations rounded once where the
+    /// model is wide enough (see [`INT8_MIN_WIDTH`]) and twice for narrower models
+    /// where the CPU has VNNI; else panels. With twice the integer work, VNNI still
+    /// multiplies about twice what f32 FMAs do (Xeon, Zen 5), and AVX2's integer
+    /// products (Zen 3) would fall below them. `KURA_INT8` overrides: `0` panels,
+    /// `1` int8 rounded once, `2` twice.
     pub(crate) fn for_model(width: usize) -> Self {
-        let wanted = match std::env::var("KURA_INT8").as_deref() {
-            Ok("0") => false,
-            Ok("1") => true,
-            _ => width >= INT8_MIN_WIDTH,
+        let Some(kernel) = int8::Kernel::detect() else {
+            return Layout::Panels;
         };
-        if wanted && int8::supported() {
-            Layout::Int8
-        } else {
-            Layout::Panels
+        match std::env::var("KURA_INT8").as_deref() {
+            Ok("0") => Layout::Panels,
+            Ok("1") => Layout::Int8(Rounding::Once),
+            Ok("2") => Layout::Int8(Rounding::Twice),
+            _ if width >= INT8_MIN_WIDTH => Layout::Int8(Rounding::Once),
+            _ if kernel == int8::Kernel::Vnni => Layout::Int8(Rounding::Twice),
+            _ => Layout::Panels,
         }
     }
 
@@ -99,7 +106,7 @@ impl Layout {
     fn group(self) -> usize {
         match self {
             Layout::Panels => PANEL,
-            Layout::Int8 => int8::GROUP,
+            Layout::Int8(_) => int8::GROUP,
         }
     }
 
@@ -119,7 +126,7 @@ impl Layout {
     fn quant_index(self, at: usize, k: usize) -> usize {
         match self {
             Layout::Panels => at * BLOCK + k,
-            Layout::Int8 => int8::quant_index(at, k),
+            Layout::Int8(_) => int8::quant_index(at, k),
         }
     }
 
@@ -129,7 +136,7 @@ impl Layout {
     fn store(self, q: i8) -> i8 {
         match self {
             Layout::Panels => q,
-            Layout::Int8 => q ^ i8::MIN,
+            Layout::Int8(_) => q ^ i8::MIN,
         }
     }
 
@@ -337,6 +344,10 @@ impl Q8Matrix {
             offsets: &self.offsets,
             small: self.small,
             kernel: int8::Kernel::detect(),
+            rounding: match self.layout {
+                Layout::Int8(rounding) => rounding,
+                Layout::Panels => Rounding::Once,
+            },
         }
     }
 
@@ -367,7 +378,7 @@ impl Q8Matrix {
         widths: [usize; N],
     ) -> [Vec<f32>; N] {
         match self.layout {
-            Layout::Int8 => self.groups().matmul_parts(xs, widths),
+            Layout::Int8(_) => self.groups().matmul_parts(xs, widths),
             Layout::Panels => split_columns(&self.panel_product(xs), widths),
         }
     }
@@ -378,7 +389,10 @@ impl Q8Matrix {
     /// down product reads them, while it is in cache: it is never written out in
     /// f32 (for a 512-token Qwen prompt, 10 MB a layer) nor read back to be rounded.
     pub(crate) fn feed_forward(&self, down: &Q8Matrix, xs: &[f32]) -> Vec<f32> {
-        if (self.layout, down.layout) == (Layout::Int8, Layout::Int8) {
+        if matches!(
+            (self.layout, down.layout),
+            (Layout::Int8(_), Layout::Int8(_))
+        ) {
             let gated = self.groups().gated_rounded(xs);
             let [out] = down.groups().rounded_parts(&gated, [down.rows]);
             return out;
@@ -446,7 +460,7 @@ kura_simd::multiversion! {
                         *v = q as f32 * scale + offset;
                     }
                 }
-                Layout::Int8 => {
+                Layout::Int8(_) => {
                     for (k, v) in values.iter_mut().enumerate() {
                         let q = layout.load(quants[layout.quant_index(at, k)]);
                         *v = q as f32 * scale + offset;
@@ -832,7 +846,11 @@ mod tests {
             .collect()
     }
 
-    const LAYOUTS: [Layout; 2] = [Layout::Panels, Layout::Int8];
+    const LAYOUTS: [Layout; 3] = [
+        Layout::Panels,
+        Layout::Int8(Rounding::Once),
+        Layout::Int8(Rounding::Twice),
+    ];
 
     fn q4(
         layout: Layout,
@@ -856,8 +874,8 @@ mod tests {
     fn as_multiplied(layout: Layout, xs: &[f32], cols: usize) -> Vec<f32> {
         match layout {
             Layout::Panels => xs.to_vec(),
-            Layout::Int8 => {
-                let rounded = int8::Activations::new(xs, cols, int8::Kernel::detect());
+            Layout::Int8(rounding) => {
+                let rounded = int8::Activations::new(xs, cols, int8::Kernel::detect(), rounding);
                 (0..xs.len())
                     .map(|i| rounded.value(i / cols, i % cols))
                     .collect()
@@ -900,7 +918,12 @@ mod tests {
             assert!(Q8Matrix::stack(&[&narrow, &symmetric]).is_none());
         }
         let panels = Q8Matrix::quantize(Layout::Panels, &numbers(16 * cols, 11), 16, cols);
-        let groups = Q8Matrix::quantize(Layout::Int8, &numbers(16 * cols, 11), 16, cols);
+        let groups = Q8Matrix::quantize(
+            Layout::Int8(Rounding::Once),
+            &numbers(16 * cols, 11),
+            16,
+            cols,
+        );
         assert!(Q8Matrix::stack(&[&panels.unwrap(), &groups.unwrap()]).is_none());
     }
 
@@ -1105,7 +1128,7 @@ mod tests {
                     // moves by at most half a step, its block's largest over 254.
                     let moved: Vec<f64> = match layout {
                         Layout::Panels => vec![0.0; width],
-                        Layout::Int8 => gated
+                        Layout::Int8(_) => gated
                             .chunks(BLOCK)
                             .flat_map(|block| {
                                 let largest = block.iter().fold(0f64, |m, v| m.max(v.abs()));
@@ -1127,7 +1150,7 @@ mod tests {
                         );
                     }
                 }
-                if layout == Layout::Int8 {
+                if matches!(layout, Layout::Int8(_)) {
                     let [mut gate, up] = gate_up.matmul_parts(&xs, [width, width]);
                     silu_times(&mut gate, &up);
                     assert_eq!(got, down.matmul(&gate), "{m} rows");
@@ -1149,17 +1172,35 @@ mod tests {
         xs[2 * BLOCK..3 * BLOCK].fill(2.5);
         xs[2 * BLOCK] = 127.0;
         xs[2 * BLOCK + 1] = -3.5;
-        let plain = int8::Activations::new(&xs, cols, None);
+        let plain = int8::Activations::new(&xs, cols, None, Rounding::Once);
         assert!((0..BLOCK).all(|k| plain.value(0, k) == 0.0));
         assert_eq!(plain.value(0, BLOCK + 3), -9.5);
         assert_eq!(plain.value(0, 2 * BLOCK + 2), 2.0);
         assert_eq!(plain.value(0, 2 * BLOCK + 1), -4.0);
         let kernels: Vec<_> = int8::Kernel::available().collect();
         for &kernel in &kernels {
-            let rounded = int8::Activations::new(&xs, cols, Some(kernel));
+            let rounded = int8::Activations::new(&xs, cols, Some(kernel), Rounding::Once);
             assert_eq!(plain, rounded, "{kernel:?}");
+            let twice = |kernel| int8::Activations::new(&xs, cols, kernel, Rounding::Twice);
+            assert_eq!(twice(None), twice(Some(kernel)), "{kernel:?}, twice");
         }
         eprintln!("kernels compared with the plain rounding: {kernels:?}");
+        // Rounded twice, a value is within half a step of the second byte's scale:
+        // its block's largest magnitude over 254², where once it is over 254.
+        let twice = int8::Activations::new(&xs, cols, None, Rounding::Twice);
+        for (i, row) in xs.chunks(cols).enumerate() {
+            for (b, block) in row.chunks(BLOCK).enumerate() {
+                let largest = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+                for (k, &x) in block.iter().enumerate() {
+                    let error = (twice.value(i, b * BLOCK + k) - x).abs();
+                    assert!(
+                        error <= largest / (254.0 * 254.0) * 1.01 + largest * 1e-7,
+                        "row {i}, block {b}, value {k}: {x} became {}",
+                        twice.value(i, b * BLOCK + k)
+                    );
+                }
+            }
+        }
     }
 
     /// The int8 layout is what a wide model gets where the CPU runs its kernel (unless
@@ -1168,18 +1209,30 @@ mod tests {
     fn the_int8_kernel_gives_the_portable_sums() {
         use candle_core::quantized::GgmlDType;
         if std::env::var_os("KURA_INT8").is_none() {
-            let wide = Layout::for_model(INT8_MIN_WIDTH);
-            assert_eq!(wide == Layout::Int8, int8::supported());
-            assert_eq!(Layout::for_model(INT8_MIN_WIDTH - 1), Layout::Panels);
+            let kernel = int8::Kernel::detect();
+            let wide = match kernel {
+                Some(_) => Layout::Int8(Rounding::Once),
+                None => Layout::Panels,
+            };
+            let narrow = match kernel {
+                Some(int8::Kernel::Vnni) => Layout::Int8(Rounding::Twice),
+                _ => Layout::Panels,
+            };
+            assert_eq!(Layout::for_model(INT8_MIN_WIDTH), wide);
+            assert_eq!(Layout::for_model(INT8_MIN_WIDTH - 1), narrow);
         }
         let (rows, cols) = (80, 128);
-        let symmetric =
-            Q8Matrix::quantize(Layout::Int8, &numbers(rows * cols, 21), rows, cols).unwrap();
-        let with_offsets = q4(Layout::Int8, rows, cols, GgmlDType::Q4_0);
-        // Both of the AVX2 kernel's paths: 8-bit weights, and weights within ±64.
-        assert!(!symmetric.small && with_offsets.small);
         let kernels: Vec<_> = int8::Kernel::available().collect();
-        for q in [&symmetric, &with_offsets] {
+        let matrices = [Rounding::Once, Rounding::Twice].map(|rounding| {
+            let layout = Layout::Int8(rounding);
+            let symmetric =
+                Q8Matrix::quantize(layout, &numbers(rows * cols, 21), rows, cols).unwrap();
+            let with_offsets = q4(layout, rows, cols, GgmlDType::Q4_0);
+            // Both of the AVX2 kernel's paths: 8-bit weights, and weights within ±64.
+            assert!(!symmetric.small && with_offsets.small);
+            [symmetric, with_offsets]
+        });
+        for q in matrices.iter().flatten() {
             // One tile of rows and several, the last one part full.
             // Past one block of rows too (see `int8::rows_in_cache`).
             let past_a_block = int8::rows_in_cache(cols, 6) + 7;

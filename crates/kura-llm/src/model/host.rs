@@ -123,7 +123,7 @@ impl HostWeights {
     pub(super) fn reads_prompts_in_int8(&self) -> bool {
         self.layers
             .first()
-            .is_some_and(|l| l.qkv.layout() == Layout::Int8)
+            .is_some_and(|l| matches!(l.qkv.layout(), Layout::Int8(_)))
     }
 }
 

@@ -178,7 +178,12 @@ mod tests {
         argmax, assert_close_logits, cached_model_in, cached_model_with_tensors, host_weights,
         max_difference, smollm2, CLOSE_LOGITS,
     };
-    use crate::q8::Layout;
+    use crate::q8::{Layout, Rounding};
+
+    /// The most KL divergence from the exact products that activations rounded
+    /// twice may give. Measured on Zen 5 over the prompt below: SmolLM2 under
+    /// 0.000001 (rounded once: up to 0.004), Qwen up to 0.000014 (once: 0.0008).
+    const TWICE_KL: f64 = 0.0001;
 
     /// A prompt read on host buffers, with the weights widened from their compact
     /// forms, against candle's tensor path over the f32 weights, on both real models
@@ -241,10 +246,15 @@ mod tests {
             even though the flat was spotless and I have photos. The lease says he must return \
             it within thirty days. What can I do, and should I write him a letter first?<|im_end|>\n\
             <|im_start|>assistant\nYou have a good case. Start with a short, polite letter";
-        for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
+        let roundings = [(Rounding::Once, 0.02), (Rounding::Twice, TWICE_KL)];
+        let models = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"];
+        for (name, (rounding, most)) in models
+            .into_iter()
+            .flat_map(|name| roundings.map(|r| (name, r)))
+        {
             let (exact, int8) = (
                 cached_model_in(name, Layout::Panels),
-                cached_model_in(name, Layout::Int8),
+                cached_model_in(name, Layout::Int8(rounding)),
             );
             let tokens = exact.tokenizer().encode(text, false).expect("tokens");
             let tokens = tokens.get_ids();
@@ -265,8 +275,14 @@ mod tests {
                     .collect();
                 let divergence = kl_divergence(&logits[0], &logits[1]);
                 let difference = max_difference(&logits[0], &logits[1]);
-                eprintln!("{name} step {step}: KL {divergence:.5}, max difference {difference:.3}");
-                assert!(divergence < 0.02, "{name} step {step}: KL {divergence}");
+                eprintln!(
+                    "{name}, rounded {rounding:?}, step {step}: KL {divergence:.6}, \
+                     max difference {difference:.3}"
+                );
+                assert!(
+                    divergence < most,
+                    "{name}, rounded {rounding:?}, step {step}: KL {divergence}"
+                );
                 // Where two tokens are near tied either may come first; the exact
                 // model thinks nearly as well of the int8 model's choice.
                 let exact = softmax(&logits[0]);

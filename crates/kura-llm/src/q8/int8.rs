@@ -103,6 +103,7 @@ impl Kernel {
 }
 
 /// Whether the CPU has the instructions of one of the kernels.
+#[cfg(test)]
 pub(super) fn supported() -> bool {
     Kernel::detect().is_some()
 }
@@ -114,11 +115,36 @@ pub(super) fn quant_index(at: usize, k: usize) -> usize {
     (at / GROUP) * GROUP_BLOCK + (k / 4) * GROUP * 4 + (at % GROUP) * 4 + k % 4
 }
 
+/// How finely the activations are rounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rounding {
+    /// To a byte a value, with a scale per 32 (Q8_0).
+    Once,
+    /// To a byte, and what that leaves to a second byte with its own scale: about
+    /// 15 bits a value, for twice the integer work. Each row becomes two rows of
+    /// bytes that share every load of the weights, and their sums are added.
+    Twice,
+}
+
+impl Rounding {
+    /// Rows of bytes a row of activations becomes.
+    fn parts(self) -> usize {
+        match self {
+            Rounding::Once => 1,
+            Rounding::Twice => 2,
+        }
+    }
+}
+
 /// Rows of activations rounded to 8 bits a block at a time, as Q8_0 rounds them:
-/// each 32 values are `byte × scale`, with the largest magnitude at ±127.
+/// each 32 values are `byte × scale`, with the largest magnitude at ±127. Rounded
+/// [`Rounding::Twice`], row `i`'s bytes are rows `2i` (the value) and `2i + 1`
+/// (what the first rounding left).
 #[cfg_attr(test, derive(Debug, PartialEq))]
 pub(super) struct Activations {
+    /// Rows of bytes: `parts` a row of activations.
     pub(super) rows: usize,
+    parts: usize,
     blocks: usize,
     bytes: LineBytes,
     scales: Vec<f32>,
@@ -143,44 +169,57 @@ type RoundBlock = fn(&[f32], &mut [i8]) -> (f32, i32);
 
 impl Activations {
     /// `xs` rounded by `kernel`'s code (the plain code for `None`).
-    pub(super) fn new(xs: &[f32], cols: usize, kernel: Option<Kernel>) -> Self {
-        Self::rounded_by(xs, cols, rounder(kernel))
+    pub(super) fn new(xs: &[f32], cols: usize, kernel: Option<Kernel>, rounding: Rounding) -> Self {
+        Self::rounded_by(xs, cols, rounder(kernel), rounding)
     }
 
-    /// The rows rounded a block at a time by `round`, blocks in parallel.
-    fn rounded_by(xs: &[f32], cols: usize, round: RoundBlock) -> Self {
-        let blocks = cols / BLOCK;
-        let rows = xs.len() / cols.max(1);
-        let count = rows * blocks;
-        let mut bytes = LineBytes::filled(count * BLOCK, 0);
-        let mut scales = vec![0f32; count];
-        let mut biases = vec![0i32; count];
-        let mut offset_sums = vec![0f32; count];
-        let terms = biases.par_iter_mut().zip(offset_sums.par_iter_mut());
-        bytes
-            .par_chunks_mut(BLOCK)
-            .zip(xs.par_chunks(BLOCK))
-            .zip(scales.par_iter_mut().zip(terms))
-            .with_min_len(64)
-            .for_each(|((bytes, xs), (scale, (bias, offset_sum)))| {
-                let total;
-                (*scale, total) = round(xs, bytes);
-                (*bias, *offset_sum) = block_terms(*scale, total);
-            });
+    /// Room for `rows` rows of activations of `blocks` blocks, rounded `rounding`.
+    fn empty(rows: usize, blocks: usize, rounding: Rounding) -> Self {
+        let count = rows * rounding.parts() * blocks;
         Activations {
-            rows,
+            rows: rows * rounding.parts(),
+            parts: rounding.parts(),
             blocks,
-            bytes,
-            scales,
-            biases,
-            offset_sums,
+            bytes: LineBytes::filled(count * BLOCK, 0),
+            scales: vec![0.0; count],
+            biases: vec![0; count],
+            offset_sums: vec![0.0; count],
         }
     }
 
-    /// Row `i`'s value `k` as the product sees it.
+    /// Rows of activations (each `parts` rows of bytes).
+    pub(super) fn logical_rows(&self) -> usize {
+        self.rows / self.parts
+    }
+
+    /// The rows rounded a block at a time by `round`, blocks in parallel.
+    fn rounded_by(xs: &[f32], cols: usize, round: RoundBlock, rounding: Rounding) -> Self {
+        let blocks = cols / BLOCK;
+        let mut out = Self::empty(xs.len() / cols.max(1), blocks, rounding);
+        let rounded = RoundedBlocks::of(&mut out);
+        xs.par_chunks(BLOCK)
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(at, xs)| {
+                let (row, block) = (at / blocks, at % blocks);
+                round_parts(xs, round, rounding, |part, bytes, scale, total| {
+                    let at = (row * rounding.parts() + part) * blocks + block;
+                    // SAFETY: `at` is this block's own part, inside `out`.
+                    unsafe { rounded.write(at, bytes, scale, total) }
+                });
+            });
+        out
+    }
+
+    /// Row `i`'s value `k` as the product sees it (the sum of its parts).
     #[cfg(test)]
     pub(super) fn value(&self, i: usize, k: usize) -> f32 {
-        self.bytes[i * self.blocks * BLOCK + k] as f32 * self.scales[i * self.blocks + k / BLOCK]
+        (i * self.parts..(i + 1) * self.parts)
+            .map(|row| {
+                let byte = self.bytes[row * self.blocks * BLOCK + k] as f32;
+                byte * self.scales[row * self.blocks + k / BLOCK]
+            })
+            .sum()
     }
 }
 
@@ -205,6 +244,28 @@ kura_simd::multiversion! {
             total += q;
         }
         (max / 127.0, total)
+    }
+}
+
+/// A block of values rounded `rounding` by `round`: `write(part, bytes, scale, sum
+/// of bytes)` takes each part (the value; then what its rounding left, where
+/// rounded twice).
+fn round_parts(
+    xs: &[f32],
+    round: RoundBlock,
+    rounding: Rounding,
+    mut write: impl FnMut(usize, &[i8; BLOCK], f32, i32),
+) {
+    let mut bytes = [0i8; BLOCK];
+    let (scale, total) = round(xs, &mut bytes);
+    write(0, &bytes, scale, total);
+    if rounding == Rounding::Twice {
+        let mut left = [0f32; BLOCK];
+        for ((left, &x), &q) in left.iter_mut().zip(xs).zip(&bytes) {
+            *left = x - q as f32 * scale;
+        }
+        let (scale, total) = round(&left, &mut bytes);
+        write(1, &bytes, scale, total);
     }
 }
 
@@ -235,6 +296,8 @@ pub(super) struct Groups<'a> {
     pub(super) small: bool,
     /// The kernel that multiplies it: [`Kernel::detect`]'s, but for tests.
     pub(super) kernel: Option<Kernel>,
+    /// How the activations it multiplies are rounded.
+    pub(super) rounding: Rounding,
 }
 
 impl Groups<'_> {
@@ -247,7 +310,8 @@ impl Groups<'_> {
         xs: &[f32],
         widths: [usize; N],
     ) -> [Vec<f32>; N] {
-        self.rounded_parts(&Activations::new(xs, self.cols, self.kernel), widths)
+        let x = Activations::new(xs, self.cols, self.kernel, self.rounding);
+        self.rounded_parts(&x, widths)
     }
 
     /// [`Groups::matmul_parts`] of activations already rounded.
@@ -256,7 +320,7 @@ impl Groups<'_> {
         x: &Activations,
         widths: [usize; N],
     ) -> [Vec<f32>; N] {
-        let m = x.rows;
+        let m = x.logical_rows();
         // Not zeroed: the pass below writes every value (each group's lanes, for
         // every row). `memset` was 7% of a Qwen prompt's time before this and the
         // fused feed-forward, 3.5% after.
@@ -314,28 +378,16 @@ impl Groups<'_> {
     /// never written out, nor read back to be rounded.
     pub(super) fn gated_rounded(&self, xs: &[f32]) -> Activations {
         const { assert!((GROUPS_PER_TASK * GROUP).is_multiple_of(BLOCK)) };
-        let x = Activations::new(xs, self.cols, self.kernel);
-        let (m, width) = (x.rows, self.rows / 2);
+        let x = Activations::new(xs, self.cols, self.kernel, self.rounding);
+        let (m, width) = (x.logical_rows(), self.rows / 2);
         assert!(
             width.is_multiple_of(BLOCK) && 2 * width == self.rows,
             "a gate and an up projection of the same whole blocks"
         );
         let blocks = width / BLOCK;
-        let mut out = Activations {
-            rows: m,
-            blocks,
-            bytes: LineBytes::filled(m * width, 0),
-            scales: vec![0.0; m * blocks],
-            biases: vec![0; m * blocks],
-            offset_sums: vec![0.0; m * blocks],
-        };
-        let rounded = RoundedBlocks {
-            bytes: out.bytes.as_mut_ptr(),
-            scales: out.scales.as_mut_ptr(),
-            biases: out.biases.as_mut_ptr(),
-            offset_sums: out.offset_sums.as_mut_ptr(),
-        };
-        let round = rounder(self.kernel);
+        let mut out = Activations::empty(m, blocks, self.rounding);
+        let rounded = RoundedBlocks::of(&mut out);
+        let (round, rounding) = (rounder(self.kernel), self.rounding);
         let groups = width / GROUP;
         task_runs(groups).for_each(|gates| {
             let first = gates.start;
@@ -355,14 +407,15 @@ impl Groups<'_> {
                 product
             });
             silu_times(&mut gate, &up);
-            let mut bytes = [0i8; BLOCK];
             let first_block = first * GROUP / BLOCK;
             for (i, row) in gate.chunks_exact(columns).enumerate() {
                 for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
-                    let (scale, total) = round(xs, &mut bytes);
-                    // SAFETY: row `i < m`, block `first_block + b < blocks`: this
-                    // task's blocks alone, inside `out`.
-                    unsafe { rounded.write(i * blocks + first_block + b, &bytes, scale, total) };
+                    round_parts(xs, round, rounding, |part, bytes, scale, total| {
+                        let at = (i * rounding.parts() + part) * blocks + first_block + b;
+                        // SAFETY: row `i < m`, block `first_block + b < blocks`:
+                        // this task's blocks alone, inside `out`.
+                        unsafe { rounded.write(at, bytes, scale, total) };
+                    });
                 }
             }
         });
@@ -370,7 +423,8 @@ impl Groups<'_> {
     }
 
     /// Groups `groups` against every activation row; `emit(g, i, sums)` takes
-    /// group `g`'s 16 sums for row `i`. Rows go a block at a time (see
+    /// group `g`'s 16 sums for row `i` (the sum of its parts' sums, where rounded
+    /// twice). Rows go a block at a time (see
     /// [`rows_in_cache`]).
     ///
     /// A tile's groups are the outer loop: their weights (28 KB for Qwen's 896
@@ -387,7 +441,9 @@ impl Groups<'_> {
     ) {
         let m = x.rows;
         let kernel = self.kernel;
-        let (wide, tile_rows) = kernel.map_or((1, 1), |k| k.tile_shape(m));
+        let (wide, tile_rows) = kernel.map_or((1, x.parts), |k| k.tile_shape(m));
+        // A row's parts share a tile, so that their sums are added here.
+        debug_assert!(tile_rows.is_multiple_of(x.parts));
         let per_block = rows_in_cache(x.blocks * BLOCK, tile_rows);
         for block_start in (0..m).step_by(per_block) {
             let block_end = m.min(block_start + per_block);
@@ -402,8 +458,15 @@ impl Groups<'_> {
                     let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
                     tile(kernel, self, g, width, x, start, rows, &mut sums);
                     for (w, group_sums) in sums.iter().take(width).enumerate() {
-                        for (i, lane_sums) in group_sums.iter().take(rows).enumerate() {
-                            emit(g + w, start + i, lane_sums);
+                        let row_parts = group_sums[..rows].chunks_exact(x.parts);
+                        for (i, parts) in row_parts.enumerate() {
+                            let mut lane_sums = parts[0];
+                            for part in &parts[1..] {
+                                for (sum, more) in lane_sums.iter_mut().zip(part) {
+                                    *sum += more;
+                                }
+                            }
+                            emit(g + w, start / x.parts + i, &lane_sums);
                         }
                     }
                 }
@@ -466,6 +529,15 @@ struct RoundedBlocks {
 }
 
 impl RoundedBlocks {
+    fn of(out: &mut Activations) -> Self {
+        RoundedBlocks {
+            bytes: out.bytes.as_mut_ptr(),
+            scales: out.scales.as_mut_ptr(),
+            biases: out.biases.as_mut_ptr(),
+            offset_sums: out.offset_sums.as_mut_ptr(),
+        }
+    }
+
     /// Writes block `at` (counted over all rows' blocks).
     ///
     /// # Safety
@@ -477,7 +549,8 @@ impl RoundedBlocks {
     }
 }
 
-// SAFETY: tasks write disjoint blocks (see `Groups::gated_rounded`).
+// SAFETY: tasks write disjoint blocks (see `Groups::gated_rounded` and
+// `Activations::rounded_by`).
 unsafe impl Send for RoundedBlocks {}
 unsafe impl Sync for RoundedBlocks {}
 
@@ -533,7 +606,11 @@ fn portable_tile(
             for (lane, sum) in lanes.iter_mut().enumerate() {
                 let mut total = 0f32;
                 for b in 0..blocks {
-                    let at = Layout::Int8.stored_block((first + g) * GROUP + lane, b, blocks);
+                    let at = Layout::Int8(w.rounding).stored_block(
+                        (first + g) * GROUP + lane,
+                        b,
+                        blocks,
+                    );
                     let block = row * blocks + b;
                     let mut integer = x.biases[block];
                     for k in 0..BLOCK {
@@ -555,14 +632,17 @@ fn portable_tile(
 /// The product through [`portable_tile`] alone, one row and group at a time.
 #[cfg(test)]
 pub(super) fn portable_product(w: &Groups<'_>, xs: &[f32]) -> Vec<f32> {
-    let x = Activations::new(xs, w.cols, None);
-    let mut out = vec![0f32; x.rows * w.rows];
+    let x = Activations::new(xs, w.cols, None, w.rounding);
+    let mut out = vec![0f32; x.logical_rows() * w.rows];
     for g in 0..w.rows.div_ceil(GROUP) {
         let lanes = GROUP.min(w.rows - g * GROUP);
-        for i in 0..x.rows {
+        for i in 0..x.logical_rows() {
             let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
-            portable_tile(w, g, 1, &x, i, 1, &mut sums);
-            out[i * w.rows + g * GROUP..][..lanes].copy_from_slice(&sums[0][0][..lanes]);
+            portable_tile(w, g, 1, &x, i * x.parts, x.parts, &mut sums);
+            let out = &mut out[i * w.rows + g * GROUP..][..lanes];
+            for (lane, out) in out.iter_mut().enumerate() {
+                *out = sums[0][..x.parts].iter().map(|part| part[lane]).sum();
+            }
         }
     }
     out
