@@ -1,10 +1,12 @@
 //! Prompts, written for small models: short, explicit, one instruction per line, with
 //! every scale spelled out. They follow Clio's facets and its privacy rule. Changing any
 //! text here must bump the matching version, which is part of the stage id, so cached
-//! results made with the old prompt are recomputed.
+//! results made with the old prompt are recomputed (and so must a change in how an
+//! answer is drawn from the model: naming-v11 is v10's prompt with retries that
+//! leave out the failed attempts' opening verbs).
 
 pub const SUMMARY_PROMPT_VERSION: &str = "summary-v7";
-pub const NAMING_PROMPT_VERSION: &str = "naming-v10";
+pub const NAMING_PROMPT_VERSION: &str = "naming-v11";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\
 You read a conversation between a user and an AI assistant and describe it as JSON with these fields:
