@@ -344,10 +344,9 @@ impl Encoder {
             .iter()
             .flat_map(|&(start, len)| (0..self.heads).map(move |head| (start, len, head)))
             .collect();
-        jobs.par_iter()
-            .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(start, len, head)| {
-                scores.clear();
-                scores.resize(len * len, 0.0);
+        // Scores in the thread's scratch, not zeroed: the product writes them all.
+        jobs.par_iter().for_each(|&(start, len, head)| {
+            kura_simd::with_scratch(len * len, |scores: &mut [f32]| {
                 let column = head * head_dim;
                 let q = &qkv[start * 3 * h + column..];
                 let k = &qkv[start * 3 * h + h + column..];
@@ -386,7 +385,8 @@ impl Encoder {
                         Parallelism::None,
                     );
                 }
-            });
+            })
+        });
     }
 }
 

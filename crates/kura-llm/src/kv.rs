@@ -478,11 +478,9 @@ fn attend_group(
     let count = queries.len() / head_dim;
     // Each query's scores take whole blocks; lanes past `tokens` are never read.
     let stride = whole_blocks(tokens);
-    SCORES.with_borrow_mut(|kept| {
-        if kept.len() < count * stride {
-            kept.resize(count * stride, 0.0);
-        }
-        let scores = &mut kept[..count * stride];
+    // Scores in the thread's scratch, not zeroed: the runs' scores write every lane
+    // that the softmax and the weighing read.
+    kura_simd::with_scratch(count * stride, |scores: &mut [f32]| {
         for run in runs {
             kernel.score(queries, run, head_dim, scale, scores, stride);
         }
@@ -492,14 +490,6 @@ fn attend_group(
             kernel.weigh(scores, stride, run, head_dim, out);
         }
     });
-}
-
-thread_local! {
-    /// [`attend_group`]'s scores, kept by each thread from one group to the next and
-    /// not zeroed: the runs' scores write every lane that the softmax and the
-    /// weighing read. A fresh zeroed buffer for each group (180 KiB at 800 tokens,
-    /// some 3,300 groups a Qwen prompt) was 3% of the summariser's time in `memset`.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Softmax of rows of scores (`stride` apart, `tokens` each) that causal attention

@@ -147,11 +147,25 @@ pub fn matmul_bf16(out: &mut [f32], input: &[f32], weights: &Bf16Weights, accumu
     if rows == 0 {
         return;
     }
-    let mut rounded = vec![0u16; input.len()];
-    rounded
-        .par_chunks_mut(k * 64)
-        .zip(input.par_chunks(k * 64))
-        .for_each(|(to, from)| round_all(to, from));
+    crate::with_scratch(input.len(), |rounded: &mut [u16]| {
+        rounded
+            .par_chunks_mut(k * 64)
+            .zip(input.par_chunks(k * 64))
+            .for_each(|(to, from)| round_all(to, from));
+        columns(unit, out, rounded, rows, weights, accumulate);
+    });
+}
+
+/// The product of `rows` rounded rows of inputs by `weights` into `out`.
+fn columns(
+    unit: Unit,
+    out: &mut [f32],
+    rounded: &[u16],
+    rows: usize,
+    weights: &Bf16Weights,
+    accumulate: bool,
+) {
+    let (k, n) = (weights.inputs, weights.outputs);
     let out = SharedMut(out.as_mut_ptr());
     let steps = k / STEP;
     // Tasks of two column tiles each (all rows): their weights stay in cache while
@@ -164,8 +178,8 @@ pub fn matmul_bf16(out: &mut [f32], input: &[f32], weights: &Bf16Weights, accumu
         unsafe {
             let out = out.at(2 * pair * TILE_COLS);
             match unit {
-                Unit::Tiles => amx::columns(&rounded, rows, k, weights, out, n, accumulate),
-                Unit::Pairs => pairs::columns(&rounded, rows, k, weights, out, n, accumulate),
+                Unit::Tiles => amx::columns(rounded, rows, k, weights, out, n, accumulate),
+                Unit::Pairs => pairs::columns(rounded, rows, k, weights, out, n, accumulate),
             }
         }
     });

@@ -16,7 +16,9 @@ use std::f32::consts::LOG2_E;
 pub mod amx;
 pub mod bf16;
 mod matmul;
+mod scratch;
 pub use matmul::{matmul, matmul_strided, MatRef, Threads};
+pub use scratch::{with_scratch, Scratch};
 
 /// A buffer's pointer that parallel tasks share, each writing its own disjoint part
 /// (the embedder's attention blocks, the tile product's columns): the tasks' writes
