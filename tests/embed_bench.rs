@@ -168,6 +168,13 @@ fn bench_quick_measures_every_figure_and_writes_json() {
         .iter()
         .all(|m| m["peak_rss_mib"].as_f64().unwrap() > 10.0));
     assert!(report["machine"]["threads"].as_u64().unwrap() >= 1);
+    // Which kind's references, and which kernels ran, are in both the JSON and the table.
+    let kind = report["machine"]["kind"].as_str().unwrap();
+    assert!(table.contains(&format!("references of {kind}")), "{table}");
+    for model in ["embedder", "llm"] {
+        let products = report["products"][model].as_str().unwrap();
+        assert!(!products.is_empty() && table.contains(products), "{table}");
+    }
 }
 
 #[test]

@@ -71,7 +71,7 @@ impl Backends {
         Ok(self.llm.get_or_init(|| (Arc::new(llm), record)).0.clone())
     }
 
-    fn candle_embedder(&self) -> Result<Arc<CandleEmbedder>> {
+    pub fn candle_embedder(&self) -> Result<Arc<CandleEmbedder>> {
         if let Some((e, _)) = self.embedder.get() {
             return Ok(e.clone());
         }

@@ -144,6 +144,15 @@ impl CandleEmbedder {
         self
     }
 
+    /// How the encoder's linear layers are multiplied on this machine, for reports
+    /// that compare machines.
+    pub fn products(&self) -> &'static str {
+        match self.model {
+            Model::Packed(_) => encoder::describe_products(),
+            Model::Candle(..) => "candle on the GPU, f32",
+        }
+    }
+
     /// Tokens kept per text, special tokens included.
     pub fn max_length(&self) -> usize {
         self.max_length

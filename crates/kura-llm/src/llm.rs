@@ -47,6 +47,8 @@ pub struct LocalLlm {
     options: LlmOptions,
     max_context: usize,
     model_id: String,
+    /// How the projections are multiplied (see [`LocalLlm::products`]).
+    products: String,
     /// Per token id: whether it opens a new word (see [`LocalLlm::starts_word`]).
     word_starts: OnceLock<Vec<bool>>,
     /// Per token id: whether it closes a JSON string (see [`LocalLlm::closes_string`]).
@@ -135,6 +137,11 @@ impl LocalLlm {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "gguf".to_string());
+        let products = if device.is_cpu() {
+            layout.describe()
+        } else {
+            "candle on the GPU, f32".to_string()
+        };
         Ok(LocalLlm {
             model,
             tokenizer,
@@ -143,6 +150,7 @@ impl LocalLlm {
             options,
             max_context,
             model_id,
+            products,
             word_starts: OnceLock::new(),
             string_closers: OnceLock::new(),
         })
@@ -156,6 +164,12 @@ impl LocalLlm {
 
     pub fn model_id(&self) -> &str {
         &self.model_id
+    }
+
+    /// How this model's projections are multiplied on this machine (the layout
+    /// and kernel picked at load), for reports that compare machines.
+    pub fn products(&self) -> &str {
+        &self.products
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

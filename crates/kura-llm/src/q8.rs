@@ -102,6 +102,24 @@ impl Layout {
         }
     }
 
+    /// The layout and the kernel that multiplies it here, in words.
+    pub(crate) fn describe(self) -> String {
+        let kernel = match int8::Kernel::detect() {
+            Some(int8::Kernel::Vnni) => "AVX-512 VNNI",
+            Some(int8::Kernel::Avx2) => "AVX2",
+            None => "portable code",
+        };
+        match self {
+            Layout::Panels => "8-bit weights by f32 activations (FMA)".to_string(),
+            Layout::Int8(Rounding::Once) => {
+                format!("int8, activations rounded to 8 bits once ({kernel})")
+            }
+            Layout::Int8(Rounding::Twice) => {
+                format!("int8, activations rounded to 8 bits twice ({kernel})")
+            }
+        }
+    }
+
     /// Rows stored together (a matrix is padded with zero rows to a multiple).
     fn group(self) -> usize {
         match self {

@@ -81,13 +81,24 @@ pub struct Report {
     pub data: String,
     pub embedder: String,
     pub llm: String,
+    pub products: Products,
     pub figures: Vec<Figure>,
     pub memory: Vec<Memory>,
+}
+
+/// How each model's products ran (the layout and kernel picked on this machine),
+/// so that runs on different machines can be told apart.
+#[derive(Debug, Default, Serialize)]
+pub struct Products {
+    pub embedder: String,
+    pub llm: String,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Machine {
     pub cpu: String,
+    /// The kind whose reference figures the ratios are read against.
+    pub kind: String,
     pub threads: usize,
     pub load_average: String,
 }
@@ -120,6 +131,7 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
     let texts = data::load(&options.data, sizes.short_texts, sizes.long_texts)?;
     let mut figures = Vec::new();
     let mut memory = Vec::new();
+    let mut products = Products::default();
 
     // Each model gets its own backends, dropped before the next one loads, so that
     // each phase's peak memory is that model's.
@@ -127,7 +139,8 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
         memory::reset_peak();
         let backends = Backends::new(config, std::sync::Arc::new(Reporter::new(Mode::Quiet)))?;
         reporter.say(&format!("measuring the embedder {}", config.embedder));
-        let embedder = backends.embedder()?;
+        let embedder = backends.candle_embedder()?;
+        products.embedder = embedder.products().to_string();
         figures.extend(embedder_figures(
             embedder.as_ref(),
             &texts,
@@ -141,6 +154,7 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
         let backends = Backends::new(config, std::sync::Arc::new(Reporter::new(Mode::Quiet)))?;
         reporter.say(&format!("measuring the LLM {}", config.llm));
         let llm = backends.llm()?;
+        products.llm = llm.products().to_string();
         figures.extend(llm_figures(&llm, &texts, &config.llm, &sizes)?);
         reporter.say("measuring the summariser");
         let summarizer = backends.summarizer()?;
@@ -159,6 +173,7 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
         data: texts.source,
         embedder: config.embedder.clone(),
         llm: config.llm.clone(),
+        products,
         figures,
         memory,
     })
@@ -185,6 +200,7 @@ fn machine() -> Machine {
         .unwrap_or_else(|| "unknown".to_string());
     Machine {
         cpu,
+        kind: MachineKind::of_this_cpu().name().to_string(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average,
     }
@@ -368,6 +384,14 @@ impl MachineKind {
             };
         }
         MachineKind::Zen3
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            MachineKind::Zen3 => "AMD EPYC (Zen 3)",
+            MachineKind::Zen5 => "AMD EPYC (Zen 5)",
+            MachineKind::Xeon => "Intel Xeon (Sapphire Rapids)",
+        }
     }
 
     fn figures(self) -> &'static KindFigures {

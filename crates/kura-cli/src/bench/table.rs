@@ -10,12 +10,18 @@ pub fn render(report: &Report) -> String {
     let m = &report.machine;
     let _ = writeln!(
         out,
-        "kura bench: {} ({} threads), load average {} at start, {}{}",
+        "kura bench: {} ({} threads; references of {}), load average {} at start, {}{}",
         m.cpu,
         m.threads,
+        m.kind,
         m.load_average,
         report.data,
         if report.quick { ", quick" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "products: embedder {}; LLM {}",
+        report.products.embedder, report.products.llm
     );
     let _ = writeln!(
         out,
