@@ -38,14 +38,17 @@ pub enum Unit {
 /// 1.9 times (232 against 125 G multiply-adds a second on one core, in a loop
 /// of independent sums).
 pub fn unit() -> Option<Unit> {
-    if amx::available() {
-        return Some(Unit::Tiles);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if pairs::faster_than_fma() {
-        return Some(Unit::Pairs);
-    }
-    None
+    static UNIT: std::sync::OnceLock<Option<Unit>> = std::sync::OnceLock::new();
+    *UNIT.get_or_init(|| {
+        if amx::available() {
+            return Some(Unit::Tiles);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if pairs::faster_than_fma() {
+            return Some(Unit::Pairs);
+        }
+        None
+    })
 }
 
 /// A weight matrix `inputs × outputs` (row-major, as `x · W` reads it) rounded to
