@@ -429,13 +429,17 @@ struct KindFigures {
     llama_decode: &'static str,
 }
 
+/// The sources of llama.cpp's figures where the script measured them.
+const MEASURED_PREFILL: &str = "llama.cpp, same GGUF, 2 threads";
+const MEASURED_DECODE: &str = "llama.cpp batch 1, same GGUF, 2 threads";
+
 /// AMD EPYC (Zen 3): every figure measured by the script.
 const ZEN3: KindFigures = KindFigures {
     embed: (257.0, 20.8),
     qwen: (136.0, 41.4),
     smollm2: (265.0, 115.0),
-    llama_prefill: "llama.cpp, same GGUF, 2 threads",
-    llama_decode: "llama.cpp batch 1, same GGUF, 2 threads",
+    llama_prefill: MEASURED_PREFILL,
+    llama_decode: MEASURED_DECODE,
 };
 
 /// AMD EPYC (Zen 5): every figure measured by the script (December 2026, load
@@ -444,8 +448,8 @@ const ZEN5: KindFigures = KindFigures {
     embed: (302.9, 25.1),
     qwen: (301.8, 51.1),
     smollm2: (429.3, 134.6),
-    llama_prefill: "llama.cpp, same GGUF, 2 threads",
-    llama_decode: "llama.cpp batch 1, same GGUF, 2 threads",
+    llama_prefill: MEASURED_PREFILL,
+    llama_decode: MEASURED_DECODE,
 };
 
 /// Intel Xeon: sentence-transformers measured by the script. llama.cpp built for that
