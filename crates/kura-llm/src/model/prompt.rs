@@ -16,6 +16,7 @@ use std::sync::PoisonError;
 use candle_core::Tensor;
 use kura_simd::{matmul, matmul_strided, MatRef, Threads};
 
+use super::host::on_a_worker;
 use super::host::{add_rows, with_host_values, HostWeights, Weights};
 use super::{Cache, Linear, Model};
 use crate::error::LlmError;
@@ -31,8 +32,10 @@ impl Model {
     /// several at once go no faster, while each holds its intermediate buffers
     /// (megabytes a layer for a 600-token Qwen prompt). Sixteen summariser threads
     /// reading their prompts together peaked 250 MB higher, at the same rate.
-    /// Not on a rayon worker: waiting on a GEMM there, it may take up another task
-    /// that reads a prompt, which would wait for the lock its own thread holds.
+    /// The lock is taken by the calling thread, never by a rayon worker: waiting on
+    /// a GEMM, a worker may take up another task, which would wait for a lock its
+    /// own thread holds. The pass itself then runs on a worker (see
+    /// [`on_a_worker`]), which takes no lock.
     pub(super) fn prefill_on_host(
         &self,
         host: &HostWeights,
@@ -49,19 +52,24 @@ impl Model {
         };
         // The lock's slab, reused from prompt to prompt (empty, and never grown, when
         // the int8 kernel reads the prompt); a rayon worker's own.
-        let slab = RefCell::new(
-            reading
-                .as_deref_mut()
-                .map(std::mem::take)
-                .unwrap_or_default(),
-        );
-        let weights = match host.reads_prompts_in_int8() {
-            true => Weights::Packed,
-            false => Weights::Dense(&slab),
-        };
-        let logits = self.run_on_host(host, &[tokens], std::slice::from_mut(cache), weights);
+        let slab = reading
+            .as_deref_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let int8 = host.reads_prompts_in_int8();
+        // The lock is held by this thread while a worker reads the prompt.
+        let (logits, slab) = on_a_worker(move || {
+            let slab = RefCell::new(slab);
+            let weights = match int8 {
+                true => Weights::Packed,
+                false => Weights::Dense(&slab),
+            };
+            let cache = std::slice::from_mut(cache);
+            let logits = self.run_on_host(host, &[tokens], cache, weights);
+            (logits, slab.into_inner())
+        });
         if let Some(kept) = reading.as_deref_mut() {
-            *kept = slab.into_inner();
+            *kept = slab;
         }
         logits?
             .pop()
