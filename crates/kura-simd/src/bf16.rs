@@ -99,14 +99,6 @@ impl Bf16Weights {
             tiles,
         })
     }
-
-    pub fn inputs(&self) -> usize {
-        self.inputs
-    }
-
-    pub fn outputs(&self) -> usize {
-        self.outputs
-    }
 }
 
 /// `value` rounded to the nearest bfloat16 (ties to even), as its 16 bits; a NaN
@@ -131,7 +123,7 @@ crate::multiversion! {
 }
 
 /// `out = input · W (+ out, when accumulate)` on [`unit`]'s unit, for `input` of
-/// `rows × weights.inputs()` and `out` of `rows × weights.outputs()`, row-major.
+/// `rows × inputs` and `out` of `rows × outputs` (the weights' shape), row-major.
 /// Each row's sums depend on that row alone, in one fixed order, so a row gives the
 /// same bits in any batch.
 ///

@@ -13,7 +13,7 @@
 
 use std::f32::consts::LOG2_E;
 
-pub mod amx;
+mod amx;
 pub mod bf16;
 mod matmul;
 mod scratch;
