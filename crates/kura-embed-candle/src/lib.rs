@@ -163,11 +163,8 @@ impl CandleEmbedder {
         let encodings = self.tokenize(texts)?;
         let mut out = vec![0f32; texts.len() * self.dim];
         match &self.model {
-            // On a worker of rayon's pool, so that each of a batch's parallel steps
-            // does not hand its tasks over and sleep until they are done (see
-            // `kura_llm`'s passes, which gained the same way).
             Model::Packed(encoder) => {
-                rayon::scope(|_| self.embed_packed(encoder, &encodings, &mut out))?
+                kura_simd::on_a_worker(|| self.embed_packed(encoder, &encodings, &mut out))?
             }
             Model::Candle(model, device) => {
                 let lengths: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();

@@ -122,13 +122,13 @@ crate::multiversion! {
     }
 }
 
-/// `out = input · W (+ out, when accumulate)` on [`unit`]'s unit, for `input` of
+/// `out = input · W (+ out, when accumulate)` on [`unit()`]'s unit, for `input` of
 /// `rows × inputs` and `out` of `rows × outputs` (the weights' shape), row-major.
 /// Each row's sums depend on that row alone, in one fixed order, so a row gives the
 /// same bits in any batch.
 ///
 /// # Panics
-/// When [`unit`] is `None` or the shapes do not match.
+/// When [`unit()`] is `None` or the shapes do not match.
 pub fn matmul_bf16(out: &mut [f32], input: &[f32], weights: &Bf16Weights, accumulate: bool) {
     let unit = unit().expect("matmul_bf16 needs AMX or AVX-512 BF16 (check `unit` first)");
     let (k, n) = (weights.inputs, weights.outputs);

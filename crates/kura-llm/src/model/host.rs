@@ -226,21 +226,6 @@ impl Weights<'_> {
     }
 }
 
-/// Runs `pass` on a worker of rayon's pool (where it is already on one, in place).
-///
-/// Why: a pass is some hundred parallel products, and each one started from a
-/// thread outside the pool hands its tasks over and sleeps until they are done,
-/// then wakes: two context switches a product. On a worker the product's tasks
-/// are split with the other workers and the caller works on them too. On Zen 5,
-/// where the profile had spent a quarter of SmolLM2's decoding in the scheduler,
-/// `kura bench` in runs taken in turn: SmolLM2 decoding one sequence 139–150 →
-/// 201–221 tokens a second, 16 at once 704–732 → 914–924; Qwen 16 at once
-/// 459–479 → 485–530, its summariser 1.23–1.31 → 1.29–1.39 conversations a
-/// second (two pairs of runs for SmolLM2, four for Qwen).
-pub(super) fn on_a_worker<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| pass())
-}
-
 impl Model {
     /// [`Model::step`] on host buffers; see the module's documentation.
     pub(super) fn decode_on_host(
@@ -249,7 +234,7 @@ impl Model {
         feeds: &[&[u32]],
         caches: &mut [Cache],
     ) -> Result<Vec<Logits>, LlmError> {
-        on_a_worker(|| self.run_on_host(host, feeds, caches, Weights::Packed))
+        kura_simd::on_a_worker(|| self.run_on_host(host, feeds, caches, Weights::Packed))
     }
 
     /// The whole model on host buffers: `feeds[i]` follows what `caches[i]` holds;

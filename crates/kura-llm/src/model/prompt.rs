@@ -16,7 +16,6 @@ use std::sync::PoisonError;
 use candle_core::Tensor;
 use kura_simd::{matmul, matmul_strided, MatRef, Threads};
 
-use super::host::on_a_worker;
 use super::host::{add_rows, with_host_values, HostWeights, Weights};
 use super::{Cache, Linear, Model};
 use crate::error::LlmError;
@@ -35,7 +34,7 @@ impl Model {
     /// The lock is taken by the calling thread, never by a rayon worker: waiting on
     /// a GEMM, a worker may take up another task, which would wait for a lock its
     /// own thread holds. The pass itself then runs on a worker (see
-    /// [`on_a_worker`]), which takes no lock.
+    /// [`kura_simd::on_a_worker`]), which takes no lock.
     pub(super) fn prefill_on_host(
         &self,
         host: &HostWeights,
@@ -58,7 +57,7 @@ impl Model {
             .unwrap_or_default();
         let int8 = host.reads_prompts_in_int8();
         // The lock is held by this thread while a worker reads the prompt.
-        let (logits, slab) = on_a_worker(move || {
+        let (logits, slab) = kura_simd::on_a_worker(move || {
             let slab = RefCell::new(slab);
             let weights = match int8 {
                 true => Weights::Packed,
