@@ -109,15 +109,12 @@ impl Layout {
             Some(int8::Kernel::Avx2) => "AVX2",
             None => "portable code",
         };
-        match self {
-            Layout::Panels => "8-bit weights by f32 activations (FMA)".to_string(),
-            Layout::Int8(Rounding::Once) => {
-                format!("int8, activations rounded to 8 bits once ({kernel})")
-            }
-            Layout::Int8(Rounding::Twice) => {
-                format!("int8, activations rounded to 8 bits twice ({kernel})")
-            }
-        }
+        let times = match self {
+            Layout::Panels => return "8-bit weights by f32 activations (FMA)".to_string(),
+            Layout::Int8(Rounding::Once) => "once",
+            Layout::Int8(Rounding::Twice) => "twice",
+        };
+        format!("int8, activations rounded to 8 bits {times} ({kernel})")
     }
 
     /// Rows stored together (a matrix is padded with zero rows to a multiple).
