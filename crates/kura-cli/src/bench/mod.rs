@@ -453,7 +453,8 @@ const ZEN5: KindFigures = KindFigures {
 };
 
 /// Intel Xeon: sentence-transformers measured by the script. llama.cpp built for that
-/// CPU dies there on an AMX instruction the virtual machine faults on, so its
+/// CPU dies there on its first AMX instruction (it never asks Linux for the tile
+/// registers, see `kura_simd::bf16`), so its
 /// figures are those noted for the machine kind when the project began (SmolLM2's
 /// on its Q8_0 file, not the Q4_1 file we ship), and the source says so.
 const XEON: KindFigures = KindFigures {
