@@ -85,7 +85,7 @@ impl Layout {
     /// its kernel (AVX-512 VNNI or AVX2), its activations rounded once where the
     /// model is wide enough (see [`INT8_MIN_WIDTH`]) and twice for narrower models
     /// where the CPU has VNNI; else panels. With twice the integer work, VNNI still
-    /// multiplies about twice what f32 FMAs do (Xeon, Zen 5), and AVX2's integer
+    /// multiplies about twice what f32 FMAs do (Xeon, Zen 4, Zen 5), and AVX2's integer
     /// products (Zen 3) would fall below them. `KURA_INT8` overrides: `0` panels,
     /// `1` int8 rounded once, `2` twice.
     pub(crate) fn for_model(width: usize) -> Self {

@@ -87,6 +87,21 @@ pub fn is_amd() -> bool {
     [leaf.ebx, leaf.edx, leaf.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]
 }
 
+/// The CPU's family as CPUID reports it (base family, plus the extended family
+/// where the base is 15): AMD's Zen 3 and Zen 4 are 25, Zen 5 is 26. Cores of one
+/// vendor with the same instructions differ in how fast they run them (Zen 4 splits
+/// a 512-bit operation in two halves, Zen 5 does not), which is what a benchmark
+/// needs to know to compare like with like.
+#[cfg(target_arch = "x86_64")]
+pub fn cpu_family() -> u32 {
+    let eax = std::arch::x86_64::__cpuid(1).eax;
+    let base = (eax >> 8) & 0xf;
+    match base {
+        0xf => base + ((eax >> 20) & 0xff),
+        _ => base,
+    }
+}
+
 /// `a·b + c`, fused into one FMA instruction where the build has them and as a
 /// separate multiply and add elsewhere (where `f32::mul_add` would be a slow libm
 /// call). The kernels are generic over it.

@@ -364,6 +364,8 @@ fn summarizer_figure(
 enum MachineKind {
     /// AMD EPYC (Zen 3): AVX2 and FMA, no AVX-512.
     Zen3,
+    /// AMD EPYC (Zen 4): AVX-512 with VNNI and BF16 on 256-bit units, no AMX.
+    Zen4,
     /// AMD EPYC (Zen 5): AVX-512 with VNNI and BF16, no AMX.
     Zen5,
     /// Intel Xeon (Sapphire Rapids): AVX-512 with VNNI, and AMX.
@@ -372,15 +374,20 @@ enum MachineKind {
 
 impl MachineKind {
     #[cfg(test)]
-    const ALL: [MachineKind; 3] = [MachineKind::Zen3, MachineKind::Zen5, MachineKind::Xeon];
+    const ALL: [MachineKind; 4] = [
+        MachineKind::Zen3,
+        MachineKind::Zen4,
+        MachineKind::Zen5,
+        MachineKind::Xeon,
+    ];
 
     fn of_this_cpu() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512vnni") {
-            return if kura_simd::is_amd() {
-                MachineKind::Zen5
-            } else {
-                MachineKind::Xeon
+            return match (kura_simd::is_amd(), kura_simd::cpu_family()) {
+                (true, ZEN4_FAMILY) => MachineKind::Zen4,
+                (true, _) => MachineKind::Zen5,
+                (false, _) => MachineKind::Xeon,
             };
         }
         MachineKind::Zen3
@@ -389,6 +396,7 @@ impl MachineKind {
     fn name(self) -> &'static str {
         match self {
             MachineKind::Zen3 => "AMD EPYC (Zen 3)",
+            MachineKind::Zen4 => "AMD EPYC (Zen 4)",
             MachineKind::Zen5 => "AMD EPYC (Zen 5)",
             MachineKind::Xeon => "Intel Xeon (Sapphire Rapids)",
         }
@@ -397,15 +405,20 @@ impl MachineKind {
     fn figures(self) -> &'static KindFigures {
         match self {
             MachineKind::Zen3 => &ZEN3,
+            MachineKind::Zen4 => &ZEN4,
             MachineKind::Zen5 => &ZEN5,
             MachineKind::Xeon => &XEON,
         }
     }
 }
 
+/// CPUID's family of AMD's Zen 4 (Zen 3 shares it, without AVX-512).
+#[cfg(target_arch = "x86_64")]
+const ZEN4_FAMILY: u32 = 25;
+
 /// What the reference stacks do with the same models and texts on a 2-core machine
 /// of this kind, as `scripts/reference_bench.py` measured them (November 2026; the
-/// Zen 5 kind in December with sentence-transformers 6.3): sentence-transformers
+/// Zen 4 and Zen 5 kinds in December with sentence-transformers 6.3): sentence-transformers
 /// 6.2 on PyTorch 2.15 for the embedder, llama.cpp (through
 /// llama-cpp-python 0.3.36, built for the machine) on the same GGUF file and thread
 /// count for the LLMs. Machines of one kind differ by up to two times over a day:
@@ -438,6 +451,16 @@ const ZEN3: KindFigures = KindFigures {
     embed: (257.0, 20.8),
     qwen: (136.0, 41.4),
     smollm2: (265.0, 115.0),
+    llama_prefill: MEASURED_PREFILL,
+    llama_decode: MEASURED_DECODE,
+};
+
+/// AMD EPYC (Zen 4): every figure measured by the script (December 2026, load
+/// average 1.7 while it ran).
+const ZEN4: KindFigures = KindFigures {
+    embed: (324.1, 22.3),
+    qwen: (213.9, 42.1),
+    smollm2: (311.1, 121.2),
     llama_prefill: MEASURED_PREFILL,
     llama_decode: MEASURED_DECODE,
 };
