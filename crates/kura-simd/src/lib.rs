@@ -94,7 +94,12 @@ pub fn is_amd() -> bool {
 /// needs to know to compare like with like.
 #[cfg(target_arch = "x86_64")]
 pub fn cpu_family() -> u32 {
-    let eax = std::arch::x86_64::__cpuid(1).eax;
+    family_of(std::arch::x86_64::__cpuid(1).eax)
+}
+
+/// The family in CPUID leaf 1's `eax`.
+#[cfg(any(target_arch = "x86_64", test))]
+fn family_of(eax: u32) -> u32 {
     let base = (eax >> 8) & 0xf;
     match base {
         0xf => base + ((eax >> 20) & 0xff),
@@ -358,6 +363,18 @@ mod tests {
     use std::f32::consts::LN_2;
 
     use super::*;
+
+    /// CPUID signatures of the machine kinds `kura bench` tells apart: the extended
+    /// family counts only where the base family is 15 (AMD), so Zen 3 and Zen 4 share
+    /// 25 and Zen 5 is 26, while Intel's Xeon stays 6.
+    #[test]
+    fn the_family_adds_the_extended_family_only_to_base_15() {
+        assert_eq!(family_of(0x00A0_0F11), 25, "Zen 3 (Milan)");
+        assert_eq!(family_of(0x00A1_0F11), 25, "Zen 4 (Genoa)");
+        assert_eq!(family_of(0x00B0_0F21), 26, "Zen 5 (Turin)");
+        assert_eq!(family_of(0x0008_06F8), 6, "Xeon (Sapphire Rapids)");
+        assert_eq!(family_of(0x0FF0_0600), 6, "extended bits ignored below 15");
+    }
 
     /// A pass started outside the pool runs on one of its workers; one started on a
     /// worker (here of a pool of its own) stays on that pool, and results come back.
