@@ -132,6 +132,7 @@ fn bench_quick_measures_every_figure_and_writes_json() {
     let output = succeed(
         kura("bench")
             .args(["--quick", "--llm", "smollm2-135m-instruct"])
+            .args(["--conversations", "3"])
             .args(["--embedder", "all-minilm-l6-v2", "--data"])
             .arg(shared(""))
             .arg("--out")
@@ -158,6 +159,15 @@ fn bench_quick_measures_every_figure_and_writes_json() {
         assert!(value > 0.0, "{figure}");
         assert!(table.contains(figure["name"].as_str().unwrap()), "{table}");
     }
+    // `--conversations` sets how many the summariser writes (two with --quick alone).
+    let summaries = figures.iter().find(|f| f["key"] == "summaries").unwrap();
+    assert!(
+        summaries["name"]
+            .as_str()
+            .unwrap()
+            .contains(" 3 conversations"),
+        "{summaries}"
+    );
     for key in ["embed_short", "llm_prefill", "llm_decode"] {
         let figure = figures.iter().find(|f| f["key"] == key).unwrap();
         assert!(figure["reference"]["value"].as_f64().unwrap() > 0.0);

@@ -227,6 +227,11 @@ struct BenchArgs {
     /// Real texts and conversations to measure on.
     #[arg(long, default_value = "../shared/data")]
     data: PathBuf,
+    /// Conversations through the summariser (default 32, 2 with --quick). It writes
+    /// 32 at once, so 32 is one batch with the end thinning out; more measure the
+    /// rate of a long run, where a finished conversation's place is taken at once.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    conversations: Option<u64>,
     #[command(flatten)]
     common: Common,
 }
@@ -499,6 +504,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     let options = bench::Options {
         quick: args.quick,
         data: args.data,
+        conversations: args.conversations.map(|n| n as usize),
     };
     let report = bench::run(&config, &options, &reporter)?;
     print!("{}", bench::table(&report));

@@ -28,6 +28,8 @@ pub struct Options {
     pub quick: bool,
     /// The shared data set (real texts); synthetic texts are used without it.
     pub data: PathBuf,
+    /// Conversations through the summariser, if not the default of the sizes.
+    pub conversations: Option<usize>,
 }
 
 /// How much work each measurement does.
@@ -126,7 +128,10 @@ pub struct Memory {
 }
 
 pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Report> {
-    let sizes = Sizes::new(options.quick);
+    let mut sizes = Sizes::new(options.quick);
+    if let Some(conversations) = options.conversations {
+        sizes.conversations = conversations;
+    }
     let machine = machine();
     let texts = data::load(&options.data, sizes.short_texts, sizes.long_texts)?;
     let mut figures = Vec::new();
