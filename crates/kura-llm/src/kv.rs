@@ -792,8 +792,17 @@ mod avx512 {
         }
     }
 
-    /// Two registers of dimensions at a time (one where `head_dim` is odd in
-    /// registers): `G × 2` sums and the two registers of values stay in registers.
+    /// Query heads for which [`weigh_heads`] takes four registers of dimensions at a
+    /// time: `G × 4` sums, the four registers of values and a broadcast weight fit
+    /// in the 32 registers up to six heads.
+    const WIDE_HEADS: usize = 6;
+
+    /// Each span of dimensions in one pass over the tokens: four registers at a time
+    /// for up to [`WIDE_HEADS`] heads (a step of SmolLM2 has three), else two, and
+    /// one where `head_dim` is odd in registers. With four, a head of 64 dimensions
+    /// is one pass over the values, reading each token's 128 bytes in order and
+    /// broadcasting each weight once, where two spans read every other cache line
+    /// twice over. Each sum still adds the tokens in order: the same bits either way.
     #[inline(always)]
     unsafe fn weigh_heads<const G: usize>(
         scores: &[f32],
@@ -802,47 +811,66 @@ mod avx512 {
         head_dim: usize,
         out: &mut [f32],
     ) {
+        let mut d = 0;
+        while d < head_dim {
+            d += if G <= WIDE_HEADS && d + 4 * LANES <= head_dim {
+                weigh_span::<G, 4>(scores, stride, values, head_dim, out, d)
+            } else if d + 2 * LANES <= head_dim {
+                weigh_span::<G, 2>(scores, stride, values, head_dim, out, d)
+            } else {
+                weigh_span::<G, 1>(scores, stride, values, head_dim, out, d)
+            };
+        }
+    }
+
+    /// `W` registers of dimensions from `d`, for `G` heads: the `G × W` sums and the
+    /// `W` registers of values stay in registers over every token. Returns the
+    /// dimensions done.
+    #[inline(always)]
+    unsafe fn weigh_span<const G: usize, const W: usize>(
+        scores: &[f32],
+        stride: usize,
+        values: &[f16],
+        head_dim: usize,
+        out: &mut [f32],
+        d: usize,
+    ) -> usize {
         let tokens = values.len() / head_dim;
         let v = values.as_ptr();
         let s = scores.as_ptr();
-        let mut d = 0;
-        while d < head_dim {
-            let pair = d + 2 * LANES <= head_dim;
-            let mut sums = [[_mm512_setzero_ps(); 2]; G];
-            for (g, sums) in sums.iter_mut().enumerate() {
-                let at = out.as_ptr().add(g * head_dim + d);
-                sums[0] = _mm512_loadu_ps(at);
-                if pair {
-                    sums[1] = _mm512_loadu_ps(at.add(LANES));
-                }
+        let mut sums = [[_mm512_setzero_ps(); W]; G];
+        for (g, sums) in sums.iter_mut().enumerate() {
+            let at = out.as_ptr().add(g * head_dim + d);
+            for (w, sum) in sums.iter_mut().enumerate() {
+                *sum = _mm512_loadu_ps(at.add(w * LANES));
             }
-            for t in 0..tokens {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    v.wrapping_add((t + VALUES_AHEAD) * head_dim + d) as *const i8
-                );
-                let at = v.add(t * head_dim + d) as *const __m256i;
-                let low = _mm512_cvtph_ps(_mm256_loadu_si256(at));
-                let high = match pair {
-                    true => _mm512_cvtph_ps(_mm256_loadu_si256(at.add(1))),
-                    false => _mm512_setzero_ps(),
-                };
-                for (g, sums) in sums.iter_mut().enumerate() {
-                    let weight = _mm512_set1_ps(*s.add(g * stride + t));
-                    sums[0] = _mm512_fmadd_ps(weight, low, sums[0]);
-                    if pair {
-                        sums[1] = _mm512_fmadd_ps(weight, high, sums[1]);
-                    }
-                }
-            }
-            for (g, sums) in sums.iter().enumerate() {
-                let at = out.as_mut_ptr().add(g * head_dim + d);
-                _mm512_storeu_ps(at, sums[0]);
-                if pair {
-                    _mm512_storeu_ps(at.add(LANES), sums[1]);
-                }
-            }
-            d += if pair { 2 * LANES } else { LANES };
         }
+        for t in 0..tokens {
+            // A register of half-precision values is half a cache line.
+            for line in (0..W).step_by(2) {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    v.wrapping_add((t + VALUES_AHEAD) * head_dim + d + line * LANES) as *const i8,
+                );
+            }
+            let at = v.add(t * head_dim + d) as *const __m256i;
+            let mut row = [_mm512_setzero_ps(); W];
+            for (w, row) in row.iter_mut().enumerate() {
+                *row = _mm512_cvtph_ps(_mm256_loadu_si256(at.add(w)));
+            }
+            for (g, sums) in sums.iter_mut().enumerate() {
+                let weight = _mm512_set1_ps(*s.add(g * stride + t));
+                for (sum, &row) in sums.iter_mut().zip(&row) {
+                    *sum = _mm512_fmadd_ps(weight, row, *sum);
+                }
+            }
+        }
+        for (g, sums) in sums.iter().enumerate() {
+            let at = out.as_mut_ptr().add(g * head_dim + d);
+            for (w, sum) in sums.iter().enumerate() {
+                _mm512_storeu_ps(at.add(w * LANES), *sum);
+            }
+        }
+        W * LANES
     }
 }
 
@@ -1002,8 +1030,9 @@ mod tests {
 
     /// Both builds of the kernels against the definition, for every number of query
     /// heads a chunk of them can hold (and more), one row and several (each seeing
-    /// one token more), head widths of one and of several registers, and contexts
-    /// that end inside a block of keys.
+    /// one token more), head widths of one and of several registers (spans of
+    /// four, two and one register of values), and contexts that end inside a block
+    /// of keys.
     #[test]
     fn each_build_of_the_kernels_attends_as_the_definition() {
         let mut builds = vec![Kernel::Plain];
@@ -1019,6 +1048,8 @@ mod tests {
             (7, 64, 40, 1),
             (7, 64, 40, 5),
             (8, 48, 16, 1),
+            (4, 48, 18, 1),
+            (5, 80, 21, 1),
             (2, 48, 33, 16),
             (11, 128, 33, 2),
         ] {
