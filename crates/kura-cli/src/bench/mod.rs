@@ -132,7 +132,9 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
     if let Some(conversations) = options.conversations {
         sizes.conversations = conversations;
     }
-    let machine = machine();
+    // Read once: the table's "references of …" and every ratio come from this kind.
+    let kind = MachineKind::of_this_cpu();
+    let machine = machine(kind);
     let texts = data::load(&options.data, sizes.short_texts, sizes.long_texts)?;
     let mut figures = Vec::new();
     let mut memory = Vec::new();
@@ -149,7 +151,7 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
         figures.extend(embedder_figures(
             embedder.as_ref(),
             &texts,
-            &config.embedder,
+            references(kind, &config.embedder),
             sizes.repeats,
         )?);
         memory.extend(peak(&config.embedder));
@@ -160,7 +162,8 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
         reporter.say(&format!("measuring the LLM {}", config.llm));
         let llm = backends.llm()?;
         products.llm = llm.products().to_string();
-        figures.extend(llm_figures(&llm, &texts, &config.llm, &sizes)?);
+        let reference = references(kind, &config.llm);
+        figures.extend(llm_figures(&llm, &texts, reference, &sizes)?);
         reporter.say("measuring the summariser");
         let summarizer = backends.summarizer()?;
         figures.push(summarizer_figure(
@@ -191,7 +194,7 @@ fn peak(model: &str) -> Option<Memory> {
     })
 }
 
-fn machine() -> Machine {
+fn machine(kind: MachineKind) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -205,7 +208,7 @@ fn machine() -> Machine {
         .unwrap_or_else(|| "unknown".to_string());
     Machine {
         cpu,
-        kind: MachineKind::of_this_cpu().name().to_string(),
+        kind: kind.name().to_string(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average,
     }
@@ -225,7 +228,7 @@ fn best_rate(repeats: usize, mut work: impl FnMut() -> Result<usize>) -> Result<
 fn embedder_figures(
     embedder: &dyn Embedder,
     texts: &data::Texts,
-    model: &str,
+    reference: References,
     repeats: usize,
 ) -> Result<Vec<Figure>> {
     let embed = |texts: &[String]| -> Result<usize> {
@@ -237,7 +240,6 @@ fn embedder_figures(
     };
     // The first call pays for allocations and thread start-up.
     embed(&texts.short[..texts.short.len().min(8)])?;
-    let reference = references(model);
     Ok(vec![
         Figure {
             key: "embed_short",
@@ -259,7 +261,7 @@ fn embedder_figures(
 fn llm_figures(
     llm: &LocalLlm,
     texts: &data::Texts,
-    model: &str,
+    reference: References,
     sizes: &Sizes,
 ) -> Result<Vec<Figure>> {
     let tokens = llm.encode(&texts.long.join("\n\n"))?;
@@ -279,7 +281,6 @@ fn llm_figures(
     }
     llm.time_prefill(&prompt[..prompt.len().min(16)])?;
     let rate = |timing: Timing| Ok(timing.per_second());
-    let reference = references(model);
     Ok(vec![
         Figure {
             key: "llm_prefill",
@@ -493,11 +494,8 @@ const XEON: KindFigures = KindFigures {
     llama_decode: "llama.cpp batch 1, 2 threads (noted for this machine kind)",
 };
 
-fn references(model: &str) -> References {
-    references_on(MachineKind::of_this_cpu(), model)
-}
-
-fn references_on(kind: MachineKind, model: &str) -> References {
+/// The reference figures of `kind` for `model`, where it has some.
+fn references(kind: MachineKind, model: &str) -> References {
     let r = |value: f64, source: &str| {
         Some(Reference {
             value,
@@ -532,9 +530,9 @@ mod tests {
     #[test]
     fn each_machine_kind_has_its_references() {
         let figures = |kind| {
-            let embedder = references_on(kind, "all-minilm-l6-v2");
-            let qwen = references_on(kind, "qwen2.5-coder-0.5b-instruct");
-            let smollm2 = references_on(kind, "smollm2-135m-instruct");
+            let embedder = references(kind, "all-minilm-l6-v2");
+            let qwen = references(kind, "qwen2.5-coder-0.5b-instruct");
+            let smollm2 = references(kind, "smollm2-135m-instruct");
             [
                 embedder.embed_short,
                 embedder.embed_long,
@@ -553,7 +551,7 @@ mod tests {
                     "{a:?} and {b:?} share a figure"
                 );
             }
-            assert!(references_on(a, "some-other-model").prefill.is_none());
+            assert!(references(a, "some-other-model").prefill.is_none());
         }
     }
 }
