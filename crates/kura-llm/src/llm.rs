@@ -47,8 +47,6 @@ pub struct LocalLlm {
     options: LlmOptions,
     max_context: usize,
     model_id: String,
-    /// How the projections are multiplied (see [`LocalLlm::products`]).
-    products: String,
     /// Per token id: whether it opens a new word (see [`LocalLlm::starts_word`]).
     word_starts: OnceLock<Vec<bool>>,
     /// Per token id: whether it closes a JSON string (see [`LocalLlm::closes_string`]).
@@ -137,11 +135,6 @@ impl LocalLlm {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "gguf".to_string());
-        let products = if device.is_cpu() {
-            layout.describe()
-        } else {
-            "candle on the GPU, f32".to_string()
-        };
         Ok(LocalLlm {
             model,
             tokenizer,
@@ -150,7 +143,6 @@ impl LocalLlm {
             options,
             max_context,
             model_id,
-            products,
             word_starts: OnceLock::new(),
             string_closers: OnceLock::new(),
         })
@@ -168,8 +160,8 @@ impl LocalLlm {
 
     /// How this model's projections are multiplied on this machine (the layout
     /// and kernel picked at load), for reports that compare machines.
-    pub fn products(&self) -> &str {
-        &self.products
+    pub fn products(&self) -> String {
+        self.model.products()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

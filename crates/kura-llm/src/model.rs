@@ -508,6 +508,16 @@ impl Model {
         })
     }
 
+    /// How the projections are multiplied here, in words: the 8-bit layout and its
+    /// kernel where the host code runs them, else candle's ops.
+    pub(crate) fn products(&self) -> String {
+        match self.host.as_ref().and_then(|host| host.layout()) {
+            Some(layout) => layout.describe(),
+            None if self.output_norm.device().is_cpu() => "candle on the CPU, f32".to_string(),
+            None => "candle on the GPU, f32".to_string(),
+        }
+    }
+
     pub(crate) fn new_cache(&self) -> Cache {
         Cache {
             layers: vec![LayerKv::Empty; self.layers.len()],

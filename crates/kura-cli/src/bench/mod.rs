@@ -161,7 +161,7 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
         let backends = Backends::new(config, std::sync::Arc::new(Reporter::new(Mode::Quiet)))?;
         reporter.say(&format!("measuring the LLM {}", config.llm));
         let llm = backends.llm()?;
-        products.llm = llm.products().to_string();
+        products.llm = llm.products();
         let reference = references(kind, &config.llm);
         figures.extend(llm_figures(&llm, &texts, reference, &sizes)?);
         reporter.say("measuring the summariser");

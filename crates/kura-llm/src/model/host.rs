@@ -121,9 +121,13 @@ impl HostWeights {
     /// prompts: its integer products outrun f32 GEMM over widened weights at any
     /// number of rows.
     pub(super) fn reads_prompts_in_int8(&self) -> bool {
-        self.layers
-            .first()
-            .is_some_and(|l| matches!(l.qkv.layout(), Layout::Int8(_)))
+        matches!(self.layout(), Some(Layout::Int8(_)))
+    }
+
+    /// The layout of the 8-bit copies (every projection has the one it was
+    /// loaded with).
+    pub(super) fn layout(&self) -> Option<Layout> {
+        self.layers.first().map(|l| l.qkv.layout())
     }
 }
 
@@ -652,6 +656,28 @@ mod tests {
         assert_eq!(layer.qkv_bias_of(0), Some(&[1.0, 2.0][..]));
         assert_eq!(layer.qkv_bias_of(1), Some(&[0.0, 0.0, 0.0][..]));
         assert_eq!(layer.qkv_bias_of(2), Some(&[5.0][..]));
+    }
+
+    /// A model names its products from the layout its 8-bit copies were loaded
+    /// in, and candle's ops where it has no host weights.
+    #[test]
+    fn products_name_the_loaded_layout_or_candle() {
+        let panels = cached_model_in("smollm2-135m-instruct", Layout::Panels);
+        assert_eq!(panels.products(), "8-bit weights by f32 activations (FMA)");
+        if crate::q8::int8_supported() {
+            let twice = cached_model_in(
+                "smollm2-135m-instruct",
+                Layout::Int8(crate::q8::Rounding::Twice),
+            );
+            let products = twice.products();
+            assert!(
+                products.starts_with("int8, activations rounded to 8 bits twice"),
+                "{products}"
+            );
+        }
+        let mut tensors = smollm2_with_tensors();
+        tensors.model_mut().host = None;
+        assert_eq!(tensors.products(), "candle on the CPU, f32");
     }
 
     /// Without host weights (as on a GPU), a step of ragged feeds runs through
