@@ -445,6 +445,8 @@ impl Groups<'_> {
         // A row's parts share a tile, so that their sums are added here.
         debug_assert!(tile_rows.is_multiple_of(x.parts));
         let per_block = rows_in_cache(x.blocks * BLOCK, tile_rows);
+        // Zeroed once: each tile writes every sum that is read after it.
+        let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
         for block_start in (0..m).step_by(per_block) {
             let block_end = m.min(block_start + per_block);
             let mut g = groups.start;
@@ -455,7 +457,6 @@ impl Groups<'_> {
                     .unwrap_or(1);
                 for start in (block_start..block_end).step_by(tile_rows) {
                     let rows = tile_rows.min(block_end - start);
-                    let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
                     tile(kernel, self, g, width, x, start, rows, &mut sums);
                     for (w, group_sums) in sums.iter().take(width).enumerate() {
                         let row_parts = group_sums[..rows].chunks_exact(x.parts);
