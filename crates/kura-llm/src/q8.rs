@@ -1200,17 +1200,24 @@ mod tests {
             assert_eq!(twice(None), twice(Some(kernel)), "{kernel:?}, twice");
         }
         eprintln!("kernels compared with the plain rounding: {kernels:?}");
-        // Rounded twice, a value is within half a step of the second byte's scale:
-        // its block's largest magnitude over 254², where once it is over 254.
+        // Rounded twice, a value is within half a step of the second byte's scale,
+        // its block's largest magnitude over 127 × 512 (where once it is over 254),
+        // or within a step where the first rounding left more than 127 of the
+        // second's steps (up to half the first step: 128), where the byte stops.
         let twice = int8::Activations::new(&xs, cols, None, Rounding::Twice);
         for (i, row) in xs.chunks(cols).enumerate() {
             for (b, block) in row.chunks(BLOCK).enumerate() {
                 let largest = block.iter().fold(0f32, |m, x| m.max(x.abs()));
                 for (k, &x) in block.iter().enumerate() {
                     let error = (twice.value(i, b * BLOCK + k) - x).abs();
+                    let first = x / (largest / 127.0);
+                    let steps = match (first - first.round()).abs() > 127.0 / 256.0 {
+                        true => 1.0,
+                        false => 0.5,
+                    };
                     assert!(
-                        error <= largest / (254.0 * 254.0) * 1.01 + largest * 1e-7,
-                        "row {i}, block {b}, value {k}: {x} became {}",
+                        error <= largest / (127.0 * 256.0) * steps * 1.01 + largest * 1e-7,
+                        "row {i}, block {b}, value {k}: {x} became {} (largest {largest}, first {first})",
                         twice.value(i, b * BLOCK + k)
                     );
                 }

@@ -120,11 +120,18 @@ pub(super) fn quant_index(at: usize, k: usize) -> usize {
 pub(crate) enum Rounding {
     /// To a byte a value, with a scale per 32 (Q8_0).
     Once,
-    /// To a byte, and what that leaves to a second byte with its own scale: about
-    /// 15 bits a value, for twice the integer work. Each row becomes two rows of
-    /// bytes that share every load of the weights, and their sums are added.
+    /// To a byte, and what that leaves to a second byte at 1/256 of the first's
+    /// scale: about 15 bits a value, for twice the integer work. Each row becomes
+    /// two rows of bytes that share every load of the weights. With the second
+    /// scale a fixed fraction of the first, a block's two integer sums combine into
+    /// one (the first shifted up by [`RESIDUAL_BITS`]) before the one conversion to
+    /// f32 and multiply by the scales, where each sum took its own: the tile's
+    /// work after each block is what holds its multiply-adds back (see `vnni`).
     Twice,
 }
+
+/// The second byte's scale is the first's over 2^8.
+const RESIDUAL_BITS: u32 = 8;
 
 impl Rounding {
     /// Rows of bytes a row of activations becomes.
@@ -153,15 +160,11 @@ pub(super) struct Activations {
     /// memory where a product computed in a register costs the vector port a
     /// broadcast per block and row.
     biases: Vec<i32>,
-    /// Each block's `scale × sum of bytes`, which multiplies a weight offset (types
-    /// with a minimum, such as Q4_1): computed once here, not per group in the tile.
+    /// Each block's sum of the values it stands for, `scale × sum of bytes` (both
+    /// parts' in the first part, zero in the second), which multiplies a weight
+    /// offset (types with a minimum, such as Q4_1): computed once here, not per
+    /// group in the tile.
     offset_sums: Vec<f32>,
-}
-
-/// A rounded block's starting integer sum and offset sum (see
-/// [`Activations::biases`] and [`Activations::offset_sums`]).
-fn block_terms(scale: f32, total: i32) -> (i32, f32) {
-    (-128 * total, scale * total as f32)
 }
 
 /// Rounds one block of 32 values to bytes; returns its scale and sum of bytes.
@@ -202,10 +205,10 @@ impl Activations {
             .with_min_len(64)
             .for_each(|(at, xs)| {
                 let (row, block) = (at / blocks, at % blocks);
-                round_parts(xs, round, rounding, |part, bytes, scale, total| {
+                round_parts(xs, round, rounding, |part, rounded_part| {
                     let at = (row * rounding.parts() + part) * blocks + block;
                     // SAFETY: `at` is this block's own part, inside `out`.
-                    unsafe { rounded.write(at, bytes, scale, total) }
+                    unsafe { rounded.write(at, rounded_part) }
                 });
             });
         out
@@ -247,25 +250,71 @@ kura_simd::multiversion! {
     }
 }
 
-/// A block of values rounded `rounding` by `round`: `write(part, bytes, scale, sum
-/// of bytes)` takes each part (the value; then what its rounding left, where
-/// rounded twice).
+/// One part of a rounded block, as [`Activations`] holds it.
+struct RoundedPart<'a> {
+    bytes: &'a [i8; BLOCK],
+    scale: f32,
+    /// The sum of the bytes.
+    total: i32,
+    /// See [`Activations::offset_sums`].
+    offset_sum: f32,
+}
+
+/// A block of values rounded `rounding` by `round`: `write(part, rounded)` takes
+/// each part (the value; then what its rounding left, where rounded twice).
 fn round_parts(
     xs: &[f32],
     round: RoundBlock,
     rounding: Rounding,
-    mut write: impl FnMut(usize, &[i8; BLOCK], f32, i32),
+    mut write: impl FnMut(usize, RoundedPart<'_>),
 ) {
     let mut bytes = [0i8; BLOCK];
     let (scale, total) = round(xs, &mut bytes);
-    write(0, &bytes, scale, total);
+    let mut left = [0i8; BLOCK];
+    let (left_scale, left_total) = match rounding {
+        Rounding::Once => (0.0, 0),
+        Rounding::Twice => round_residual(xs, &bytes, scale, &mut left),
+    };
+    let offset_sum = scale * total as f32 + left_scale * left_total as f32;
+    let first = RoundedPart {
+        bytes: &bytes,
+        scale,
+        total,
+        offset_sum,
+    };
+    write(0, first);
     if rounding == Rounding::Twice {
-        let mut left = [0f32; BLOCK];
-        for ((left, &x), &q) in left.iter_mut().zip(xs).zip(&bytes) {
-            *left = x - q as f32 * scale;
+        let second = RoundedPart {
+            bytes: &left,
+            scale: left_scale,
+            total: left_total,
+            offset_sum: 0.0,
+        };
+        write(1, second);
+    }
+}
+
+kura_simd::multiversion! {
+    /// What rounding `xs` to `bytes × scale` left, rounded to bytes at a scale
+    /// 2^[`RESIDUAL_BITS`] times finer (clamped to ±127, which only a leftover of
+    /// about half the first step reaches); returns that scale and the sum of the
+    /// bytes.
+    fn round_residual<M>(
+        xs: &[f32],
+        bytes: &[i8; BLOCK],
+        scale: f32,
+        left: &mut [i8; BLOCK],
+    ) -> (f32, i32) {
+        let left_scale = scale / (1 << RESIDUAL_BITS) as f32;
+        let inverse = if left_scale > 0.0 { 1.0 / left_scale } else { 0.0 };
+        let mut total = 0i32;
+        for ((out, &x), &q) in left.iter_mut().zip(xs).zip(bytes) {
+            let rest = x - q as f32 * scale;
+            let q = (rest * inverse).round_ties_even().clamp(-127.0, 127.0) as i32;
+            *out = q as i8;
+            total += q;
         }
-        let (scale, total) = round(&left, &mut bytes);
-        write(1, &bytes, scale, total);
+        (left_scale, total)
     }
 }
 
@@ -410,11 +459,11 @@ impl Groups<'_> {
             let first_block = first * GROUP / BLOCK;
             for (i, row) in gate.chunks_exact(columns).enumerate() {
                 for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
-                    round_parts(xs, round, rounding, |part, bytes, scale, total| {
+                    round_parts(xs, round, rounding, |part, rounded_part| {
                         let at = (i * rounding.parts() + part) * blocks + first_block + b;
                         // SAFETY: row `i < m`, block `first_block + b < blocks`:
                         // this task's blocks alone, inside `out`.
-                        unsafe { rounded.write(at, bytes, scale, total) };
+                        unsafe { rounded.write(at, rounded_part) };
                     });
                 }
             }
@@ -423,9 +472,8 @@ impl Groups<'_> {
     }
 
     /// Groups `groups` against every activation row; `emit(g, i, sums)` takes
-    /// group `g`'s 16 sums for row `i` (the sum of its parts' sums, where rounded
-    /// twice). Rows go a block at a time (see
-    /// [`rows_in_cache`]).
+    /// group `g`'s 16 sums for row `i` (of both its parts, where rounded twice).
+    /// Rows go a block at a time (see [`rows_in_cache`]).
     ///
     /// A tile's groups are the outer loop: their weights (28 KB for Qwen's 896
     /// columns) stay in the core's first-level cache while every row of activations
@@ -459,15 +507,8 @@ impl Groups<'_> {
                     let rows = tile_rows.min(block_end - start);
                     tile(kernel, self, g, width, x, start, rows, &mut sums);
                     for (w, group_sums) in sums.iter().take(width).enumerate() {
-                        let row_parts = group_sums[..rows].chunks_exact(x.parts);
-                        for (i, parts) in row_parts.enumerate() {
-                            let mut lane_sums = parts[0];
-                            for part in &parts[1..] {
-                                for (sum, more) in lane_sums.iter_mut().zip(part) {
-                                    *sum += more;
-                                }
-                            }
-                            emit(g + w, start / x.parts + i, &lane_sums);
+                        for (i, lane_sums) in group_sums[..rows / x.parts].iter().enumerate() {
+                            emit(g + w, start / x.parts + i, lane_sums);
                         }
                     }
                 }
@@ -543,10 +584,11 @@ impl RoundedBlocks {
     ///
     /// # Safety
     /// `at` is a block of the activations written, and no other thread writes it.
-    unsafe fn write(&self, at: usize, bytes: &[i8; BLOCK], scale: f32, total: i32) {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.bytes.add(at * BLOCK), BLOCK);
-        *self.scales.add(at) = scale;
-        (*self.biases.add(at), *self.offset_sums.add(at)) = block_terms(scale, total);
+    unsafe fn write(&self, at: usize, part: RoundedPart<'_>) {
+        std::ptr::copy_nonoverlapping(part.bytes.as_ptr(), self.bytes.add(at * BLOCK), BLOCK);
+        *self.scales.add(at) = part.scale;
+        *self.biases.add(at) = -128 * part.total;
+        *self.offset_sums.add(at) = part.offset_sum;
     }
 }
 
@@ -560,8 +602,9 @@ unsafe impl Sync for RoundedBlocks {}
 unsafe impl Send for Part {}
 unsafe impl Sync for Part {}
 
-/// Groups `first..first + width` against activation rows `start..start + rows`, by
-/// `kernel` (detected on this CPU).
+/// Groups `first..first + width` against rows of bytes `start..start + rows`, by
+/// `kernel` (detected on this CPU): `sums[g][k]` for each row of activations `k`
+/// (each `x.parts` rows of bytes).
 #[allow(clippy::too_many_arguments)]
 fn tile(
     kernel: Option<Kernel>,
@@ -600,10 +643,10 @@ fn portable_tile(
     rows: usize,
     sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
 ) {
-    let blocks = x.blocks;
+    let (blocks, parts) = (x.blocks, x.parts);
     for (g, group_sums) in sums.iter_mut().enumerate().take(width) {
-        for (i, lanes) in group_sums.iter_mut().enumerate().take(rows) {
-            let row = start + i;
+        for (k, lanes) in group_sums.iter_mut().enumerate().take(rows / parts) {
+            let row = start + k * parts;
             for (lane, sum) in lanes.iter_mut().enumerate() {
                 let mut total = 0f32;
                 for b in 0..blocks {
@@ -612,16 +655,22 @@ fn portable_tile(
                         b,
                         blocks,
                     );
-                    let block = row * blocks + b;
-                    let mut integer = x.biases[block];
-                    for k in 0..BLOCK {
-                        let weight = w.quants[quant_index(at, k)] as u8 as i32;
-                        integer += weight * x.bytes[block * BLOCK + k] as i32;
+                    // The parts' integer sums in one (see `Rounding::Twice`).
+                    let mut integer = 0i32;
+                    for part in 0..parts {
+                        let block = (row + part) * blocks + b;
+                        let mut sum = x.biases[block];
+                        for k in 0..BLOCK {
+                            let weight = w.quants[quant_index(at, k)] as u8 as i32;
+                            sum += weight * x.bytes[block * BLOCK + k] as i32;
+                        }
+                        integer = (integer << RESIDUAL_BITS) + sum;
                     }
-                    let scale = w.scales[at] * x.scales[block];
+                    let last = (row + parts - 1) * blocks + b;
+                    let scale = w.scales[at] * x.scales[last];
                     total = (integer as f32).mul_add(scale, total);
                     if let Some(&offset) = w.offsets.get(at) {
-                        total = offset.mul_add(x.offset_sums[block], total);
+                        total = offset.mul_add(x.offset_sums[row * blocks + b], total);
                     }
                 }
                 *sum = total;
@@ -640,10 +689,7 @@ pub(super) fn portable_product(w: &Groups<'_>, xs: &[f32]) -> Vec<f32> {
         for i in 0..x.logical_rows() {
             let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
             portable_tile(w, g, 1, &x, i * x.parts, x.parts, &mut sums);
-            let out = &mut out[i * w.rows + g * GROUP..][..lanes];
-            for (lane, out) in out.iter_mut().enumerate() {
-                *out = sums[0][..x.parts].iter().map(|part| part[lane]).sum();
-            }
+            out[i * w.rows + g * GROUP..][..lanes].copy_from_slice(&sums[0][0][..lanes]);
         }
     }
     out
@@ -653,7 +699,7 @@ pub(super) fn portable_product(w: &Groups<'_>, xs: &[f32]) -> Vec<f32> {
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::{Activations, Groups, BLOCK, GROUP, GROUP_BLOCK, TILE_ROWS};
+    use super::{Activations, Groups, BLOCK, GROUP, GROUP_BLOCK, RESIDUAL_BITS, TILE_ROWS};
 
     /// [`tile`](super::tile) for the shapes [`Groups::multiply`] asks for.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -667,32 +713,39 @@ mod vnni {
         sums: &mut [[[f32; super::GROUP]; TILE_ROWS]; 4],
     ) {
         macro_rules! shapes {
-            ($(($g:literal, $r:literal)),*) => {
-                match (width, rows, w.offsets.is_empty()) {
+            ($(($g:literal, $r:literal, $p:literal)),*) => {
+                match (width, rows, x.parts, w.offsets.is_empty()) {
                     $(
-                        ($g, $r, true) => tile::<$g, $r, false>(w, first, x, start, sums),
-                        ($g, $r, false) => tile::<$g, $r, true>(w, first, x, start, sums),
+                        ($g, $r, $p, true) => tile::<$g, $r, $p, false>(w, first, x, start, sums),
+                        ($g, $r, $p, false) => tile::<$g, $r, $p, true>(w, first, x, start, sums),
                     )*
                     _ => unreachable!("Groups::multiply asks for no other shape"),
                 }
             };
         }
         shapes!(
-            (4, 1),
-            (4, 2),
-            (4, 3),
-            (2, 1),
-            (2, 2),
-            (2, 3),
-            (2, 4),
-            (2, 5),
-            (2, 6),
-            (1, 1),
-            (1, 2),
-            (1, 3),
-            (1, 4),
-            (1, 5),
-            (1, 6)
+            (4, 1, 1),
+            (4, 2, 1),
+            (4, 3, 1),
+            (2, 1, 1),
+            (2, 2, 1),
+            (2, 3, 1),
+            (2, 4, 1),
+            (2, 5, 1),
+            (2, 6, 1),
+            (1, 1, 1),
+            (1, 2, 1),
+            (1, 3, 1),
+            (1, 4, 1),
+            (1, 5, 1),
+            (1, 6, 1),
+            (4, 2, 2),
+            (2, 2, 2),
+            (2, 4, 2),
+            (2, 6, 2),
+            (1, 2, 2),
+            (1, 4, 2),
+            (1, 6, 2)
         )
     }
 
@@ -714,10 +767,10 @@ mod vnni {
         (max / 127.0, total)
     }
 
-    /// `G` groups from `first` against `R` activation rows from `start`, every sum
-    /// in registers.
+    /// `G` groups from `first` against `R` rows of bytes from `start` (`R / P`
+    /// rows of activations, each `P` parts), every sum in registers.
     #[inline(always)]
-    unsafe fn tile<const G: usize, const R: usize, const OFFSETS: bool>(
+    unsafe fn tile<const G: usize, const R: usize, const P: usize, const OFFSETS: bool>(
         w: &Groups<'_>,
         first: usize,
         x: &Activations,
@@ -757,21 +810,29 @@ mod vnni {
                     true => _mm512_loadu_ps(w.offsets.as_ptr().add(at(g, b) * GROUP)),
                     false => _mm512_setzero_ps(),
                 };
-                for (i, (f, acc)) in f.iter_mut().zip(&acc).enumerate() {
-                    let block = (start + i) * blocks + b;
+                for (k, f) in f.iter_mut().take(R / P).enumerate() {
+                    // A row's parts in one integer sum (see `Rounding::Twice`), and
+                    // the scale of its last part.
+                    let i = k * P;
+                    let mut sum = acc[i][g];
+                    for part in &acc[i + 1..i + P] {
+                        sum = _mm512_add_epi32(_mm512_slli_epi32::<RESIDUAL_BITS>(sum), part[g]);
+                    }
+                    let block = (start + i + P - 1) * blocks + b;
                     let scale = _mm512_set1_ps(*x.scales.get_unchecked(block));
                     let scale = _mm512_mul_ps(scales, scale);
-                    f[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[g]), scale, f[g]);
+                    f[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, f[g]);
                     if OFFSETS {
+                        let block = (start + i) * blocks + b;
                         let sum = _mm512_set1_ps(*x.offset_sums.get_unchecked(block));
                         f[g] = _mm512_fmadd_ps(offsets, sum, f[g]);
                     }
                 }
             }
         }
-        for (i, f) in f.iter().enumerate() {
+        for (k, f) in f.iter().take(R / P).enumerate() {
             for (g, f) in f.iter().enumerate() {
-                _mm512_storeu_ps(sums[g][i].as_mut_ptr(), *f);
+                _mm512_storeu_ps(sums[g][k].as_mut_ptr(), *f);
             }
         }
     }
@@ -781,7 +842,7 @@ mod vnni {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Activations, Groups, BLOCK, GROUP, GROUP_BLOCK, SMALL, TILE_ROWS};
+    use super::{Activations, Groups, BLOCK, GROUP, GROUP_BLOCK, RESIDUAL_BITS, SMALL, TILE_ROWS};
 
     /// Lanes of a register: a group's 16 rows take two.
     const HALF: usize = GROUP / 2;
@@ -833,31 +894,36 @@ mod avx2 {
         sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
     ) {
         macro_rules! shapes {
-            ($(($g:literal, $r:literal)),*) => {
-                match (width, rows, w.offsets.is_empty(), w.small) {
+            ($(($g:literal, $r:literal, $p:literal)),*) => {
+                match (width, rows, x.parts, w.offsets.is_empty(), w.small) {
                     $(
-                        ($g, $r, true, true) => tile::<$g, $r, false, true>(w, first, x, start, sums),
-                        ($g, $r, false, true) => tile::<$g, $r, true, true>(w, first, x, start, sums),
-                        ($g, $r, true, false) => tile::<$g, $r, false, false>(w, first, x, start, sums),
-                        ($g, $r, false, false) => tile::<$g, $r, true, false>(w, first, x, start, sums),
+                        ($g, $r, $p, true, true) => tile::<$g, $r, $p, false, true>(w, first, x, start, sums),
+                        ($g, $r, $p, false, true) => tile::<$g, $r, $p, true, true>(w, first, x, start, sums),
+                        ($g, $r, $p, true, false) => tile::<$g, $r, $p, false, false>(w, first, x, start, sums),
+                        ($g, $r, $p, false, false) => tile::<$g, $r, $p, true, false>(w, first, x, start, sums),
                     )*
                     _ => unreachable!("Groups::multiply asks for no other shape"),
                 }
             };
         }
         shapes!(
-            (2, 1),
-            (2, 2),
-            (1, 1),
-            (1, 2),
-            (1, 3),
-            (1, 4),
-            (1, 5),
-            (1, 6)
+            (2, 1, 1),
+            (2, 2, 1),
+            (1, 1, 1),
+            (1, 2, 1),
+            (1, 3, 1),
+            (1, 4, 1),
+            (1, 5, 1),
+            (1, 6, 1),
+            (2, 2, 2),
+            (1, 2, 2),
+            (1, 4, 2),
+            (1, 6, 2)
         )
     }
 
-    /// `G` groups from `first` against `R` activation rows from `start`.
+    /// `G` groups from `first` against `R` rows of bytes from `start` (`R / P`
+    /// rows of activations, each `P` parts).
     ///
     /// `SMALL_WEIGHTS`: the stored weights less 64 are the unsigned operand (0 to
     /// 128), and each block's sum starts at −64 × its activation bytes' sum, half
@@ -867,6 +933,7 @@ mod avx2 {
     unsafe fn tile<
         const G: usize,
         const R: usize,
+        const P: usize,
         const OFFSETS: bool,
         const SMALL_WEIGHTS: bool,
     >(
@@ -938,13 +1005,21 @@ mod avx2 {
                         true => _mm256_loadu_ps(w.offsets.as_ptr().add(lane)),
                         false => _mm256_setzero_ps(),
                     };
-                    for (i, (f, acc)) in f.iter_mut().zip(&acc).enumerate() {
-                        let block = (start + i) * blocks + b;
+                    for (k, f) in f.iter_mut().take(R / P).enumerate() {
+                        // A row's parts in one integer sum, as in `vnni`.
+                        let i = k * P;
+                        let mut sum = acc[i][g][half];
+                        for part in &acc[i + 1..i + P] {
+                            let shifted = _mm256_slli_epi32::<{ RESIDUAL_BITS as i32 }>(sum);
+                            sum = _mm256_add_epi32(shifted, part[g][half]);
+                        }
+                        let block = (start + i + P - 1) * blocks + b;
                         let scale = _mm256_set1_ps(*x.scales.get_unchecked(block));
                         let scale = _mm256_mul_ps(scales, scale);
-                        let sum = _mm256_cvtepi32_ps(acc[g][half]);
+                        let sum = _mm256_cvtepi32_ps(sum);
                         f[g][half] = _mm256_fmadd_ps(sum, scale, f[g][half]);
                         if OFFSETS {
+                            let block = (start + i) * blocks + b;
                             let sum = _mm256_set1_ps(*x.offset_sums.get_unchecked(block));
                             f[g][half] = _mm256_fmadd_ps(offsets, sum, f[g][half]);
                         }
@@ -952,7 +1027,7 @@ mod avx2 {
                 }
             }
         }
-        for (i, f) in f.iter().enumerate() {
+        for (i, f) in f.iter().take(R / P).enumerate() {
             for (g, f) in f.iter().enumerate() {
                 for (half, f) in f.iter().enumerate() {
                     _mm256_storeu_ps(sums[g][i][half * HALF..].as_mut_ptr(), *f);
