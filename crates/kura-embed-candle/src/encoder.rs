@@ -61,7 +61,7 @@ impl Weight {
     /// unit that multiplies it faster than f32 (unless `KURA_BF16=0`) and the shape
     /// fills whole tiles; otherwise kept in f32.
     fn for_this_cpu(weight: Vec<f32>, inputs: usize, outputs: usize) -> Self {
-        let narrow = bf16_unit().and_then(|_| Bf16Weights::new(&weight, inputs, outputs));
+        let narrow = bf16::unit().and_then(|_| Bf16Weights::new(&weight, inputs, outputs));
         match narrow {
             Some(narrow) => Weight::Bf16(narrow),
             None => Weight::F32(weight),
@@ -69,16 +69,9 @@ impl Weight {
     }
 }
 
-/// The unit that runs the linear layers' bfloat16 products here, unless
-/// `KURA_BF16=0` keeps them in f32.
-fn bf16_unit() -> Option<bf16::Unit> {
-    let wanted = std::env::var("KURA_BF16").map_or(true, |v| v != "0");
-    bf16::unit().filter(|_| wanted)
-}
-
 /// How the linear layers are multiplied on this CPU, in words.
 pub(crate) fn describe_products() -> &'static str {
-    match bf16_unit() {
+    match bf16::unit() {
         Some(bf16::Unit::Tiles) => "bfloat16 on AMX tiles",
         Some(bf16::Unit::Pairs) => "bfloat16 on AVX-512 BF16",
         None => "f32 (gemm)",

@@ -36,10 +36,14 @@ pub enum Unit {
 /// AMD's cores. Intel's cores without AMX are left out: there `vdpbf16ps` issues at
 /// half the multiply-adds of f32 FMAs (measured on the Xeon), where Zen 5 ran it at
 /// 1.9 times (232 against 125 G multiply-adds a second on one core, in a loop
-/// of independent sums) and Zen 4 at 2 times (116 against 58).
+/// of independent sums) and Zen 4 at 2 times (116 against 58). `KURA_BF16=0`
+/// says none, to compare with f32 (`KURA_AMX=0` leaves out AMX alone).
 pub fn unit() -> Option<Unit> {
     static UNIT: std::sync::OnceLock<Option<Unit>> = std::sync::OnceLock::new();
     *UNIT.get_or_init(|| {
+        if std::env::var("KURA_BF16").is_ok_and(|v| v == "0") {
+            return None;
+        }
         if amx::available() {
             return Some(Unit::Tiles);
         }
