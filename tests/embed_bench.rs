@@ -191,15 +191,34 @@ fn bench_quick_measures_every_figure_and_writes_json() {
 fn bench_falls_back_to_synthetic_texts_without_the_data_set() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
-    succeed(
-        kura("bench")
-            .args(["--quick", "--llm", "smollm2-135m-instruct", "--data"])
+    // More conversations asked for than the eight synthetic ones (none of them ~500
+    // tokens long): the figure is over the eight, and a warning (not `--quiet`) says so.
+    let output = succeed(
+        support::kura()
+            .args([
+                "bench",
+                "--quick",
+                "--llm",
+                "smollm2-135m-instruct",
+                "--data",
+            ])
             .arg(dir.path().join("absent"))
-            .arg("--out")
+            .args(["--conversations", "12", "--out"])
             .arg(&out),
     );
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(report["data"].as_str().unwrap().starts_with("synthetic"));
     let figures = report["figures"].as_array().unwrap();
     assert!(figures.iter().all(|f| f["value"].as_f64().unwrap() > 0.0));
+    let summaries = figures.iter().find(|f| f["key"] == "summaries").unwrap();
+    assert_eq!(
+        summaries["name"],
+        "summariser, 8 conversations (none of ~500 tokens)"
+    );
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("warning: the data holds 8 conversations (none of ~500 tokens)")
+            && said.contains("not on the 12 asked for"),
+        "{said}"
+    );
 }

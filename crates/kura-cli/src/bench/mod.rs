@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
+use kura_core::pipeline::Progress;
 use kura_core::{Embedder, Summarizer};
 use kura_llm::{LocalLlm, Timing};
 use serde::Serialize;
@@ -171,6 +172,7 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
             &llm,
             &texts,
             sizes.conversations,
+            reporter,
         )?);
         memory.extend(peak(&config.llm));
     }
@@ -319,13 +321,16 @@ fn best_of(repeats: usize, mut measure: impl FnMut() -> Result<f64>) -> Result<f
 }
 
 /// Conversations per second through the whole summariser (prompt, template-forced
-/// facets, validation), on conversations of about 500 tokens; the shared instruction
-/// prefix is read once, as in a real run.
+/// facets, validation), on `count` conversations of about 500 tokens; the shared
+/// instruction prefix is read once, as in a real run. Where the data holds fewer,
+/// the figure is over those, and says so; where it holds none of that length, over
+/// the first `count` of any length.
 fn summarizer_figure(
     summarizer: &dyn Summarizer,
     llm: &LocalLlm,
     texts: &data::Texts,
     count: usize,
+    reporter: &Reporter,
 ) -> Result<Figure> {
     let mut chosen = Vec::new();
     for conversation in &texts.conversations {
@@ -341,8 +346,19 @@ fn summarizer_figure(
             break;
         }
     }
-    if chosen.is_empty() {
+    let sized = !chosen.is_empty();
+    if !sized {
         chosen.extend(texts.conversations.iter().take(count).cloned());
+    }
+    let described = match sized {
+        true => format!("{} conversations of ~500 tokens", chosen.len()),
+        false => format!("{} conversations (none of ~500 tokens)", chosen.len()),
+    };
+    if chosen.len() < count {
+        reporter.warn(&format!(
+            "the data holds {described}: the summariser is measured on those, not on the \
+             {count} asked for"
+        ));
     }
     let start = Instant::now();
     let results = summarizer.summarize(&chosen);
@@ -352,7 +368,7 @@ fn summarizer_figure(
     }
     Ok(Figure {
         key: "summaries",
-        name: format!("summariser, {} conversations of ~500 tokens", chosen.len()),
+        name: format!("summariser, {described}"),
         unit: "conversations/s",
         value: chosen.len() as f64 / seconds.max(1e-9),
         reference: Some(Reference {
