@@ -464,38 +464,29 @@ struct KindFigures {
     llama_decode: &'static str,
 }
 
-/// The sources of llama.cpp's figures where the script measured them.
-const MEASURED_PREFILL: &str = "llama.cpp, same GGUF, 2 threads";
-const MEASURED_DECODE: &str = "llama.cpp batch 1, same GGUF, 2 threads";
+impl KindFigures {
+    /// Figures that the script measured, llama.cpp's included.
+    const fn measured(embed: (f64, f64), qwen: (f64, f64), smollm2: (f64, f64)) -> Self {
+        KindFigures {
+            embed,
+            qwen,
+            smollm2,
+            llama_prefill: "llama.cpp, same GGUF, 2 threads",
+            llama_decode: "llama.cpp batch 1, same GGUF, 2 threads",
+        }
+    }
+}
 
 /// AMD EPYC (Zen 3): every figure measured by the script.
-const ZEN3: KindFigures = KindFigures {
-    embed: (257.0, 20.8),
-    qwen: (136.0, 41.4),
-    smollm2: (265.0, 115.0),
-    llama_prefill: MEASURED_PREFILL,
-    llama_decode: MEASURED_DECODE,
-};
+const ZEN3: KindFigures = KindFigures::measured((257.0, 20.8), (136.0, 41.4), (265.0, 115.0));
 
 /// AMD EPYC (Zen 4): every figure measured by the script (December 2026, load
 /// average 1.7 while it ran).
-const ZEN4: KindFigures = KindFigures {
-    embed: (324.1, 22.3),
-    qwen: (213.9, 42.1),
-    smollm2: (311.1, 121.2),
-    llama_prefill: MEASURED_PREFILL,
-    llama_decode: MEASURED_DECODE,
-};
+const ZEN4: KindFigures = KindFigures::measured((324.1, 22.3), (213.9, 42.1), (311.1, 121.2));
 
 /// AMD EPYC (Zen 5): every figure measured by the script (December 2026, load
 /// average 1.7 to 2.0 while it ran).
-const ZEN5: KindFigures = KindFigures {
-    embed: (302.9, 25.1),
-    qwen: (301.8, 51.1),
-    smollm2: (429.3, 134.6),
-    llama_prefill: MEASURED_PREFILL,
-    llama_decode: MEASURED_DECODE,
-};
+const ZEN5: KindFigures = KindFigures::measured((302.9, 25.1), (301.8, 51.1), (429.3, 134.6));
 
 /// Intel Xeon: sentence-transformers measured by the script. llama.cpp built for that
 /// CPU dies there on its first AMX instruction (it never asks Linux for the tile
