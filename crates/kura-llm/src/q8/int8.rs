@@ -490,7 +490,7 @@ impl Groups<'_> {
         let m = x.rows;
         let kernel = self.kernel;
         let (wide, tile_rows) = kernel.map_or((1, x.parts), |k| k.tile_shape(m));
-        // A row's parts share a tile, so that their sums are added here.
+        // A row's parts share a tile, which combines their sums (see `Rounding::Twice`).
         debug_assert!(tile_rows.is_multiple_of(x.parts));
         let per_block = rows_in_cache(x.blocks * BLOCK, tile_rows);
         // Zeroed once: each tile writes every sum that is read after it.
