@@ -600,7 +600,7 @@ impl Lookahead {
             unsafe { _mm_prefetch::<_MM_HINT_T1>(address) };
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (w, blocks, b);
+        let _ = (self.first, &self.lines, w, blocks, b);
     }
 }
 
