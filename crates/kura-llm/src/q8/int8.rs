@@ -341,7 +341,8 @@ pub(super) struct Groups<'a> {
     pub(super) scales: &'a [f32],
     /// Empty when every offset is zero.
     pub(super) offsets: &'a [f32],
-    /// Whether every weight is within ±[`SMALL`].
+    /// Whether every weight is within ±[`SMALL`] (read by the AVX2 kernel).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) small: bool,
     /// The kernel that multiplies it: [`Kernel::detect`]'s, but for tests.
     pub(super) kernel: Option<Kernel>,
