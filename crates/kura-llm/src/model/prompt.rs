@@ -194,6 +194,12 @@ mod tests {
     /// 0.000001 and up to 0.000016.
     const TWICE_KL: f64 = 0.0001;
 
+    /// The most KL divergence from the exact products that activations rounded
+    /// once with their outliers apart may give: measured on Zen 4 over the prompt
+    /// below, SmolLM2 up to 0.0007 and Qwen up to 0.0003 (rounded once: 0.004 and
+    /// 0.0008), so SmolLM2 rounded once would fail it.
+    const OUTLIERS_KL: f64 = 0.002;
+
     /// A prompt read on host buffers, with the weights widened from their compact
     /// forms, against candle's tensor path over the f32 weights, on both real models
     /// (SmolLM2: Q4_1 and Q8_0; Qwen: Q5_0, Q8_0, Q4_K and Q6_K), after a cache of
@@ -255,7 +261,11 @@ mod tests {
             even though the flat was spotless and I have photos. The lease says he must return \
             it within thirty days. What can I do, and should I write him a letter first?<|im_end|>\n\
             <|im_start|>assistant\nYou have a good case. Start with a short, polite letter";
-        let roundings = [(Rounding::Once, 0.02), (Rounding::Twice, TWICE_KL)];
+        let roundings = [
+            (Rounding::Once, 0.02),
+            (Rounding::Twice, TWICE_KL),
+            (Rounding::Outliers, OUTLIERS_KL),
+        ];
         let models = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"];
         for (name, (rounding, most)) in models
             .into_iter()
