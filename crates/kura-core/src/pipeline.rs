@@ -416,16 +416,17 @@ impl Run {
         let mut names = LevelNames::default();
         for members in &groups {
             let centroid = normalized_mean(&embeddings, members);
+            let central = nearest_rows(
+                &embeddings,
+                &centroid,
+                |i| !members.contains(&i),
+                NAMING_MEMBERS,
+            );
             let request = NamingRequest {
-                members: nearest_rows(
-                    &embeddings,
-                    &centroid,
-                    |i| !members.contains(&i),
-                    NAMING_MEMBERS,
-                )
-                .into_iter()
-                .map(|i| summaries[i].summary.clone())
-                .collect(),
+                members: central
+                    .iter()
+                    .map(|&i| summaries[i].summary.clone())
+                    .collect(),
                 contrast: nearest_rows(
                     &embeddings,
                     &centroid,
@@ -438,9 +439,10 @@ impl Run {
                 is_parent: false,
                 taken: names.given().to_vec(),
             };
+            let central = central.first().map(|&i| &summaries[i]);
             let mut name = namer
                 .name(&request)
-                .unwrap_or_else(|e| name_from_central_member(&request, &e));
+                .unwrap_or_else(|e| name_from_central_member(central, &e));
             name.name = names.give(&name.name);
             let chat_ids: Vec<String> = members
                 .iter()
@@ -746,25 +748,59 @@ impl Run {
 
 /// A namer that fails (a small model that keeps writing an invalid name) must not
 /// lose the run's summaries and embeddings: the cluster is named after its most
-/// central summary instead, and the reason is logged so the user can rerun
+/// central member instead, and the reason is logged so the user can rerun
 /// `kura stage clusters` with a stronger model. Names are not journaled on
 /// failure, so that rerun asks again.
-fn name_from_central_member(request: &NamingRequest, error: &BoxError) -> ClusterName {
-    tracing::warn!("naming a cluster failed ({error}); using its most central summary");
-    let central = request.members.first().map(String::as_str).unwrap_or("");
-    let words: Vec<&str> = central.split_whitespace().collect();
+///
+/// The name is the member's request where its summary has one, as an imperative
+/// like the namer's ("Explain the difference between…" from "The user's overall
+/// request for the assistant is to explain the difference between…"), and its
+/// summary otherwise: a summary reads as a report ("The user asked for…"), not as
+/// the name of a group.
+fn name_from_central_member(
+    central: Option<&ConversationSummary>,
+    error: &BoxError,
+) -> ClusterName {
+    tracing::warn!("naming a cluster failed ({error}); using its most central member");
+    let summary = central.map_or("", |c| c.summary.as_str());
+    let request = central
+        .and_then(|c| c.request.as_deref())
+        .map(as_imperative)
+        .filter(|r| !r.is_empty());
+    let named_after = request.as_deref().unwrap_or(summary);
+    let words: Vec<&str> = named_after.split_whitespace().collect();
     let name = match words.len() {
         0 => "Unnamed conversations".to_string(),
-        n if n <= NAME_FALLBACK_WORDS => central.trim_end_matches('.').to_string(),
+        n if n <= NAME_FALLBACK_WORDS => named_after.trim_end_matches('.').to_string(),
         _ => format!("{}…", words[..NAME_FALLBACK_WORDS].join(" ")),
     };
     ClusterName {
         name,
         description: format!(
-            "Named after its most central summary because the namer failed: {}",
-            truncate_chars(central, 400)
+            "Named after its most central member because the namer failed: {}",
+            truncate_chars(summary, 400)
         ),
     }
+}
+
+/// How the request facet opens by convention (Kura's wording, which Clio's
+/// prompts share): the words before what the user asked for.
+const REQUEST_OPENING: &str = "the user's overall request for the assistant is to";
+
+/// A request facet as an imperative: without [`REQUEST_OPENING`], its first
+/// letter capitalised.
+fn as_imperative(request: &str) -> String {
+    let request = request.trim();
+    let rest = match request.get(..REQUEST_OPENING.len()) {
+        Some(opening) if opening.eq_ignore_ascii_case(REQUEST_OPENING) => {
+            request[REQUEST_OPENING.len()..].trim_start()
+        }
+        _ => request,
+    };
+    let mut chars = rest.chars();
+    chars
+        .next()
+        .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
 }
 
 const NAME_FALLBACK_WORDS: usize = 10;

@@ -566,6 +566,61 @@ fn a_failing_namer_names_clusters_after_a_central_summary_instead_of_failing_the
     }
 }
 
+/// The scripted summaries with the request facet in its conventional wording.
+struct RequestSummarizer(ScriptedSummarizer);
+
+impl Summarizer for RequestSummarizer {
+    fn id(&self) -> String {
+        format!("{}-with-requests", self.0.id())
+    }
+    fn summarize(
+        &self,
+        conversations: &[Conversation],
+    ) -> Vec<Result<ConversationSummary, BoxError>> {
+        let summaries = self.0.summarize(conversations);
+        summaries
+            .into_iter()
+            .zip(conversations)
+            .map(|(summary, c)| {
+                let mut summary = summary?;
+                summary.request = Some(format!(
+                    "The user's overall request for the assistant is to answer a {}.",
+                    c.messages[0].content
+                ));
+                Ok(summary)
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_failing_namer_names_clusters_after_a_central_request_as_an_imperative() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    run.set_conversations(&[], &corpus(9), &[]).unwrap();
+    run.summarize(&RequestSummarizer(ScriptedSummarizer::new("v1")))
+        .unwrap();
+    run.embed(&TopicEmbedder).unwrap();
+    run.cluster(&ArgmaxClusterer { param: 1 }, &FailingNamer, Outliers::Keep)
+        .unwrap();
+
+    let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
+    assert_eq!(base.len(), 3);
+    for cluster in &base {
+        assert!(
+            cluster.name.starts_with("Answer a question ") && !cluster.name.ends_with('.'),
+            "{:?}",
+            cluster.name
+        );
+        assert!(
+            TOPICS.iter().any(|t| cluster.name.ends_with(t)),
+            "{:?}",
+            cluster.name
+        );
+        assert!(cluster.description.contains("namer failed"));
+    }
+}
+
 /// A namer that gives every cluster one name, and records the names it was told
 /// were taken.
 struct OneNameNamer {
