@@ -65,8 +65,7 @@ pub(crate) fn int8_supported() -> bool {
 /// change showed: with int8 products it named a test cluster "Fix-Fix-Fix…" three
 /// times over and called an English conversation Czech, tasks it does right in
 /// f32. Narrow models have theirs rounded with their outliers kept exact (see
-/// [`Rounding::Outliers`]) where the CPU has VNNI, and are multiplied in f32
-/// elsewhere.
+/// [`Rounding::Outliers`]).
 pub(crate) const INT8_MIN_WIDTH: usize = 768;
 
 /// How a matrix's bytes are laid out, which picks the kernel that multiplies it.
@@ -84,25 +83,27 @@ pub(crate) enum Layout {
 impl Layout {
     /// The layout for a model `width` wide on this CPU: int8 where the CPU runs
     /// its kernel (AVX-512 VNNI or AVX2), its activations rounded once where the
-    /// model is wide enough (see [`INT8_MIN_WIDTH`]), and for narrower models where
-    /// the CPU has VNNI rounded once with their outliers kept exact; else panels.
-    /// Those outliers cost SmolLM2's prompts about a third more than rounding once,
-    /// where rounding twice cost twice (see [`Rounding::Outliers`]); AVX2's integer
-    /// products (Zen 3) ran at 1.6 times f32 FMAs, too near that price to be taken
-    /// unmeasured. `KURA_INT8` overrides: `0` panels, `1` int8 rounded once, `2`
-    /// twice, `3` once with outliers exact.
+    /// model is wide enough (see [`INT8_MIN_WIDTH`]) and, for narrower models,
+    /// rounded once with their outliers kept exact; else panels. The outliers cost
+    /// SmolLM2 about a third of the tile's time, where rounding twice doubled it
+    /// (see [`Rounding::Outliers`]). Twice, AVX2's integer products (1.6 times the
+    /// multiply-adds of f32 FMAs on Zen 3) fell below f32 panels, so narrow models
+    /// multiplied in panels there; with the outliers apart, the AVX2 kernels (forced
+    /// on a Zen 4, whose AVX2 units are Zen 3's width) ran SmolLM2's summariser at
+    /// 0.70–0.74 conversations a second against 0.62 in panels, and its steps 28%
+    /// faster. `KURA_INT8` overrides: `0` panels, `1` int8 rounded once, `2` twice,
+    /// `3` once with outliers exact.
     pub(crate) fn for_model(width: usize) -> Self {
-        let Some(kernel) = int8::Kernel::detect() else {
+        if int8::Kernel::detect().is_none() {
             return Layout::Panels;
-        };
+        }
         match std::env::var("KURA_INT8").as_deref() {
             Ok("0") => Layout::Panels,
             Ok("1") => Layout::Int8(Rounding::Once),
             Ok("2") => Layout::Int8(Rounding::Twice),
             Ok("3") => Layout::Int8(Rounding::Outliers),
             _ if width >= INT8_MIN_WIDTH => Layout::Int8(Rounding::Once),
-            _ if kernel == int8::Kernel::Vnni => Layout::Int8(Rounding::Outliers),
-            _ => Layout::Panels,
+            _ => Layout::Int8(Rounding::Outliers),
         }
     }
 
@@ -1312,8 +1313,8 @@ mod tests {
                 None => Layout::Panels,
             };
             let narrow = match kernel {
-                Some(int8::Kernel::Vnni) => Layout::Int8(Rounding::Outliers),
-                _ => Layout::Panels,
+                Some(_) => Layout::Int8(Rounding::Outliers),
+                None => Layout::Panels,
             };
             assert_eq!(Layout::for_model(INT8_MIN_WIDTH), wide);
             assert_eq!(Layout::for_model(INT8_MIN_WIDTH - 1), narrow);
