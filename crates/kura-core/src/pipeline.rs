@@ -21,7 +21,7 @@ use crate::loaders::conversation_fingerprint;
 use crate::matrix::Matrix;
 use crate::privacy::{redact_summary, REDACTION_VERSION};
 use crate::store::{self, fingerprint, Journal};
-use crate::text::{slugify, truncate_chars, LevelNames};
+use crate::text::{capitalized, slugify, truncate_chars, LevelNames};
 use crate::traits::{
     ChoiceRequest, ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest,
     ProposalRequest, Reducer, Summarizer,
@@ -29,7 +29,7 @@ use crate::traits::{
 use crate::tree::Tree;
 use crate::types::{
     Cluster, Conversation, ConversationPoint, ConversationSummary, Outliers, ProjectedCluster,
-    SkippedRecord,
+    SkippedRecord, REQUEST_OPENING,
 };
 use crate::vector::{dot, nearest_rows, normalized_mean};
 
@@ -783,12 +783,8 @@ fn name_from_central_member(
     }
 }
 
-/// How the request facet opens by convention (Kura's wording, which Clio's
-/// prompts share): the words before what the user asked for.
-const REQUEST_OPENING: &str = "the user's overall request for the assistant is to";
-
-/// A request facet as an imperative: without [`REQUEST_OPENING`], its first
-/// letter capitalised.
+/// A request facet as an imperative: without [`REQUEST_OPENING`] (in any case),
+/// its first letter capitalised.
 fn as_imperative(request: &str) -> String {
     let request = request.trim();
     let rest = match request.get(..REQUEST_OPENING.len()) {
@@ -797,10 +793,7 @@ fn as_imperative(request: &str) -> String {
         }
         _ => request,
     };
-    let mut chars = rest.chars();
-    chars
-        .next()
-        .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+    capitalized(rest)
 }
 
 const NAME_FALLBACK_WORDS: usize = 10;

@@ -44,6 +44,14 @@ pub fn truncate_chars(text: &str, max_chars: usize) -> String {
     }
 }
 
+/// `text` with its first character in upper case ("german" → "German").
+pub fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+}
+
 /// The first `count` characters of `text` (all of it when shorter).
 pub fn first_chars(text: &str, count: usize) -> &str {
     match text.char_indices().nth(count) {

@@ -42,6 +42,11 @@ pub struct Conversation {
     pub metadata: Metadata,
 }
 
+/// How the `request` facet opens by convention (Kura's wording): the words before
+/// what the user asked for. A summariser writes it; the pipeline strips it to name a
+/// cluster after a request when its namer fails.
+pub const REQUEST_OPENING: &str = "The user's overall request for the assistant is to";
+
 /// Clio's facets of one conversation (Kura's `ConversationSummary`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationSummary {

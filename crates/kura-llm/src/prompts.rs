@@ -24,7 +24,7 @@ pub(crate) const SUMMARY_REQUEST: &str = "Describe this conversation as JSON.";
 /// Written by us at the start of each value, so the model continues a sentence of the
 /// right kind (Kura's wording for request and task).
 pub(crate) const SUMMARY_PREFIX: &str = "The user";
-pub(crate) const REQUEST_PREFIX: &str = "The user's overall request for the assistant is to";
+pub(crate) const REQUEST_PREFIX: &str = kura_core::types::REQUEST_OPENING;
 pub(crate) const TASK_PREFIX: &str = "The task is to";
 /// Opens the answer with a safety judgement; the model's odds between the two
 /// options that end it become the concerning score (see `summarizer`). Measured with

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
+use kura_core::text::capitalized;
 use kura_core::{BoxError, Conversation, ConversationSummary, Role, Summarizer};
 
 use crate::batch::{Leaving, StepBatcher};
@@ -219,15 +220,7 @@ fn fill_facets(
 /// Languages as the instructions ask for them: capitalised English names separated
 /// by commas ("German, English").
 fn as_written(languages: &[String]) -> String {
-    let capitalised: Vec<String> = languages
-        .iter()
-        .map(|l| {
-            let mut chars = l.chars();
-            chars
-                .next()
-                .map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
-        })
-        .collect();
+    let capitalised: Vec<String> = languages.iter().map(|l| capitalized(l)).collect();
     capitalised.join(", ")
 }
 
