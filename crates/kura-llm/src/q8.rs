@@ -967,7 +967,6 @@ mod tests {
     #[test]
     fn products_match_the_dequantised_weights_in_f64() {
         use candle_core::quantized::GgmlDType;
-
         let (rows, cols) = (85, 96);
         for layout in LAYOUTS {
             let symmetric =

@@ -359,37 +359,65 @@ fn round_parts(
     round: RoundBlock,
     rounding: Rounding,
     aside: impl FnMut(usize, f32),
+    write: impl FnMut(usize, RoundedPart<'_>),
+) {
+    match rounding {
+        Rounding::Once => round_once_or_twice(xs, round, false, write),
+        Rounding::Twice => round_once_or_twice(xs, round, true, write),
+        Rounding::Outliers => {
+            let mut kept = [0f32; BLOCK];
+            let xs = match set_outliers_aside(xs, &mut kept, aside) {
+                true => &kept[..],
+                false => xs,
+            };
+            round_once_or_twice(xs, round, false, write);
+        }
+    }
+}
+
+/// [`round_parts`] of a block with nothing set aside: the second part's bytes
+/// computed (and their room cleared) only where rounded twice, on the path every
+/// product's activations take.
+fn round_once_or_twice(
+    xs: &[f32],
+    round: RoundBlock,
+    twice: bool,
     mut write: impl FnMut(usize, RoundedPart<'_>),
 ) {
-    let mut kept = [0f32; BLOCK];
-    let xs = match rounding {
-        Rounding::Outliers if set_outliers_aside(xs, &mut kept, aside) => &kept[..],
-        _ => xs,
-    };
     let mut bytes = [0i8; BLOCK];
     let (scale, total) = round(xs, &mut bytes);
-    let mut left = [0i8; BLOCK];
-    let (left_scale, left_total) = match rounding {
-        Rounding::Once | Rounding::Outliers => (0.0, 0),
-        Rounding::Twice => round_residual(xs, &bytes, scale, &mut left),
-    };
-    let offset_sum = scale * total as f32 + left_scale * left_total as f32;
-    let first = RoundedPart {
-        bytes: &bytes,
-        scale,
-        total,
-        offset_sum,
-    };
-    write(0, first);
-    if rounding == Rounding::Twice {
-        let second = RoundedPart {
-            bytes: &left,
-            scale: left_scale,
-            total: left_total,
-            offset_sum: 0.0,
-        };
-        write(1, second);
+    if !twice {
+        let offset_sum = scale * total as f32;
+        write(
+            0,
+            RoundedPart {
+                bytes: &bytes,
+                scale,
+                total,
+                offset_sum,
+            },
+        );
+        return;
     }
+    let mut left = [0i8; BLOCK];
+    let (left_scale, left_total) = round_residual(xs, &bytes, scale, &mut left);
+    let offset_sum = scale * total as f32 + left_scale * left_total as f32;
+    write(
+        0,
+        RoundedPart {
+            bytes: &bytes,
+            scale,
+            total,
+            offset_sum,
+        },
+    );
+    let second = RoundedPart {
+        bytes: &left,
+        scale: left_scale,
+        total: left_total,
+        offset_sum: 0.0,
+    };
+    write(1, second);
 }
 
 /// Copies `xs` into `kept` without the values past [`OUTLIER_RMS`] times their
