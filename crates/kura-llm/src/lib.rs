@@ -1,5 +1,6 @@
-//! Local LLM inference on Candle for GGUF chat models of the llama family (SmolLM2) and
-//! Qwen2 (Qwen2.5), and the LLM-backed [`LlmSummarizer`] and [`LlmClusterNamer`].
+//! Local LLM inference on Candle for GGUF chat models of the llama family (SmolLM2,
+//! Llama 3.x) and Qwen2 (Qwen2.5), and the LLM-backed [`LlmSummarizer`] and
+//! [`LlmClusterNamer`].
 //!
 //! Key decisions:
 //! - Our own compact transformer (`model`) instead of candle-transformers: the two

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use tokenizers::Tokenizer;
 
 use crate::batch::StepBatcher;
-use crate::chat::{ChatMessage, ChatMl};
+use crate::chat::{ChatMessage, ChatTemplate};
 use crate::error::LlmError;
 use crate::gguf::Metadata;
 use crate::logits::Logits;
@@ -42,7 +42,7 @@ impl Default for LlmOptions {
 pub struct LocalLlm {
     model: Model,
     tokenizer: Tokenizer,
-    chat: ChatMl,
+    chat: ChatTemplate,
     stop_tokens: Vec<u32>,
     options: LlmOptions,
     max_context: usize,
@@ -117,9 +117,7 @@ impl LocalLlm {
         let config = Config::from_metadata(&meta)?;
         let layout = layout.unwrap_or_else(|| Layout::for_model(config.heads * config.head_dim));
         let tokenizer = tokenizer::from_gguf(&meta)?;
-        require_chatml(&meta)?;
-        let chat = ChatMl::new(&tokenizer)
-            .ok_or_else(|| meta.error("the vocabulary has no <|im_start|>/<|im_end|> tokens"))?;
+        let chat = chat_template(&meta, &tokenizer)?;
         let stop_tokens = stop_tokens(&meta, &tokenizer, &chat)?;
         let max_context = options.max_context.min(config.context_length).max(1);
         let model = Model::load(
@@ -257,7 +255,7 @@ impl LocalLlm {
         &mut self.model
     }
 
-    pub(crate) fn chat(&self) -> &ChatMl {
+    pub(crate) fn chat(&self) -> &ChatTemplate {
         &self.chat
     }
 
@@ -323,30 +321,31 @@ impl LocalLlm {
     }
 }
 
-fn require_chatml(meta: &Metadata<'_>) -> Result<(), LlmError> {
-    if !meta.has("tokenizer.chat_template") {
-        return Ok(());
-    }
-    let template = meta.string("tokenizer.chat_template")?;
-    if template.contains("<|im_start|>") {
-        Ok(())
+fn chat_template(meta: &Metadata<'_>, tokenizer: &Tokenizer) -> Result<ChatTemplate, LlmError> {
+    let template = if meta.has("tokenizer.chat_template") {
+        Some(meta.string("tokenizer.chat_template")?)
     } else {
-        Err(meta.error(
-            "tokenizer.chat_template is not ChatML (<|im_start|>…<|im_end|>); only ChatML chat models are supported",
-        ))
-    }
+        None
+    };
+    ChatTemplate::detect(tokenizer, template).map_err(|e| meta.error(e))
 }
 
+/// The tokens that end an answer: the template's end of turn, the file's
+/// end-of-sequence token, and the other ends the model families know.
 fn stop_tokens(
     meta: &Metadata<'_>,
     tokenizer: &Tokenizer,
-    chat: &ChatMl,
+    chat: &ChatTemplate,
 ) -> Result<Vec<u32>, LlmError> {
-    let mut stops = vec![chat.im_end()];
+    let mut stops = vec![chat.end_of_turn()];
     if meta.has("tokenizer.ggml.eos_token_id") {
         stops.push(meta.u32("tokenizer.ggml.eos_token_id")?);
     }
-    stops.extend(tokenizer.token_to_id("<|endoftext|>"));
+    for end in ["<|endoftext|>", "<|end_of_text|>", "<|eom_id|>"] {
+        stops.extend(tokenizer.token_to_id(end));
+    }
+    stops.sort_unstable();
+    stops.dedup();
     Ok(stops)
 }
 
@@ -615,6 +614,10 @@ fn argmax(scores: &[f32]) -> Result<usize, LlmError> {
 
 #[cfg(test)]
 mod tests {
+    use candle_core::Device;
+
+    use super::{LlmOptions, LocalLlm};
+    use crate::chat::ChatMessage;
     use crate::model::smollm2;
 
     /// Every attempt starts from the prompt as it was, its cache cut back to the
@@ -671,5 +674,167 @@ mod tests {
         weighed.feed(&[42]).expect("step");
         plain.feed(&[42]).expect("step");
         assert_eq!(weighed.logits, plain.logits);
+    }
+
+    /// A GGUF shaped like Llama 3.2's, with made-up weights: its vocabulary and
+    /// Llama 3.1's template, one small layer, the output tied to the embeddings,
+    /// and `rope_factors` as `rope_freqs.weight`. The weights make `<|eot_id|>` the
+    /// most likely next token after any text: its embedding's first value is twice
+    /// every other token's, the output norm reads only that value, and the layer's
+    /// small products cannot change its sign.
+    fn write_llama3_gguf(path: &std::path::Path, rope_factors: &[f32]) {
+        use candle_core::quantized::gguf_file::{self, Value};
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+
+        let tokenizer = crate::tokenizer::reference::gguf_content(
+            &crate::tokenizer::reference::llama3_json(),
+            "llama-bpe",
+        );
+        let vocab = match &tokenizer.metadata["tokenizer.ggml.tokens"] {
+            Value::Array(tokens) => tokens.len(),
+            _ => unreachable!("written as an array"),
+        };
+        let eot: u32 = 128_009;
+        let (width, ffn, kv_width) = (64usize, 128usize, 32usize);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut small = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
+        };
+        let mut matrix =
+            |rows: usize, cols: usize| -> Vec<f32> { (0..rows * cols).map(|_| small()).collect() };
+        let q = |values: Vec<f32>, shape: (usize, usize), dtype| {
+            let t = Tensor::from_vec(values, shape, &Device::Cpu).unwrap();
+            QTensor::quantize(&t, dtype).unwrap()
+        };
+        let vector = |values: Vec<f32>| {
+            let n = values.len();
+            QTensor::quantize(
+                &Tensor::from_vec(values, n, &Device::Cpu).unwrap(),
+                GgmlDType::F32,
+            )
+            .unwrap()
+        };
+        let mut embedding = matrix(vocab, width);
+        for (token, row) in embedding.chunks_mut(width).enumerate() {
+            row[0] = if token == eot as usize { 20.0 } else { 10.0 };
+        }
+        let mut output_norm = vec![0.0; width];
+        output_norm[0] = 1.0;
+        let tensors = vec![
+            (
+                "token_embd.weight",
+                q(embedding, (vocab, width), GgmlDType::Q8_0),
+            ),
+            ("blk.0.attn_norm.weight", vector(vec![1.0; width])),
+            (
+                "blk.0.attn_q.weight",
+                q(matrix(width, width), (width, width), GgmlDType::Q8_0),
+            ),
+            (
+                "blk.0.attn_k.weight",
+                q(matrix(kv_width, width), (kv_width, width), GgmlDType::Q8_0),
+            ),
+            (
+                "blk.0.attn_v.weight",
+                q(matrix(kv_width, width), (kv_width, width), GgmlDType::Q8_0),
+            ),
+            (
+                "blk.0.attn_output.weight",
+                q(matrix(width, width), (width, width), GgmlDType::Q8_0),
+            ),
+            ("blk.0.ffn_norm.weight", vector(vec![1.0; width])),
+            (
+                "blk.0.ffn_gate.weight",
+                q(matrix(ffn, width), (ffn, width), GgmlDType::Q8_0),
+            ),
+            (
+                "blk.0.ffn_up.weight",
+                q(matrix(ffn, width), (ffn, width), GgmlDType::Q8_0),
+            ),
+            (
+                "blk.0.ffn_down.weight",
+                q(matrix(width, ffn), (width, ffn), GgmlDType::Q8_0),
+            ),
+            ("output_norm.weight", vector(output_norm)),
+            ("rope_freqs.weight", vector(rope_factors.to_vec())),
+        ];
+        let template = "{{- bos_token }}{{- \"Cutting Knowledge Date: December 2023\\n\" }}\
+            {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}";
+        let mut metadata: Vec<(String, Value)> = tokenizer.metadata.into_iter().collect();
+        metadata.extend([
+            (
+                "general.architecture".to_string(),
+                Value::String("llama".into()),
+            ),
+            ("llama.block_count".to_string(), Value::U32(1)),
+            ("llama.context_length".to_string(), Value::U32(131_072)),
+            (
+                "llama.embedding_length".to_string(),
+                Value::U32(width as u32),
+            ),
+            (
+                "llama.feed_forward_length".to_string(),
+                Value::U32(ffn as u32),
+            ),
+            ("llama.attention.head_count".to_string(), Value::U32(4)),
+            ("llama.attention.head_count_kv".to_string(), Value::U32(2)),
+            (
+                "llama.attention.layer_norm_rms_epsilon".to_string(),
+                Value::F32(1e-5),
+            ),
+            ("llama.rope.freq_base".to_string(), Value::F32(500_000.0)),
+            (
+                "tokenizer.ggml.bos_token_id".to_string(),
+                Value::U32(128_000),
+            ),
+            ("tokenizer.ggml.eos_token_id".to_string(), Value::U32(eot)),
+            (
+                "tokenizer.chat_template".to_string(),
+                Value::String(template.into()),
+            ),
+        ]);
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+        let mut file = std::fs::File::create(path).unwrap();
+        gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+    }
+
+    /// A Llama 3 GGUF loads as one: its tokenizer from the metadata, Llama 3.1's
+    /// template read from it, the output tied to the embeddings, the RoPE factors
+    /// read; its answers stop at `<|eot_id|>`, the token these weights favour.
+    #[test]
+    fn a_llama3_gguf_loads_with_its_template_and_stops_at_eot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("llama3.gguf");
+        write_llama3_gguf(&path, &[1.0, 1.0, 2.0, 8.0, 32.0, 32.0, 32.0, 32.0]);
+        let llm = LocalLlm::load(&path, &Device::Cpu, LlmOptions::default()).expect("loads");
+        let (eot, end_of_text) = (128_009, 128_001);
+        assert!(llm.is_stop(eot) && llm.is_stop(end_of_text));
+        assert!(!llm.is_stop(llm.tokenizer().token_to_id("Hello").unwrap()));
+
+        let messages = [ChatMessage::system("Be brief."), ChatMessage::user("Hello")];
+        let prompt = llm.chat().prompt(&messages).unwrap();
+        assert_eq!(prompt[0], 128_000, "<|begin_of_text|> first");
+        let text = llm.decode(&prompt).unwrap();
+        assert!(text.contains("Cutting Knowledge Date"), "{text}");
+        let mut session = llm.session(0.0, 0);
+        session.feed(&prompt).unwrap();
+        assert_eq!(session.sample().unwrap(), eot);
+        assert_eq!(llm.generate(&messages, 8).unwrap(), "");
+
+        // RoPE factors for the wrong head size are refused by name.
+        write_llama3_gguf(&path, &[1.0; 5]);
+        let error = LocalLlm::load(&path, &Device::Cpu, LlmOptions::default())
+            .err()
+            .expect("5 factors for 8 pairs");
+        let message = error.to_string();
+        assert!(
+            message.contains("rope_freqs.weight") && message.contains("llama3.gguf"),
+            "{message}"
+        );
     }
 }

@@ -346,6 +346,24 @@ impl Loader<'_> {
         }
     }
 
+    /// Llama 3.1's and later's `rope_freqs.weight`: per pair of dimensions, how many
+    /// times slower it turns than plain RoPE (its long-context scaling, which the
+    /// converter writes as this tensor rather than as settings). `None` when absent.
+    fn rope_factors(&mut self, pairs: usize) -> Result<Option<Vec<f32>>, LlmError> {
+        const NAME: &str = "rope_freqs.weight";
+        let Some(factors) = self.optional_dense(NAME)? else {
+            return Ok(None);
+        };
+        let factors = factors.flatten_all()?.to_vec1::<f32>()?;
+        if factors.len() != pairs || factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+            return Err(self.meta.error(format!(
+                "`{NAME}` must hold {pairs} positive factors (one per pair of a head's dimensions), not {} values",
+                factors.len()
+            )));
+        }
+        Ok(Some(factors))
+    }
+
     fn linear(&mut self, name: &str) -> Result<Linear, LlmError> {
         let q = self.qtensor(&format!("{name}.weight"))?;
         let mut linear = self.linear_of(&q)?;
@@ -470,7 +488,8 @@ impl Model {
             true => loader.linear_of(&embedding_q)?,
             false => loader.linear("output")?,
         };
-        let (cos, sin) = rope_tables(&config, max_context, device)?;
+        let rope_factors = loader.rope_factors(config.head_dim / 2)?;
+        let (cos, sin) = rope_tables(&config, rope_factors.as_deref(), max_context, device)?;
         let host = host::HostWeights::new(&mut layers, &output_norm, &output, (&cos, &sin))?;
         let embedding = if host.is_some() && tensors == Tensors::Needed {
             // The host multiplies the output by its 8-bit copy only; its Q6_K blocks
@@ -888,17 +907,23 @@ fn host_embedding(
     })
 }
 
+/// RoPE's cosines and sines by position and pair of dimensions: pair `i` turns by
+/// `theta^(-2i / head_dim)` a position, divided by `factors[i]` where given (as
+/// llama.cpp reads `rope_freqs.weight`).
 fn rope_tables(
     config: &Config,
+    factors: Option<&[f32]>,
     max_context: usize,
     device: &Device,
 ) -> Result<(Tensor, Tensor), LlmError> {
     let half = config.head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| {
-            1.0 / config
+            let factor = factors.map_or(1.0, |f| f[i]);
+            1.0 / (config
                 .rope_theta
                 .powf(2.0 * i as f32 / config.head_dim as f32)
+                * factor)
         })
         .collect();
     let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
@@ -1029,4 +1054,80 @@ fn repeat_kv(xs: Tensor, times: usize) -> candle_core::Result<Tensor> {
     xs.unsqueeze(2)?
         .expand((batch, heads, times, len, dim))?
         .reshape((batch, heads * times, len, dim))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Llama 3.1's and 3.2's long-context RoPE, two ways: as Hugging Face computes
+    /// its frequencies from the config, and through the `rope_freqs.weight` that
+    /// llama.cpp's converter writes from the same config. The tables built from the
+    /// tensor must turn each pair as Hugging Face's frequencies do.
+    #[test]
+    fn rope_factors_as_the_converter_writes_them_give_llama3s_frequencies() {
+        let config = Config {
+            architecture: Architecture::Llama,
+            layers: 1,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 64,
+            rms_eps: 1e-5,
+            rope_theta: 500_000.0,
+            context_length: 131_072,
+        };
+        // Llama 3.2's rope_scaling.
+        let (factor, low, high, old_context) = (32.0f64, 1.0f64, 4.0f64, 8192.0f64);
+        let (low_wavelen, high_wavelen) = (old_context / low, old_context / high);
+        let dim = config.head_dim as f64;
+        let plain: Vec<f64> = (0..config.head_dim / 2)
+            .map(|i| 1.0 / (config.rope_theta as f64).powf(2.0 * i as f64 / dim))
+            .collect();
+        let wavelength = |freq: f64| 2.0 * std::f64::consts::PI / freq;
+        let smooth = |freq: f64| (old_context / wavelength(freq) - low) / (high - low);
+        // convert_hf_to_gguf.py, LlamaModel: the factor each pair is slowed by.
+        let written: Vec<f32> = plain
+            .iter()
+            .map(|&freq| match wavelength(freq) {
+                w if w < high_wavelen => 1.0,
+                w if w > low_wavelen => factor as f32,
+                _ => (1.0 / ((1.0 - smooth(freq)) / factor + smooth(freq))) as f32,
+            })
+            .collect();
+        // transformers, _compute_llama3_parameters: the frequencies themselves.
+        let scaled: Vec<f64> = plain
+            .iter()
+            .map(|&freq| match wavelength(freq) {
+                w if w < high_wavelen => freq,
+                w if w > low_wavelen => freq / factor,
+                _ => (1.0 - smooth(freq)) * freq / factor + smooth(freq) * freq,
+            })
+            .collect();
+        assert!(written.contains(&1.0) && written.contains(&32.0));
+        assert!(
+            written.iter().any(|&f| f > 1.0 && f < 32.0),
+            "some pairs are smoothed"
+        );
+
+        let positions = 6000;
+        let (cos, sin) = rope_tables(&config, Some(&written), positions, &Device::Cpu).unwrap();
+        let (cos, sin) = (cos.to_vec2::<f32>().unwrap(), sin.to_vec2::<f32>().unwrap());
+        for position in [1usize, 97, 5999] {
+            for (pair, &freq) in scaled.iter().enumerate() {
+                let angle = position as f64 * freq;
+                let (c, s) = (cos[position][pair] as f64, sin[position][pair] as f64);
+                assert!(
+                    (c - angle.cos()).abs() < 2e-3 && (s - angle.sin()).abs() < 2e-3,
+                    "position {position}, pair {pair}: ({c}, {s}) against angle {angle}"
+                );
+            }
+        }
+        // Without the tensor the slowed pairs turn up to 32 times faster.
+        let (plain_cos, _) = rope_tables(&config, None, positions, &Device::Cpu).unwrap();
+        let plain_cos = plain_cos.to_vec2::<f32>().unwrap();
+        let apart = (0..config.head_dim / 2)
+            .map(|pair| (plain_cos[5999][pair] - cos[5999][pair]).abs())
+            .fold(0.0, f32::max);
+        assert!(apart > 0.5, "{apart}");
+    }
 }

@@ -25,7 +25,7 @@ impl SharedPrefix {
         }
     }
 
-    /// A session positioned right after `<|im_start|>user\n`.
+    /// A session positioned right after the opening of the user's turn.
     pub(crate) fn session<'a>(
         &self,
         llm: &'a LocalLlm,
@@ -44,7 +44,8 @@ impl SharedPrefix {
 
     fn compute(&self, llm: &LocalLlm) -> Result<(Cache, Option<Logits>), LlmError> {
         let chat = llm.chat();
-        let mut tokens = chat.message(&ChatMessage::system(self.system.clone()))?;
+        let mut tokens = chat.begin();
+        tokens.extend(chat.message(&ChatMessage::system(self.system.clone()))?);
         tokens.extend(chat.open(ChatRole::User)?);
         let mut session = llm.session(0.0, 0);
         session.feed(&tokens)?;

@@ -19,6 +19,6 @@ mod resolver;
 mod sources;
 
 pub use error::ModelError;
-pub use manifest::{find, manifest, FileSpec, ModelSpec};
+pub use manifest::{find, manifest, parse, FileSpec, ModelSpec};
 pub use progress::{DownloadProgress, LogProgress};
 pub use resolver::{ResolvedModel, Resolver};

@@ -29,7 +29,7 @@ pub struct FileSpec {
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     pub name: String,
-    /// "embedder" or "llm".
+    /// "embedder" or "llm" (or, in the tests' manifests, what a reference file is).
     pub kind: String,
     pub architecture: String,
     pub licence: String,
@@ -72,6 +72,13 @@ pub fn manifest() -> Result<&'static [ModelSpec], ModelError> {
         Ok(models) => Ok(models),
         Err(message) => Err(ModelError::Manifest(message.clone())),
     }
+}
+
+/// The models of a manifest other than the built-in one, checked as it is: files
+/// that tests compare against (a reference tokenizer) come through the same cache,
+/// sources and checksums as the models, without being offered to users.
+pub fn parse(text: &str) -> Result<Vec<ModelSpec>, ModelError> {
+    parse_manifest(text).map_err(ModelError::Manifest)
 }
 
 /// The model called `name` in the built-in manifest.

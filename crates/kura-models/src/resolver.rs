@@ -176,7 +176,9 @@ impl Resolver {
             .unwrap_or(false)
     }
 
-    pub(crate) fn resolve_spec(&self, spec: &ModelSpec) -> Result<ResolvedModel, ModelError> {
+    /// [`Resolver::resolve`] for a model described elsewhere than the built-in
+    /// manifest (see [`crate::parse`]).
+    pub fn resolve_spec(&self, spec: &ModelSpec) -> Result<ResolvedModel, ModelError> {
         let dir = self.model_dir(&spec.name);
         if stamp_is_valid(&dir, spec) {
             return Ok(cached_model(spec, dir));
