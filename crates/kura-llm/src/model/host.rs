@@ -259,14 +259,14 @@ impl Model {
         for (index, (layer, norms)) in self.layers.iter().zip(&host.layers).enumerate() {
             let normed = rms_norm_rows(&xs, &norms.attn_norm, c.rms_eps);
             let qkv = weights.qkv(layer, norms, &normed)?;
-            let mut attended = self.attend_each(host, index, qkv, &counts, caches);
-            if index == last && xs.len() > counts.len() * host.output_norm.len() {
-                // Only a feed's last token predicts what comes next, and the last
-                // layer's output is read by nothing else: the other rows (all but one
-                // of a prompt's) need the keys and values it appended, not its
-                // products, which were 1/24 of Qwen's prompt time.
+            // Only a feed's last token predicts what comes next, and the last layer's
+            // output is read by nothing else: the other rows (all but one of a
+            // prompt's) need the keys and values it appends, not its attention nor
+            // its products, which were 1/24 of Qwen's prompt time.
+            let only_last = index == last;
+            let attended = self.attend_each(host, index, qkv, &counts, caches, only_last);
+            if only_last && xs.len() > counts.len() * host.output_norm.len() {
                 xs = last_rows(&xs, &counts);
-                attended = last_rows(&attended, &counts);
             }
             add_rows(&mut xs, &weights.plain(&layer.o, &attended)?);
             let normed = rms_norm_rows(&xs, &norms.ffn_norm, c.rms_eps);
@@ -282,7 +282,8 @@ impl Model {
 
     /// Rotates each sequence's queries and keys to their positions, appends the keys
     /// and values to its cache, and lets each new token attend to the tokens up to
-    /// itself; sequences run in parallel. `counts[i]` rows belong to `caches[i]`.
+    /// itself (`only_last`: the last token of each sequence alone); sequences run in
+    /// parallel. `counts[i]` rows belong to `caches[i]`.
     fn attend_each(
         &self,
         host: &HostWeights,
@@ -290,6 +291,7 @@ impl Model {
         [mut q, mut k, v]: [Vec<f32>; 3],
         counts: &[usize],
         caches: &mut [Cache],
+        only_last: bool,
     ) -> Vec<f32> {
         let c = &self.config;
         let shape = c.heads();
@@ -312,7 +314,15 @@ impl Model {
                 self.rotate_rows(host, q, k, start);
                 let kv = host_kv(&mut cache.layers[index]);
                 kv.append(shape, k, v);
-                kv.attend_causal(start + 1, q, shape, scale)
+                match only_last {
+                    true => kv.attend_causal(
+                        start + q.len() / q_width,
+                        &q[q.len() - q_width..],
+                        shape,
+                        scale,
+                    ),
+                    false => kv.attend_causal(start + 1, q, shape, scale),
+                }
             })
             .collect()
     }
