@@ -625,9 +625,9 @@ impl Groups<'_> {
                     let groups = gates.start + offset..gates.end + offset;
                     self.multiply(groups, &x, |g, i, sums| {
                         let at = i * columns + (g - offset - first) * GROUP;
-                        for (to, &sum) in spare[at..at + GROUP].iter_mut().zip(sums) {
-                            to.write(sum);
-                        }
+                        // One store of the whole group, where a loop over the
+                        // lanes stored them one by one.
+                        spare[at..at + GROUP].write_copy_of_slice(sums);
                     });
                     // SAFETY: every row's every column (whole groups) was written.
                     unsafe { product.set_len(m * columns) };
@@ -866,7 +866,17 @@ impl Part {
     /// `at + values.len()` is within the part's `m × width` values, and no other
     /// thread writes them.
     unsafe fn write(&self, at: usize, values: &[f32]) {
-        std::ptr::copy_nonoverlapping(values.as_ptr(), self.values.add(at), values.len());
+        match <&[f32; GROUP]>::try_from(values) {
+            // A whole group is one store; a copy of any length is a call to `memcpy`.
+            Ok(group) => self
+                .values
+                .add(at)
+                .cast::<[f32; GROUP]>()
+                .write_unaligned(*group),
+            Err(_) => {
+                std::ptr::copy_nonoverlapping(values.as_ptr(), self.values.add(at), values.len())
+            }
+        }
     }
 }
 
