@@ -682,7 +682,11 @@ mod tests {
     /// most likely next token after any text: its embedding's first value is twice
     /// every other token's, the output norm reads only that value, and the layer's
     /// small products cannot change its sign.
-    fn write_llama3_gguf(path: &std::path::Path, rope_factors: &[f32]) {
+    fn write_llama3_gguf(
+        path: &std::path::Path,
+        rope_factors: &[f32],
+        extra: &[(&str, candle_core::quantized::gguf_file::Value)],
+    ) {
         use candle_core::quantized::gguf_file::{self, Value};
         use candle_core::quantized::{GgmlDType, QTensor};
         use candle_core::{Device, Tensor};
@@ -797,6 +801,7 @@ mod tests {
                 Value::String(template.into()),
             ),
         ]);
+        metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
         let mut file = std::fs::File::create(path).unwrap();
@@ -810,7 +815,7 @@ mod tests {
     fn a_llama3_gguf_loads_with_its_template_and_stops_at_eot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("llama3.gguf");
-        write_llama3_gguf(&path, &[1.0, 1.0, 2.0, 8.0, 32.0, 32.0, 32.0, 32.0]);
+        write_llama3_gguf(&path, &[1.0, 1.0, 2.0, 8.0, 32.0, 32.0, 32.0, 32.0], &[]);
         let llm = LocalLlm::load(&path, &Device::Cpu, LlmOptions::default()).expect("loads");
         let (eot, end_of_text) = (128_009, 128_001);
         assert!(llm.is_stop(eot) && llm.is_stop(end_of_text));
@@ -827,7 +832,7 @@ mod tests {
         assert_eq!(llm.generate(&messages, 8).unwrap(), "");
 
         // RoPE factors for the wrong head size are refused by name.
-        write_llama3_gguf(&path, &[1.0; 5]);
+        write_llama3_gguf(&path, &[1.0; 5], &[]);
         let error = LocalLlm::load(&path, &Device::Cpu, LlmOptions::default())
             .err()
             .expect("5 factors for 8 pairs");
@@ -836,5 +841,43 @@ mod tests {
             message.contains("rope_freqs.weight") && message.contains("llama3.gguf"),
             "{message}"
         );
+    }
+
+    /// RoPE that would turn at the wrong rate without a word is refused by name:
+    /// YaRN's scaling, and rotating only part of each head. Linear scaling loads.
+    #[test]
+    fn rope_we_cannot_run_is_refused_by_name() {
+        use candle_core::quantized::gguf_file::Value;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scaled.gguf");
+        let factors = [1.0; 8];
+        let refused = |extra: &[(&str, Value)], words: &[&str]| {
+            write_llama3_gguf(&path, &factors, extra);
+            let error = LocalLlm::load(&path, &Device::Cpu, LlmOptions::default())
+                .err()
+                .expect("refused");
+            let message = error.to_string();
+            for word in words {
+                assert!(message.contains(word), "{word} in {message}");
+            }
+        };
+        refused(
+            &[("llama.rope.scaling.type", Value::String("yarn".into()))],
+            &["llama.rope.scaling.type", "`yarn`", "scaled.gguf"],
+        );
+        refused(
+            &[("llama.rope.dimension_count", Value::U32(8))],
+            &["llama.rope.dimension_count", "8"],
+        );
+        write_llama3_gguf(
+            &path,
+            &factors,
+            &[
+                ("llama.rope.scaling.type", Value::String("linear".into())),
+                ("llama.rope.scaling.factor", Value::F32(4.0)),
+                ("llama.rope.dimension_count", Value::U32(16)),
+            ],
+        );
+        LocalLlm::load(&path, &Device::Cpu, LlmOptions::default()).expect("linear scaling loads");
     }
 }

@@ -39,6 +39,9 @@ pub(crate) struct Config {
     pub head_dim: usize,
     pub rms_eps: f32,
     pub rope_theta: f32,
+    /// Linear RoPE scaling (`rope.scaling.type = linear`): positions turn this many
+    /// times slower. 1 without scaling.
+    pub rope_linear_factor: f32,
     pub context_length: usize,
 }
 
@@ -90,16 +93,52 @@ impl Config {
         } else {
             10_000.0
         };
+        let head_dim = hidden / heads;
+        if meta.has(&key("rope.dimension_count")) {
+            let rotated = meta.u32(&key("rope.dimension_count"))? as usize;
+            if rotated != head_dim {
+                return Err(meta.error(format!(
+                    "{name}.rope.dimension_count is {rotated} for heads of {head_dim}: \
+                     rotating part of a head is not supported"
+                )));
+            }
+        }
         Ok(Config {
             architecture,
             layers: meta.u32(&key("block_count"))? as usize,
             heads,
             kv_heads,
-            head_dim: hidden / heads,
+            head_dim,
             rms_eps: meta.f32(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta,
+            rope_linear_factor: rope_linear_factor(meta, name)?,
             context_length: meta.u32(&key("context_length"))? as usize,
         })
+    }
+}
+
+/// The factor of a model's linear RoPE scaling, 1 without any. Other scalings
+/// (YaRN, LongRoPE) are refused by name: run without them, every position would
+/// turn at the wrong rate, and the model would write worse text with no error.
+fn rope_linear_factor(meta: &Metadata<'_>, arch: &str) -> Result<f32, LlmError> {
+    let kind = format!("{arch}.rope.scaling.type");
+    if !meta.has(&kind) {
+        return Ok(1.0);
+    }
+    match meta.string(&kind)? {
+        "none" => Ok(1.0),
+        "linear" => {
+            let key = format!("{arch}.rope.scaling.factor");
+            let factor = meta.f32(&key)?;
+            if factor.is_finite() && factor >= 1.0 {
+                Ok(factor)
+            } else {
+                Err(meta.error(format!("{key} is {factor}; a linear scaling is 1 or more")))
+            }
+        }
+        other => Err(meta.error(format!(
+            "{kind} is `{other}`; RoPE scaling of that kind is not supported (none and linear are)"
+        ))),
     }
 }
 
@@ -909,7 +948,7 @@ fn host_embedding(
 
 /// RoPE's cosines and sines by position and pair of dimensions: pair `i` turns by
 /// `theta^(-2i / head_dim)` a position, divided by `factors[i]` where given (as
-/// llama.cpp reads `rope_freqs.weight`).
+/// llama.cpp reads `rope_freqs.weight`) and by a linear scaling's factor.
 fn rope_tables(
     config: &Config,
     factors: Option<&[f32]>,
@@ -919,7 +958,7 @@ fn rope_tables(
     let half = config.head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| {
-            let factor = factors.map_or(1.0, |f| f[i]);
+            let factor = factors.map_or(1.0, |f| f[i]) * config.rope_linear_factor;
             1.0 / (config
                 .rope_theta
                 .powf(2.0 * i as f32 / config.head_dim as f32)
@@ -1074,6 +1113,7 @@ mod tests {
             head_dim: 64,
             rms_eps: 1e-5,
             rope_theta: 500_000.0,
+            rope_linear_factor: 1.0,
             context_length: 131_072,
         };
         // Llama 3.2's rope_scaling.
@@ -1129,5 +1169,20 @@ mod tests {
             .map(|pair| (plain_cos[5999][pair] - cos[5999][pair]).abs())
             .fold(0.0, f32::max);
         assert!(apart > 0.5, "{apart}");
+
+        // A linear scaling slows every pair by its factor, on top of the tensor's.
+        let linear = Config {
+            rope_linear_factor: 4.0,
+            ..config.clone()
+        };
+        let (slow, _) = rope_tables(&linear, Some(&written), positions, &Device::Cpu).unwrap();
+        let slow = slow.to_vec2::<f32>().unwrap();
+        for (pair, &freq) in scaled.iter().enumerate() {
+            let angle = 4000.0 * freq / 4.0;
+            assert!(
+                (slow[4000][pair] as f64 - angle.cos()).abs() < 2e-3,
+                "pair {pair}"
+            );
+        }
     }
 }
