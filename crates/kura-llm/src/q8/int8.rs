@@ -678,6 +678,9 @@ impl Groups<'_> {
         x: &Activations,
         mut emit: impl FnMut(usize, usize, &[f32; GROUP]),
     ) {
+        // The kernels trust this, and with it that every column set aside (a
+        // column of the activations) is a column of the weights.
+        assert_eq!(x.blocks * BLOCK, self.cols, "activations as wide as the weights");
         let m = x.rows;
         let kernel = self.kernel;
         let (wide, tile_rows) = kernel.map_or((1, x.parts), |k| k.tile_shape(m));
@@ -723,7 +726,8 @@ impl Groups<'_> {
             return;
         }
         // SAFETY: the kernel was detected on this CPU, which has the features its
-        // code is compiled for.
+        // code is compiled for; the columns are the weights' (`multiply` checks
+        // the activations' width, and the values set aside are their columns).
         #[cfg(target_arch = "x86_64")]
         match self.kernel {
             Some(Kernel::Vnni) => return unsafe { vnni::add_set_aside(self, g, set_aside, sums) },
@@ -1076,6 +1080,9 @@ mod vnni {
     /// [`Groups::add_set_aside`](super::Groups::add_set_aside) a register at a
     /// time: a group's 16 bytes of a column are one byte of each 32-bit lane of a
     /// line, shifted down and widened.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 BW, and every column set aside is a column of `w`.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn add_set_aside(
         w: &Groups<'_>,
@@ -1087,10 +1094,12 @@ mod vnni {
         assert!(
             (g + 1) * blocks * GROUP <= w.scales.len()
                 && (g + 1) * blocks * GROUP_BLOCK <= w.quants.len()
-                && (w.offsets.is_empty() || w.offsets.len() == w.scales.len())
-                && set_aside.iter().all(|&(c, _)| (c as usize) < w.cols),
-            "group {g}'s weights and the columns set aside are inside the matrix"
+                && (w.offsets.is_empty() || w.offsets.len() == w.scales.len()),
+            "group {g}'s weights are inside the matrix"
         );
+        // Called for every group and row: the columns are checked once a product,
+        // where `Groups::multiply` holds the activations to the weights' width.
+        debug_assert!(set_aside.iter().all(|&(c, _)| (c as usize) < w.cols));
         let (quants, scales, offsets) = (w.quants.as_ptr(), w.scales.as_ptr(), w.offsets.as_ptr());
         let (mask, bias) = (_mm512_set1_epi32(0xFF), _mm512_set1_epi32(128));
         let weights = |column: u32| {
