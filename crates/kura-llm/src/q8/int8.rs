@@ -272,7 +272,7 @@ impl Activations {
         );
         let blocks = cols / BLOCK;
         let mut out = Self::empty(xs.len() / cols.max(1), blocks, rounding);
-        let rounded = RoundedBlocks::of(&mut out);
+        let rounded = RoundedBlocks::of(&mut out, round, rounding);
         // Rows in order, so the values set aside come in row then column order.
         let set_aside: Vec<Vec<(usize, u32, f32)>> = xs
             .par_chunks(cols.max(1))
@@ -280,15 +280,8 @@ impl Activations {
             .with_min_len(64usize.div_ceil(blocks.max(1)))
             .map(|(row, xs)| {
                 let mut found = Vec::new();
-                for (block, xs) in xs.chunks_exact(BLOCK).enumerate() {
-                    let column = |k| (block * BLOCK + k) as u32;
-                    let aside = |k, value| found.push((row, column(k), value));
-                    round_parts(xs, round, rounding, aside, |part, rounded_part| {
-                        let at = (row * rounding.parts() + part) * blocks + block;
-                        // SAFETY: `at` is this row's own block, inside `out`.
-                        unsafe { rounded.write(at, rounded_part) }
-                    });
-                }
+                // SAFETY: row `row`'s blocks, inside `out`, this task's alone.
+                unsafe { rounded.round_row(row, 0, xs, &mut found) };
                 found
             })
             .collect();
@@ -612,8 +605,7 @@ impl Groups<'_> {
         );
         let blocks = width / BLOCK;
         let mut out = Activations::empty(m, blocks, self.rounding);
-        let rounded = RoundedBlocks::of(&mut out);
-        let (round, rounding) = (rounder(self.kernel), self.rounding);
+        let rounded = RoundedBlocks::of(&mut out, rounder(self.kernel), self.rounding);
         let groups = width / GROUP;
         let set_aside: Vec<Vec<(usize, u32, f32)>> = task_runs(groups)
             .map(|gates| {
@@ -637,16 +629,9 @@ impl Groups<'_> {
                 let first_block = first * GROUP / BLOCK;
                 let mut found = Vec::new();
                 for (i, row) in gate.chunks_exact(columns).enumerate() {
-                    for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
-                        let column = |k| ((first_block + b) * BLOCK + k) as u32;
-                        let aside = |k, value| found.push((i, column(k), value));
-                        round_parts(xs, round, rounding, aside, |part, rounded_part| {
-                            let at = (i * rounding.parts() + part) * blocks + first_block + b;
-                            // SAFETY: row `i < m`, block `first_block + b < blocks`:
-                            // this task's blocks alone, inside `out`.
-                            unsafe { rounded.write(at, rounded_part) };
-                        });
-                    }
+                    // SAFETY: row `i < m`, blocks `first_block..` up to `blocks`:
+                    // this task's blocks alone, inside `out`.
+                    unsafe { rounded.round_row(i, first_block, row, &mut found) };
                 }
                 found
             })
@@ -680,7 +665,11 @@ impl Groups<'_> {
     ) {
         // The kernels trust this, and with it that every column set aside (a
         // column of the activations) is a column of the weights.
-        assert_eq!(x.blocks * BLOCK, self.cols, "activations as wide as the weights");
+        assert_eq!(
+            x.blocks * BLOCK,
+            self.cols,
+            "activations as wide as the weights"
+        );
         let m = x.rows;
         let kernel = self.kernel;
         let (wide, tile_rows) = kernel.map_or((1, x.parts), |k| k.tile_shape(m));
@@ -890,15 +879,47 @@ struct RoundedBlocks {
     scales: *mut f32,
     biases: *mut i32,
     offset_sums: *mut f32,
+    /// Blocks a row.
+    blocks: usize,
+    round: RoundBlock,
+    rounding: Rounding,
 }
 
 impl RoundedBlocks {
-    fn of(out: &mut Activations) -> Self {
+    fn of(out: &mut Activations, round: RoundBlock, rounding: Rounding) -> Self {
         RoundedBlocks {
             bytes: out.bytes.as_mut_ptr(),
             scales: out.scales.as_mut_ptr(),
             biases: out.biases.as_mut_ptr(),
             offset_sums: out.offset_sums.as_mut_ptr(),
+            blocks: out.blocks,
+            round,
+            rounding,
+        }
+    }
+
+    /// Rounds blocks `first_block..` of activation row `i`, whose values are
+    /// `xs`, and pushes each value set aside to `found` as (row, column, value).
+    ///
+    /// # Safety
+    /// Those blocks are inside the activations written, and no other thread
+    /// writes them.
+    unsafe fn round_row(
+        &self,
+        i: usize,
+        first_block: usize,
+        xs: &[f32],
+        found: &mut Vec<(usize, u32, f32)>,
+    ) {
+        let parts = self.rounding.parts();
+        for (b, xs) in xs.chunks_exact(BLOCK).enumerate() {
+            let block = first_block + b;
+            let aside = |k, value| found.push((i, (block * BLOCK + k) as u32, value));
+            round_parts(xs, self.round, self.rounding, aside, |part, rounded| {
+                // SAFETY: a part of block `block` of row `i`, which the caller
+                // gives this call alone.
+                unsafe { self.write((i * parts + part) * self.blocks + block, rounded) }
+            });
         }
     }
 
