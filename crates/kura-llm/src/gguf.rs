@@ -34,8 +34,21 @@ impl<'a> Metadata<'a> {
             .ok_or_else(|| self.error(format!("missing GGUF metadata key `{key}`")))
     }
 
-    pub(crate) fn has(&self, key: &str) -> bool {
+    fn has(&self, key: &str) -> bool {
         self.content.metadata.contains_key(key)
+    }
+
+    /// `key` read by `read` (`Metadata::u32`, `Metadata::string`…), `None` when
+    /// the file does not have it; a value of the wrong type is still an error.
+    pub(crate) fn optional<T>(
+        &self,
+        key: &str,
+        read: impl Fn(&Self, &str) -> Result<T, LlmError>,
+    ) -> Result<Option<T>, LlmError> {
+        match self.has(key) {
+            true => read(self, key).map(Some),
+            false => Ok(None),
+        }
     }
 
     pub(crate) fn string(&self, key: &str) -> Result<&'a str, LlmError> {

@@ -322,11 +322,7 @@ impl LocalLlm {
 }
 
 fn chat_template(meta: &Metadata<'_>, tokenizer: &Tokenizer) -> Result<ChatTemplate, LlmError> {
-    let template = if meta.has("tokenizer.chat_template") {
-        Some(meta.string("tokenizer.chat_template")?)
-    } else {
-        None
-    };
+    let template = meta.optional("tokenizer.chat_template", Metadata::string)?;
     ChatTemplate::detect(tokenizer, template).map_err(|e| meta.error(e))
 }
 
@@ -338,9 +334,7 @@ fn stop_tokens(
     chat: &ChatTemplate,
 ) -> Result<Vec<u32>, LlmError> {
     let mut stops = vec![chat.end_of_turn()];
-    if meta.has("tokenizer.ggml.eos_token_id") {
-        stops.push(meta.u32("tokenizer.ggml.eos_token_id")?);
-    }
+    stops.extend(meta.optional("tokenizer.ggml.eos_token_id", Metadata::u32)?);
     for end in ["<|endoftext|>", "<|end_of_text|>", "<|eom_id|>"] {
         stops.extend(tokenizer.token_to_id(end));
     }

@@ -74,11 +74,9 @@ impl Config {
         let key = |suffix: &str| format!("{name}.{suffix}");
         let heads = meta.u32(&key("attention.head_count"))? as usize;
         let hidden = meta.u32(&key("embedding_length"))? as usize;
-        let kv_heads = if meta.has(&key("attention.head_count_kv")) {
-            meta.u32(&key("attention.head_count_kv"))? as usize
-        } else {
-            heads
-        };
+        let kv_heads = meta
+            .optional(&key("attention.head_count_kv"), Metadata::u32)?
+            .map_or(heads, |n| n as usize);
         if heads == 0
             || kv_heads == 0
             || !hidden.is_multiple_of(heads)
@@ -88,14 +86,12 @@ impl Config {
                 "inconsistent attention shape: {heads} heads, {kv_heads} kv heads, width {hidden}"
             )));
         }
-        let rope_theta = if meta.has(&key("rope.freq_base")) {
-            meta.f32(&key("rope.freq_base"))?
-        } else {
-            10_000.0
-        };
+        let rope_theta = meta
+            .optional(&key("rope.freq_base"), Metadata::f32)?
+            .unwrap_or(10_000.0);
         let head_dim = hidden / heads;
-        if meta.has(&key("rope.dimension_count")) {
-            let rotated = meta.u32(&key("rope.dimension_count"))? as usize;
+        if let Some(rotated) = meta.optional(&key("rope.dimension_count"), Metadata::u32)? {
+            let rotated = rotated as usize;
             if rotated != head_dim {
                 return Err(meta.error(format!(
                     "{name}.rope.dimension_count is {rotated} for heads of {head_dim}: \
@@ -122,10 +118,7 @@ impl Config {
 /// turn at the wrong rate, and the model would write worse text with no error.
 fn rope_linear_factor(meta: &Metadata<'_>, arch: &str) -> Result<f32, LlmError> {
     let kind = format!("{arch}.rope.scaling.type");
-    if !meta.has(&kind) {
-        return Ok(1.0);
-    }
-    match meta.string(&kind)? {
+    match meta.optional(&kind, Metadata::string)?.unwrap_or("none") {
         "none" => Ok(1.0),
         "linear" => {
             let key = format!("{arch}.rope.scaling.factor");

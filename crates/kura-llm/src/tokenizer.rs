@@ -58,11 +58,9 @@ pub(crate) fn from_gguf(meta: &Metadata<'_>) -> Result<Tokenizer, LlmError> {
         .map_err(LlmError::tokenizer)?;
 
     let mut tokenizer = Tokenizer::new(bpe);
-    let pre = if meta.has("tokenizer.ggml.pre") {
-        meta.string("tokenizer.ggml.pre")?
-    } else {
-        "gpt2"
-    };
+    let pre = meta
+        .optional("tokenizer.ggml.pre", Metadata::string)?
+        .unwrap_or("gpt2");
     configure_pre_tokenizer(&mut tokenizer, pre, meta)?;
     tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
     add_special_tokens(&mut tokenizer, meta, &tokens)?;
@@ -115,10 +113,9 @@ fn add_special_tokens(
     meta: &Metadata<'_>,
     tokens: &[String],
 ) -> Result<(), LlmError> {
-    if !meta.has("tokenizer.ggml.token_type") {
+    let Some(types) = meta.optional("tokenizer.ggml.token_type", Metadata::u32s)? else {
         return Ok(());
-    }
-    let types = meta.u32s("tokenizer.ggml.token_type")?;
+    };
     let mut special = Vec::new();
     let mut user_defined = Vec::new();
     for (token, kind) in tokens.iter().zip(types) {
