@@ -685,10 +685,7 @@ mod tests {
         use candle_core::quantized::{GgmlDType, QTensor};
         use candle_core::{Device, Tensor};
 
-        let tokenizer = crate::tokenizer::reference::gguf_content(
-            &crate::tokenizer::reference::llama3_json(),
-            "llama-bpe",
-        );
+        let tokenizer = crate::tokenizer::reference::gguf_content("llama-bpe");
         let vocab = match &tokenizer.metadata["tokenizer.ggml.tokens"] {
             Value::Array(tokens) => tokens.len(),
             _ => unreachable!("written as an array"),

@@ -164,15 +164,32 @@ pub(crate) mod reference {
             .clone()
     }
 
+    /// Llama 3.2's own tokenizer, read once for all the tests.
     pub(crate) fn llama3() -> Tokenizer {
-        Tokenizer::from_file(llama3_json()).expect("Llama 3.2's tokenizer.json")
+        static READ: OnceLock<Tokenizer> = OnceLock::new();
+        READ.get_or_init(|| {
+            Tokenizer::from_file(llama3_json()).expect("Llama 3.2's tokenizer.json")
+        })
+        .clone()
     }
 
-    /// The tokenizer metadata of a GGUF converted from `tokenizer.json`, with
-    /// `pre` as its pre-tokenizer: every token by id, control tokens typed 3, the
-    /// merges as "a b".
-    pub(crate) fn gguf_content(json: &std::path::Path, pre: &str) -> Content {
-        let text = std::fs::read_to_string(json).expect("tokenizer.json");
+    /// The tokenizer metadata of a GGUF converted from Llama 3.2's tokenizer.json,
+    /// with `pre` as its pre-tokenizer: every token by id, control tokens typed 3,
+    /// the merges as "a b". The 9 MB file is read once for all the tests.
+    pub(crate) fn gguf_content(pre: &str) -> Content {
+        static VOCABULARY: OnceLock<HashMap<String, Value>> = OnceLock::new();
+        let mut metadata = VOCABULARY.get_or_init(vocabulary).clone();
+        metadata.insert("tokenizer.ggml.pre".to_string(), Value::String(pre.into()));
+        Content {
+            magic: VersionedMagic::GgufV3,
+            metadata,
+            tensor_infos: HashMap::new(),
+            tensor_data_offset: 0,
+        }
+    }
+
+    fn vocabulary() -> HashMap<String, Value> {
+        let text = std::fs::read_to_string(llama3_json()).expect("tokenizer.json");
         let parsed: serde_json::Value = serde_json::from_str(&text).expect("JSON");
         let mut tokens: Vec<(u32, String, i32)> = parsed["model"]["vocab"]
             .as_object()
@@ -208,12 +225,11 @@ pub(crate) mod reference {
                 )),
             })
             .collect();
-        let metadata = HashMap::from([
+        HashMap::from([
             (
                 "tokenizer.ggml.model".to_string(),
                 Value::String("gpt2".into()),
             ),
-            ("tokenizer.ggml.pre".to_string(), Value::String(pre.into())),
             (
                 "tokenizer.ggml.tokens".to_string(),
                 Value::Array(tokens.iter().map(|t| Value::String(t.1.clone())).collect()),
@@ -223,13 +239,7 @@ pub(crate) mod reference {
                 Value::Array(tokens.iter().map(|t| Value::I32(t.2)).collect()),
             ),
             ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
-        ]);
-        Content {
-            magic: VersionedMagic::GgufV3,
-            metadata,
-            tensor_infos: HashMap::new(),
-            tensor_data_offset: 0,
-        }
+        ])
     }
 }
 
@@ -280,12 +290,10 @@ mod tests {
     /// text encoded as text by both).
     #[test]
     fn llama3_tokenizer_from_gguf_matches_its_tokenizer_json() {
-        let json = reference::llama3_json();
-        let content = reference::gguf_content(&json, "llama-bpe");
-        let ours = from_gguf(&Metadata::new(&content, Path::new("llama3.gguf"))).expect("ours");
-        let mut theirs = Tokenizer::from_file(&json).expect("tokenizer.json");
+        let content = reference::gguf_content("llama-bpe");
+        let mut ours = from_gguf(&Metadata::new(&content, Path::new("llama3.gguf"))).expect("ours");
+        let mut theirs = reference::llama3();
         theirs.set_encode_special_tokens(true);
-        let mut ours = ours;
         ours.set_encode_special_tokens(true);
         let texts = texts();
         assert!(texts.len() > 1000, "{} texts", texts.len());
@@ -304,8 +312,7 @@ mod tests {
     /// (digit runs of any length): this is why an unknown `pre` is refused.
     #[test]
     fn an_unknown_pre_tokenizer_is_refused_by_name() {
-        let json = reference::llama3_json();
-        let content = reference::gguf_content(&json, "tekken");
+        let content = reference::gguf_content("tekken");
         let error = from_gguf(&Metadata::new(&content, Path::new("m.gguf")))
             .expect_err("unknown pre-tokenizer");
         let message = error.to_string();
@@ -314,7 +321,7 @@ mod tests {
             "{message}"
         );
 
-        let content = reference::gguf_content(&json, "gpt2");
+        let content = reference::gguf_content("gpt2");
         let gpt2 = from_gguf(&Metadata::new(&content, Path::new("m.gguf"))).expect("gpt2");
         let llama3 = reference::llama3();
         let digits = "1234567";
