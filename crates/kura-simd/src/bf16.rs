@@ -55,6 +55,22 @@ pub fn unit() -> Option<Unit> {
     })
 }
 
+/// Whether `vdpbf16ps` multiplies faster than f32 FMAs on this CPU (AMD's cores
+/// with AVX-512 BF16; see [`unit`]), for kernels that have no use for AMX's tiles.
+/// `KURA_BF16=0` says no, as for [`unit`].
+pub fn pairs_faster_than_fma() -> bool {
+    static FASTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FASTER.get_or_init(|| {
+        if std::env::var("KURA_BF16").is_ok_and(|v| v == "0") {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        return pairs::faster_than_fma();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// A weight matrix `inputs × outputs` (row-major, as `x · W` reads it) rounded to
 /// bfloat16 and laid out as both units read it: for each 16 columns and each 32
 /// inputs, a tile of 16 rows of pairs (inputs `2p`, `2p + 1`) of 16 columns, 1 KiB.

@@ -316,12 +316,13 @@ impl Model {
                 kv.append(shape, k, v);
                 match only_last {
                     true => kv.attend_causal(
+                        self.attention,
                         start + q.len() / q_width,
                         &q[q.len() - q_width..],
                         shape,
                         scale,
                     ),
-                    false => kv.attend_causal(start + 1, q, shape, scale),
+                    false => kv.attend_causal(self.attention, start + 1, q, shape, scale),
                 }
             })
             .collect()
@@ -576,7 +577,10 @@ mod tests {
     /// (up to summation order), the same next token, and caches that continue alike.
     #[test]
     fn a_step_on_host_buffers_matches_the_tensor_path() {
-        let llm = smollm2_with_tensors();
+        let mut llm = smollm2_with_tensors();
+        // In f32, as candle attends: the bfloat16 kernels are held to the
+        // definition in `kv`.
+        llm.model_mut().attend_in_f32();
         let model = llm.model();
         let host = host_weights(model);
         let prompts: [&[u32]; 2] = [&[1, 520, 2_000, 33, 7_000], &[42, 9, 314]];
@@ -695,10 +699,12 @@ mod tests {
     /// the host step, and logits within summation order.
     #[test]
     fn ragged_steps_without_host_weights_match_the_host_step() {
-        let llm = cached_model_in("smollm2-135m-instruct", Layout::Panels);
+        let mut llm = cached_model_in("smollm2-135m-instruct", Layout::Panels);
+        llm.model_mut().attend_in_f32();
         let model = llm.model();
         let mut tensors_llm = smollm2_with_tensors();
         tensors_llm.model_mut().host = None;
+        tensors_llm.model_mut().attend_in_f32();
         let on_tensors = tensors_llm.model();
         let prompts: [&[u32]; 2] = [&[1, 520, 2_000, 33, 7_000], &[42, 9, 314]];
         let prefill = |model: &Model| -> Vec<Cache> {
