@@ -800,9 +800,8 @@ multiversion! {
 }
 
 /// The attention kernels with AVX-512: every sum in registers, the bfloat16 pairs
-/// The attention kernels with AVX-512: every sum in registers, the bfloat16 pairs
-/// of the cache multiplied as they are (`vdpbf16ps`, see [`Dot`]) or widened as they
-/// are loaded (see [`Widened`]), by the same loops.
+/// of the cache multiplied as they are (`vdpbf16ps`, see `Dot`) or widened as they
+/// are loaded (see `Widened`), by the same loops.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;

@@ -56,8 +56,8 @@ pub fn unit() -> Option<Unit> {
 }
 
 /// Whether `vdpbf16ps` multiplies faster than f32 FMAs on this CPU (AMD's cores
-/// with AVX-512 BF16; see [`unit`]), for kernels that have no use for AMX's tiles.
-/// `KURA_BF16=0` says no, as for [`unit`].
+/// with AVX-512 BF16; see [`unit()`]), for kernels that have no use for AMX's tiles.
+/// `KURA_BF16=0` says no, as for [`unit()`].
 pub fn pairs_faster_than_fma() -> bool {
     static FASTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FASTER.get_or_init(|| {
