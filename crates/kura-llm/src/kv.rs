@@ -74,12 +74,24 @@ fn head_lengths(tokens: usize, head_dim: usize) -> (usize, usize) {
     )
 }
 
-/// Zeroes the second of the last pair of a head's values when `tokens` is odd.
+/// Where dimension `d` of token `t` sits in a head's keys: blocks of
+/// [`KEY_BLOCK`] tokens, each `[head_dim / 2, KEY_BLOCK, 2]`.
+fn key_at(t: usize, d: usize, head_dim: usize) -> usize {
+    t / KEY_BLOCK * KEY_BLOCK * head_dim + d / 2 * 2 * KEY_BLOCK + t % KEY_BLOCK * 2 + d % 2
+}
+
+/// Where dimension `d` of token `t` sits in a head's values: pairs of tokens,
+/// `[tokens / 2, head_dim, 2]`.
+fn value_at(t: usize, d: usize, head_dim: usize) -> usize {
+    t / 2 * 2 * head_dim + 2 * d + t % 2
+}
+
+/// Zeroes the second of the last pair of a head's values when `tokens` is odd
+/// (the slot of token `tokens`).
 fn clear_unpaired(values: &mut [bf16], tokens: usize, head_dim: usize) {
     if !tokens.is_multiple_of(2) {
-        let pair = tokens / 2 * 2 * head_dim;
         for d in 0..head_dim {
-            values[pair + 2 * d + 1] = bf16::ZERO;
+            values[value_at(tokens, d, head_dim)] = bf16::ZERO;
         }
     }
 }
@@ -208,12 +220,8 @@ impl HostKv {
         for (h, head) in own.keys.iter_mut().enumerate() {
             grow_to(head, key_len, step);
             for (t, keys) in (held..).zip(keys.chunks_exact(shape.kv_width())) {
-                let block = &mut head[t / KEY_BLOCK * KEY_BLOCK * head_dim..];
-                let lane = t % KEY_BLOCK * 2;
-                for (p, pair) in keys[h * head_dim..][..head_dim].chunks_exact(2).enumerate() {
-                    let at = p * 2 * KEY_BLOCK + lane;
-                    block[at] = bf16::from_f32(pair[0]);
-                    block[at + 1] = bf16::from_f32(pair[1]);
+                for (d, &key) in keys[h * head_dim..][..head_dim].iter().enumerate() {
+                    head[key_at(t, d, head_dim)] = bf16::from_f32(key);
                 }
             }
         }
@@ -221,9 +229,8 @@ impl HostKv {
         for (h, head) in own.values.iter_mut().enumerate() {
             grow_to(head, value_len, step);
             for (t, values) in (held..).zip(values.chunks_exact(shape.kv_width())) {
-                let pair = &mut head[t / 2 * 2 * head_dim..];
                 for (d, &value) in values[h * head_dim..][..head_dim].iter().enumerate() {
-                    pair[2 * d + t % 2] = bf16::from_f32(value);
+                    head[value_at(t, d, head_dim)] = bf16::from_f32(value);
                 }
             }
         }
@@ -698,24 +705,23 @@ fn widened(x: bf16) -> f32 {
     f32::from_bits(u32::from(x.to_bits()) << 16)
 }
 
-/// A block of keys (`[head_dim / 2, KEY_BLOCK, 2]`) in f32, dimension-major
-/// (`[head_dim, KEY_BLOCK]`).
+/// A block of keys (see [`key_at`]) in f32, dimension-major (`[head_dim,
+/// KEY_BLOCK]`).
 fn widen_keys(block: &[bf16], wide: &mut [f32]) {
-    for (p, pairs) in block.chunks_exact(2 * KEY_BLOCK).enumerate() {
-        for (lane, pair) in pairs.chunks_exact(2).enumerate() {
-            wide[2 * p * KEY_BLOCK + lane] = widened(pair[0]);
-            wide[(2 * p + 1) * KEY_BLOCK + lane] = widened(pair[1]);
+    let head_dim = block.len() / KEY_BLOCK;
+    for (d, lanes) in wide.chunks_exact_mut(KEY_BLOCK).enumerate() {
+        for (t, lane) in lanes.iter_mut().enumerate() {
+            *lane = widened(block[key_at(t, d, head_dim)]);
         }
     }
 }
 
-/// Values held in pairs of tokens (`[tokens / 2, head_dim, 2]`, from a pair's first
-/// token) in f32, token-major: as many tokens as `wide` holds rows of `head_dim`.
+/// Values held in pairs of tokens (see [`value_at`]), from a pair's first token, in
+/// f32, token-major: as many tokens as `wide` holds rows of `head_dim`.
 fn widen_values(values: &[bf16], head_dim: usize, wide: &mut [f32]) {
     for (t, row) in wide.chunks_exact_mut(head_dim).enumerate() {
-        let pair = &values[t / 2 * 2 * head_dim..];
         for (d, value) in row.iter_mut().enumerate() {
-            *value = widened(pair[2 * d + t % 2]);
+            *value = widened(values[value_at(t, d, head_dim)]);
         }
     }
 }
