@@ -41,17 +41,15 @@ pub enum Unit {
 pub fn unit() -> Option<Unit> {
     static UNIT: std::sync::OnceLock<Option<Unit>> = std::sync::OnceLock::new();
     *UNIT.get_or_init(|| {
-        if std::env::var("KURA_BF16").is_ok_and(|v| v == "0") {
-            return None;
+        if turned_off() {
+            None
+        } else if amx::available() {
+            Some(Unit::Tiles)
+        } else if pairs_faster_than_fma() {
+            Some(Unit::Pairs)
+        } else {
+            None
         }
-        if amx::available() {
-            return Some(Unit::Tiles);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if pairs::faster_than_fma() {
-            return Some(Unit::Pairs);
-        }
-        None
     })
 }
 
@@ -60,15 +58,16 @@ pub fn unit() -> Option<Unit> {
 /// `KURA_BF16=0` says no, as for [`unit()`].
 pub fn pairs_faster_than_fma() -> bool {
     static FASTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FASTER.get_or_init(|| {
-        if std::env::var("KURA_BF16").is_ok_and(|v| v == "0") {
-            return false;
-        }
-        #[cfg(target_arch = "x86_64")]
-        return pairs::faster_than_fma();
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    })
+    #[cfg(target_arch = "x86_64")]
+    let faster = || !turned_off() && pairs::faster_than_fma();
+    #[cfg(not(target_arch = "x86_64"))]
+    let faster = || false;
+    *FASTER.get_or_init(faster)
+}
+
+/// `KURA_BF16=0`: no bfloat16 products, to compare with f32.
+fn turned_off() -> bool {
+    std::env::var("KURA_BF16").is_ok_and(|v| v == "0")
 }
 
 /// A weight matrix `inputs × outputs` (row-major, as `x · W` reads it) rounded to
