@@ -719,41 +719,23 @@ mod tests {
         }
         let mut output_norm = vec![0.0; width];
         output_norm[0] = 1.0;
+        // A projection of `rows` outputs over `cols` inputs, as the file holds it.
+        let mut linear =
+            |rows: usize, cols: usize| q(matrix(rows, cols), (rows, cols), GgmlDType::Q8_0);
         let tensors = vec![
             (
                 "token_embd.weight",
                 q(embedding, (vocab, width), GgmlDType::Q8_0),
             ),
             ("blk.0.attn_norm.weight", vector(vec![1.0; width])),
-            (
-                "blk.0.attn_q.weight",
-                q(matrix(width, width), (width, width), GgmlDType::Q8_0),
-            ),
-            (
-                "blk.0.attn_k.weight",
-                q(matrix(kv_width, width), (kv_width, width), GgmlDType::Q8_0),
-            ),
-            (
-                "blk.0.attn_v.weight",
-                q(matrix(kv_width, width), (kv_width, width), GgmlDType::Q8_0),
-            ),
-            (
-                "blk.0.attn_output.weight",
-                q(matrix(width, width), (width, width), GgmlDType::Q8_0),
-            ),
+            ("blk.0.attn_q.weight", linear(width, width)),
+            ("blk.0.attn_k.weight", linear(kv_width, width)),
+            ("blk.0.attn_v.weight", linear(kv_width, width)),
+            ("blk.0.attn_output.weight", linear(width, width)),
             ("blk.0.ffn_norm.weight", vector(vec![1.0; width])),
-            (
-                "blk.0.ffn_gate.weight",
-                q(matrix(ffn, width), (ffn, width), GgmlDType::Q8_0),
-            ),
-            (
-                "blk.0.ffn_up.weight",
-                q(matrix(ffn, width), (ffn, width), GgmlDType::Q8_0),
-            ),
-            (
-                "blk.0.ffn_down.weight",
-                q(matrix(width, ffn), (width, ffn), GgmlDType::Q8_0),
-            ),
+            ("blk.0.ffn_gate.weight", linear(ffn, width)),
+            ("blk.0.ffn_up.weight", linear(ffn, width)),
+            ("blk.0.ffn_down.weight", linear(width, ffn)),
             ("output_norm.weight", vector(output_norm)),
             ("rope_freqs.weight", vector(rope_factors.to_vec())),
         ];
