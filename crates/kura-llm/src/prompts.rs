@@ -3,10 +3,11 @@
 //! text here must bump the matching version, which is part of the stage id, so cached
 //! results made with the old prompt are recomputed (and so must a change in how an
 //! answer is drawn from the model: naming-v11 is v10's prompt with retries that
-//! leave out the failed attempts' opening verbs).
+//! leave out the failed attempts' opening verbs, and naming-v12 refuses a
+//! description made only of the instructions' words and a name ending in "Group").
 
 pub const SUMMARY_PROMPT_VERSION: &str = "summary-v7";
-pub const NAMING_PROMPT_VERSION: &str = "naming-v11";
+pub const NAMING_PROMPT_VERSION: &str = "naming-v12";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\
 You read a conversation between a user and an AI assistant and describe it as JSON with these fields:
