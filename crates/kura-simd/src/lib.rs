@@ -9,7 +9,7 @@
 //! a time on the machines we care about. [`multiversion!`] does the compiling; the
 //! helpers here are `#[inline(always)]` so that they take the flavour of the kernel
 //! they are inlined into. The embedder and the LLM share them, and
-//! [`matmul`]: the `gemm` crate's product behind a checked, safe signature.
+//! [`matmul()`]: the `gemm` crate's product behind a checked, safe signature.
 
 use std::f32::consts::LOG2_E;
 
@@ -183,8 +183,8 @@ pub const LANES: usize = 8;
 /// a prompt's attention scores.
 const WIDE: usize = 8 * LANES;
 
-/// The sum of `xs`: [`WIDE`] partial sums folded into eight lanes, then the lanes
-/// in order.
+/// The sum of `xs`: 64 partial sums (eight registers of eight lanes) folded into eight
+/// lanes, then the lanes in order.
 #[inline(always)]
 pub fn sum(xs: &[f32]) -> f32 {
     let lanes = reduce(xs, 0.0, |a, x| a + x);

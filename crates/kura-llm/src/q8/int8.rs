@@ -1,4 +1,4 @@
-//! The [`Layout::Int8`](super::Layout::Int8) product: weights times activations
+//! The [`Layout::Int8`] product: weights times activations
 //! rounded to 8 bits, summed in 32-bit integers (AVX-512 VNNI, or AVX2).
 //!
 //! Why: `vpdpbusd` does 64 multiply-adds of bytes in one instruction where an f32
