@@ -1,11 +1,9 @@
 //! [`LocalLlm`]: a GGUF chat model loaded once and shared; every call owns its own
 //! [`Session`] (KV cache, sampler), so one model serves many threads.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use candle_core::quantized::gguf_file::Content;
 use candle_core::Device;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -68,12 +66,7 @@ pub fn device(cuda: bool) -> Result<Device, LlmError> {
 
 /// The tokenizer stored in a GGUF file, without loading the weights.
 pub fn load_tokenizer(gguf: &Path) -> Result<Tokenizer, LlmError> {
-    let mut file = File::open(gguf).map_err(|source| LlmError::Io {
-        path: gguf.to_path_buf(),
-        source,
-    })?;
-    let content = Content::read(&mut file)
-        .map_err(|e| LlmError::model(gguf, format!("not a readable GGUF file: {e}")))?;
+    let content = crate::gguf::read_content(gguf)?;
     tokenizer::from_gguf(&Metadata::new(&content, gguf))
 }
 
@@ -106,13 +99,7 @@ impl LocalLlm {
         tensors: Tensors,
         layout: Option<Layout>,
     ) -> Result<Self, LlmError> {
-        let io = |source| LlmError::Io {
-            path: gguf.to_path_buf(),
-            source,
-        };
-        let mut file = File::open(gguf).map_err(io)?;
-        let content = Content::read(&mut file)
-            .map_err(|e| LlmError::model(gguf, format!("not a readable GGUF file: {e}")))?;
+        let content = crate::gguf::read_content(gguf)?;
         let meta = Metadata::new(&content, gguf);
         let config = Config::from_metadata(&meta)?;
         let layout = layout.unwrap_or_else(|| Layout::for_model(config.heads * config.head_dim));
@@ -333,8 +320,19 @@ fn stop_tokens(
     tokenizer: &Tokenizer,
     chat: &ChatTemplate,
 ) -> Result<Vec<u32>, LlmError> {
+    const EOS: &str = "tokenizer.ggml.eos_token_id";
     let mut stops = vec![chat.end_of_turn()];
-    stops.extend(meta.optional("tokenizer.ggml.eos_token_id", Metadata::u32)?);
+    if let Some(eos) = meta.optional(EOS, Metadata::u32)? {
+        // An id past the vocabulary would never be written, and answers would run
+        // on to their length limit.
+        if tokenizer.id_to_token(eos).is_none() {
+            return Err(meta.error(format!(
+                "GGUF metadata `{EOS}` is {eos}, which is not a token of the file's vocabulary ({} tokens)",
+                tokenizer.get_vocab_size(true)
+            )));
+        }
+        stops.push(eos);
+    }
     for end in ["<|endoftext|>", "<|end_of_text|>", "<|eom_id|>"] {
         stops.extend(tokenizer.token_to_id(end));
     }
@@ -681,6 +679,16 @@ mod tests {
         rope_factors: &[f32],
         extra: &[(&str, candle_core::quantized::gguf_file::Value)],
     ) {
+        write_edited_llama3_gguf(path, rope_factors, extra, |_| {});
+    }
+
+    /// [`write_llama3_gguf`] with its tensors changed by `edit` before writing.
+    fn write_edited_llama3_gguf(
+        path: &std::path::Path,
+        rope_factors: &[f32],
+        extra: &[(&str, candle_core::quantized::gguf_file::Value)],
+        edit: impl FnOnce(&mut Vec<(&'static str, candle_core::quantized::QTensor)>),
+    ) {
         use candle_core::quantized::gguf_file::{self, Value};
         use candle_core::quantized::{GgmlDType, QTensor};
         use candle_core::{Device, Tensor};
@@ -739,6 +747,8 @@ mod tests {
             ("output_norm.weight", vector(output_norm)),
             ("rope_freqs.weight", vector(rope_factors.to_vec())),
         ];
+        let mut tensors = tensors;
+        edit(&mut tensors);
         let template = "{{- bos_token }}{{- \"Cutting Knowledge Date: December 2023\\n\" }}\
             {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}";
         let mut metadata: Vec<(String, Value)> = tokenizer.metadata.into_iter().collect();
@@ -819,6 +829,17 @@ mod tests {
         );
     }
 
+    /// Loading the GGUF at `path` fails with an error that holds every one of `words`.
+    fn assert_refused(path: &std::path::Path, words: &[&str]) {
+        let error = LocalLlm::load(path, &Device::Cpu, LlmOptions::default())
+            .err()
+            .expect("refused");
+        let message = error.to_string();
+        for word in words {
+            assert!(message.contains(word), "{word} in {message}");
+        }
+    }
+
     /// RoPE that would turn at the wrong rate without a word is refused by name:
     /// YaRN's scaling, and rotating only part of each head. Linear scaling loads.
     #[test]
@@ -829,13 +850,7 @@ mod tests {
         let factors = [1.0; 8];
         let refused = |extra: &[(&str, Value)], words: &[&str]| {
             write_llama3_gguf(&path, &factors, extra);
-            let error = LocalLlm::load(&path, &Device::Cpu, LlmOptions::default())
-                .err()
-                .expect("refused");
-            let message = error.to_string();
-            for word in words {
-                assert!(message.contains(word), "{word} in {message}");
-            }
+            assert_refused(&path, words);
         };
         refused(
             &[("llama.rope.scaling.type", Value::String("yarn".into()))],
@@ -855,5 +870,78 @@ mod tests {
             ],
         );
         LocalLlm::load(&path, &Device::Cpu, LlmOptions::default()).expect("linear scaling loads");
+    }
+
+    /// A file whose tensors or settings disagree with each other is refused at
+    /// load, naming the tensor or key, instead of failing in a product mid-run
+    /// (a panic, before these checks) or writing nothing usable.
+    #[test]
+    fn a_file_that_contradicts_itself_is_refused_by_name() {
+        use candle_core::quantized::gguf_file::Value;
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("contradicts.gguf");
+        let factors = [1.0; 8];
+        let refused = |words: &[&str]| assert_refused(&path, words);
+        let zeros = |shape: &[usize]| {
+            let t = Tensor::zeros(shape, candle_core::DType::F32, &Device::Cpu).unwrap();
+            QTensor::quantize(&t, GgmlDType::F32).unwrap()
+        };
+        let replace = |name: &'static str, shape: &'static [usize]| {
+            move |tensors: &mut Vec<(&'static str, QTensor)>| {
+                let slot = tensors.iter_mut().find(|(n, _)| *n == name).unwrap();
+                slot.1 = zeros(shape);
+            }
+        };
+        // The layer is 64 wide with keys of 32 (see `write_llama3_gguf`).
+        write_edited_llama3_gguf(
+            &path,
+            &factors,
+            &[],
+            replace("blk.0.attn_k.weight", &[16, 64]),
+        );
+        refused(&[
+            "`blk.0.attn_k.weight`",
+            "[16, 64]",
+            "[32, 64]",
+            "contradicts.gguf",
+        ]);
+        write_edited_llama3_gguf(&path, &factors, &[], replace("blk.0.ffn_norm.weight", &[7]));
+        refused(&["`blk.0.ffn_norm.weight`", "[7]", "[64]"]);
+        write_edited_llama3_gguf(
+            &path,
+            &factors,
+            &[],
+            replace("blk.0.ffn_down.weight", &[64, 96]),
+        );
+        refused(&["`blk.0.ffn_down.weight`", "[64, 128]"]);
+        write_edited_llama3_gguf(
+            &path,
+            &factors,
+            &[],
+            replace("token_embd.weight", &[1000, 64]),
+        );
+        refused(&["`token_embd.weight`", "only 1000 rows", "the tokenizer has"]);
+
+        for (key, value) in [
+            ("llama.context_length", Value::U32(0)),
+            ("llama.block_count", Value::U32(0)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(0.0)),
+            ("llama.rope.freq_base", Value::F32(f32::NAN)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(1_000_000_000)),
+            // candle divides by it.
+            ("general.alignment", Value::U32(0)),
+        ] {
+            write_llama3_gguf(&path, &factors, &[(key, value)]);
+            refused(&[key]);
+        }
+        // The writer places tensors every 32 bytes: some fall between 64s.
+        write_llama3_gguf(&path, &factors, &[("general.alignment", Value::U32(64))]);
+        refused(&["alignment (64)", "corrupt"]);
+
+        write_llama3_gguf(&path, &factors, &[]);
+        LocalLlm::load(&path, &Device::Cpu, LlmOptions::default())
+            .expect("the file as written loads");
     }
 }

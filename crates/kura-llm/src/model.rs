@@ -43,6 +43,9 @@ pub(crate) struct Config {
     /// times slower. 1 without scaling.
     pub rope_linear_factor: f32,
     pub context_length: usize,
+    /// The tokenizer's vocabulary (`tokenizer.ggml.tokens`): the embedding needs a
+    /// row for each token.
+    pub tokens: usize,
 }
 
 impl Config {
@@ -106,16 +109,36 @@ impl Config {
                 )));
             }
         }
+        // Zero layers or context, or a norm's epsilon or RoPE's base that is not a
+        // positive number, load without complaint and then write nothing usable.
+        let positive = |key: String| -> Result<usize, LlmError> {
+            match meta.u32(&key)? {
+                0 => Err(meta.error(format!("GGUF metadata `{key}` is 0"))),
+                n => Ok(n as usize),
+            }
+        };
+        let rms_eps = meta.f32(&key("attention.layer_norm_rms_epsilon"))?;
+        for (what, value) in [
+            ("attention.layer_norm_rms_epsilon", rms_eps),
+            ("rope.freq_base", rope_theta),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(meta.error(format!(
+                    "GGUF metadata `{name}.{what}` is {value}, where it must be a positive number"
+                )));
+            }
+        }
         Ok(Config {
             architecture,
-            layers: meta.u32(&key("block_count"))? as usize,
+            layers: positive(key("block_count"))?,
             heads,
             kv_heads,
             head_dim,
-            rms_eps: meta.f32(&key("attention.layer_norm_rms_epsilon"))?,
+            rms_eps,
             rope_theta,
             rope_linear_factor: rope_linear_factor(meta, name)?,
-            context_length: meta.u32(&key("context_length"))? as usize,
+            context_length: positive(key("context_length"))?,
+            tokens: meta.len("tokenizer.ggml.tokens")?,
         })
     }
 }
@@ -366,22 +389,60 @@ pub(crate) enum Tensors {
 }
 
 impl Loader<'_> {
-    fn qtensor(&mut self, name: &str) -> Result<QTensor, LlmError> {
-        if !self.content.tensor_infos.contains_key(name) {
+    /// `name`'s shape as the file declares it, checked against `want` (`None`: any
+    /// size there) before its data is read. The products index by the model's
+    /// settings, so a file whose tensors disagree with them is refused here, by
+    /// name, rather than failing in a product halfway through a run.
+    fn shape(&self, name: &str, want: &[Option<usize>]) -> Result<Vec<usize>, LlmError> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
             return Err(self.meta.error(format!("missing tensor `{name}`")));
+        };
+        let dims = info.shape.dims();
+        let fits = dims.len() == want.len()
+            && dims
+                .iter()
+                .zip(want)
+                .all(|(d, w)| w.is_none_or(|w| *d == w));
+        if !fits {
+            let wanted: Vec<String> = want
+                .iter()
+                .map(|w| w.map_or("any".to_string(), |w| w.to_string()))
+                .collect();
+            return Err(self.meta.error(format!(
+                "tensor `{name}` has the shape {dims:?} where the file's settings make it [{}]: \
+                 the file is corrupt or was converted wrongly",
+                wanted.join(", ")
+            )));
+        }
+        Ok(dims.to_vec())
+    }
+
+    fn qtensor(&mut self, name: &str, want: &[Option<usize>]) -> Result<QTensor, LlmError> {
+        self.shape(name, want)?;
+        // The format puts every tensor at a multiple of the file's alignment; one
+        // elsewhere would be read from the wrong bytes, without an error.
+        let alignment = self.meta.optional("general.alignment", Metadata::u32)?;
+        let alignment = u64::from(alignment.unwrap_or(32).max(1));
+        let offset = self.content.tensor_infos[name].offset;
+        if !offset.is_multiple_of(alignment) {
+            return Err(self.meta.error(format!(
+                "tensor `{name}` starts at {offset}, not a multiple of the file's alignment \
+                 ({alignment}): the file is corrupt"
+            )));
         }
         self.content
             .tensor(&mut self.file, name, self.device)
             .map_err(|e| self.meta.error(format!("tensor `{name}`: {e}")))
     }
 
-    fn dense(&mut self, name: &str) -> Result<Tensor, LlmError> {
-        Ok(self.qtensor(name)?.dequantize(self.device)?)
+    /// A vector of `len` values.
+    fn dense(&mut self, name: &str, len: usize) -> Result<Tensor, LlmError> {
+        Ok(self.qtensor(name, &[Some(len)])?.dequantize(self.device)?)
     }
 
-    fn optional_dense(&mut self, name: &str) -> Result<Option<Tensor>, LlmError> {
+    fn optional_dense(&mut self, name: &str, len: usize) -> Result<Option<Tensor>, LlmError> {
         if self.content.tensor_infos.contains_key(name) {
-            self.dense(name).map(Some)
+            self.dense(name, len).map(Some)
         } else {
             Ok(None)
         }
@@ -392,23 +453,23 @@ impl Loader<'_> {
     /// converter writes as this tensor rather than as settings). `None` when absent.
     fn rope_factors(&mut self, pairs: usize) -> Result<Option<Vec<f32>>, LlmError> {
         const NAME: &str = "rope_freqs.weight";
-        let Some(factors) = self.optional_dense(NAME)? else {
+        let Some(factors) = self.optional_dense(NAME, pairs)? else {
             return Ok(None);
         };
         let factors = factors.flatten_all()?.to_vec1::<f32>()?;
-        if factors.len() != pairs || factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+        if factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
             return Err(self.meta.error(format!(
-                "`{NAME}` must hold {pairs} positive factors (one per pair of a head's dimensions), not {} values",
-                factors.len()
+                "`{NAME}` must hold {pairs} positive factors (one per pair of a head's dimensions)"
             )));
         }
         Ok(Some(factors))
     }
 
-    fn linear(&mut self, name: &str) -> Result<Linear, LlmError> {
-        let q = self.qtensor(&format!("{name}.weight"))?;
+    /// The projection `name` from `cols` inputs to `rows` outputs.
+    fn linear(&mut self, name: &str, rows: usize, cols: usize) -> Result<Linear, LlmError> {
+        let q = self.qtensor(&format!("{name}.weight"), &[Some(rows), Some(cols)])?;
         let mut linear = self.linear_of(&q)?;
-        linear.bias = self.optional_dense(&format!("{name}.bias"))?;
+        linear.bias = self.optional_dense(&format!("{name}.bias"), rows)?;
         Ok(linear)
     }
 
@@ -507,27 +568,38 @@ impl Model {
             tensors,
             layout,
         };
-        let embedding_q = loader.qtensor("token_embd.weight")?;
+        let width = config.heads * config.head_dim;
+        let kv_width = config.kv_heads * config.head_dim;
+        let embedding_q = loader.qtensor("token_embd.weight", &[None, Some(width)])?;
+        let rows = embedding_q.shape().dims()[0];
+        if rows < config.tokens {
+            return Err(meta.error(format!(
+                "the tokenizer has {} tokens but `token_embd.weight` only {rows} rows: \
+                 the file is corrupt or was converted wrongly",
+                config.tokens
+            )));
+        }
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let p = format!("blk.{i}");
+            let ffn = loader.shape(&format!("{p}.ffn_gate.weight"), &[None, Some(width)])?[0];
             layers.push(Layer {
-                attn_norm: loader.dense(&format!("{p}.attn_norm.weight"))?,
-                q: loader.linear(&format!("{p}.attn_q"))?,
-                k: loader.linear(&format!("{p}.attn_k"))?,
-                v: loader.linear(&format!("{p}.attn_v"))?,
-                o: loader.linear(&format!("{p}.attn_output"))?,
-                ffn_norm: loader.dense(&format!("{p}.ffn_norm.weight"))?,
-                gate: loader.linear(&format!("{p}.ffn_gate"))?,
-                up: loader.linear(&format!("{p}.ffn_up"))?,
-                down: loader.linear(&format!("{p}.ffn_down"))?,
+                attn_norm: loader.dense(&format!("{p}.attn_norm.weight"), width)?,
+                q: loader.linear(&format!("{p}.attn_q"), width, width)?,
+                k: loader.linear(&format!("{p}.attn_k"), kv_width, width)?,
+                v: loader.linear(&format!("{p}.attn_v"), kv_width, width)?,
+                o: loader.linear(&format!("{p}.attn_output"), width, width)?,
+                ffn_norm: loader.dense(&format!("{p}.ffn_norm.weight"), width)?,
+                gate: loader.linear(&format!("{p}.ffn_gate"), ffn, width)?,
+                up: loader.linear(&format!("{p}.ffn_up"), ffn, width)?,
+                down: loader.linear(&format!("{p}.ffn_down"), width, ffn)?,
             });
         }
-        let output_norm = loader.dense("output_norm.weight")?;
+        let output_norm = loader.dense("output_norm.weight", width)?;
         let tied = !content.tensor_infos.contains_key("output.weight");
         let mut output = match tied {
             true => loader.linear_of(&embedding_q)?,
-            false => loader.linear("output")?,
+            false => loader.linear("output", rows, width)?,
         };
         let rope_factors = loader.rope_factors(config.head_dim / 2)?;
         let (cos, sin) = rope_tables(&config, rope_factors.as_deref(), max_context, device)?;
@@ -1127,6 +1199,7 @@ mod tests {
             rope_theta: 500_000.0,
             rope_linear_factor: 1.0,
             context_length: 131_072,
+            tokens: 128_256,
         };
         // Llama 3.2's rope_scaling.
         let (factor, low, high, old_context) = (32.0f64, 1.0f64, 4.0f64, 8192.0f64);
