@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use candle_transformers::models::bert::Config as BertConfig;
+
 use crate::error::EmbedError;
 
 /// How token vectors become one sentence vector. Several modes may be enabled at
@@ -69,8 +71,17 @@ pub(crate) fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedEr
         None => vec![PoolingMode::Mean],
     };
     let normalize = modules.iter().any(|m| m.kind.ends_with(".Normalize"));
-    let sbert: Option<SentenceBertFile> =
-        read_optional_json(&dir.join("sentence_bert_config.json"))?;
+    let sbert_path = dir.join("sentence_bert_config.json");
+    let sbert: Option<SentenceBertFile> = read_optional_json(&sbert_path)?;
+    if let Some(length) = sbert.as_ref().and_then(|s| s.max_seq_length) {
+        // [CLS] and [SEP] take two places: a shorter window embeds every text alike.
+        if length < 3 {
+            return Err(EmbedError::invalid(
+                &sbert_path,
+                format!("max_seq_length is {length}, which leaves no room for text"),
+            ));
+        }
+    }
     Ok(SentenceConfig {
         pooling,
         normalize,
@@ -113,6 +124,33 @@ pub(crate) fn read_optional_json<T: serde::de::DeserializeOwned>(
         return Ok(None);
     }
     read_json(path).map(Some)
+}
+
+/// `config.json`, refused where its numbers would load without complaint and then
+/// embed wrongly: heads that do not divide the width, no layers (the embedding
+/// table alone), or a norm's epsilon that is not positive (every vector NaN).
+pub(crate) fn read_bert_config(path: &Path) -> Result<BertConfig, EmbedError> {
+    let config: BertConfig = read_json(path)?;
+    let (hidden, heads) = (config.hidden_size, config.num_attention_heads);
+    if hidden == 0 || heads == 0 || !hidden.is_multiple_of(heads) {
+        return Err(EmbedError::invalid(
+            path,
+            format!(
+                "hidden_size {hidden} is not a positive multiple of num_attention_heads {heads}"
+            ),
+        ));
+    }
+    if config.num_hidden_layers == 0 {
+        return Err(EmbedError::invalid(path, "num_hidden_layers is 0"));
+    }
+    let eps = config.layer_norm_eps;
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(EmbedError::invalid(
+            path,
+            format!("layer_norm_eps is {eps}, where it must be a positive number"),
+        ));
+    }
+    Ok(config)
 }
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EmbedError> {

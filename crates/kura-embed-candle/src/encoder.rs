@@ -161,14 +161,6 @@ impl Encoder {
         };
         let hidden = config.hidden_size;
         let heads = config.num_attention_heads;
-        if hidden == 0 || heads == 0 || !hidden.is_multiple_of(heads) {
-            return Err(EmbedError::invalid(
-                path.with_file_name("config.json"),
-                format!(
-                    "hidden_size {hidden} is not a positive multiple of num_attention_heads {heads}"
-                ),
-            ));
-        }
         let bytes = std::fs::read(path).map_err(|e| EmbedError::invalid(path, e))?;
         let tensors = SafeTensors::deserialize(&bytes)
             .map_err(|e| EmbedError::invalid(path, format!("not a valid safetensors file: {e}")))?;

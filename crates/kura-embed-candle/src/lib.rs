@@ -32,7 +32,7 @@ use kura_core::{BoxError, Embedder, Matrix};
 use rayon::prelude::*;
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use config::{read_json, read_sentence_config, PoolingMode};
+use config::{read_bert_config, read_sentence_config, PoolingMode};
 use encoder::{Encoder, Workspace};
 pub use error::EmbedError;
 
@@ -109,7 +109,7 @@ impl CandleEmbedder {
         options: EmbedderOptions,
     ) -> Result<Self, EmbedError> {
         let config_path = dir.join("config.json");
-        let config: BertConfig = read_json(&config_path)?;
+        let config = read_bert_config(&config_path)?;
         let sentence = read_sentence_config(dir)?;
         let max_length = options
             .max_length

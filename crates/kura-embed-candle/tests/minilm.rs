@@ -283,4 +283,41 @@ fn missing_or_corrupt_files_are_named() {
         .unwrap();
     });
     assert!(err.contains("model.safetensors"), "{err}");
+
+    // Settings that would load and then embed wrongly: NaN vectors for a
+    // negative epsilon, the embedding table alone for no layers, one vector for
+    // every text in a window of [CLS] and [SEP].
+    for (file, from, to, words) in [
+        (
+            "config.json",
+            "\"layer_norm_eps\": 1e-12",
+            "\"layer_norm_eps\": -1",
+            "layer_norm_eps",
+        ),
+        (
+            "config.json",
+            "\"num_hidden_layers\": 6",
+            "\"num_hidden_layers\": 0",
+            "num_hidden_layers",
+        ),
+        (
+            "config.json",
+            "\"num_attention_heads\": 12",
+            "\"num_attention_heads\": 7",
+            "num_attention_heads 7",
+        ),
+        (
+            "sentence_bert_config.json",
+            "\"max_seq_length\": 256",
+            "\"max_seq_length\": 2",
+            "max_seq_length is 2",
+        ),
+    ] {
+        let err = load_error(|d| {
+            let text = std::fs::read_to_string(d.join(file)).unwrap();
+            assert!(text.contains(from), "{file} holds {from}");
+            std::fs::write(d.join(file), text.replace(from, to)).unwrap();
+        });
+        assert!(err.contains(file) && err.contains(words), "{err}");
+    }
 }
