@@ -620,6 +620,52 @@ fn unknown_role_names_the_field_and_value() {
     );
 }
 
+/// A file with `chat_id`s is detected as Kura's strict format; OpenAI-style logs
+/// with ids hold system turns and content parts it refuses. The error says how
+/// to read them, and that way reads them.
+#[test]
+fn openai_style_logs_with_ids_are_pointed_to_the_generic_reader() {
+    let path = fixture("openai_with_ids.jsonl");
+    let (_, location, message) = input_error(load_file(&path, &LoadOptions::default()));
+    assert_eq!(location, "line 1");
+    assert!(
+        message.starts_with(
+            "field \"messages[0].role\": expected \"user\" or \"assistant\", found \"system\""
+        ) && message.contains("`--format generic`"),
+        "{message}"
+    );
+    let loaded = load_skipping(&path);
+    assert_eq!(loaded.skipped.len(), 2);
+    assert!(
+        loaded.skipped[1]
+            .reason
+            .starts_with("field \"messages[0].content\": expected a string")
+            && loaded.skipped[1].reason.contains("`--format generic`"),
+        "{}",
+        loaded.skipped[1].reason
+    );
+
+    let generic = LoadOptions {
+        format: Format::Generic,
+        ..LoadOptions::default()
+    };
+    let loaded = load_file(&path, &generic).expect("the generic reader takes them");
+    let turns: Vec<(Role, &str)> = loaded
+        .conversations
+        .iter()
+        .flat_map(|c| c.messages.iter().map(|m| (m.role, m.content.as_str())))
+        .collect();
+    assert_eq!(
+        turns,
+        [
+            (Role::User, "How long should bread dough rise?"),
+            (Role::Assistant, "About an hour, until it doubles."),
+            (Role::User, "What is in this picture?"),
+            (Role::Assistant, "A cat on a sofa."),
+        ]
+    );
+}
+
 #[test]
 fn missing_field_and_wrong_type_are_named() {
     let (_, location, message) = input_error(load_file(

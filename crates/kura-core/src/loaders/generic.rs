@@ -170,13 +170,20 @@ fn role(turn: &Map<String, Value>, path: &str, field: &str) -> FieldResult<Optio
     let Value::String(name) = value else {
         return Err(expected(&role_path, "\"user\" or \"assistant\"", value));
     };
+    role_named(name).ok_or_else(|| expected(&role_path, "\"user\" or \"assistant\"", value))
+}
+
+/// The role a turn named `name` plays, as the chat logs we know spell it:
+/// `Some(None)` for system and tool turns, which are skipped; `None` for a name
+/// we do not know.
+pub(super) fn role_named(name: &str) -> Option<Option<Role>> {
     match name.trim().to_ascii_lowercase().as_str() {
-        "user" | "human" | "prompter" | "customer" => Ok(Some(Role::User)),
+        "user" | "human" | "prompter" | "customer" => Some(Some(Role::User)),
         "assistant" | "gpt" | "bot" | "model" | "chatgpt" | "ai" | "claude" => {
-            Ok(Some(Role::Assistant))
+            Some(Some(Role::Assistant))
         }
-        "system" | "tool" | "function" | "ipython" | "developer" => Ok(None),
-        _ => Err(expected(&role_path, "\"user\" or \"assistant\"", value)),
+        "system" | "tool" | "function" | "ipython" | "developer" => Some(None),
+        _ => None,
     }
 }
 

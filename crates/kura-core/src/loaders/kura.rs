@@ -10,8 +10,8 @@
 use serde_json::Value;
 
 use super::fields::{
-    as_object, expected, index, join, optional_str, required_array, required_str, FieldResult,
-    FALLBACK_TIMESTAMP,
+    as_object, expected, index, join, optional_str, required_array, required_str, FieldError,
+    FieldResult, FALLBACK_TIMESTAMP,
 };
 use crate::types::{Conversation, Message, Metadata, Role};
 
@@ -58,18 +58,36 @@ fn message(value: &Value, path: &str, conversation_time: &str) -> FieldResult<Me
         Some(Value::String(role)) if role == "assistant" => Role::Assistant,
         None | Some(Value::Null) => return Err(super::fields::missing(&join(path, "role"))),
         Some(other) => {
-            return Err(expected(
-                &join(path, "role"),
-                "\"user\" or \"assistant\"",
-                other,
-            ))
+            let error = expected(&join(path, "role"), "\"user\" or \"assistant\"", other);
+            return Err(match other.as_str().and_then(super::generic::role_named) {
+                Some(_) => with_generic_hint(error),
+                None => error,
+            });
         }
+    };
+    let content = match object.get("content") {
+        Some(parts @ Value::Array(_)) => {
+            let error = expected(&join(path, "content"), "a string", parts);
+            return Err(with_generic_hint(error));
+        }
+        _ => required_str(object, "content", path)?,
     };
     Ok(Message {
         created_at: optional_str(object, "created_at", path)?
             .unwrap_or(conversation_time)
             .to_string(),
         role,
-        content: required_str(object, "content", path)?.to_string(),
+        content: content.to_string(),
     })
+}
+
+/// Points a file that looks like Kura's but holds what only the generic reader
+/// takes (system or tool turns, content parts: OpenAI-style logs with a `chat_id`)
+/// to that reader, since the format was most likely detected, not chosen.
+fn with_generic_hint(error: FieldError) -> FieldError {
+    FieldError(format!(
+        "{}; Kura's format holds user and assistant turns of plain text only: \
+         `--format generic` reads such logs, skipping system and tool turns and joining content parts",
+        error.0
+    ))
 }
