@@ -4,10 +4,12 @@
 //! results made with the old prompt are recomputed (and so must a change in how an
 //! answer is drawn from the model: naming-v11 is v10's prompt with retries that
 //! leave out the failed attempts' opening verbs, and naming-v12 refuses a
-//! description made only of the instructions' words and a name ending in "Group").
+//! description made only of the instructions' words and a name ending in "Group";
+//! summary-v8 and naming-v13 end a value before a sentence that only describes
+//! the conversation, such as its language).
 
-pub const SUMMARY_PROMPT_VERSION: &str = "summary-v7";
-pub const NAMING_PROMPT_VERSION: &str = "naming-v12";
+pub const SUMMARY_PROMPT_VERSION: &str = "summary-v8";
+pub const NAMING_PROMPT_VERSION: &str = "naming-v13";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\
 You read a conversation between a user and an AI assistant and describe it as JSON with these fields:
