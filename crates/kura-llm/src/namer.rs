@@ -137,7 +137,14 @@ impl LlmClusterNamer {
             let name = form.choice_then_text("name", &verbs, NAME_TOKENS, true, &taken)?;
             let description = form.text("description", "", DESCRIPTION_TOKENS, 2)?;
             let name = first_clause_if_long(name.trim_end_matches(['.', '!']).trim());
-            let valid = validate(&name, &description, &request.taken);
+            let valid = validate(&name, &description, &request.taken).and_then(|()| {
+                match fits_the_contrast_better(&name, &request.members, &request.contrast) {
+                    true => Err(format!(
+                        "name fits the contrast better than the group: {name:?}"
+                    )),
+                    false => Ok(()),
+                }
+            });
             if valid.is_err() {
                 leave_out_opening_verb(&mut verbs, &name);
             }
@@ -305,16 +312,67 @@ fn is_taken(name: &str, taken: &[String]) -> bool {
 /// Conversations between Users and AI Assistant" (two of the example's eight at
 /// `7dd3ac5`). Numbers do not count as content ("Group 1").
 fn echoes_the_instructions(name: &str) -> bool {
-    static VERBS: OnceLock<HashSet<String>> = OnceLock::new();
     let instructions = instruction_words();
-    let verbs = VERBS.get_or_init(|| NAME_VERBS.iter().copied().flat_map(words).collect());
-    let words = words(name);
-    // The opening verbs, one or several joined by "and" ("Interpret and Analyze").
+    subject_words(name).iter().all(|w| instructions.contains(w))
+}
+
+/// The words of `name` after its opening verbs, one or several joined by "and"
+/// ("Interpret and Analyze"): what the name says the cluster is about.
+fn subject_words(name: &str) -> Vec<String> {
+    let mut words = words(name);
     let opening = words
         .iter()
-        .take_while(|w| verbs.contains(*w) || *w == "and")
+        .take_while(|w| verbs().contains(*w) || *w == "and")
         .count();
-    words[opening..].iter().all(|w| instructions.contains(w))
+    words.drain(..opening);
+    words
+}
+
+/// [`NAME_VERBS`] as [`words`] gives them.
+fn verbs() -> &'static HashSet<String> {
+    static VERBS: OnceLock<HashSet<String>> = OnceLock::new();
+    VERBS.get_or_init(|| NAME_VERBS.iter().copied().flat_map(words).collect())
+}
+
+/// Whether `name` is about the contrast conversations rather than the group's:
+/// some word of its subject is found in a contrast description and none in any
+/// of the group's. The subject's words are those after its opening verbs, less
+/// the instructions', the opening verbs' (a "create" mid-name says nothing) and
+/// words under four letters; they meet a description's words on their first
+/// letters (see [`same_stem`]), so "cooking" finds "cook". Qwen 0.5B, shown a
+/// cluster's members and then its nearest other conversations, named the
+/// example's language-learning cluster "Discuss cooking and cooking techniques"
+/// after a contrast summary about cooking rice, and its travel cluster "Explain
+/// how to create an emergency fund" after one about an emergency fund (two of
+/// the eight at `d7a7c9d`).
+fn fits_the_contrast_better(name: &str, members: &[String], contrast: &[String]) -> bool {
+    let instructions = instruction_words();
+    let subject: Vec<String> = subject_words(name)
+        .into_iter()
+        .filter(|w| w.chars().count() >= 4 && !instructions.contains(w) && !verbs().contains(w))
+        .collect();
+    let words_of =
+        |texts: &[String]| -> Vec<Vec<String>> { texts.iter().map(|t| words(t)).collect() };
+    let (group, others) = (words_of(members), words_of(contrast));
+    let found = |word: &str, texts: &[Vec<String>]| {
+        texts
+            .iter()
+            .any(|text| text.iter().any(|w| same_stem(word, w)))
+    };
+    let borrowed = subject
+        .iter()
+        .any(|w| found(w, &others) && !found(w, &group));
+    let grounded = subject.iter().any(|w| found(w, &group));
+    borrowed && !grounded
+}
+
+/// Whether two words share their first five letters, or all of the shorter's
+/// when it has four: "cook" and "cooking", "emergency" and "emergencies".
+fn same_stem(a: &str, b: &str) -> bool {
+    const STEM: usize = 5;
+    let shorter = a.chars().count().min(b.chars().count());
+    let k = shorter.min(STEM);
+    k >= 4 && a.chars().take(k).eq(b.chars().take(k))
 }
 
 /// The words of the naming instructions. A description made of them alone copies
@@ -384,7 +442,10 @@ impl ClusterNamer for LlmClusterNamer {
 
 #[cfg(test)]
 mod tests {
-    use super::{first_clause_if_long, leave_out_opening_verb, validate, NAME_VERBS};
+    use super::{
+        first_clause_if_long, fits_the_contrast_better, leave_out_opening_verb, validate,
+        NAME_VERBS,
+    };
 
     /// A retry does not open with the verb of an attempt that failed (whole words:
     /// "Play" is not "Plan"), and the last verb is kept.
@@ -439,6 +500,38 @@ mod tests {
         let real = "The users asked for help planning trips abroad. Unlike the contrast \
                     conversations, they wanted day-by-day itineraries.";
         assert!(validate(name, real, &[]).is_ok());
+    }
+
+    /// The example's language-learning cluster at `d7a7c9d`: some of its members,
+    /// and the nearest summaries outside it, as the model wrote them.
+    #[test]
+    fn a_name_about_the_contrast_is_refused() {
+        let members: Vec<String> = [
+            "The user asked for information about the difference between 'fewer people' and 'fewer emails'.",
+            "The user asked for a German question about why the preposition 'mit' always takes the dative case in German.",
+            "The user asked for help with understanding the present perfect and past simple in English.",
+            "The user is learning Korean vocabulary from a list, but they forget most words after a week.",
+        ]
+        .map(String::from)
+        .to_vec();
+        let contrast: Vec<String> = [
+            "The user asked for advice on how to cook rice to make it mushy, while the assistant suggested using a pot instead of a rice cooker.",
+            "The user asked for a recommendation on how to create an emergency fund, and the assistant suggested a high-yield savings account.",
+            "The user asked for a final interview and the assistant replied that it's now been 8 days.",
+        ]
+        .map(String::from)
+        .to_vec();
+        let refused = |name: &str| fits_the_contrast_better(name, &members, &contrast);
+        assert!(refused("Discuss cooking and cooking techniques"));
+        assert!(refused("Explain how to create an emergency fund"));
+        // A word of the group's grounds the name, whatever else it says.
+        assert!(!refused("Explain German grammar and cooking words"));
+        assert!(!refused("Learn Korean vocabulary"));
+        // Words neither side has, or the instructions' and the verbs', are no
+        // evidence: "create" is one of the verbs a name may open with.
+        assert!(!refused("Solve Puzzles"));
+        assert!(!refused("Answer user questions about conversations"));
+        assert!(!refused("Create"));
     }
 
     #[test]

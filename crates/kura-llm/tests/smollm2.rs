@@ -191,9 +191,16 @@ fn namer_returns_a_short_name_and_a_description() {
     assert!(namer.id().contains(kura_llm::NAMING_PROMPT_VERSION));
 
     // Told that its answer already names another cluster, the namer finds another.
+    // (Without the contrast: asked again, SmolLM2 wrote "Rewrite the above JSON file
+    // using Python" after the contrast's Python, which is refused as it should be,
+    // and ran out of attempts.)
     let taken = vec![name.name.clone()];
     let other = namer
-        .name(&NamingRequest { taken, ..request })
+        .name(&NamingRequest {
+            taken,
+            contrast: vec![],
+            ..request
+        })
         .expect("a second, different name");
     eprintln!("{other:?}");
     assert!(
