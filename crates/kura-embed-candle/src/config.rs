@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use candle_transformers::models::bert::Config as BertConfig;
+use serde::Deserialize;
 
 use crate::error::EmbedError;
 

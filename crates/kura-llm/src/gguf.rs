@@ -99,7 +99,7 @@ impl<'a> Metadata<'a> {
     }
 
     /// How many values the array `key` holds, without copying them.
-    pub(crate) fn len(&self, key: &str) -> Result<usize, LlmError> {
+    pub(crate) fn array_len(&self, key: &str) -> Result<usize, LlmError> {
         Ok(self.array(key)?.len())
     }
 

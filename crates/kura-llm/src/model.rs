@@ -138,7 +138,7 @@ impl Config {
             rope_theta,
             rope_linear_factor: rope_linear_factor(meta, name)?,
             context_length: positive(key("context_length"))?,
-            tokens: meta.len("tokenizer.ggml.tokens")?,
+            tokens: meta.array_len("tokenizer.ggml.tokens")?,
         })
     }
 }
