@@ -89,7 +89,7 @@ impl Backends {
     }
 
     pub fn summarizer(&self) -> Result<Box<dyn Summarizer>> {
-        Ok(Box::new(LlmSummarizer::new(self.llm()?)))
+        Ok(Box::new(LlmSummarizer::new(self.llm()?)?))
     }
 
     pub fn namer(&self) -> Result<Box<dyn ClusterNamer>> {

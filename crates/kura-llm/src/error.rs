@@ -25,10 +25,11 @@ pub enum LlmError {
     Device(String),
     /// The instructions and the answer's room fill the whole context.
     #[error(
-        "a context of {max_context} tokens leaves no room for the conversation; \
-         raise --max-context (or max_context in kura.toml)"
+        "a context of {max_context} tokens leaves no room for the conversation: the \
+         instructions, the answer and the least of a conversation need {needed}; \
+         raise --max-context (or max_context in kura.toml) to at least {needed}"
     )]
-    ContextTooSmall { max_context: usize },
+    ContextTooSmall { max_context: usize, needed: usize },
 }
 
 impl LlmError {

@@ -42,13 +42,19 @@ impl SharedPrefix {
         Ok(Session::resume(llm, cache, logits, temperature, seed))
     }
 
-    fn compute(&self, llm: &LocalLlm) -> Result<(Cache, Option<Logits>), LlmError> {
+    /// The prefix's tokens: the chat's opening, the system message and the start of
+    /// the user's turn.
+    pub(crate) fn tokens(&self, llm: &LocalLlm) -> Result<Vec<u32>, LlmError> {
         let chat = llm.chat();
         let mut tokens = chat.begin();
         tokens.extend(chat.message(&ChatMessage::system(self.system.clone()))?);
         tokens.extend(chat.open(ChatRole::User)?);
+        Ok(tokens)
+    }
+
+    fn compute(&self, llm: &LocalLlm) -> Result<(Cache, Option<Logits>), LlmError> {
         let mut session = llm.session(0.0, 0);
-        session.feed(&tokens)?;
+        session.feed(&self.tokens(llm)?)?;
         let (mut cache, logits) = session.snapshot();
         llm.model().freeze_cache(&mut cache);
         Ok((cache, logits))

@@ -56,11 +56,27 @@ pub struct LlmSummarizer {
 }
 
 impl LlmSummarizer {
-    pub fn new(llm: Arc<LocalLlm>) -> Self {
-        LlmSummarizer {
+    /// Refuses a context too small to show any conversation: every one would fail
+    /// alike, so the run stops before the first instead of recording each as failed.
+    pub fn new(llm: Arc<LocalLlm>) -> Result<Self, LlmError> {
+        let summarizer = LlmSummarizer {
             llm,
             prefix: SharedPrefix::new(SUMMARY_SYSTEM),
+        };
+        summarizer.check_context()?;
+        Ok(summarizer)
+    }
+
+    fn check_context(&self) -> Result<(), LlmError> {
+        let max_context = self.llm.max_context();
+        let needed = self.least_context()?;
+        if max_context < needed {
+            return Err(LlmError::ContextTooSmall {
+                max_context,
+                needed,
+            });
         }
+        Ok(())
     }
 
     /// The facets of one conversation, or why none could be written.
@@ -117,26 +133,19 @@ impl LlmSummarizer {
         let chat = llm.chat();
         let mut session = self.prefix.session(llm, 0.0, 0)?;
         let turns = turns(conversation);
-        let wrap = |transcript: &str| -> Result<Vec<u32>, LlmError> {
-            let mut ids = chat.encode_text(&format!(
-                "<conversation>\n{transcript}</conversation>\n\n{SUMMARY_REQUEST}"
-            ))?;
-            ids.extend(chat.close()?);
-            ids.extend(chat.open(ChatRole::Assistant)?);
-            Ok(ids)
-        };
         let room = llm
             .max_context()
             .saturating_sub(session_len(&session, llm) + RESERVED_TOKENS);
-        let mut budget = room.saturating_sub(wrap("")?.len());
+        let mut budget = room.saturating_sub(self.wrap("")?.len());
         loop {
             if budget < MIN_TRANSCRIPT_TOKENS {
                 return Err(LlmError::ContextTooSmall {
                     max_context: llm.max_context(),
+                    needed: self.least_context()?,
                 });
             }
             let transcript = fit_transcript(chat.text_tokenizer(), &turns, budget)?;
-            let ids = wrap(&transcript)?;
+            let ids = self.wrap(&transcript)?;
             // Joining texts can tokenise a little differently from counting them apart.
             if ids.len() <= room {
                 session.feed(&ids)?;
@@ -144,6 +153,29 @@ impl LlmSummarizer {
             }
             budget = budget * 4 / 5;
         }
+    }
+}
+
+impl LlmSummarizer {
+    /// The context that holds the instructions, the answer's room and
+    /// [`MIN_TRANSCRIPT_TOKENS`] of conversation.
+    fn least_context(&self) -> Result<usize, LlmError> {
+        Ok(self.prefix.tokens(&self.llm)?.len()
+            + self.wrap("")?.len()
+            + RESERVED_TOKENS
+            + MIN_TRANSCRIPT_TOKENS)
+    }
+
+    /// The prompt's tokens after the shared prefix: the transcript, the request, and
+    /// the opening of the answer.
+    fn wrap(&self, transcript: &str) -> Result<Vec<u32>, LlmError> {
+        let chat = self.llm.chat();
+        let mut ids = chat.encode_text(&format!(
+            "<conversation>\n{transcript}</conversation>\n\n{SUMMARY_REQUEST}"
+        ))?;
+        ids.extend(chat.close()?);
+        ids.extend(chat.open(ChatRole::Assistant)?);
+        Ok(ids)
     }
 }
 

@@ -22,7 +22,7 @@ fn qwen_generates_deterministically_and_summarizes() {
     assert_eq!(first, llm.generate(&messages, 32).expect("generate"));
     assert!(first.contains("Paris"), "{first:?}");
 
-    let summarizer = LlmSummarizer::new(llm);
+    let summarizer = LlmSummarizer::new(llm).expect("summarizer");
     let conversations = arena_conversations(&[0, 14]);
     let started = std::time::Instant::now();
     let results = summarizer.summarize(&conversations);
@@ -43,7 +43,7 @@ fn qwen_generates_deterministically_and_summarizes() {
 /// the text, and every other facet is still the model's, valid and on topic.
 #[test]
 fn qwen_summaries_name_the_language_the_conversation_is_written_in() {
-    let summarizer = LlmSummarizer::new(llm(QWEN));
+    let summarizer = LlmSummarizer::new(llm(QWEN)).expect("summarizer");
     let expected = [
         ("chatbot_arena_26259", "german"),
         ("chatbot_arena_1257", "french"),
@@ -78,7 +78,7 @@ fn qwen_summaries_name_the_language_the_conversation_is_written_in() {
 /// mid-sentence: "… can be converted to", "… to ensure that the string".
 #[test]
 fn qwen_summaries_go_on_past_a_quotation() {
-    let summarizer = LlmSummarizer::new(llm(QWEN));
+    let summarizer = LlmSummarizer::new(llm(QWEN)).expect("summarizer");
     let conversations = conversations_by_id(
         "arena_hard_500.jsonl",
         &[
@@ -102,7 +102,7 @@ fn qwen_summaries_go_on_past_a_quotation() {
 /// and the task; the pipeline's summaries stage keeps none of it.
 #[test]
 fn qwen_summaries_kept_by_the_pipeline_leave_out_a_path_that_names_the_user() {
-    let summarizer = LlmSummarizer::new(llm(QWEN));
+    let summarizer = LlmSummarizer::new(llm(QWEN)).expect("summarizer");
     let conversations = conversations_by_id(
         "arena_hard_500.jsonl",
         &["arenahard_60856d87b3484a4db45a67ac560a2b06"],
@@ -139,7 +139,7 @@ fn qwen_summaries_kept_by_the_pipeline_leave_out_a_path_that_names_the_user() {
 /// harmful" rather than "harmless".
 #[test]
 fn qwen_scores_harmful_requests_above_everyday_ones() {
-    let summarizer = LlmSummarizer::new(llm(QWEN));
+    let summarizer = LlmSummarizer::new(llm(QWEN)).expect("summarizer");
     let everyday = arena_conversations(&[0, 14, 21, 23]);
     let harmful = conversations_by_id(
         "arena_wildchat_oasst_3404.jsonl.gz",
