@@ -7,10 +7,11 @@
 //! description made only of the instructions' words and a name ending in "Group";
 //! summary-v8 and naming-v13 end a value before a sentence that only describes
 //! the conversation, such as its language; naming-v14 refuses a name whose subject
-//! the contrast conversations share more than the group's).
+//! the contrast conversations share more than the group's; naming-v15 cuts a long
+//! name before a narrowing phrase rather than refusing it).
 
 pub const SUMMARY_PROMPT_VERSION: &str = "summary-v8";
-pub const NAMING_PROMPT_VERSION: &str = "naming-v14";
+pub const NAMING_PROMPT_VERSION: &str = "naming-v15";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\
 You read a conversation between a user and an AI assistant and describe it as JSON with these fields:
