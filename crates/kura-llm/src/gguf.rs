@@ -127,19 +127,17 @@ fn value_to_u32(value: &Value) -> Option<u32> {
 
 /// The header of the GGUF file at `path`: its metadata and where its tensors lie.
 pub(crate) fn read_content(path: &Path) -> Result<Content, LlmError> {
-    let mut file = File::open(path).map_err(|source| LlmError::Io {
+    let io = |source| LlmError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
     let unreadable =
         |why: String| LlmError::model(path, format!("not a readable GGUF file: {why}"));
+    let mut file = File::open(path).map_err(io)?;
     if declared_alignment(&mut file) == Some(0) {
         return Err(unreadable("`general.alignment` is 0".to_string()));
     }
-    file.rewind().map_err(|source| LlmError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    file.rewind().map_err(io)?;
     Content::read(&mut file).map_err(|e| unreadable(e.to_string()))
 }
 

@@ -376,6 +376,8 @@ struct Loader<'a> {
     tensors: Tensors,
     /// The layout of the 8-bit copies, which picks their kernel.
     layout: Layout,
+    /// `general.alignment` (32 where absent): every tensor starts at a multiple.
+    alignment: u64,
 }
 
 /// Which of candle's f32 weights a CPU model keeps.
@@ -421,8 +423,7 @@ impl Loader<'_> {
         self.shape(name, want)?;
         // The format puts every tensor at a multiple of the file's alignment; one
         // elsewhere would be read from the wrong bytes, without an error.
-        let alignment = self.meta.optional("general.alignment", Metadata::u32)?;
-        let alignment = u64::from(alignment.unwrap_or(32).max(1));
+        let alignment = self.alignment;
         let offset = self.content.tensor_infos[name].offset;
         if !offset.is_multiple_of(alignment) {
             return Err(self.meta.error(format!(
@@ -560,6 +561,7 @@ impl Model {
             path: meta.path().to_path_buf(),
             source,
         })?;
+        let alignment = meta.optional("general.alignment", Metadata::u32)?;
         let mut loader = Loader {
             content,
             file,
@@ -567,6 +569,8 @@ impl Model {
             device,
             tensors,
             layout,
+            // `gguf::read_content` has refused 0.
+            alignment: u64::from(alignment.unwrap_or(32).max(1)),
         };
         let width = config.heads * config.head_dim;
         let kv_width = config.kv_heads * config.head_dim;

@@ -138,12 +138,12 @@ impl LlmClusterNamer {
             let description = form.text("description", "", DESCRIPTION_TOKENS, 2)?;
             let name = shorten_if_long(name.trim_end_matches(['.', '!']).trim());
             let valid = validate(&name, &description, &request.taken).and_then(|()| {
-                match fits_the_contrast_better(&name, &request.members, &request.contrast) {
-                    true => Err(format!(
+                if fits_the_contrast_better(&name, &request.members, &request.contrast) {
+                    return Err(format!(
                         "name fits the contrast better than the group: {name:?}"
-                    )),
-                    false => Ok(()),
+                    ));
                 }
+                Ok(())
             });
             if valid.is_err() {
                 leave_out_opening_verb(&mut verbs, &name);
