@@ -140,6 +140,9 @@ fn hostile_run() -> PathBuf {
     .join("run")
 }
 
+/// The one top cluster of [`large_run`] whose name the namer did not write.
+const BORROWED_TOP: usize = 3;
+
 /// A 10,000-conversation run written directly as run files (no model is needed
 /// to time the page): 8 top clusters of 5 base clusters each.
 fn large_run(dir: &Path, n: usize) {
@@ -174,7 +177,10 @@ fn large_run(dir: &Path, n: usize) {
             .flat_map(|s| members[top * per_top + s].clone())
             .collect();
         let angle = top as f64 / tops as f64 * std::f64::consts::TAU;
-        let record = json!({"id": format!("top-{top}"), "name": format!("Topic {top}"), "description": "A top cluster", "slug": "t", "chat_ids": ids, "parent_id": null, "count": ids.len()});
+        let mut record = json!({"id": format!("top-{top}"), "name": format!("Topic {top}"), "description": "A top cluster", "slug": "t", "chat_ids": ids, "parent_id": null, "count": ids.len()});
+        if top == BORROWED_TOP {
+            record["name_borrowed"] = json!(true);
+        }
         clusters.push_str(&format!("{record}\n"));
         let mut p = record.clone();
         p["x_coord"] = json!(angle.cos() * 10.0 + 2.5);
@@ -665,4 +671,12 @@ fn the_page_loads_ten_thousand_conversations() {
         result["load_ms"], result["zoom_frame_ms"]
     );
     assert!(result["load_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        result["borrowed"], 1,
+        "only the borrowed name is marked in the tree"
+    );
+    assert_eq!(
+        result["borrowed_note"], true,
+        "the cluster panel says the name was borrowed"
+    );
 }

@@ -155,6 +155,15 @@ async function load(page) {
   }));
   check(timing.points.includes(`${expected} conversations`), `the page shows ${expected} conversations: ${timing.points}`);
   check(timing.tree > 0, "the tree is drawn");
+  // A name the model did not write is marked in the tree and explained in the panel.
+  const marked = page.locator("#tree .tree-row:has(.borrowed)");
+  const borrowed = await marked.count();
+  let borrowedNote = false;
+  if (borrowed > 0) {
+    await marked.first().locator(".tree-name").click();
+    await page.waitForSelector("#cluster-panel h2");
+    borrowedNote = (await page.locator("#cluster-panel .borrowed-note").count()) === 1;
+  }
   await page.screenshot({ path: screenshot });
   // Pan and zoom redraws: the average frame over a few wheel steps.
   const box = await page.locator("#map").boundingBox();
@@ -168,7 +177,7 @@ async function load(page) {
     }
     return (performance.now() - t0) / 10;
   });
-  return { load_ms: Math.round(timing.ready), zoom_frame_ms: Math.round(frames) };
+  return { load_ms: Math.round(timing.ready), zoom_frame_ms: Math.round(frames), borrowed, borrowed_note: borrowedNote };
 }
 
 const run = { explore, load }[mode];

@@ -123,6 +123,13 @@ async function applyState(next) {
 
 // ---------- the tree ----------
 
+// Beside a name the model did not write: the namer failed, and a base cluster took
+// its most central conversation's request, a parent its largest child's name.
+function borrowedNote(c) {
+  const member = c.children.length ? "its largest sub-cluster" : "its most central conversation";
+  return `Named after a member: the model could not name this cluster, so it took the name of ${member}.`;
+}
+
 function treeRow(index) {
   const c = data.clusters[index];
   const hasKids = c.children.length > 0;
@@ -132,8 +139,9 @@ function treeRow(index) {
     "aria-label": "expand", "aria-expanded": "false",
   });
   const name = el("button", { class: "tree-name", type: "button", text: c.name, title: c.description });
+  const borrowed = c.name_borrowed ? el("span", { class: "borrowed", text: "≈", title: borrowedNote(c), "aria-label": "named after a member" }) : null;
   const row = el("div", { class: "tree-row", "data-id": c.id, role: "treeitem" },
-    toggle, name, el("span", { class: "tree-count", text: `${c.count} · ${percent(c.share)}` }));
+    toggle, name, borrowed, el("span", { class: "tree-count", text: `${c.count} · ${percent(c.share)}` }));
   const node = el("div", { class: "tree-node" }, row, kids);
   node._expand = (open) => {
     if (!hasKids) return;
@@ -209,6 +217,7 @@ async function selectCluster(id, opts = {}) {
       el("button", { class: "close link", type: "button", text: "close", on: { click: () => { state.cluster = null; data.selectedMembers = null; panel.hidden = true; writeHash(); map.draw(); } } }),
       pathLinks(c.path.slice(0, -1)),
       el("h2", { text: c.name }),
+      c.name_borrowed ? el("p", { class: "borrowed-note", text: borrowedNote(c) }) : null,
       el("p", { class: "description", text: c.description }),
       el("p", { class: "size", text: size }),
       c.children.length ? el("h3", { text: "sub-clusters" }) : null,

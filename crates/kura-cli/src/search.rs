@@ -141,6 +141,7 @@ pub fn cluster_record(view: &RunView, hit: &Hit) -> Value {
         "cluster_id": node.cluster.id,
         "score": hit.score,
         "name": node.cluster.name,
+        "name_borrowed": node.cluster.name_borrowed,
         "description": node.cluster.description,
         "count": node.cluster.count,
         "level": node.depth,

@@ -8,6 +8,10 @@ use kura_core::text::{terminal_safe, truncate_chars};
 use kura_core::tree::Tree;
 use kura_core::Cluster;
 
+/// After a name the namer did not write (see `Cluster::name_borrowed`): it says
+/// what one member is about, which a reader would otherwise take for the group.
+const BORROWED_MARK: &str = " [named after a member]";
+
 pub fn render(
     clusters: &[Cluster],
     max_depth: Option<usize>,
@@ -49,9 +53,14 @@ fn draw(
 ) {
     let share = 100.0 * cluster.count as f64 / parent_count.max(1) as f64;
     let branch = if last { "╚══ " } else { "╠══ " };
+    let borrowed = if cluster.name_borrowed {
+        BORROWED_MARK
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
-        "{prefix}{branch}{} ({} conversations, {share:.1}%)",
+        "{prefix}{branch}{}{borrowed} ({} conversations, {share:.1}%)",
         terminal_safe(&cluster.name),
         cluster.count
     );
@@ -96,6 +105,7 @@ mod tests {
             chat_ids: (0..count).map(|i| format!("{id}-{i}")).collect(),
             parent_id: parent.map(Into::into),
             count,
+            name_borrowed: false,
         }
     }
 
@@ -116,5 +126,18 @@ mod tests {
         );
         let shallow = render(&clusters, Some(1), false).unwrap();
         assert!(!shallow.contains("Child A"));
+    }
+
+    #[test]
+    fn marks_only_the_names_the_namer_did_not_write() {
+        let mut clusters = vec![
+            cluster("r", "Root", None, 4),
+            cluster("a", "Child A", Some("r"), 3),
+            cluster("b", "Child B", Some("r"), 1),
+        ];
+        clusters[1].name_borrowed = true;
+        let text = render(&clusters, None, false).unwrap();
+        assert!(text.contains("Child A [named after a member] (3 conversations"));
+        assert_eq!(text.matches(BORROWED_MARK).count(), 1, "{text}");
     }
 }

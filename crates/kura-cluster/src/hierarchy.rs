@@ -212,10 +212,12 @@ impl ClioHierarchy {
         let mut names = LevelNames::default();
         for group in &groups {
             let vector = normalized_mean(&level.vectors, group);
-            let mut name = self.name_group(all, level, group, &vector, names.given(), namer);
+            let (mut name, borrowed) =
+                self.name_group(all, level, group, &vector, names.given(), namer);
             name.name = names.give(&name.name);
             let children: Vec<usize> = group.iter().map(|&g| level.clusters[g]).collect();
-            let parent = make_parent(all, &children, name, round);
+            let mut parent = make_parent(all, &children, name, round);
+            parent.name_borrowed = borrowed;
             for &child in &children {
                 all[child].parent_id = Some(parent.id.clone());
             }
@@ -250,6 +252,8 @@ impl ClioHierarchy {
 
     /// The parent's name: a single child's own, otherwise the namer's; when the namer
     /// fails, the largest child's (so one bad answer never aborts the hierarchy).
+    /// Also whether the name is borrowed (see [`Cluster::name_borrowed`]): a
+    /// single child passes on its own mark.
     fn name_group(
         &self,
         all: &[Cluster],
@@ -258,7 +262,7 @@ impl ClioHierarchy {
         vector: &[f32],
         taken: &[String],
         namer: &dyn ClusterNamer,
-    ) -> ClusterName {
+    ) -> (ClusterName, bool) {
         let child = |g: usize| &all[level.clusters[g]];
         let largest = group
             .iter()
@@ -270,7 +274,7 @@ impl ClioHierarchy {
             description: largest.map(|c| c.description.clone()).unwrap_or_default(),
         };
         if group.len() == 1 {
-            return fallback();
+            return (fallback(), largest.is_some_and(|c| c.name_borrowed));
         }
         let members: HashSet<usize> = group.iter().copied().collect();
         let contrast = nearest_rows(&level.vectors, vector, |i| members.contains(&i), CONTRAST)
@@ -287,12 +291,12 @@ impl ClioHierarchy {
             taken: taken.to_vec(),
         };
         match namer.name(&request) {
-            Ok(name) => name,
+            Ok(name) => (name, false),
             Err(e) => {
                 tracing::warn!(
                     "naming a parent cluster failed ({e}); using its largest child's name"
                 );
-                fallback()
+                (fallback(), true)
             }
         }
     }
@@ -316,6 +320,7 @@ fn make_parent(all: &[Cluster], children: &[usize], name: ClusterName, round: us
         count: chat_ids.len(),
         chat_ids,
         parent_id: None,
+        name_borrowed: false,
     }
 }
 

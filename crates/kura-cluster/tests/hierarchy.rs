@@ -91,6 +91,7 @@ fn base(n: usize, topics: usize) -> (Vec<Cluster>, Matrix) {
                 count: chat_ids.len(),
                 chat_ids,
                 parent_id: None,
+                name_borrowed: false,
             }
         })
         .collect();
@@ -228,6 +229,10 @@ fn builds_a_valid_forest() {
     let namer = ScriptedNamer::default();
     let tree = build_checked(4, &clusters, &vectors, &namer, 1);
     assert!(tree.len() > clusters.len());
+    assert!(
+        tree.iter().all(|c| !c.name_borrowed),
+        "names the namer wrote are not marked"
+    );
 
     for request in namer.requests.lock().unwrap().iter() {
         assert!(request.is_parent);
@@ -334,6 +339,9 @@ fn a_failing_namer_still_gives_one_forest() {
     assert!(tree[30..]
         .iter()
         .all(|p| base_names.contains(p.name.as_str())));
+    // and says so, while the base clusters it was given keep their own mark.
+    assert!(tree[30..].iter().all(|p| p.name_borrowed));
+    assert!(tree[..30].iter().all(|c| !c.name_borrowed));
 }
 
 #[test]

@@ -440,15 +440,18 @@ impl Run {
                 taken: names.given().to_vec(),
             };
             let central = central.first().map(|&i| &summaries[i]);
-            let mut name = namer
-                .name(&request)
-                .unwrap_or_else(|e| name_from_central_member(central, &e));
+            let (mut name, borrowed) = match namer.name(&request) {
+                Ok(name) => (name, false),
+                Err(e) => (name_from_central_member(central, &e), true),
+            };
             name.name = names.give(&name.name);
             let chat_ids: Vec<String> = members
                 .iter()
                 .map(|&i| summaries[i].chat_id.clone())
                 .collect();
-            clusters.push(new_cluster(name, chat_ids));
+            let mut cluster = new_cluster(name, chat_ids);
+            cluster.name_borrowed = borrowed;
+            clusters.push(cluster);
             self.progress.advance(1);
         }
         let named = clusters.len();
@@ -833,6 +836,7 @@ fn new_cluster(name: ClusterName, mut chat_ids: Vec<String>) -> Cluster {
         count: chat_ids.len(),
         chat_ids,
         parent_id: None,
+        name_borrowed: false,
     }
 }
 
@@ -870,6 +874,7 @@ fn unclustered_cluster(mut chat_ids: Vec<String>) -> Cluster {
         count: chat_ids.len(),
         chat_ids,
         parent_id: None,
+        name_borrowed: false,
     }
 }
 

@@ -125,6 +125,7 @@ mod tests {
             chat_ids: (0..count).map(|i| format!("{id}{i}")).collect(),
             parent_id: parent.map(Into::into),
             count,
+            name_borrowed: false,
         }
     }
 

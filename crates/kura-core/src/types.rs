@@ -86,6 +86,12 @@ pub struct Cluster {
     pub chat_ids: Vec<String>,
     pub parent_id: Option<String>,
     pub count: usize,
+    /// Set when the namer failed and the name was borrowed instead: a base
+    /// cluster's from its most central member, a parent's from its largest child.
+    /// Such a name says what one member is about, not the group, so the tree and
+    /// the explorer mark it. Kura's files have no such field: absent means false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub name_borrowed: bool,
 }
 
 impl Cluster {

@@ -164,6 +164,7 @@ impl HierarchyBuilder for OneRoot {
             count: chat_ids.len(),
             chat_ids,
             parent_id: None,
+            name_borrowed: false,
         });
         Ok(base)
     }
@@ -563,6 +564,7 @@ fn a_failing_namer_names_clusters_after_a_central_summary_instead_of_failing_the
             .unwrap_or_else(|| panic!("fallback name {:?} names no topic", cluster.name));
         assert!(cluster.description.contains("namer failed"));
         assert!(cluster.description.contains(topic));
+        assert!(cluster.name_borrowed, "{:?} is not marked", cluster.name);
     }
 }
 

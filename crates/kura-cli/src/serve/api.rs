@@ -213,6 +213,7 @@ impl Explorer {
         Response::json(&json!({
             "id": node.cluster.id,
             "name": node.cluster.name,
+            "name_borrowed": node.cluster.name_borrowed,
             "description": node.cluster.description,
             "count": node.cluster.count,
             "share": parent_count.map(|p| node.cluster.count as f64 / p.max(1) as f64),
@@ -381,6 +382,7 @@ fn tree(view: &RunView, frame: &Frame) -> Value {
             json!({
                 "id": node.cluster.id,
                 "name": node.cluster.name,
+                "name_borrowed": node.cluster.name_borrowed,
                 "description": node.cluster.description,
                 "count": node.cluster.count,
                 "share": node.cluster.count as f64 / parent_count.max(1) as f64,

@@ -49,6 +49,7 @@ fn cluster(id: &str, parent: Option<&str>, members: &[&str]) -> Cluster {
         chat_ids: members.iter().map(|m| m.to_string()).collect(),
         parent_id: parent.map(Into::into),
         count: members.len(),
+        name_borrowed: false,
     }
 }
 
