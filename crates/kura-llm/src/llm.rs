@@ -439,6 +439,18 @@ impl<'a> Session<'a> {
         self.llm
     }
 
+    /// Forgets the last `tokens` fed, as if they had never been: the next thing done
+    /// must be a feed, since the logits they left are gone with them.
+    pub(crate) fn take_back(&mut self, tokens: usize) -> Result<(), LlmError> {
+        if tokens == 0 {
+            return Ok(());
+        }
+        let len = self.cache.len().saturating_sub(tokens);
+        self.llm.model().truncate_cache(&mut self.cache, len)?;
+        self.logits = None;
+        Ok(())
+    }
+
     /// Tokens that still fit in the context.
     pub(crate) fn remaining(&self) -> usize {
         self.llm.max_context.saturating_sub(self.cache.len())
@@ -666,6 +678,28 @@ mod tests {
         weighed.feed(&[42]).expect("step");
         plain.feed(&[42]).expect("step");
         assert_eq!(weighed.logits, plain.logits);
+    }
+
+    /// Tokens taken back are as if never fed: what follows is predicted as in a
+    /// session that never read them.
+    #[test]
+    fn tokens_taken_back_leave_no_trace() {
+        let llm = smollm2();
+        let prompt = [1, 520, 2_000, 33, 7_000];
+        let mut taken = llm.session(0.0, 0);
+        taken.feed(&prompt).expect("prompt");
+        taken.feed(&[100]).expect("kept");
+        taken.feed(&[200, 300]).expect("read past the end");
+        taken.take_back(2).expect("take back");
+        assert_eq!(taken.cache.len(), prompt.len() + 1);
+        assert!(taken.logits.is_none(), "stale logits are dropped");
+        taken.feed(&[42]).expect("step");
+
+        let mut plain = llm.session(0.0, 0);
+        plain.feed(&prompt).expect("prompt");
+        plain.feed(&[100]).expect("kept");
+        plain.feed(&[42]).expect("step");
+        assert_eq!(taken.logits, plain.logits);
     }
 
     /// A GGUF shaped like Llama 3.2's, with made-up weights: its vocabulary and

@@ -54,11 +54,25 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         max_tokens: usize,
         max_sentences: usize,
     ) -> Result<String, LlmError> {
+        self.text_cut(key, prefix, max_tokens, max_sentences, &|_| None)
+    }
+
+    /// [`FormWriter::text`] that also ends where `cut` says (a byte index into the
+    /// text after `prefix`) once the model has written that far: a value of one
+    /// kind that small models run on into another.
+    pub(crate) fn text_cut(
+        &mut self,
+        key: &str,
+        prefix: &str,
+        max_tokens: usize,
+        max_sentences: usize,
+        cut: &dyn Fn(&str) -> Option<usize>,
+    ) -> Result<String, LlmError> {
         self.open_key(key);
         self.pending.push('"');
         self.pending.push_str(prefix);
         self.flush()?;
-        let (raw, unfed) = self.decode_string(max_tokens, max_sentences, &any_end)?;
+        let (raw, unfed) = self.decode_string(max_tokens, max_sentences, &any_end, cut)?;
         self.pending = format!("{unfed}\"");
         Ok(clean_value(&format!("{prefix}{raw}")))
     }
@@ -80,7 +94,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             }
             self.pending.push('"');
             self.flush()?;
-            let (raw, unfed) = self.decode_string(max_tokens, 1, &any_end)?;
+            let (raw, unfed) = self.decode_string(max_tokens, 1, &any_end, &|_| None)?;
             self.pending = format!("{unfed}\"");
             items.push(clean_value(&raw));
         }
@@ -118,7 +132,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             self.session.restrict_next(|id| llm.starts_word(id))?;
         }
         let refused_end = |raw: &str| refused(&format!("{chosen}{raw}"));
-        let (raw, unfed) = self.decode_string(max_tokens, 1, &refused_end)?;
+        let (raw, unfed) = self.decode_string(max_tokens, 1, &refused_end, &|_| None)?;
         self.pending = format!("{unfed}\"");
         Ok(clean_value(&format!("{chosen}{raw}")))
     }
@@ -202,15 +216,18 @@ impl<'s, 'a> FormWriter<'s, 'a> {
     /// that the model has not been fed (the text before a quote inside the last token).
     /// Where `refused_end` refuses the value the model would end on, or the end is a
     /// quote that opens a quotation, that end is forbidden once and the model goes on.
+    /// The value also ends where `cut` says, or before an aside.
     fn decode_string(
         &mut self,
         max_tokens: usize,
         max_sentences: usize,
         refused_end: &dyn Fn(&str) -> bool,
+        cut: &dyn Fn(&str) -> Option<usize>,
     ) -> Result<(String, String), LlmError> {
         let llm = self.session.llm();
         let mut ids = Vec::new();
-        let mut fed = String::new();
+        // The text after each token fed, the last of which is all the model has read.
+        let mut fed: Vec<String> = Vec::new();
         // The value's length in tokens where a close was last refused: refused once,
         // an end the model cannot avoid (a sentence's) is taken.
         let mut refused_at = None;
@@ -228,6 +245,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
                 string_end(&text),
                 sentences_end(&text, max_sentences),
                 aside_start(&text),
+                cut(&text),
             ]
             .into_iter()
             .flatten()
@@ -245,20 +263,37 @@ impl<'s, 'a> FormWriter<'s, 'a> {
                     self.session.restrict_next(|id| !llm.closes_string(id))?;
                     continue;
                 }
-                let unfed = value.strip_prefix(fed.as_str()).unwrap_or("").to_string();
+                let unfed = self.read_no_further_than(&value, &fed)?;
                 return Ok((value, unfed));
             }
             self.session.feed(&[token])?;
-            fed = text;
+            fed.push(text);
         }
         // Cut off at its token cap, a value keeps its whole sentences: the summary
         // "… The assistant provided a plan for each step, including" loses the
-        // unfinished one. (The model has read it all; the next key follows.)
+        // unfinished one.
+        let read = fed.last().map_or("", String::as_str);
         let value = match ids.len() == max_tokens {
-            true => whole_sentences(&fed).to_string(),
-            false => fed,
+            true => whole_sentences(read).to_string(),
+            false => read.to_string(),
         };
-        Ok((value, String::new()))
+        let unfed = self.read_no_further_than(&value, &fed)?;
+        Ok((value, unfed))
+    }
+
+    /// Takes back the tokens `fed` past the end of `value` and returns the part of
+    /// `value` the model has not read. A value can end inside what the model has
+    /// read: an aside or a cut is seen only once its opening words are written,
+    /// and a value at its token cap drops its unfinished sentence. Had the model
+    /// kept them, the next fields would follow words that are not in the answer.
+    fn read_no_further_than(&mut self, value: &str, fed: &[String]) -> Result<String, LlmError> {
+        let kept = fed
+            .iter()
+            .rposition(|text| value.starts_with(text.as_str()))
+            .map_or(0, |last| last + 1);
+        self.session.take_back(fed.len() - kept)?;
+        let read = kept.checked_sub(1).map_or("", |last| fed[last].as_str());
+        Ok(value[read.len()..].to_string())
     }
 }
 
@@ -445,6 +480,40 @@ fn says_no_error(entry: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::smollm2;
+
+    /// A value that ends inside what the model has read (here after its first
+    /// word, seen once four are written) leaves the model having read the value
+    /// and no further, as the JSON recorded says.
+    #[test]
+    fn a_value_cut_inside_what_the_model_read_is_all_it_keeps() {
+        let llm = smollm2();
+        let mut session = llm.session(0.0, 0);
+        session
+            .feed_text("Describe your favourite animal in a few sentences, as JSON.\n")
+            .expect("prompt");
+        let room = session.remaining();
+        let first_word = |text: &str| {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            (words.len() >= 4).then(|| text.find(words[0]).map(|at| at + words[0].len()))?
+        };
+        let mut form = FormWriter::new(&mut session);
+        let value = form
+            .text_cut("animal", "My favourite", 40, 5, &first_word)
+            .expect("value");
+        assert_eq!(value.split_whitespace().count(), 3, "{value:?}");
+        drop(form);
+        let read = room - session.remaining();
+        let recorded = llm
+            .chat()
+            .encode_text(&format!("{{\"animal\": \"{value}"))
+            .expect("tokens")
+            .len();
+        assert!(
+            read <= recorded + 1,
+            "read {read} tokens for {recorded} of recorded JSON ({value:?})"
+        );
+    }
 
     #[test]
     fn string_end_skips_escaped_quotes() {

@@ -220,8 +220,14 @@ fn fill_facets(
 ) -> Result<Facets, LlmError> {
     let mut form = FormWriter::new(session);
     let summary = form.text("summary", SUMMARY_PREFIX, SUMMARY_TOKENS, 2)?;
-    let request = form.text("request", REQUEST_PREFIX, REQUEST_TOKENS, 1)?;
-    let task = form.text("task", TASK_PREFIX, TASK_TOKENS, 1)?;
+    let request = form.text_cut(
+        "request",
+        REQUEST_PREFIX,
+        REQUEST_TOKENS,
+        1,
+        &assistant_clause,
+    )?;
+    let task = form.text_cut("task", TASK_PREFIX, TASK_TOKENS, 1, &assistant_clause)?;
     let languages = match detected {
         Some(languages) => {
             form.string("natural_languages", &as_written(languages));
@@ -248,6 +254,30 @@ fn fill_facets(
         assistant_errors: split_errors(&assistant_errors),
     })
 }
+
+/// Where a request or a task goes on to what the assistant did (", and the
+/// assistant performed the task of…", ", but the assistant did not…"): the byte
+/// index of the comma or space before the conjunction, once something comes
+/// before it. That is the summary's to say. Qwen 0.5B ran on so in a fifth of the
+/// requests and tasks of 216 real and example conversations (on a Zen 3 at
+/// `f9103c9`), and a cluster named after such a request carried the answer in
+/// its name.
+fn assistant_clause(text: &str) -> Option<usize> {
+    let lower = text.to_ascii_lowercase();
+    ASSISTANT_CLAUSES
+        .iter()
+        .filter_map(|clause| lower.find(clause))
+        .min()
+        .map(|at| lower[..at].trim_end_matches(',').len())
+        .filter(|&end| !text[..end].trim().is_empty())
+}
+
+const ASSISTANT_CLAUSES: &[&str] = &[
+    " and the assistant",
+    " but the assistant",
+    " while the assistant",
+    " whereas the assistant",
+];
 
 /// Languages as the instructions ask for them: capitalised English names separated
 /// by commas ("German, English").
@@ -477,6 +507,39 @@ mod tests {
             (1.0, 5),
         ] {
             assert_eq!(concerning_score(harmful), score, "{harmful}");
+        }
+    }
+
+    /// Requests and tasks Qwen 0.5B wrote for real conversations.
+    #[test]
+    fn a_request_ends_before_what_the_assistant_did() {
+        for (written, kept) in [
+            (
+                " translate a language model to Spanish, and the assistant performed this translation.",
+                " translate a language model to Spanish",
+            ),
+            (
+                " provide information about a specific topic, but the assistant did not provide any",
+                " provide information about a specific topic",
+            ),
+            (
+                " cook the onions without them turning mushy, while the Assistant suggested using a pot",
+                " cook the onions without them turning mushy",
+            ),
+            (
+                " explain the uses of the tool and the assistant's natural languages are",
+                " explain the uses of the tool",
+            ),
+        ] {
+            let end = assistant_clause(written).expect(written);
+            assert_eq!(&written[..end], kept);
+        }
+        for whole in [
+            " provide the first 7 digits of pi.",
+            " help the assistant plan a vegetarian meal",
+            " and the assistant",
+        ] {
+            assert_eq!(assistant_clause(whole), None, "{whole}");
         }
     }
 }
