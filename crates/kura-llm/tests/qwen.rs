@@ -97,6 +97,36 @@ fn qwen_summaries_go_on_past_a_quotation() {
     }
 }
 
+/// A request or a task says what was asked, not what the assistant did. For these
+/// two Qwen wrote both on to ", and the assistant performs the task of writing a
+/// character profile…" and ", but the assistant did not provide…" before
+/// `summary-v9`.
+#[test]
+fn qwen_requests_and_tasks_end_before_what_the_assistant_did() {
+    let summarizer = LlmSummarizer::new(llm(QWEN)).expect("summarizer");
+    let conversations = conversations_by_id(
+        "arena_wildchat_oasst_3404.jsonl.gz",
+        &["chatbot_arena_0397", "chatbot_arena_32909"],
+    );
+    for (conversation, result) in conversations
+        .iter()
+        .zip(summarizer.summarize(&conversations))
+    {
+        let summary = result.unwrap_or_else(|e| panic!("{}: {e}", conversation.chat_id));
+        eprintln!("{}: {summary:?}", conversation.chat_id);
+        for value in [&summary.request, &summary.task] {
+            let value = value.as_deref().unwrap_or_default().to_lowercase();
+            assert!(
+                !["and", "but", "while", "whereas"]
+                    .iter()
+                    .any(|conjunction| value.contains(&format!(" {conjunction} the assistant"))),
+                "{value:?}"
+            );
+        }
+        assert_valid_summary(conversation, &summary);
+    }
+}
+
 /// Clio's privacy rule holds where the model breaks it: Qwen copies this user's
 /// Windows path, their full name one of its folders, into the summary, the request
 /// and the task; the pipeline's summaries stage keeps none of it.
