@@ -21,7 +21,7 @@ use crate::loaders::conversation_fingerprint;
 use crate::matrix::Matrix;
 use crate::privacy::{redact_summary, REDACTION_VERSION};
 use crate::store::{self, fingerprint, Journal};
-use crate::text::{capitalized, slugify, truncate_chars, LevelNames};
+use crate::text::{capitalized, shorten_name, slugify, truncate_chars, LevelNames};
 use crate::traits::{
     ChoiceRequest, ClusterName, ClusterNamer, Clusterer, Embedder, HierarchyBuilder, NamingRequest,
     ProposalRequest, Reducer, Summarizer,
@@ -759,7 +759,8 @@ impl Run {
 /// like the namer's ("Explain the difference between…" from "The user's overall
 /// request for the assistant is to explain the difference between…"), and its
 /// summary otherwise: a summary reads as a report ("The user asked for…"), not as
-/// the name of a group.
+/// the name of a group. A long one is cut as a namer's long name is (see
+/// [`shorten_name`]), and only where no cut reads as a name is it ended with "…".
 fn name_from_central_member(
     central: Option<&ConversationSummary>,
     error: &BoxError,
@@ -770,12 +771,18 @@ fn name_from_central_member(
         .and_then(|c| c.request.as_deref())
         .map(as_imperative)
         .filter(|r| !r.is_empty());
-    let named_after = request.as_deref().unwrap_or(summary);
-    let words: Vec<&str> = named_after.split_whitespace().collect();
-    let name = match words.len() {
-        0 => "Unnamed conversations".to_string(),
-        n if n <= NAME_FALLBACK_WORDS => named_after.trim_end_matches('.').to_string(),
-        _ => format!("{}…", words[..NAME_FALLBACK_WORDS].join(" ")),
+    let named_after = request.as_deref().unwrap_or(summary).trim();
+    let named_after = named_after.trim_end_matches('.');
+    let name = match shorten_name(named_after, NAME_FALLBACK_WORDS) {
+        _ if named_after.is_empty() => "Unnamed conversations".to_string(),
+        Some(name) => name,
+        None => {
+            let words: Vec<&str> = named_after.split_whitespace().collect();
+            format!(
+                "{}…",
+                words[..NAME_FALLBACK_WORDS.min(words.len())].join(" ")
+            )
+        }
     };
     ClusterName {
         name,

@@ -67,6 +67,74 @@ pub fn same_name(a: &str, b: &str) -> bool {
     name_words(a) == name_words(b)
 }
 
+/// `name`, or where it has more than `max_words` words a cut of it that reads as a
+/// name; `None` where no cut does. The cut is its first clause where that is short
+/// enough: Qwen 0.5B named a cluster "Plan a vegetarian meal prep for 5 workday
+/// lunches, with at least 25 g protein per lunch and no time". Where no clause is,
+/// the name is cut before the last word of [`CUT_BEFORE`] that leaves it at most
+/// `max_words` (and at least [`MIN_CUT_WORDS`]): the phrase that word opens only
+/// narrows the one before. Names the model wrote too long had been a third of the
+/// reasons its clusters fell back to a member's request, on the example and two
+/// samples of real conversations: "Develop and refine a cover letter for a
+/// Marketing Assistant position", "Explain the impact of supernovae on the stars
+/// that they occur on". A member's request, named after when the namer fails, is
+/// cut the same way.
+pub fn shorten_name(name: &str, max_words: usize) -> Option<String> {
+    let count = |text: &str| text.split_whitespace().count();
+    if count(name) <= max_words {
+        return Some(name.to_string());
+    }
+    match name.split([',', ';', ':', '(']).next().map(str::trim) {
+        Some(clause) if (2..=max_words).contains(&count(clause)) => {
+            return Some(clause.to_string())
+        }
+        _ => {}
+    }
+    let words: Vec<&str> = name.split_whitespace().collect();
+    let opens_a_phrase = |word: &str| CUT_BEFORE.contains(&word.to_lowercase().as_str());
+    (MIN_CUT_WORDS..=max_words)
+        .rev()
+        .find(|&n| words.get(n).is_some_and(|w| opens_a_phrase(w)))
+        .map(|n| {
+            words[..n]
+                .join(" ")
+                .trim_end_matches([',', ';', ':'])
+                .to_string()
+        })
+}
+
+/// Words that open a phrase narrowing what came before: prepositions,
+/// conjunctions and relative words.
+const CUT_BEFORE: &[&str] = &[
+    "about",
+    "and",
+    "at",
+    "because",
+    "between",
+    "by",
+    "for",
+    "from",
+    "in",
+    "including",
+    "into",
+    "of",
+    "on",
+    "or",
+    "that",
+    "to",
+    "using",
+    "when",
+    "where",
+    "which",
+    "while",
+    "who",
+    "with",
+    "within",
+];
+
+/// The fewest words a cut name keeps: a verb and its object.
+const MIN_CUT_WORDS: usize = 3;
+
 /// The words of a name as names are compared: runs of letters and digits,
 /// lower-cased, a plural `s` dropped ("Conversation Group" and "conversations
 /// groups" have the same words).
@@ -110,6 +178,55 @@ impl LevelNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_name_keeps_its_first_clause_when_that_is_a_name() {
+        assert_eq!(
+            shorten_name(
+                "Plan a vegetarian meal prep for 5 workday lunches, with at least 25 g \
+                 protein per lunch and no time",
+                10
+            )
+            .as_deref(),
+            Some("Plan a vegetarian meal prep for 5 workday lunches")
+        );
+        let short = "Fix bugs, crashes and hangs";
+        assert_eq!(shorten_name(short, 10).as_deref(), Some(short));
+    }
+
+    /// Qwen 0.5B's names refused for their length alone, cut before the phrase that
+    /// narrows them.
+    #[test]
+    fn a_long_name_without_a_short_clause_is_cut_before_a_narrowing_phrase() {
+        for (long, cut) in [
+            (
+                "Develop and refine a cover letter for a Marketing Assistant position",
+                "Develop and refine a cover letter",
+            ),
+            (
+                "Explain the differences between 'fewer people' and 'fewer emails' in English",
+                "Explain the differences between 'fewer people' and 'fewer emails'",
+            ),
+            (
+                "Explain the impact of supernovae on the stars that they occur on",
+                "Explain the impact of supernovae on the stars",
+            ),
+            (
+                "Teach the User How to Write a Cover Letter for Marketing Assistant Positions",
+                "Teach the User How to Write a Cover Letter",
+            ),
+            (
+                "Plan, with at least 25 g protein per lunch and no time on Sundays at all",
+                "Plan, with at least 25 g protein per lunch",
+            ),
+        ] {
+            assert_eq!(shorten_name(long, 10).as_deref(), Some(cut));
+            assert!(cut.split_whitespace().count() <= 10);
+        }
+        // No word to cut before within ten words: no name.
+        let unbroken = "Summarize twelve long sentences packed dense nouns verbs adjectives adverbs pronouns articles";
+        assert_eq!(shorten_name(unbroken, 10), None);
+    }
 
     #[test]
     fn names_that_differ_only_in_case_punctuation_or_plural_are_the_same() {

@@ -568,8 +568,9 @@ fn a_failing_namer_names_clusters_after_a_central_summary_instead_of_failing_the
     }
 }
 
-/// The scripted summaries with the request facet in its conventional wording.
-struct RequestSummarizer(ScriptedSummarizer);
+/// The scripted summaries with the request facet in its conventional wording,
+/// `.1` after the conversation's first message.
+struct RequestSummarizer(ScriptedSummarizer, &'static str);
 
 impl Summarizer for RequestSummarizer {
     fn id(&self) -> String {
@@ -586,8 +587,8 @@ impl Summarizer for RequestSummarizer {
             .map(|(summary, c)| {
                 let mut summary = summary?;
                 summary.request = Some(format!(
-                    "The user's overall request for the assistant is to answer a {}.",
-                    c.messages[0].content
+                    "The user's overall request for the assistant is to answer a {}{}.",
+                    c.messages[0].content, self.1
                 ));
                 Ok(summary)
             })
@@ -600,7 +601,7 @@ fn a_failing_namer_names_clusters_after_a_central_request_as_an_imperative() {
     let dir = tempfile::tempdir().unwrap();
     let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
     run.set_conversations(&[], &corpus(9), &[]).unwrap();
-    run.summarize(&RequestSummarizer(ScriptedSummarizer::new("v1")))
+    run.summarize(&RequestSummarizer(ScriptedSummarizer::new("v1"), ""))
         .unwrap();
     run.embed(&TopicEmbedder).unwrap();
     run.cluster(&ArgmaxClusterer { param: 1 }, &FailingNamer, Outliers::Keep)
@@ -620,6 +621,36 @@ fn a_failing_namer_names_clusters_after_a_central_request_as_an_imperative() {
             cluster.name
         );
         assert!(cluster.description.contains("namer failed"));
+    }
+}
+
+/// A long request is cut as a namer's long name is, before a phrase that narrows
+/// it, rather than at ten words with "…".
+#[test]
+fn a_failing_namer_cuts_a_long_central_request_before_a_narrowing_phrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
+    run.set_conversations(&[], &corpus(9), &[]).unwrap();
+    let tail = " for a family dinner with friends and neighbours on a sunny afternoon";
+    run.summarize(&RequestSummarizer(ScriptedSummarizer::new("v1"), tail))
+        .unwrap();
+    run.embed(&TopicEmbedder).unwrap();
+    run.cluster(&ArgmaxClusterer { param: 1 }, &FailingNamer, Outliers::Keep)
+        .unwrap();
+
+    let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
+    assert_eq!(base.len(), 3);
+    for cluster in &base {
+        let topic = TOPICS.iter().find(|t| cluster.name.contains(*t)).unwrap();
+        assert!(
+            cluster.name.starts_with("Answer a question ")
+                && cluster
+                    .name
+                    .ends_with(&format!("{topic} for a family dinner")),
+            "{:?}",
+            cluster.name
+        );
+        assert!(cluster.name_borrowed);
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use kura_core::text::{name_words, same_name};
+use kura_core::text::{name_words, same_name, shorten_name};
 use kura_core::{
     BoxError, ChoiceRequest, ClusterName, ClusterNamer, NamingRequest, ProposalRequest,
 };
@@ -136,7 +136,8 @@ impl LlmClusterNamer {
             let taken = |name: &str| is_taken(name, &request.taken);
             let name = form.choice_then_text("name", &verbs, NAME_TOKENS, true, &taken)?;
             let description = form.text("description", "", DESCRIPTION_TOKENS, 2)?;
-            let name = shorten_if_long(name.trim_end_matches(['.', '!']).trim());
+            let name = name.trim_end_matches(['.', '!']).trim();
+            let name = shorten_name(name, MAX_NAME_WORDS).unwrap_or_else(|| name.to_string());
             let valid = validate(&name, &description, &request.taken).and_then(|()| {
                 if fits_the_contrast_better(&name, &request.members, &request.contrast) {
                     return Err(format!(
@@ -284,74 +285,6 @@ fn leave_out_opening_verb(verbs: &mut Vec<&str>, failed: &str) {
     }
 }
 
-/// A name over [`MAX_NAME_WORDS`] cut to its first clause where that is a name of
-/// its own: Qwen 0.5B wrote "Plan a vegetarian meal prep for 5 workday lunches,
-/// with at least 25 g protein per lunch and no time" three times, and the cluster
-/// took a member's summary as its name. Where no clause is short enough, the name
-/// is cut before the last word of [`CUT_BEFORE`] that leaves it at most ten words
-/// (and at least [`MIN_CUT_WORDS`]): the phrase that word opens only narrows the
-/// one before. Names refused for length alone were a third of the reasons of the
-/// clusters that fell back to a member's request, on the example and two samples
-/// of real conversations (on a Zen 3 at `64fcf05`): "Develop and refine a cover
-/// letter for a Marketing Assistant position", "Explain the impact of supernovae
-/// on the stars that they occur on".
-fn shorten_if_long(name: &str) -> String {
-    let count = |text: &str| text.split_whitespace().count();
-    if count(name) <= MAX_NAME_WORDS {
-        return name.to_string();
-    }
-    match name.split([',', ';', ':', '(']).next().map(str::trim) {
-        Some(clause) if (2..=MAX_NAME_WORDS).contains(&count(clause)) => return clause.to_string(),
-        _ => {}
-    }
-    let words: Vec<&str> = name.split_whitespace().collect();
-    let opens_a_phrase = |word: &str| CUT_BEFORE.contains(&word.to_lowercase().as_str());
-    (MIN_CUT_WORDS..=MAX_NAME_WORDS)
-        .rev()
-        .find(|&n| words.get(n).is_some_and(|w| opens_a_phrase(w)))
-        .map_or_else(
-            || name.to_string(),
-            |n| {
-                words[..n]
-                    .join(" ")
-                    .trim_end_matches([',', ';', ':'])
-                    .to_string()
-            },
-        )
-}
-
-/// Words that open a phrase narrowing what came before: prepositions,
-/// conjunctions and relative words.
-const CUT_BEFORE: &[&str] = &[
-    "about",
-    "and",
-    "at",
-    "because",
-    "between",
-    "by",
-    "for",
-    "from",
-    "in",
-    "including",
-    "into",
-    "of",
-    "on",
-    "or",
-    "that",
-    "to",
-    "using",
-    "when",
-    "where",
-    "which",
-    "while",
-    "who",
-    "with",
-    "within",
-];
-
-/// The fewest words a cut name keeps: a verb and its object.
-const MIN_CUT_WORDS: usize = 3;
-
 /// Whether `name` reads as one of the names other clusters of its level have.
 fn is_taken(name: &str, taken: &[String]) -> bool {
     taken.iter().any(|t| same_name(t, name))
@@ -495,9 +428,7 @@ impl ClusterNamer for LlmClusterNamer {
 
 #[cfg(test)]
 mod tests {
-    use super::{
-        fits_the_contrast_better, leave_out_opening_verb, shorten_if_long, validate, NAME_VERBS,
-    };
+    use super::{fits_the_contrast_better, leave_out_opening_verb, validate, NAME_VERBS};
 
     /// A retry does not open with the verb of an attempt that failed (whole words:
     /// "Play" is not "Plan"), and the last verb is kept.
@@ -594,53 +525,6 @@ mod tests {
             assert!(refused.contains("calls the cluster a group"), "{refused}");
         }
         assert!(validate("Plan group trips and budgets", description, &[]).is_ok());
-    }
-
-    #[test]
-    fn a_long_name_keeps_its_first_clause_when_that_is_a_name() {
-        assert_eq!(
-            shorten_if_long(
-                "Plan a vegetarian meal prep for 5 workday lunches, with at least 25 g \
-                 protein per lunch and no time"
-            ),
-            "Plan a vegetarian meal prep for 5 workday lunches"
-        );
-        let short = "Fix bugs, crashes and hangs";
-        assert_eq!(shorten_if_long(short), short);
-    }
-
-    /// Qwen 0.5B's names refused for their length alone, cut before the phrase that
-    /// narrows them.
-    #[test]
-    fn a_long_name_without_a_short_clause_is_cut_before_a_narrowing_phrase() {
-        for (long, cut) in [
-            (
-                "Develop and refine a cover letter for a Marketing Assistant position",
-                "Develop and refine a cover letter",
-            ),
-            (
-                "Explain the differences between 'fewer people' and 'fewer emails' in English",
-                "Explain the differences between 'fewer people' and 'fewer emails'",
-            ),
-            (
-                "Explain the impact of supernovae on the stars that they occur on",
-                "Explain the impact of supernovae on the stars",
-            ),
-            (
-                "Teach the User How to Write a Cover Letter for Marketing Assistant Positions",
-                "Teach the User How to Write a Cover Letter",
-            ),
-            (
-                "Plan, with at least 25 g protein per lunch and no time on Sundays at all",
-                "Plan, with at least 25 g protein per lunch",
-            ),
-        ] {
-            assert_eq!(shorten_if_long(long), cut);
-            assert!(cut.split_whitespace().count() <= super::MAX_NAME_WORDS);
-        }
-        // No word to cut before within ten words: left whole, for validation to refuse.
-        let unbroken = "Summarize twelve long sentences packed dense nouns verbs adjectives adverbs pronouns articles";
-        assert_eq!(shorten_if_long(unbroken), unbroken);
     }
 
     #[test]
