@@ -697,6 +697,7 @@ impl Run {
             failed,
             started.elapsed().as_secs_f64(),
         )?;
+        self.forget_stages_after(stage)?;
         Ok(StageOutcome {
             stage,
             reused: false,
@@ -731,6 +732,22 @@ impl Run {
                     seconds,
                 },
             );
+        })
+    }
+
+    /// Forgets the stages after `stage`, which has just been computed: they were
+    /// made from its output before, and that can differ under the same key (a
+    /// name the namer failed to give is asked again; a deleted file is remade).
+    /// Where the key changed, theirs would have too; where it did not, they
+    /// would otherwise be reused as they were.
+    fn forget_stages_after(&self, stage: &str) -> Result<()> {
+        let Some(at) = STAGES.iter().position(|s| *s == stage) else {
+            return Ok(());
+        };
+        self.update_manifest(|m| {
+            for later in &STAGES[at + 1..] {
+                m.stages.remove(*later);
+            }
         })
     }
 

@@ -322,6 +322,25 @@ fn a_changed_parameter_recomputes_that_stage_and_after_but_not_before() {
     assert_eq!(reused, vec![true, true, true, false, false, false]);
 }
 
+/// A stage whose file is gone is computed again under the same key, and may come
+/// out otherwise (a name the namer failed to give is asked again): the stages
+/// after it follow rather than keep what they made from the old file.
+#[test]
+fn a_stage_recomputed_under_the_same_key_recomputes_the_stages_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ScriptedSummarizer::new("v1");
+    let namer = CountingNamer {
+        calls: AtomicUsize::new(0),
+    };
+    full_run(dir.path(), &corpus(9), &s, &namer, 1);
+    std::fs::remove_file(dir.path().join(CLUSTERS)).unwrap();
+    let reused = full_run(dir.path(), &corpus(9), &s, &namer, 1);
+    assert_eq!(reused, vec![true, true, true, false, false, false]);
+    assert!(full_run(dir.path(), &corpus(9), &s, &namer, 1)
+        .iter()
+        .all(|r| *r));
+}
+
 #[test]
 fn stages_after_a_recomputed_one_are_out_of_date_until_they_run_again() {
     let dir = tempfile::tempdir().unwrap();
