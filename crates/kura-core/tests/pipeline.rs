@@ -114,6 +114,14 @@ struct CountingNamer {
     calls: AtomicUsize,
 }
 
+impl CountingNamer {
+    fn new() -> Self {
+        CountingNamer {
+            calls: AtomicUsize::new(0),
+        }
+    }
+}
+
 impl ClusterNamer for CountingNamer {
     fn id(&self) -> String {
         "counting-namer".into()
@@ -255,9 +263,7 @@ fn full_run(
 fn a_complete_run_writes_kura_files_with_every_conversation_once() {
     let dir = tempfile::tempdir().unwrap();
     let s = ScriptedSummarizer::new("v1");
-    let namer = CountingNamer {
-        calls: AtomicUsize::new(0),
-    };
+    let namer = CountingNamer::new();
     full_run(dir.path(), &corpus(9), &s, &namer, 1);
 
     let summaries: Vec<ConversationSummary> =
@@ -292,9 +298,7 @@ fn a_complete_run_writes_kura_files_with_every_conversation_once() {
 fn a_second_run_reuses_everything_and_asks_no_model() {
     let dir = tempfile::tempdir().unwrap();
     let s = ScriptedSummarizer::new("v1");
-    let namer = CountingNamer {
-        calls: AtomicUsize::new(0),
-    };
+    let namer = CountingNamer::new();
     assert!(full_run(dir.path(), &corpus(9), &s, &namer, 1)
         .iter()
         .skip(1)
@@ -314,9 +318,7 @@ fn a_second_run_reuses_everything_and_asks_no_model() {
 fn a_changed_parameter_recomputes_that_stage_and_after_but_not_before() {
     let dir = tempfile::tempdir().unwrap();
     let s = ScriptedSummarizer::new("v1");
-    let namer = CountingNamer {
-        calls: AtomicUsize::new(0),
-    };
+    let namer = CountingNamer::new();
     full_run(dir.path(), &corpus(9), &s, &namer, 1);
     let reused = full_run(dir.path(), &corpus(9), &s, &namer, 2);
     assert_eq!(reused, vec![true, true, true, false, false, false]);
@@ -329,9 +331,7 @@ fn a_changed_parameter_recomputes_that_stage_and_after_but_not_before() {
 fn a_stage_recomputed_under_the_same_key_recomputes_the_stages_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let s = ScriptedSummarizer::new("v1");
-    let namer = CountingNamer {
-        calls: AtomicUsize::new(0),
-    };
+    let namer = CountingNamer::new();
     full_run(dir.path(), &corpus(9), &s, &namer, 1);
     std::fs::remove_file(dir.path().join(CLUSTERS)).unwrap();
     let reused = full_run(dir.path(), &corpus(9), &s, &namer, 1);
@@ -344,9 +344,7 @@ fn a_stage_recomputed_under_the_same_key_recomputes_the_stages_after_it() {
 #[test]
 fn stages_after_a_recomputed_one_are_out_of_date_until_they_run_again() {
     let dir = tempfile::tempdir().unwrap();
-    let namer = CountingNamer {
-        calls: AtomicUsize::new(0),
-    };
+    let namer = CountingNamer::new();
     full_run(
         dir.path(),
         &corpus(9),
@@ -376,9 +374,7 @@ fn stages_after_a_recomputed_one_are_out_of_date_until_they_run_again() {
 #[test]
 fn a_changed_summariser_recomputes_summaries_instead_of_reusing_stale_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let namer = CountingNamer {
-        calls: AtomicUsize::new(0),
-    };
+    let namer = CountingNamer::new();
     full_run(
         dir.path(),
         &corpus(6),
@@ -416,9 +412,7 @@ fn every_summarisers_facets_lose_addresses_and_paths() {
 #[test]
 fn a_grown_input_summarises_only_the_new_conversations() {
     let dir = tempfile::tempdir().unwrap();
-    let namer = CountingNamer {
-        calls: AtomicUsize::new(0),
-    };
+    let namer = CountingNamer::new();
     let s = ScriptedSummarizer::new("v1");
     full_run(dir.path(), &corpus(6), &s, &namer, 1);
     let s2 = ScriptedSummarizer::new("v1");
@@ -540,9 +534,7 @@ fn an_empty_input_is_an_error_not_an_empty_run() {
 #[test]
 fn a_single_conversation_makes_a_one_cluster_tree() {
     let dir = tempfile::tempdir().unwrap();
-    let namer = CountingNamer {
-        calls: AtomicUsize::new(0),
-    };
+    let namer = CountingNamer::new();
     full_run(
         dir.path(),
         &corpus(1),
@@ -615,20 +607,25 @@ impl Summarizer for RequestSummarizer {
     }
 }
 
-#[test]
-fn a_failing_namer_names_clusters_after_a_central_request_as_an_imperative() {
+/// The base clusters of a run whose summaries have requests (`tail` after each
+/// conversation's first message) and whose namer fails.
+fn clusters_named_after_requests(tail: &'static str) -> Vec<Cluster> {
     let dir = tempfile::tempdir().unwrap();
     let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
     run.set_conversations(&[], &corpus(9), &[]).unwrap();
-    run.summarize(&RequestSummarizer(ScriptedSummarizer::new("v1"), ""))
+    run.summarize(&RequestSummarizer(ScriptedSummarizer::new("v1"), tail))
         .unwrap();
     run.embed(&TopicEmbedder).unwrap();
     run.cluster(&ArgmaxClusterer { param: 1 }, &FailingNamer, Outliers::Keep)
         .unwrap();
-
     let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
     assert_eq!(base.len(), 3);
-    for cluster in &base {
+    base
+}
+
+#[test]
+fn a_failing_namer_names_clusters_after_a_central_request_as_an_imperative() {
+    for cluster in &clusters_named_after_requests("") {
         assert!(
             cluster.name.starts_with("Answer a question ") && !cluster.name.ends_with('.'),
             "{:?}",
@@ -647,19 +644,8 @@ fn a_failing_namer_names_clusters_after_a_central_request_as_an_imperative() {
 /// it, rather than at ten words with "…".
 #[test]
 fn a_failing_namer_cuts_a_long_central_request_before_a_narrowing_phrase() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = Run::open(dir.path(), 7, Arc::new(NoProgress)).unwrap();
-    run.set_conversations(&[], &corpus(9), &[]).unwrap();
     let tail = " for a family dinner with friends and neighbours on a sunny afternoon";
-    run.summarize(&RequestSummarizer(ScriptedSummarizer::new("v1"), tail))
-        .unwrap();
-    run.embed(&TopicEmbedder).unwrap();
-    run.cluster(&ArgmaxClusterer { param: 1 }, &FailingNamer, Outliers::Keep)
-        .unwrap();
-
-    let base: Vec<Cluster> = store::read_jsonl(&dir.path().join(CLUSTERS)).unwrap();
-    assert_eq!(base.len(), 3);
-    for cluster in &base {
+    for cluster in &clusters_named_after_requests(tail) {
         let topic = TOPICS.iter().find(|t| cluster.name.contains(*t)).unwrap();
         assert!(
             cluster.name.starts_with("Answer a question ")
@@ -723,9 +709,7 @@ fn outliers_are_kept_as_one_unnamed_root_or_placed_with_their_nearest_cluster() 
     convs.push(conversation("odd1", "something unrelated"));
     convs.push(conversation("odd2", "another stray question"));
     let run = summarized_and_embedded(dir.path(), &convs);
-    let namer = CountingNamer {
-        calls: AtomicUsize::new(0),
-    };
+    let namer = CountingNamer::new();
 
     run.cluster(&ArgmaxClusterer { param: 1 }, &namer, Outliers::Keep)
         .unwrap();
