@@ -10,10 +10,11 @@
 //! the contrast conversations share more than the group's; naming-v15 cuts a long
 //! name before a narrowing phrase rather than refusing it; summary-v9 ends a
 //! request or a task before what the assistant did, and with naming-v16 the model
-//! reads no further than a value that ends inside what it has read).
+//! reads no further than a value that ends inside what it has read; naming-v17
+//! refuses a name that ends in "Conversations").
 
 pub const SUMMARY_PROMPT_VERSION: &str = "summary-v9";
-pub const NAMING_PROMPT_VERSION: &str = "naming-v16";
+pub const NAMING_PROMPT_VERSION: &str = "naming-v17";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\
 You read a conversation between a user and an AI assistant and describe it as JSON with these fields:
