@@ -49,6 +49,8 @@ pub struct LocalLlm {
     word_starts: OnceLock<Vec<bool>>,
     /// Per token id: whether it closes a JSON string (see [`LocalLlm::closes_string`]).
     string_closers: OnceLock<Vec<bool>>,
+    /// Per token: whether it is the word "assistant" (see [`LocalLlm::names_the_assistant`]).
+    assistant_words: OnceLock<Vec<bool>>,
 }
 
 /// Opens `device`: the first CUDA GPU when `cuda` is set, else the CPU.
@@ -130,6 +132,7 @@ impl LocalLlm {
             model_id,
             word_starts: OnceLock::new(),
             string_closers: OnceLock::new(),
+            assistant_words: OnceLock::new(),
         })
     }
 
@@ -263,6 +266,16 @@ impl LocalLlm {
     pub(crate) fn closes_string(&self, id: u32) -> bool {
         self.vocab_table(&self.string_closers, id, |text| {
             text.contains(['"', 'Ċ', 'č', '\n', '\r']) || text == "<0x0A>" || text == "<0x0D>"
+        })
+    }
+
+    /// Whether token `id` is the word "assistant" (any case, a space before it or
+    /// not, "assistants" and "assistant's" included).
+    pub(crate) fn names_the_assistant(&self, id: u32) -> bool {
+        self.vocab_table(&self.assistant_words, id, |text| {
+            text.trim_start_matches(['Ġ', '▁', ' '])
+                .to_lowercase()
+                .starts_with("assistant")
         })
     }
 

@@ -11,9 +11,10 @@
 //! name before a narrowing phrase rather than refusing it; summary-v9 ends a
 //! request or a task before what the assistant did, and with naming-v16 the model
 //! reads no further than a value that ends inside what it has read; naming-v17
-//! refuses a name that ends in "Conversations").
+//! refuses a name that ends in "Conversations"; summary-v10 bars "assistant"
+//! after a task's verb of helping and "the").
 
-pub const SUMMARY_PROMPT_VERSION: &str = "summary-v9";
+pub const SUMMARY_PROMPT_VERSION: &str = "summary-v10";
 pub const NAMING_PROMPT_VERSION: &str = "naming-v17";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\

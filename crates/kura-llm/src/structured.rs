@@ -54,25 +54,23 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         max_tokens: usize,
         max_sentences: usize,
     ) -> Result<String, LlmError> {
-        self.text_cut(key, prefix, max_tokens, max_sentences, &|_| None)
+        self.text_with(key, prefix, max_tokens, max_sentences, FieldRules::NONE)
     }
 
-    /// [`FormWriter::text`] that also ends where `cut` says (a byte index into the
-    /// text after `prefix`) once the model has written that far: a value of one
-    /// kind that small models run on into another.
-    pub(crate) fn text_cut(
+    /// [`FormWriter::text`] under a field's own `rules`.
+    pub(crate) fn text_with(
         &mut self,
         key: &str,
         prefix: &str,
         max_tokens: usize,
         max_sentences: usize,
-        cut: &dyn Fn(&str) -> Option<usize>,
+        rules: FieldRules,
     ) -> Result<String, LlmError> {
         self.open_key(key);
         self.pending.push('"');
         self.pending.push_str(prefix);
         self.flush()?;
-        let (raw, unfed) = self.decode_string(max_tokens, max_sentences, &any_end, cut)?;
+        let (raw, unfed) = self.decode_string(max_tokens, max_sentences, &any_end, rules)?;
         self.pending = format!("{unfed}\"");
         Ok(clean_value(&format!("{prefix}{raw}")))
     }
@@ -94,7 +92,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             }
             self.pending.push('"');
             self.flush()?;
-            let (raw, unfed) = self.decode_string(max_tokens, 1, &any_end, &|_| None)?;
+            let (raw, unfed) = self.decode_string(max_tokens, 1, &any_end, FieldRules::NONE)?;
             self.pending = format!("{unfed}\"");
             items.push(clean_value(&raw));
         }
@@ -132,7 +130,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             self.session.restrict_next(|id| llm.starts_word(id))?;
         }
         let refused_end = |raw: &str| refused(&format!("{chosen}{raw}"));
-        let (raw, unfed) = self.decode_string(max_tokens, 1, &refused_end, &|_| None)?;
+        let (raw, unfed) = self.decode_string(max_tokens, 1, &refused_end, FieldRules::NONE)?;
         self.pending = format!("{unfed}\"");
         Ok(clean_value(&format!("{chosen}{raw}")))
     }
@@ -216,13 +214,13 @@ impl<'s, 'a> FormWriter<'s, 'a> {
     /// that the model has not been fed (the text before a quote inside the last token).
     /// Where `refused_end` refuses the value the model would end on, or the end is a
     /// quote that opens a quotation, that end is forbidden once and the model goes on.
-    /// The value also ends where `cut` says, or before an aside.
+    /// The value also ends before an aside, and follows the field's `rules`.
     fn decode_string(
         &mut self,
         max_tokens: usize,
         max_sentences: usize,
         refused_end: &dyn Fn(&str) -> bool,
-        cut: &dyn Fn(&str) -> Option<usize>,
+        rules: FieldRules,
     ) -> Result<(String, String), LlmError> {
         let llm = self.session.llm();
         let mut ids = Vec::new();
@@ -235,6 +233,10 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             if self.session.remaining() == 0 {
                 break;
             }
+            if (rules.bars_the_assistant)(fed.last().map_or("", String::as_str)) {
+                self.session
+                    .restrict_next(|id| !llm.names_the_assistant(id))?;
+            }
             let token = self.session.sample()?;
             if llm.is_stop(token) {
                 break;
@@ -245,7 +247,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
                 string_end(&text),
                 sentences_end(&text, max_sentences),
                 aside_start(&text),
-                cut(&text),
+                (rules.cut)(&text),
             ]
             .into_iter()
             .flatten()
@@ -295,6 +297,25 @@ impl<'s, 'a> FormWriter<'s, 'a> {
         let read = kept.checked_sub(1).map_or("", |last| fed[last].as_str());
         Ok(value[read.len()..].to_string())
     }
+}
+
+/// What one free-text field may not do beyond the limits every value has; both
+/// read the text the model has written after the field's prefix.
+#[derive(Clone, Copy)]
+pub(crate) struct FieldRules {
+    /// Where the value ends early, as a byte index into that text, once the model
+    /// has written that far: a value of one kind that small models run on into
+    /// another.
+    pub(crate) cut: fn(&str) -> Option<usize>,
+    /// Whether, after that text, the next token may not be the word "assistant".
+    pub(crate) bars_the_assistant: fn(&str) -> bool,
+}
+
+impl FieldRules {
+    pub(crate) const NONE: FieldRules = FieldRules {
+        cut: |_| None,
+        bars_the_assistant: |_| false,
+    };
 }
 
 /// A value may end wherever the model ends it (see [`FormWriter::choice_then_text`]).
@@ -493,13 +514,22 @@ mod tests {
             .feed_text("Describe your favourite animal in a few sentences, as JSON.\n")
             .expect("prompt");
         let room = session.remaining();
-        let first_word = |text: &str| {
+        fn first_word(text: &str) -> Option<usize> {
             let words: Vec<&str> = text.split_whitespace().collect();
             (words.len() >= 4).then(|| text.find(words[0]).map(|at| at + words[0].len()))?
-        };
+        }
         let mut form = FormWriter::new(&mut session);
         let value = form
-            .text_cut("animal", "My favourite", 40, 5, &first_word)
+            .text_with(
+                "animal",
+                "My favourite",
+                40,
+                5,
+                FieldRules {
+                    cut: first_word,
+                    ..FieldRules::NONE
+                },
+            )
             .expect("value");
         assert_eq!(value.split_whitespace().count(), 3, "{value:?}");
         drop(form);

@@ -97,16 +97,21 @@ fn qwen_summaries_go_on_past_a_quotation() {
     }
 }
 
-/// A request or a task says what was asked, not what the assistant did. For these
-/// two Qwen wrote both on to ", and the assistant performs the task of writing a
-/// character profile…" and ", but the assistant did not provide…" before
-/// `summary-v9`.
+/// A request or a task says what was asked, not what the assistant did. For the
+/// first two Qwen wrote both on to ", and the assistant performs the task of
+/// writing a character profile…" and ", but the assistant did not provide…" before
+/// `summary-v9`; for the last, a task to "perform the assistant's task of using
+/// Danbooru tags only" before `summary-v10`.
 #[test]
 fn qwen_requests_and_tasks_end_before_what_the_assistant_did() {
     let summarizer = LlmSummarizer::new(llm(QWEN)).expect("summarizer");
     let conversations = conversations_by_id(
         "arena_wildchat_oasst_3404.jsonl.gz",
-        &["chatbot_arena_0397", "chatbot_arena_32909"],
+        &[
+            "chatbot_arena_0397",
+            "chatbot_arena_32909",
+            "chatbot_arena_0271",
+        ],
     );
     for (conversation, result) in conversations
         .iter()
@@ -123,6 +128,13 @@ fn qwen_requests_and_tasks_end_before_what_the_assistant_did() {
                 "{value:?}"
             );
         }
+        let task = summary.task.as_deref().unwrap_or_default().to_lowercase();
+        assert!(
+            !["help", "assist", "perform"]
+                .iter()
+                .any(|verb| task.contains(&format!("{verb} the assistant"))),
+            "{task:?}"
+        );
         assert_valid_summary(conversation, &summary);
     }
 }
