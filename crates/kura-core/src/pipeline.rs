@@ -790,16 +790,16 @@ fn name_from_central_member(
         .filter(|r| !r.is_empty());
     let named_after = request.as_deref().unwrap_or(summary).trim();
     let named_after = named_after.trim_end_matches('.');
-    let name = match shorten_name(named_after, NAME_FALLBACK_WORDS) {
-        _ if named_after.is_empty() => "Unnamed conversations".to_string(),
-        Some(name) => name,
-        None => {
-            let words: Vec<&str> = named_after.split_whitespace().collect();
-            format!(
-                "{}…",
-                words[..NAME_FALLBACK_WORDS.min(words.len())].join(" ")
-            )
-        }
+    let name = if named_after.is_empty() {
+        "Unnamed conversations".to_string()
+    } else {
+        shorten_name(named_after, NAME_FALLBACK_WORDS).unwrap_or_else(|| {
+            let first: Vec<&str> = named_after
+                .split_whitespace()
+                .take(NAME_FALLBACK_WORDS)
+                .collect();
+            format!("{}…", first.join(" "))
+        })
     };
     ClusterName {
         name,
