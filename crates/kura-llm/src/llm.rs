@@ -49,8 +49,32 @@ pub struct LocalLlm {
     word_starts: OnceLock<Vec<bool>>,
     /// Per token id: whether it closes a JSON string (see [`LocalLlm::closes_string`]).
     string_closers: OnceLock<Vec<bool>>,
-    /// Per token: whether it is the word "assistant" (see [`LocalLlm::names_the_assistant`]).
-    assistant_words: OnceLock<Vec<bool>>,
+    /// Per [`Word`], per token: whether the token is that word (see [`LocalLlm::is_word`]).
+    words: [OnceLock<Vec<bool>>; Word::COUNT],
+}
+
+/// A word a form's field may be barred from writing next (see
+/// `structured::FieldRules`), recognised in the vocabulary by its stem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Word {
+    /// "assistant", "assistants", "assistant's".
+    Assistant,
+    /// "perform", "performs", "performing", "performed".
+    Perform,
+    /// "the", and the words it begins ("them", "their", "these", "there", "they").
+    The,
+}
+
+impl Word {
+    const COUNT: usize = 3;
+
+    fn stem(self) -> &'static str {
+        match self {
+            Word::Assistant => "assistant",
+            Word::Perform => "perform",
+            Word::The => "the",
+        }
+    }
 }
 
 /// Opens `device`: the first CUDA GPU when `cuda` is set, else the CPU.
@@ -132,7 +156,7 @@ impl LocalLlm {
             model_id,
             word_starts: OnceLock::new(),
             string_closers: OnceLock::new(),
-            assistant_words: OnceLock::new(),
+            words: Default::default(),
         })
     }
 
@@ -269,13 +293,13 @@ impl LocalLlm {
         })
     }
 
-    /// Whether token `id` is the word "assistant" (any case, a space before it or
-    /// not, "assistants" and "assistant's" included).
-    pub(crate) fn names_the_assistant(&self, id: u32) -> bool {
-        self.vocab_table(&self.assistant_words, id, |text| {
+    /// Whether token `id` is `word` (any case, a space before it or not, any
+    /// ending on its stem).
+    pub(crate) fn is_word(&self, word: Word, id: u32) -> bool {
+        self.vocab_table(&self.words[word as usize], id, |text| {
             text.trim_start_matches(['Ġ', '▁', ' '])
                 .to_lowercase()
-                .starts_with("assistant")
+                .starts_with(word.stem())
         })
     }
 

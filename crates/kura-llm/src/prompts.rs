@@ -12,9 +12,11 @@
 //! request or a task before what the assistant did, and with naming-v16 the model
 //! reads no further than a value that ends inside what it has read; naming-v17
 //! refuses a name that ends in "Conversations"; summary-v10 bars "assistant"
-//! after a task's verb of helping and "the").
+//! after a task's verb of helping and "the"; summary-v11 bars "perform" and "the" as
+//! a task's first word, gives prose the full stop the model left off, and ends a
+//! one-sentence value cut off at its token cap at its last comma).
 
-pub const SUMMARY_PROMPT_VERSION: &str = "summary-v10";
+pub const SUMMARY_PROMPT_VERSION: &str = "summary-v11";
 pub const NAMING_PROMPT_VERSION: &str = "naming-v17";
 
 pub(crate) const SUMMARY_SYSTEM: &str = "\

@@ -17,7 +17,7 @@ use crate::chat::ChatRole;
 use crate::error::LlmError;
 use crate::fit::{fit_transcript, Turn};
 use crate::language::detect_languages;
-use crate::llm::{LocalLlm, Session};
+use crate::llm::{LocalLlm, Session, Word};
 use crate::prefix::SharedPrefix;
 use crate::prompts::{
     REQUEST_PREFIX, SAFETY_OPTIONS, SAFETY_PREFIX, SUMMARY_PREFIX, SUMMARY_PROMPT_VERSION,
@@ -219,7 +219,13 @@ fn fill_facets(
     detected: Option<&[String]>,
 ) -> Result<Facets, LlmError> {
     let mut form = FormWriter::new(session);
-    let summary = form.text("summary", SUMMARY_PREFIX, SUMMARY_TOKENS, 2)?;
+    let summary = form.text_with(
+        "summary",
+        SUMMARY_PREFIX,
+        SUMMARY_TOKENS,
+        2,
+        FieldRules::PROSE,
+    )?;
     let request = form.text_with(
         "request",
         REQUEST_PREFIX,
@@ -227,7 +233,7 @@ fn fill_facets(
         1,
         FieldRules {
             cut: assistant_clause,
-            ..FieldRules::NONE
+            ..FieldRules::PROSE
         },
     )?;
     let task = form.text_with(
@@ -237,7 +243,8 @@ fn fill_facets(
         1,
         FieldRules {
             cut: assistant_clause,
-            bars_the_assistant: helps_the,
+            barred: task_barred_words,
+            ..FieldRules::PROSE
         },
     )?;
     let languages = match detected {
@@ -284,23 +291,38 @@ fn assistant_clause(text: &str) -> Option<usize> {
         .filter(|&end| !text[..end].trim().is_empty())
 }
 
-/// Whether a task so far ends in a verb of helping and "the": the task is what
-/// the assistant does, and Qwen 0.5B went on with "assistant" in 19 of 216 tasks
-/// of real and example conversations ("help the assistant learn Korean
-/// vocabulary", "perform the assistant's task of…", "assist the assistant in
-/// writing a fantasy story"). Barred from that word there, it names whom the
-/// assistant helped, or no one ("perform the task of…"). After any other word
-/// "assistant" stays open: "a cover letter for a Marketing Assistant position".
-/// ("A task that the assistant performed", an echo of the instructions, is left
-/// be: barred there, Qwen wrote "a task that the user performed, in one
-/// sentence" and dropped what followed.)
-fn helps_the(text: &str) -> bool {
+/// The words a task may not go on with after `text`, what the model has
+/// written after "The task is to".
+///
+/// At the start, "perform" and "the": prompted with "the task the assistant
+/// performed", Qwen 0.5B opened 35 of 216 tasks of real and example
+/// conversations with "perform", mostly as filler ("perform the task of
+/// providing information about…", "perform a greeting") or an echo of the
+/// instructions ("perform a task that the assistant performed, in one
+/// sentence"), and one with "the assistant performed, in one sentence". Barred,
+/// it writes the verb that followed ("provide information about…"). ("The" and
+/// the words it begins cannot follow "to" in a task.)
+///
+/// After a verb of helping and "the", "assistant": the task is what the
+/// assistant does, and Qwen 0.5B went on with "assistant" in 19 of 216 tasks
+/// ("help the assistant learn Korean vocabulary", "assist the assistant in
+/// writing a fantasy story"). Barred, it names whom the assistant helped. After
+/// any other word "assistant" stays open: "a cover letter for a Marketing
+/// Assistant position".
+fn task_barred_words(text: &str) -> &'static [Word] {
     let words: Vec<&str> = text.split_whitespace().collect();
-    matches!(
-        words.as_slice(),
-        [.., verb, the] if the.eq_ignore_ascii_case("the")
-            && HELPING.iter().any(|helping| verb.eq_ignore_ascii_case(helping))
-    )
+    match words.as_slice() {
+        [] => &[Word::Perform, Word::The],
+        [.., verb, the]
+            if the.eq_ignore_ascii_case("the")
+                && HELPING
+                    .iter()
+                    .any(|helping| verb.eq_ignore_ascii_case(helping)) =>
+        {
+            &[Word::Assistant]
+        }
+        _ => &[],
+    }
 }
 
 const HELPING: &[&str] = &[
@@ -548,11 +570,23 @@ mod tests {
     #[test]
     fn a_task_may_not_go_on_to_the_assistant_after_a_verb_of_helping() {
         for text in [" help the", " perform the", " Assist the"] {
-            assert!(helps_the(text), "{text}");
+            assert_eq!(task_barred_words(text), [Word::Assistant], "{text}");
         }
-        for text in ["", " the", " help", " a task that the", " help them"] {
-            assert!(!helps_the(text), "{text}");
+        for text in [" the", " help", " a task that the", " help them"] {
+            assert_eq!(task_barred_words(text), [], "{text}");
         }
+    }
+
+    #[test]
+    fn a_task_may_not_open_with_perform_or_the() {
+        for text in ["", " "] {
+            assert_eq!(
+                task_barred_words(text),
+                [Word::Perform, Word::The],
+                "{text:?}"
+            );
+        }
+        assert_eq!(task_barred_words(" provide"), []);
     }
 
     /// Requests and tasks Qwen 0.5B wrote for real conversations.

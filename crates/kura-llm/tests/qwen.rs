@@ -101,7 +101,10 @@ fn qwen_summaries_go_on_past_a_quotation() {
 /// first two Qwen wrote both on to ", and the assistant performs the task of
 /// writing a character profile…" and ", but the assistant did not provide…" before
 /// `summary-v9`; for the last, a task to "perform the assistant's task of using
-/// Danbooru tags only" before `summary-v10`.
+/// Danbooru tags only" before `summary-v10`. Before `summary-v11` the last two
+/// tasks opened with "perform" ("perform a task that the assistant performed,
+/// which is to provide information about…"), and the first request ended
+/// without a full stop.
 #[test]
 fn qwen_requests_and_tasks_end_before_what_the_assistant_did() {
     let summarizer = LlmSummarizer::new(llm(QWEN)).expect("summarizer");
@@ -135,6 +138,14 @@ fn qwen_requests_and_tasks_end_before_what_the_assistant_did() {
                 .any(|verb| task.contains(&format!("{verb} the assistant"))),
             "{task:?}"
         );
+        assert!(!task.starts_with("the task is to perform"), "{task:?}");
+        for value in [
+            &summary.summary,
+            summary.request.as_ref().unwrap(),
+            summary.task.as_ref().unwrap(),
+        ] {
+            assert!(value.ends_with(['.', '!', '?']), "{value:?}");
+        }
         assert_valid_summary(conversation, &summary);
     }
 }
