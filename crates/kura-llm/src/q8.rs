@@ -185,9 +185,9 @@ pub(crate) struct Q8Matrix {
     /// Whether every weight is the file's own (copied from exact blocks), rather than
     /// rounded to 8 bits.
     exact: bool,
-    /// Whether every integer is within ±[`int8::SMALL`], which lets the AVX2
-    /// kernel take a cheaper path (see `int8`).
-    small: bool,
+    /// The largest magnitude of its integers: the smaller, the cheaper the AVX2
+    /// kernel's path (see `int8`).
+    reach: u8,
 }
 
 impl Q8Matrix {
@@ -280,9 +280,11 @@ impl Q8Matrix {
         if offsets.iter().all(|&offset| offset == 0.0) {
             offsets = Vec::new();
         }
-        let small = quants
+        let reach = quants
             .par_iter()
-            .all(|&q| layout.load(q).unsigned_abs() <= int8::SMALL);
+            .map(|&q| layout.load(q).unsigned_abs())
+            .max()
+            .unwrap_or(0);
         Some(Q8Matrix {
             rows,
             cols,
@@ -291,7 +293,7 @@ impl Q8Matrix {
             scales,
             offsets,
             exact,
-            small,
+            reach,
         })
     }
 
@@ -340,7 +342,7 @@ impl Q8Matrix {
                 .collect(),
             offsets,
             exact: parts.iter().all(|p| p.exact),
-            small: parts.iter().all(|p| p.small),
+            reach: parts.iter().map(|p| p.reach).max().unwrap_or(0),
         })
     }
 
@@ -363,7 +365,7 @@ impl Q8Matrix {
             quants: &self.quants,
             scales: &self.scales,
             offsets: &self.offsets,
-            small: self.small,
+            reach: self.reach,
             kernel: int8::Kernel::detect(),
             rounding: match self.layout {
                 Layout::Int8(rounding) => rounding,
@@ -902,6 +904,25 @@ mod tests {
         Q8Matrix::from_blocks(layout, kind, &quantized.data().unwrap(), rows, cols).unwrap()
     }
 
+    /// `count` weights as GGML's Q8_0 blocks whose integers span −`reach` to
+    /// `reach` (each block reaches both ends).
+    fn q8_0_blocks(count: usize, reach: i8) -> Vec<u8> {
+        let span = 2 * reach as i64 + 1;
+        let mut data = Vec::new();
+        for (b, block) in numbers(count, 5).chunks(BLOCK).enumerate() {
+            data.extend(half::f16::from_f32(0.01 + b as f32 * 1e-4).to_le_bytes());
+            for (k, x) in block.iter().enumerate() {
+                let q = match k {
+                    0 => reach,
+                    1 => -reach,
+                    _ => ((x * 1e4) as i64).rem_euclid(span) as i8 - reach,
+                };
+                data.push(q as u8);
+            }
+        }
+        data
+    }
+
     /// The inputs as the product sees them: themselves, or rounded to 8 bits a
     /// block at a time in the int8 layout.
     fn as_multiplied(layout: Layout, xs: &[f32], cols: usize) -> Vec<f32> {
@@ -1324,10 +1345,22 @@ mod tests {
             let layout = Layout::Int8(rounding);
             let symmetric =
                 Q8Matrix::quantize(layout, &numbers(rows * cols, 21), rows, cols).unwrap();
+            // The AVX2 kernel's three paths: 8-bit weights, weights within ±64,
+            // and within ±16.
+            let within_64 = Q8Matrix::from_blocks(
+                layout,
+                ExactBlocks::Q8_0,
+                &q8_0_blocks(rows * cols, 64),
+                rows,
+                cols,
+            )
+            .unwrap();
             let with_offsets = q4(layout, rows, cols, GgmlDType::Q4_0);
-            // Both of the AVX2 kernel's paths: 8-bit weights, and weights within ±64.
-            assert!(!symmetric.small && with_offsets.small);
-            [symmetric, with_offsets]
+            assert_eq!(
+                [symmetric.reach, within_64.reach, with_offsets.reach],
+                [127, 64, 15]
+            );
+            [symmetric, within_64, with_offsets]
         });
         for q in matrices.iter().flatten() {
             // One tile of rows and several, the last one part full.

@@ -22,10 +22,11 @@
 //! each block's sum starts at −128 × the sum of the activation bytes, which takes
 //! the bias back off exactly. `vpmaddubsw` adds its pairs of products in 16 bits,
 //! with saturation, so the AVX2 kernel keeps each pair under 2^15: a matrix whose
-//! integers are all within ±64 (the 4- and 5-bit types) is multiplied plus 64 (and
-//! its sums start at −64 × the activations' sum); others (8-bit and 6-bit types)
-//! move each weight's sign onto the activation byte first (`vpsignb`), which costs
-//! one instruction more. Every kernel gives the same integers, and a row is summed
+//! integers are all within ±16 (the 4- and 5-bit types) is multiplied plus 16 (its
+//! sums start at −16 × the activations' sum), and its pairs are small enough that
+//! four quads' add up in 16 bits before one `vpmaddwd` widens them; within ±64,
+//! plus 64; others (8-bit and 6-bit types) move each weight's sign onto the
+//! activation byte first (`vpsignb`), which costs one instruction more. Every kernel gives the same integers, and a row is summed
 //! in the same order whatever the batch or the CPU, so a sequence decodes to the
 //! same bits alone or beside others.
 
@@ -45,9 +46,13 @@ const GROUPS_PER_TASK: usize = 4;
 /// Activation rows per tile at most.
 const TILE_ROWS: usize = 6;
 
-/// The largest weight magnitude that the AVX2 kernel multiplies without moving
-/// signs: plus 64 it is at most 128, and 2 × 128 × 127 fits a signed 16-bit sum.
-pub(super) const SMALL: u8 = 64;
+/// The largest weight magnitude of the AVX2 kernel's cheapest path, the Q4 and
+/// Q5 types': plus 16 the weights are at most 32, so four of `vpmaddubsw`'s
+/// pairs (each at most 2 × 32 × 127) add up in 16 bits without saturating, and
+/// one `vpmaddwd` widens four quads' sums where each took its own.
+/// `vpmaddubsw` and `vpmaddwd` share Zen 3's two multiplying pipes, so a block
+/// takes 20 of their slots instead of 32.
+const TINY: u8 = 16;
 
 /// The kernels that multiply the layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,15 +93,21 @@ impl Kernel {
         Self::ALL.into_iter().filter(|k| k.runs_here())
     }
 
-    /// Groups a tile takes at most, and activation rows, for `m` rows in all.
-    /// VNNI: two groups × six rows = 12 integer and 12 f32 sums of its 32
-    /// registers, or four groups for up to three rows. AVX2 has 16 registers: one
-    /// group (two registers) × six rows, or two groups for one or two rows.
-    fn tile_shape(self, m: usize) -> (usize, usize) {
+    /// Groups a tile takes at most, and activation rows, for `m` rows in all,
+    /// over weights whose magnitudes are at most `reach`. VNNI: two groups × six
+    /// rows = 12 integer and 12 f32 sums of its 32 registers, or four groups for
+    /// up to three rows. AVX2 has 16 registers: one group (two registers) × six
+    /// rows, or two groups for one or two rows; weights within ±[`TINY`] take
+    /// four rows, whose 16-bit sums need registers of their own. (Six rows
+    /// spilled them: a Q5_0 product of Qwen's feed-forward shape ran at 46–55 G
+    /// multiply-adds a second on one core of a Zen 3 in four rows, about 48 in
+    /// six, and 30–38 on the ±64 path it took before.)
+    fn tile_shape(self, m: usize, reach: u8) -> (usize, usize) {
         match self {
             Kernel::Vnni if m <= 3 => (4, TILE_ROWS),
             Kernel::Vnni => (2, TILE_ROWS),
             Kernel::Avx2 if m <= 2 => (2, TILE_ROWS),
+            Kernel::Avx2 if reach <= TINY => (1, 4),
             Kernel::Avx2 => (1, TILE_ROWS),
         }
     }
@@ -510,9 +521,9 @@ pub(super) struct Groups<'a> {
     pub(super) scales: &'a [f32],
     /// Empty when every offset is zero.
     pub(super) offsets: &'a [f32],
-    /// Whether every weight is within ±[`SMALL`] (read by the AVX2 kernel).
+    /// The largest magnitude of its integers (read by the AVX2 kernel).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(super) small: bool,
+    pub(super) reach: u8,
     /// The kernel that multiplies it: [`Kernel::detect`]'s, but for tests.
     pub(super) kernel: Option<Kernel>,
     /// How the activations it multiplies are rounded.
@@ -672,7 +683,7 @@ impl Groups<'_> {
         );
         let m = x.rows;
         let kernel = self.kernel;
-        let (wide, tile_rows) = kernel.map_or((1, x.parts), |k| k.tile_shape(m));
+        let (wide, tile_rows) = kernel.map_or((1, x.parts), |k| k.tile_shape(m, self.reach));
         // A row's parts share a tile, which combines their sums (see `Rounding::Twice`).
         debug_assert!(tile_rows.is_multiple_of(x.parts));
         let per_block = rows_in_cache(x.blocks * BLOCK, tile_rows);
@@ -1250,7 +1261,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{
-        Activations, Groups, Lookahead, BLOCK, GROUP, GROUP_BLOCK, RESIDUAL_BITS, SMALL, TILE_ROWS,
+        Activations, Groups, Lookahead, BLOCK, GROUP, GROUP_BLOCK, RESIDUAL_BITS, TILE_ROWS, TINY,
     };
 
     /// Lanes of a register: a group's 16 rows take two.
@@ -1330,6 +1341,23 @@ mod avx2 {
         (max / 127.0, _mm_cvtsi128_si32(sum))
     }
 
+    /// Weights within ±64: plus 64 they are at most 128, and 2 × 128 × 127 fits
+    /// a signed 16-bit sum, so the signs need not move onto the activations.
+    const SMALL: u8 = 64;
+    /// Any weights: each weight's sign moves onto its activation byte.
+    const ANY: u8 = 128;
+
+    /// The path for weights whose magnitudes are at most `reach`.
+    fn path(reach: u8) -> u8 {
+        if reach <= TINY {
+            TINY
+        } else if reach <= SMALL {
+            SMALL
+        } else {
+            ANY
+        }
+    }
+
     /// [`tile`](super::tile) for the shapes [`Groups::multiply`] asks of this kernel.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
@@ -1345,12 +1373,14 @@ mod avx2 {
     ) {
         macro_rules! shapes {
             ($(($g:literal, $r:literal, $p:literal)),*) => {
-                match (width, rows, x.parts, w.offsets.is_empty(), w.small) {
+                match (width, rows, x.parts, w.offsets.is_empty(), path(w.reach)) {
                     $(
-                        ($g, $r, $p, true, true) => tile::<$g, $r, $p, false, true>(w, first, x, start, ahead, sums),
-                        ($g, $r, $p, false, true) => tile::<$g, $r, $p, true, true>(w, first, x, start, ahead, sums),
-                        ($g, $r, $p, true, false) => tile::<$g, $r, $p, false, false>(w, first, x, start, ahead, sums),
-                        ($g, $r, $p, false, false) => tile::<$g, $r, $p, true, false>(w, first, x, start, ahead, sums),
+                        ($g, $r, $p, true, TINY) => tile::<$g, $r, $p, false, TINY>(w, first, x, start, ahead, sums),
+                        ($g, $r, $p, false, TINY) => tile::<$g, $r, $p, true, TINY>(w, first, x, start, ahead, sums),
+                        ($g, $r, $p, true, SMALL) => tile::<$g, $r, $p, false, SMALL>(w, first, x, start, ahead, sums),
+                        ($g, $r, $p, false, SMALL) => tile::<$g, $r, $p, true, SMALL>(w, first, x, start, ahead, sums),
+                        ($g, $r, $p, true, _) => tile::<$g, $r, $p, false, ANY>(w, first, x, start, ahead, sums),
+                        ($g, $r, $p, false, _) => tile::<$g, $r, $p, true, ANY>(w, first, x, start, ahead, sums),
                     )*
                     _ => unreachable!("Groups::multiply asks for no other shape"),
                 }
@@ -1375,17 +1405,18 @@ mod avx2 {
     /// `G` groups from `first` against `R` rows of bytes from `start` (`R / P`
     /// rows of activations, each `P` parts).
     ///
-    /// `SMALL_WEIGHTS`: the stored weights less 64 are the unsigned operand (0 to
-    /// 128), and each block's sum starts at −64 × its activation bytes' sum, half
-    /// the stored bias. Otherwise each weight's sign moves onto the activation byte
-    /// and its magnitude is the unsigned operand, and the sums start at zero.
+    /// `PATH` [`TINY`] or [`SMALL`]: the stored weights less `128 − PATH` are the
+    /// unsigned operand (0 to 2 × `PATH`), and each block's sum starts at −`PATH`
+    /// × its activation bytes' sum, the stored bias scaled down. [`ANY`]: each
+    /// weight's sign moves onto the activation byte and its magnitude is the
+    /// unsigned operand, and the sums start at zero.
     #[inline(always)]
     unsafe fn tile<
         const G: usize,
         const R: usize,
         const P: usize,
         const OFFSETS: bool,
-        const SMALL_WEIGHTS: bool,
+        const PATH: u8,
     >(
         w: &Groups<'_>,
         first: usize,
@@ -1394,56 +1425,68 @@ mod avx2 {
         ahead: &Lookahead,
         sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
     ) {
+        // Quads whose 16-bit pairs are summed before they are widened.
+        let quads_per_sum = if PATH == TINY { 4 } else { 1 };
         let blocks = x.blocks;
         let quants = w.quants.as_ptr();
         let bytes = x.bytes.as_ptr().add(start * blocks * BLOCK);
         let row_bytes = blocks * BLOCK;
         let at = |g: usize, b: usize| (first + g) * blocks + b;
         let ones = _mm256_set1_epi16(1);
-        let shift = _mm256_set1_epi8(match SMALL_WEIGHTS {
-            true => SMALL as i8,
-            false => i8::MIN,
-        });
+        // What the unsigned operand adds to each weight: `PATH`, or nothing where
+        // the signs move (the stored bias of 128 is taken off whole).
+        let added = if PATH == ANY { 0 } else { PATH as i16 };
+        let shift = _mm256_set1_epi8((128 - added) as i8);
         // Row-major over the activation rows: `acc[i][g][half]`, `f[i][g][half]`.
         let mut f = [[[_mm256_setzero_ps(); 2]; G]; R];
         for b in 0..blocks {
             ahead.prefetch(w, blocks, b);
             let mut acc = [[[_mm256_setzero_si256(); 2]; G]; R];
-            if SMALL_WEIGHTS {
+            if PATH != ANY {
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let bias = *x.biases.get_unchecked((start + i) * blocks + b);
-                    *acc = [[_mm256_set1_epi32(bias / 2); 2]; G];
+                    *acc = [[_mm256_set1_epi32(bias / (128 / PATH as i32)); 2]; G];
                 }
             }
-            for quad in 0..BLOCK / 4 {
-                // The unsigned operand of each register, and for large weights the
-                // signed weights whose signs the activations take.
-                let mut unsigned = [[_mm256_setzero_si256(); 2]; G];
-                let mut signed = [[_mm256_setzero_si256(); 2]; G];
-                for g in 0..G {
-                    for half in 0..2 {
-                        let p = quants.add(at(g, b) * GROUP_BLOCK + quad * 64 + half * 32);
-                        let stored = _mm256_loadu_si256(p as *const __m256i);
-                        let shifted = _mm256_sub_epi8(stored, shift);
-                        if SMALL_WEIGHTS {
-                            unsigned[g][half] = shifted;
-                        } else {
-                            signed[g][half] = shifted;
-                            unsigned[g][half] = _mm256_abs_epi8(shifted);
+            for quads in (0..BLOCK / 4).step_by(quads_per_sum) {
+                let mut pairs = [[[_mm256_setzero_si256(); 2]; G]; R];
+                for quad in quads..quads + quads_per_sum {
+                    // The unsigned operand of each register, and for any weights
+                    // the signed weights whose signs the activations take.
+                    let mut unsigned = [[_mm256_setzero_si256(); 2]; G];
+                    let mut signed = [[_mm256_setzero_si256(); 2]; G];
+                    for g in 0..G {
+                        for half in 0..2 {
+                            let p = quants.add(at(g, b) * GROUP_BLOCK + quad * 64 + half * 32);
+                            let stored = _mm256_loadu_si256(p as *const __m256i);
+                            let shifted = _mm256_sub_epi8(stored, shift);
+                            if PATH == ANY {
+                                signed[g][half] = shifted;
+                                unsigned[g][half] = _mm256_abs_epi8(shifted);
+                            } else {
+                                unsigned[g][half] = shifted;
+                            }
+                        }
+                    }
+                    for (i, pairs) in pairs.iter_mut().enumerate() {
+                        let p = bytes.add(i * row_bytes + b * BLOCK + quad * 4) as *const i32;
+                        let four = _mm256_set1_epi32(p.read_unaligned());
+                        for g in 0..G {
+                            for half in 0..2 {
+                                let four = match PATH {
+                                    ANY => _mm256_sign_epi8(four, signed[g][half]),
+                                    _ => four,
+                                };
+                                let products = _mm256_maddubs_epi16(unsigned[g][half], four);
+                                pairs[g][half] = _mm256_add_epi16(pairs[g][half], products);
+                            }
                         }
                     }
                 }
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let p = bytes.add(i * row_bytes + b * BLOCK + quad * 4) as *const i32;
-                    let four = _mm256_set1_epi32(p.read_unaligned());
+                for (acc, pairs) in acc.iter_mut().zip(&pairs) {
                     for g in 0..G {
                         for half in 0..2 {
-                            let four = match SMALL_WEIGHTS {
-                                true => four,
-                                false => _mm256_sign_epi8(four, signed[g][half]),
-                            };
-                            let pairs = _mm256_maddubs_epi16(unsigned[g][half], four);
-                            let quads = _mm256_madd_epi16(pairs, ones);
+                            let quads = _mm256_madd_epi16(pairs[g][half], ones);
                             acc[g][half] = _mm256_add_epi32(acc[g][half], quads);
                         }
                     }
