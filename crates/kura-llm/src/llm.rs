@@ -66,7 +66,8 @@ pub(crate) enum Word {
 }
 
 impl Word {
-    const COUNT: usize = 3;
+    /// One vocabulary table each; `The` is the last variant.
+    const COUNT: usize = Word::The as usize + 1;
 
     fn stem(self) -> &'static str {
         match self {

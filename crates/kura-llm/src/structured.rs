@@ -77,7 +77,7 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             ""
         };
         self.pending = format!("{unfed}{stop}\"");
-        Ok(clean_value(&format!("{prefix}{raw}{stop}")))
+        Ok(recorded_value(prefix, &raw, stop))
     }
 
     /// A list of exactly `count` one-line strings of at most `max_tokens` each: the
@@ -277,9 +277,9 @@ impl<'s, 'a> FormWriter<'s, 'a> {
             self.session.feed(&[token])?;
             fed.push(text);
         }
-        // Cut off at its token cap, a value keeps its whole sentences: the summary
+        // Cut off at its token cap, a value keeps its whole sentences (the summary
         // "… The assistant provided a plan for each step, including" loses the
-        // unfinished one.
+        // unfinished one), or where none ended, its whole clauses.
         let read = fed.last().map_or("", String::as_str);
         let value = match ids.len() == max_tokens {
             true => whole_sentences(read).to_string(),
@@ -305,8 +305,9 @@ impl<'s, 'a> FormWriter<'s, 'a> {
     }
 }
 
-/// What one free-text field may not do beyond the limits every value has; both
-/// read the text the model has written after the field's prefix.
+/// What one free-text field may not do beyond the limits every value has, and
+/// how it ends; `cut` and `barred` read the text the model has written after the
+/// field's prefix.
 #[derive(Clone, Copy)]
 pub(crate) struct FieldRules {
     /// Where the value ends early, as a byte index into that text, once the model
@@ -418,7 +419,8 @@ fn aside_start(text: &str) -> Option<usize> {
     })
 }
 
-/// `text` up to the end of its last finished sentence, or all of it when none is.
+/// `text` up to the end of its last finished sentence, or up to its last comma
+/// when none is (see [`whole_clauses`]).
 fn whole_sentences(text: &str) -> &str {
     match sentence_ends(text, true).last() {
         Some(end) => &text[..end],
@@ -426,9 +428,9 @@ fn whole_sentences(text: &str) -> &str {
     }
 }
 
-/// The text up to its last comma, once words come before it: cut off at its
-/// token cap, a one-sentence request or task ended mid-clause or mid-word ("…
-/// and then placing the cutting in a glass of room-").
+/// The text up to its last comma, once words come before it, or all of it: cut
+/// off at its token cap, a one-sentence value (a request, a task) ended
+/// mid-clause or mid-word ("… and then placing the cutting in a glass of room-").
 fn whole_clauses(text: &str) -> &str {
     match text.rfind(", ") {
         Some(at) if !text[..at].trim().is_empty() => &text[..at],
@@ -445,6 +447,12 @@ fn wants_full_stop(text: &str) -> bool {
         .trim_end()
         .trim_end_matches(['"', '\'', ')', ']', '`', '\\']);
     !inside.is_empty() && !inside.ends_with(['.', '!', '?', '…', '。', ',', ':', ';', '-'])
+}
+
+/// The value recorded for `raw` after `prefix`, with `stop` after its last word:
+/// a space the model wrote before closing the string does not come between them.
+fn recorded_value(prefix: &str, raw: &str, stop: &str) -> String {
+    clean_value(&format!("{prefix}{}{stop}", raw.trim_end()))
 }
 
 /// Undoes JSON escapes and collapses whitespace.
@@ -686,6 +694,18 @@ mod tests {
         ] {
             assert!(!wants_full_stop(text), "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_full_stop_follows_the_last_word() {
+        assert_eq!(
+            recorded_value("The task is to", " caramelize onions ", "."),
+            "The task is to caramelize onions."
+        );
+        assert_eq!(
+            recorded_value("The user", " asked  for a plan. ", ""),
+            "The user asked for a plan."
+        );
     }
 
     #[test]

@@ -309,11 +309,13 @@ fn assistant_clause(text: &str) -> Option<usize> {
 /// writing a fantasy story"). Barred, it names whom the assistant helped. After
 /// any other word "assistant" stays open: "a cover letter for a Marketing
 /// Assistant position".
+///
+/// Asked before every token of a task, so it reads only the last two words.
 fn task_barred_words(text: &str) -> &'static [Word] {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    match words.as_slice() {
-        [] => &[Word::Perform, Word::The],
-        [.., verb, the]
+    let mut last = text.split_whitespace().rev();
+    match (last.next(), last.next()) {
+        (None, _) => &[Word::Perform, Word::The],
+        (Some(the), Some(verb))
             if the.eq_ignore_ascii_case("the")
                 && HELPING
                     .iter()

@@ -1445,7 +1445,8 @@ mod avx2 {
             if PATH != ANY {
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let bias = *x.biases.get_unchecked((start + i) * blocks + b);
-                    *acc = [[_mm256_set1_epi32(bias / (128 / PATH as i32)); 2]; G];
+                    // The stored bias is −128 × the bytes' sum, a multiple of 128.
+                    *acc = [[_mm256_set1_epi32(bias / 128 * added as i32); 2]; G];
                 }
             }
             for quads in (0..BLOCK / 4).step_by(quads_per_sum) {
