@@ -219,8 +219,16 @@ impl Run {
                 conversations: conversations.len(),
                 skipped: skipped.len(),
             };
+            record_stage(
+                m,
+                "conversations",
+                &key,
+                "loader",
+                conversations.len(),
+                0,
+                0.0,
+            );
         })?;
-        self.record("conversations", &key, "loader", conversations.len(), 0, 0.0)?;
         Ok(StageOutcome {
             stage: "conversations",
             reused,
@@ -689,65 +697,19 @@ impl Run {
         failed: usize,
         started: Instant,
     ) -> Result<StageOutcome> {
-        self.record(
-            stage,
-            key,
-            backend,
-            count,
-            failed,
-            started.elapsed().as_secs_f64(),
-        )?;
-        self.forget_stages_after(stage)?;
+        let seconds = started.elapsed().as_secs_f64();
+        // One write: a run killed between recording the stage and forgetting
+        // the stages after it would keep them beside output they were not made
+        // from.
+        self.update_manifest(|m| {
+            record_stage(m, stage, key, backend, count, failed, seconds);
+            forget_stages_after(m, stage);
+        })?;
         Ok(StageOutcome {
             stage,
             reused: false,
             count,
             failed,
-        })
-    }
-
-    fn record(
-        &self,
-        stage: &str,
-        key: &str,
-        backend: &str,
-        count: usize,
-        failed: usize,
-        seconds: f64,
-    ) -> Result<()> {
-        self.update_manifest(|m| {
-            let upstream = upstream_of(stage)
-                .and_then(|up| m.stages.get(up))
-                .map(|r| r.key.clone())
-                .unwrap_or_default();
-            m.stages.insert(
-                stage.to_string(),
-                StageRecord {
-                    key: key.to_string(),
-                    upstream,
-                    backend: backend.to_string(),
-                    complete: failed == 0,
-                    count,
-                    failed,
-                    seconds,
-                },
-            );
-        })
-    }
-
-    /// Forgets the stages after `stage`, which has just been computed: they were
-    /// made from its output before, and that can differ under the same key (a
-    /// name the namer failed to give is asked again; a deleted file is remade).
-    /// Where the key changed, theirs would have too; where it did not, they
-    /// would otherwise be reused as they were.
-    fn forget_stages_after(&self, stage: &str) -> Result<()> {
-        let Some(at) = STAGES.iter().position(|s| *s == stage) else {
-            return Ok(());
-        };
-        self.update_manifest(|m| {
-            for later in &STAGES[at + 1..] {
-                m.stages.remove(*later);
-            }
         })
     }
 
@@ -763,6 +725,47 @@ impl Run {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         store::write_json(&self.path(RUN_JSON), &*manifest)
+    }
+}
+
+/// Records `stage` as computed under `key`, from the upstream stage's current key.
+fn record_stage(
+    m: &mut RunManifest,
+    stage: &str,
+    key: &str,
+    backend: &str,
+    count: usize,
+    failed: usize,
+    seconds: f64,
+) {
+    let upstream = upstream_of(stage)
+        .and_then(|up| m.stages.get(up))
+        .map(|r| r.key.clone())
+        .unwrap_or_default();
+    m.stages.insert(
+        stage.to_string(),
+        StageRecord {
+            key: key.to_string(),
+            upstream,
+            backend: backend.to_string(),
+            complete: failed == 0,
+            count,
+            failed,
+            seconds,
+        },
+    );
+}
+
+/// Forgets the stages after `stage`, which has just been computed: they were
+/// made from its output before, and that can differ under the same key (a name
+/// the namer failed to give is asked again; a deleted file is remade). Where the
+/// key changed, theirs would have too; where it did not, they would otherwise be
+/// reused as they were.
+fn forget_stages_after(m: &mut RunManifest, stage: &str) {
+    if let Some(at) = STAGES.iter().position(|s| *s == stage) {
+        for later in &STAGES[at + 1..] {
+            m.stages.remove(*later);
+        }
     }
 }
 
