@@ -15,6 +15,7 @@ use std::f32::consts::LOG2_E;
 
 mod amx;
 pub mod bf16;
+pub mod int16;
 mod matmul;
 mod scratch;
 pub use matmul::{matmul, matmul_strided, MatRef, Threads};
