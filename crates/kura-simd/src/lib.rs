@@ -58,6 +58,21 @@ pub fn on_a_worker<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| pass())
 }
 
+/// `count` numbers in [-0.5, 0.5) from a fixed generator: the products' tests'
+/// inputs and weights, the same for a seed on every machine.
+#[cfg(test)]
+pub(crate) fn test_numbers(count: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect()
+}
+
 /// Whether this CPU can run the AVX2 + FMA builds of the kernels (std caches the
 /// detection, so this is a load and a test).
 #[cfg(target_arch = "x86_64")]
