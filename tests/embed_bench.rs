@@ -221,4 +221,12 @@ fn bench_falls_back_to_synthetic_texts_without_the_data_set() {
             && said.contains("not on the 12 asked for"),
         "{said}"
     );
+    // Each figure is said as soon as it is measured, before the table on stdout.
+    for figure in figures {
+        let name = figure["name"].as_str().unwrap();
+        assert!(
+            said.contains(name),
+            "{name} not said as it was measured: {said}"
+        );
+    }
 }

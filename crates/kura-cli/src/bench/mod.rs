@@ -128,6 +128,14 @@ pub struct Memory {
     pub peak_rss_mib: f64,
 }
 
+/// Each figure as soon as it is measured, in the table's form, so that a run of
+/// several minutes shows its results as it goes (and a killed one keeps them).
+fn say_each(reporter: &Reporter, figures: &[Figure]) {
+    for figure in figures {
+        reporter.say(&table::row(figure));
+    }
+}
+
 pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Report> {
     let mut sizes = Sizes::new(options.quick);
     if let Some(conversations) = options.conversations {
@@ -149,12 +157,14 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
         reporter.say(&format!("measuring the embedder {}", config.embedder));
         let embedder = backends.candle_embedder()?;
         products.embedder = embedder.products().to_string();
-        figures.extend(embedder_figures(
+        let measured = embedder_figures(
             embedder.as_ref(),
             &texts,
             references(kind, &config.embedder),
             sizes.repeats,
-        )?);
+        )?;
+        say_each(reporter, &measured);
+        figures.extend(measured);
         memory.extend(peak(&config.embedder));
     }
     {
@@ -164,16 +174,20 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
         let llm = backends.llm()?;
         products.llm = llm.products();
         let reference = references(kind, &config.llm);
-        figures.extend(llm_figures(&llm, &texts, reference, &sizes)?);
+        let measured = llm_figures(&llm, &texts, reference, &sizes)?;
+        say_each(reporter, &measured);
+        figures.extend(measured);
         reporter.say("measuring the summariser");
         let summarizer = backends.summarizer()?;
-        figures.push(summarizer_figure(
+        let measured = summarizer_figure(
             summarizer.as_ref(),
             &llm,
             &texts,
             sizes.conversations,
             reporter,
-        )?);
+        )?;
+        say_each(reporter, std::slice::from_ref(&measured));
+        figures.push(measured);
         memory.extend(peak(&config.llm));
     }
     Ok(Report {

@@ -41,7 +41,7 @@ pub fn render(report: &Report) -> String {
     out
 }
 
-fn row(figure: &Figure) -> String {
+pub(super) fn row(figure: &Figure) -> String {
     let (reference, ratio, source) = match &figure.reference {
         Some(r) => (
             format!("{:.1}", r.value),
