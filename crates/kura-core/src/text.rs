@@ -84,11 +84,9 @@ pub fn shorten_name(name: &str, max_words: usize) -> Option<String> {
     if count(name) <= max_words {
         return Some(name.to_string());
     }
-    match name.split([',', ';', ':', '(']).next().map(str::trim) {
-        Some(clause) if (2..=max_words).contains(&count(clause)) => {
-            return Some(clause.to_string())
-        }
-        _ => {}
+    let first_clause = name.split([',', ';', ':', '(']).next().map(str::trim);
+    if let Some(clause) = first_clause.filter(|c| (2..=max_words).contains(&count(c))) {
+        return Some(clause.to_string());
     }
     let words: Vec<&str> = name.split_whitespace().collect();
     let opens_a_phrase = |word: &str| CUT_BEFORE.contains(&word.to_lowercase().as_str());

@@ -106,7 +106,7 @@ fn qwen_summaries_go_on_past_a_quotation() {
 /// which is to provide information about…"), and the first request ended
 /// without a full stop.
 #[test]
-fn qwen_requests_and_tasks_end_before_what_the_assistant_did() {
+fn qwen_requests_and_tasks_say_what_was_asked_in_whole_sentences() {
     let summarizer = LlmSummarizer::new(llm(QWEN)).expect("summarizer");
     let conversations = conversations_by_id(
         "arena_wildchat_oasst_3404.jsonl.gz",
