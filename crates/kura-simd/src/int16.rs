@@ -1,5 +1,6 @@
 //! [`Int16Weights`] and [`matmul_int16`]: f32 products in 16-bit integers with
-//! 32-bit sums, for CPUs whose widest unit is AVX2 (AMD's Zen 3).
+//! 32-bit sums, for CPUs whose widest unit is AVX2 (AMD's Zen 3, where it was
+//! measured).
 //!
 //! Why 16-bit integers: AVX2's `vpmaddwd` multiplies sixteen 16-bit integers by
 //! sixteen and adds each two products into a 32-bit sum, twice the multiply-adds
@@ -29,14 +30,18 @@ const LARGEST: f32 = 4095.0;
 /// Columns of a panel of weights: two AVX2 registers of 32-bit sums.
 const PANEL: usize = 16;
 
-/// Whether [`matmul_int16`] multiplies faster than f32 here: AVX2 without AVX-512
-/// (where AVX-512's FMAs multiply as much a cycle, and its bfloat16 units more).
-/// `KURA_INT16=0` says no, to compare with f32.
+/// Whether [`matmul_int16`] multiplies faster than f32 here: on AMD's cores from
+/// Zen 3 on (family 25 and later) where AVX2 is the widest unit, the only ones it
+/// was measured on. Older and Intel cores run `vpmaddwd` at other rates against
+/// their FMAs and keep f32 until measured; with AVX-512, FMAs multiply as much a
+/// cycle as this kernel (the bfloat16 units more). `KURA_INT16=0` says no, to
+/// compare with f32.
 pub fn faster_than_f32() -> bool {
     static FASTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FASTER.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        let faster = runs_here() && !crate::has_avx512();
+        let faster =
+            runs_here() && !crate::has_avx512() && crate::is_amd() && crate::cpu_family() >= 25;
         #[cfg(not(target_arch = "x86_64"))]
         let faster = false;
         faster && !std::env::var("KURA_INT16").is_ok_and(|v| v == "0")
