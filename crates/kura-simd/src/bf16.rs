@@ -151,13 +151,7 @@ crate::multiversion! {
 pub fn matmul_bf16(out: &mut [f32], input: &[f32], weights: &Bf16Weights, accumulate: bool) {
     let unit = unit().expect("matmul_bf16 needs AMX or AVX-512 BF16 (check `unit` first)");
     let (k, n) = (weights.inputs, weights.outputs);
-    let rows = input.len() / k;
-    assert!(
-        input.len() == rows * k && out.len() == rows * n,
-        "matmul_bf16 shapes: {} inputs for {k} columns, {} outputs for {n} columns",
-        input.len(),
-        out.len()
-    );
+    let rows = crate::product_rows("matmul_bf16", input.len(), out.len(), k, n);
     if rows == 0 {
         return;
     }

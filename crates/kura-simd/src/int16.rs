@@ -170,17 +170,11 @@ const TASK_PANELS: usize = 2;
 /// # Panics
 /// When the CPU lacks AVX2 or FMA ([`runs_here()`]) or the shapes do not match.
 pub fn matmul_int16(out: &mut [f32], input: &[f32], weights: &Int16Weights, accumulate: bool) {
+    let (k, n) = (weights.inputs, weights.outputs);
+    let rows = crate::product_rows("matmul_int16", input.len(), out.len(), k, n);
     assert!(
         runs_here(),
         "matmul_int16 needs AVX2 and FMA (check `runs_here` first)"
-    );
-    let (k, n) = (weights.inputs, weights.outputs);
-    let rows = input.len() / k;
-    assert!(
-        input.len() == rows * k && out.len() == rows * n,
-        "matmul_int16 shapes: {} inputs for {k} columns, {} outputs for {n} columns",
-        input.len(),
-        out.len()
     );
     if rows == 0 {
         return;
@@ -405,6 +399,13 @@ mod tests {
         assert_eq!(inverse(0.0), 0.0);
         assert_eq!(inverse(1e-40), 0.0, "an inverse past f32's range");
         assert_eq!(inverse(0.5), 2.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "matmul_int16 shapes: 200 inputs for 128 columns")]
+    fn inputs_that_are_not_whole_rows_are_refused() {
+        let weights = Int16Weights::new(&[0.5; 128 * 16], 128, 16).unwrap();
+        matmul_int16(&mut [0.0; 16], &[1.0; 200], &weights, false);
     }
 
     #[test]

@@ -58,6 +58,20 @@ pub fn on_a_worker<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| pass())
 }
 
+/// The rows of a product of `input` values (`rows × k`) into `out` values
+/// (`rows × n`), for the narrow products' checks of their callers' shapes.
+///
+/// # Panics
+/// When the two are not whole rows of the same count.
+fn product_rows(what: &str, input: usize, out: usize, k: usize, n: usize) -> usize {
+    let rows = input / k;
+    assert!(
+        input == rows * k && out == rows * n,
+        "{what} shapes: {input} inputs for {k} columns, {out} outputs for {n} columns"
+    );
+    rows
+}
+
 /// `count` numbers in [-0.5, 0.5) from a fixed generator: the products' tests'
 /// inputs and weights, the same for a seed on every machine.
 #[cfg(test)]
