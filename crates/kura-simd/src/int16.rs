@@ -91,6 +91,7 @@ impl Int16Weights {
                 largest / LARGEST
             })
             .collect();
+        let inverses: Vec<f32> = scales.iter().map(|&s| inverse(s)).collect();
         let steps = inputs / 2;
         let mut panels = vec![Pairs([0; 2 * PANEL]); outputs / PANEL * steps];
         for (at, pairs) in panels.iter_mut().enumerate() {
@@ -99,7 +100,7 @@ impl Int16Weights {
                 let output = panel * PANEL + c;
                 for e in 0..2 {
                     let w = weight[(2 * step + e) * outputs + output];
-                    pairs.0[2 * c + e] = rounded(w, inverse(scales[output]));
+                    pairs.0[2 * c + e] = rounded(w, inverses[output]);
                 }
             }
         }
