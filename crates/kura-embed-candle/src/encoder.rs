@@ -83,13 +83,15 @@ impl Weight {
     }
 }
 
-/// How the linear layers are multiplied on this CPU, in words.
-pub(crate) fn describe_products() -> &'static str {
-    match bf16::unit() {
-        Some(bf16::Unit::Tiles) => "bfloat16 on AMX tiles",
-        Some(bf16::Unit::Pairs) => "bfloat16 on AVX-512 BF16",
-        None if int16::faster_than_f32() => "16-bit integers on AVX2",
-        None => "f32 (gemm)",
+impl Weight {
+    /// How a product by this weight is multiplied, in words.
+    fn products(&self) -> &'static str {
+        match self {
+            Weight::F32(_) => "f32 (gemm)",
+            Weight::Bf16(_) if bf16::unit() == Some(bf16::Unit::Tiles) => "bfloat16 on AMX tiles",
+            Weight::Bf16(_) => "bfloat16 on AVX-512 BF16",
+            Weight::Int16(_) => "16-bit integers on AVX2",
+        }
     }
 }
 
@@ -226,6 +228,22 @@ impl Encoder {
             zeros: vec![0.0; hidden],
             layers,
         })
+    }
+
+    /// How the linear layers are multiplied, in words, read from the weights as
+    /// they were laid out: a layer whose shape does not fill the narrow type's
+    /// tiles stays in f32 even where the CPU has the unit, and a report must not
+    /// say otherwise. Kinds that differ between layers are listed.
+    pub(crate) fn products(&self) -> String {
+        let mut kinds: Vec<&str> = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.attention_out, &l.up, &l.down])
+            .map(|linear| linear.weight.products())
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds.join(" and ")
     }
 
     pub(crate) fn hidden_size(&self) -> usize {
@@ -669,6 +687,8 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         write_model(&path, &config, prefix, dtype);
         let ours = Encoder::load(&path, &config).unwrap();
+        // 16 wide: no narrow type's tiles fit, whatever units the CPU has.
+        assert_eq!(ours.products(), "f32 (gemm)");
         let bytes = std::fs::read(&path).unwrap();
         let weights =
             VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu).unwrap();

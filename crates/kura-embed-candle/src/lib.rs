@@ -146,10 +146,10 @@ impl CandleEmbedder {
 
     /// How the encoder's linear layers are multiplied on this machine, for reports
     /// that compare machines.
-    pub fn products(&self) -> &'static str {
-        match self.model {
-            Model::Packed(_) => encoder::describe_products(),
-            Model::Candle(..) => "candle on the GPU, f32",
+    pub fn products(&self) -> String {
+        match &self.model {
+            Model::Packed(encoder) => encoder.products(),
+            Model::Candle(..) => "candle on the GPU, f32".to_string(),
         }
     }
 
