@@ -9,7 +9,9 @@
 //! 5-bit kinds are widened to a byte a value too: unpacking nibbles (and fifth
 //! bits) in the kernel costs more instructions than the bytes it saves: on two cores
 //! the kernel reading bytes runs at the memory's speed, 21 G weights/s, where the
-//! one reading nibbles stayed at 12.5.
+//! one reading nibbles stayed at 12.5. With VNNI the unpacking is cheap beside
+//! the memory a one-sequence step waits on, so there the products of one to three
+//! rows read a second, packed copy (see `int8::narrow`).
 //!
 //! Why our own kernel: decoding reads every weight once per step, so it is bound
 //! by memory at one sequence and by arithmetic at many. Candle's quantised matmul
@@ -37,6 +39,7 @@ use rayon::prelude::*;
 mod int8;
 mod lines;
 
+use int8::Narrow;
 pub(crate) use int8::Rounding;
 use lines::LineBytes;
 
@@ -120,7 +123,11 @@ impl Layout {
             Layout::Int8(Rounding::Twice) => "twice",
             Layout::Int8(Rounding::Outliers) => "once, outliers exact",
         };
-        format!("int8, activations rounded to 8 bits {times} ({kernel})")
+        let packed = match int8::narrow_on() {
+            true => "; 4- and 5-bit weights packed for one to three rows",
+            false => "",
+        };
+        format!("int8, activations rounded to 8 bits {times} ({kernel}){packed}")
     }
 
     /// Rows stored together (a matrix is padded with zero rows to a multiple).
@@ -188,6 +195,9 @@ pub(crate) struct Q8Matrix {
     /// The largest magnitude of its integers: the smaller, the cheaper the AVX2
     /// kernel's path (see `int8`).
     reach: u8,
+    /// In the int8 layout, its integers packed in 4 or 5 bits where they fit,
+    /// for the products of a few rows (see `int8::narrow`).
+    narrow: Option<Narrow>,
 }
 
 impl Q8Matrix {
@@ -285,6 +295,7 @@ impl Q8Matrix {
             .map(|&q| layout.load(q).unsigned_abs())
             .max()
             .unwrap_or(0);
+        let narrow = packed_copy(layout, &quants);
         Some(Q8Matrix {
             rows,
             cols,
@@ -294,6 +305,7 @@ impl Q8Matrix {
             offsets,
             exact,
             reach,
+            narrow,
         })
     }
 
@@ -328,14 +340,17 @@ impl Q8Matrix {
                 })
                 .collect()
         };
+        let layout = parts.first()?.layout;
+        let quants: LineBytes = parts
+            .iter()
+            .flat_map(|p| p.quants.iter().copied())
+            .collect();
         Some(Q8Matrix {
             rows: parts.iter().map(|p| p.rows).sum(),
             cols,
-            layout: parts.first()?.layout,
-            quants: parts
-                .iter()
-                .flat_map(|p| p.quants.iter().copied())
-                .collect(),
+            layout,
+            narrow: packed_copy(layout, &quants),
+            quants,
             scales: parts
                 .iter()
                 .flat_map(|p| p.scales.iter().copied())
@@ -367,6 +382,7 @@ impl Q8Matrix {
             offsets: &self.offsets,
             reach: self.reach,
             kernel: int8::Kernel::detect(),
+            narrow: self.narrow.as_ref(),
             rounding: match self.layout {
                 Layout::Int8(rounding) => rounding,
                 Layout::Panels => Rounding::Once,
@@ -664,6 +680,15 @@ impl ExactBlocks {
     }
 }
 
+/// The packed copy of an int8-layout matrix's integers, where they fit in 4 or 5
+/// bits and the kernel that reads it runs here.
+fn packed_copy(layout: Layout, quants: &[i8]) -> Option<Narrow> {
+    match layout {
+        Layout::Int8(_) => Narrow::of(quants),
+        Layout::Panels => None,
+    }
+}
+
 /// [`PANEL`] weight rows, stored interleaved.
 struct Panel<'a> {
     quants: &'a [i8],
@@ -899,6 +924,7 @@ mod tests {
         let quantized = QTensor::quantize(&dense, dtype).unwrap();
         let kind = match dtype {
             candle_core::quantized::GgmlDType::Q4_0 => ExactBlocks::Q4_0,
+            candle_core::quantized::GgmlDType::Q5_0 => ExactBlocks::Q5_0,
             _ => ExactBlocks::Q4_1,
         };
         Q8Matrix::from_blocks(layout, kind, &quantized.data().unwrap(), rows, cols).unwrap()
@@ -1380,5 +1406,37 @@ mod tests {
             }
         }
         eprintln!("kernels compared with the portable code: {kernels:?}");
+    }
+
+    /// Where the packed copy is read (one to three rows rounded once, on a CPU with
+    /// VNNI), its products are the int8 copy's to the bit, with values set aside
+    /// and without, with offsets (Q4_1) and fifth bits (Q5_0); wider integers get
+    /// no copy.
+    #[test]
+    fn the_packed_copy_multiplies_to_the_int8_bits() {
+        use candle_core::quantized::GgmlDType;
+        if !int8::narrow_on() {
+            eprintln!("no packed copies on this CPU (or KURA_NARROW=0): nothing to compare");
+            return;
+        }
+        let (rows, cols) = (80, 128);
+        for rounding in [Rounding::Once, Rounding::Outliers] {
+            let layout = Layout::Int8(rounding);
+            let wide = Q8Matrix::quantize(layout, &numbers(rows * cols, 21), rows, cols).unwrap();
+            assert!(wide.narrow.is_none());
+            let q5 = q4(layout, rows, cols, GgmlDType::Q5_0);
+            let q4_1 = q4(layout, rows, cols, GgmlDType::Q4_1);
+            let stack = Q8Matrix::stack(&[&q5, &q4_1]).unwrap();
+            for q in [&q5, &q4_1, &stack] {
+                assert!(q.narrow.is_some(), "{rounding:?}: a packed copy");
+                for m in 1..=3 {
+                    let xs = activations(m * cols, 40 + m as u64);
+                    let mut bytes = q.groups();
+                    bytes.narrow = None;
+                    let [want] = bytes.matmul_parts(&xs, [q.rows]);
+                    assert_eq!(q.matmul(&xs), want, "{rounding:?}, {m} rows");
+                }
+            }
+        }
     }
 }

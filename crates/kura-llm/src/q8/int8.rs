@@ -37,6 +37,11 @@ use rayon::prelude::*;
 
 use super::{Layout, LineBytes, BLOCK};
 
+mod narrow;
+pub(super) use narrow::enabled as narrow_on;
+pub(crate) use narrow::Narrow;
+use narrow::NARROW_ROWS;
+
 /// Weight rows side by side in one register.
 pub(super) const GROUP: usize = 16;
 /// Bytes of a group's block: 16 rows × 32 values.
@@ -528,6 +533,8 @@ pub(super) struct Groups<'a> {
     pub(super) kernel: Option<Kernel>,
     /// How the activations it multiplies are rounded.
     pub(super) rounding: Rounding,
+    /// Its integers packed, where they fit in 4 or 5 bits (see `narrow`).
+    pub(super) narrow: Option<&'a Narrow>,
 }
 
 impl Groups<'_> {
@@ -687,6 +694,7 @@ impl Groups<'_> {
         // A row's parts share a tile, which combines their sums (see `Rounding::Twice`).
         debug_assert!(tile_rows.is_multiple_of(x.parts));
         let per_block = rows_in_cache(x.blocks * BLOCK, tile_rows);
+        let packed = self.packed_for(x);
         // Zeroed once: each tile writes every sum that is read after it.
         let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
         for block_start in (0..m).step_by(per_block) {
@@ -701,11 +709,23 @@ impl Groups<'_> {
                 for (j, start) in (block_start..block_end).step_by(tile_rows).enumerate() {
                     let rows = tile_rows.min(block_end - start);
                     let ahead = Lookahead::share(g + width, width, j, tiles);
-                    tile(kernel, self, g, width, x, start, rows, &ahead, &mut sums);
+                    match packed {
+                        // SAFETY: the packed copy exists only where the VNNI
+                        // kernel runs (`Narrow::of`); it packs these weights, and
+                        // the tile is inside them and the activations.
+                        #[cfg(target_arch = "x86_64")]
+                        Some(packed) => unsafe {
+                            narrow::vnni::tile_any(
+                                self, packed, g, width, x, start, rows, &mut sums,
+                            )
+                        },
+                        _ => tile(kernel, self, g, width, x, start, rows, &ahead, &mut sums),
+                    }
                     for (w, group_sums) in sums.iter_mut().take(width).enumerate() {
                         for (i, lane_sums) in group_sums[..rows / x.parts].iter_mut().enumerate() {
                             let row = start / x.parts + i;
-                            self.add_set_aside(g + w, x.set_aside.of_row(row), lane_sums);
+                            let set_aside = x.set_aside.of_row(row);
+                            self.add_set_aside(g + w, packed, set_aside, lane_sums);
                             emit(g + w, row, lane_sums);
                         }
                     }
@@ -717,11 +737,28 @@ impl Groups<'_> {
 }
 
 impl Groups<'_> {
+    /// The packed copy, where the product reads it: a few rows rounded once, which
+    /// wait on memory rather than on the arithmetic (see `narrow`).
+    fn packed_for(&self, x: &Activations) -> Option<&Narrow> {
+        self.narrow
+            .filter(|_| x.parts == 1 && x.rows <= NARROW_ROWS && self.kernel == Some(Kernel::Vnni))
+    }
+
     /// Adds to group `g`'s sums the products of the values a row set aside
     /// (column, value) and the weights of their columns, exactly in f32: the same
     /// weight the integer sums use, `(byte − 128) × scale + offset`.
+    ///
+    /// The weights come from the copy the tile read, `packed` where it read the
+    /// packed one: its lines are in cache, where the int8 copy's would come from
+    /// memory.
     #[inline]
-    fn add_set_aside(&self, g: usize, set_aside: &[(u32, f32)], sums: &mut [f32; GROUP]) {
+    fn add_set_aside(
+        &self,
+        g: usize,
+        packed: Option<&Narrow>,
+        set_aside: &[(u32, f32)],
+        sums: &mut [f32; GROUP],
+    ) {
         if set_aside.is_empty() {
             return;
         }
@@ -729,11 +766,19 @@ impl Groups<'_> {
         // code is compiled for; the columns are the weights' (`multiply` checks
         // the activations' width, and the values set aside are their columns).
         #[cfg(target_arch = "x86_64")]
-        match self.kernel {
-            Some(Kernel::Vnni) => return unsafe { vnni::add_set_aside(self, g, set_aside, sums) },
-            Some(Kernel::Avx2) => return unsafe { avx2::add_set_aside(self, g, set_aside, sums) },
-            None => {}
+        match (self.kernel, packed) {
+            (_, Some(packed)) => {
+                return unsafe { narrow::vnni::add_set_aside(self, packed, g, set_aside, sums) }
+            }
+            (Some(Kernel::Vnni), None) => {
+                return unsafe { vnni::add_set_aside(self, g, set_aside, sums) }
+            }
+            (Some(Kernel::Avx2), None) => {
+                return unsafe { avx2::add_set_aside(self, g, set_aside, sums) }
+            }
+            (None, None) => {}
         }
+        let _ = packed;
         self.add_set_aside_plainly(g, set_aside, sums);
     }
 
