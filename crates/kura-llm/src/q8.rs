@@ -295,7 +295,7 @@ impl Q8Matrix {
             .map(|&q| layout.load(q).unsigned_abs())
             .max()
             .unwrap_or(0);
-        let narrow = packed_copy(layout, &quants);
+        let narrow = packed_copy(layout, &quants, &scales, &offsets);
         Some(Q8Matrix {
             rows,
             cols,
@@ -341,6 +341,10 @@ impl Q8Matrix {
                 .collect()
         };
         let layout = parts.first()?.layout;
+        let scales: Vec<f32> = parts
+            .iter()
+            .flat_map(|p| p.scales.iter().copied())
+            .collect();
         let quants: LineBytes = parts
             .iter()
             .flat_map(|p| p.quants.iter().copied())
@@ -349,12 +353,9 @@ impl Q8Matrix {
             rows: parts.iter().map(|p| p.rows).sum(),
             cols,
             layout,
-            narrow: packed_copy(layout, &quants),
+            narrow: packed_copy(layout, &quants, &scales, &offsets),
             quants,
-            scales: parts
-                .iter()
-                .flat_map(|p| p.scales.iter().copied())
-                .collect(),
+            scales,
             offsets,
             exact: parts.iter().all(|p| p.exact),
             reach: parts.iter().map(|p| p.reach).max().unwrap_or(0),
@@ -682,9 +683,9 @@ impl ExactBlocks {
 
 /// The packed copy of an int8-layout matrix's integers, where they fit in 4 or 5
 /// bits and the kernel that reads it runs here.
-fn packed_copy(layout: Layout, quants: &[i8]) -> Option<Narrow> {
+fn packed_copy(layout: Layout, quants: &[i8], scales: &[f32], offsets: &[f32]) -> Option<Narrow> {
     match layout {
-        Layout::Int8(_) => Narrow::of(quants),
+        Layout::Int8(_) => Narrow::of(quants, scales, offsets),
         Layout::Panels => None,
     }
 }
@@ -1410,8 +1411,8 @@ mod tests {
 
     /// Where the packed copy is read (one to three rows rounded once, on a CPU with
     /// VNNI), its products are the int8 copy's to the bit, with values set aside
-    /// and without, with offsets (Q4_1) and fifth bits (Q5_0); wider integers get
-    /// no copy.
+    /// and without, with offsets (Q4_1) and fifth bits (Q5_0), scales in halves
+    /// and in f32; wider integers get no copy.
     #[test]
     fn the_packed_copy_multiplies_to_the_int8_bits() {
         use candle_core::quantized::GgmlDType;
@@ -1427,8 +1428,11 @@ mod tests {
             let q5 = q4(layout, rows, cols, GgmlDType::Q5_0);
             let q4_1 = q4(layout, rows, cols, GgmlDType::Q4_1);
             let stack = Q8Matrix::stack(&[&q5, &q4_1]).unwrap();
-            for q in [&q5, &q4_1, &stack] {
-                assert!(q.narrow.is_some(), "{rounding:?}: a packed copy");
+            let mut in_f32 = q4(layout, rows, cols, GgmlDType::Q4_1);
+            in_f32.narrow = in_f32.narrow.map(Narrow::without_halves);
+            for q in [&q5, &q4_1, &stack, &in_f32] {
+                let packed = q.narrow.as_ref().expect("a packed copy");
+                assert_eq!(packed.has_halves(), !std::ptr::eq(q, &in_f32));
                 for m in 1..=3 {
                     let xs = activations(m * cols, 40 + m as u64);
                     let mut bytes = q.groups();

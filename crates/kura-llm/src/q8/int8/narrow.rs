@@ -46,21 +46,50 @@ pub(crate) struct Narrow {
     /// The smallest integer, which every stored one is relative to.
     low: i8,
     bytes: LineBytes,
+    /// The scales (and offsets) in half precision, where every one is a half:
+    /// those of the legacy types, which the file stores so, but not Q4_K's
+    /// products. A Q4_1 block is then 20 bytes where in f32 it was 24.
+    halves: Option<Halves>,
+}
+
+/// A matrix's scales and offsets (empty where it has none) as halves' bits.
+struct Halves {
+    scales: Vec<u16>,
+    offsets: Vec<u16>,
+}
+
+impl Halves {
+    /// The halves of `scales` and `offsets`, if each is one exactly.
+    fn of(scales: &[f32], offsets: &[f32]) -> Option<Halves> {
+        let exactly = |values: &[f32]| -> Option<Vec<u16>> {
+            values
+                .par_iter()
+                .map(|&v| {
+                    let half = half::f16::from_f32(v);
+                    (half.to_f32().to_bits() == v.to_bits()).then_some(half.to_bits())
+                })
+                .collect()
+        };
+        Some(Halves {
+            scales: exactly(scales)?,
+            offsets: exactly(offsets)?,
+        })
+    }
 }
 
 impl Narrow {
     /// The packed copy of `quants` (the int8 copy: integers plus 128, whole group
     /// blocks), where the VNNI kernel runs here, `KURA_NARROW` is not `0`, and the
     /// integers span at most 32 values; else `None`.
-    pub(crate) fn of(quants: &[i8]) -> Option<Narrow> {
+    pub(crate) fn of(quants: &[i8], scales: &[f32], offsets: &[f32]) -> Option<Narrow> {
         match enabled() {
-            true => Self::packed(quants),
+            true => Self::packed(quants, scales, offsets),
             false => None,
         }
     }
 
     /// [`Narrow::of`] whatever the CPU (for tests).
-    pub(super) fn packed(quants: &[i8]) -> Option<Narrow> {
+    pub(super) fn packed(quants: &[i8], scales: &[f32], offsets: &[f32]) -> Option<Narrow> {
         if quants.is_empty() || !quants.len().is_multiple_of(GROUP_BLOCK) {
             return None;
         }
@@ -104,7 +133,22 @@ impl Narrow {
             bits,
             low: low as i8,
             bytes,
+            halves: Halves::of(scales, offsets),
         })
+    }
+
+    /// Whether its scales are read in half precision.
+    #[cfg(test)]
+    pub(crate) fn has_halves(&self) -> bool {
+        self.halves.is_some()
+    }
+
+    /// The same copy reading the f32 scales, as a matrix whose scales are not
+    /// halves (Q4_K's) does.
+    #[cfg(test)]
+    pub(crate) fn without_halves(mut self) -> Self {
+        self.halves = None;
+        self
     }
 
     /// Integer `k` (of 32) of stored block `at` (see `quant_index`), unpacked in
@@ -171,12 +215,12 @@ pub(super) mod vnni {
     ) {
         macro_rules! shapes {
             ($(($g:literal, $r:literal)),*) => {
-                match (width, rows, narrow.bits == 5, w.offsets.is_empty()) {
+                match (width, rows, narrow.bits == 5, !w.offsets.is_empty()) {
                     $(
-                        ($g, $r, false, true) => tile::<$g, $r, false, false>(w, narrow, first, x, start, sums),
-                        ($g, $r, false, false) => tile::<$g, $r, false, true>(w, narrow, first, x, start, sums),
-                        ($g, $r, true, true) => tile::<$g, $r, true, false>(w, narrow, first, x, start, sums),
-                        ($g, $r, true, false) => tile::<$g, $r, true, true>(w, narrow, first, x, start, sums),
+                        ($g, $r, false, false) => halves::<$g, $r, false, false>(w, narrow, first, x, start, sums),
+                        ($g, $r, false, true) => halves::<$g, $r, false, true>(w, narrow, first, x, start, sums),
+                        ($g, $r, true, false) => halves::<$g, $r, true, false>(w, narrow, first, x, start, sums),
+                        ($g, $r, true, true) => halves::<$g, $r, true, true>(w, narrow, first, x, start, sums),
                     )*
                     _ => unreachable!("the packed copy is read by one to three rows"),
                 }
@@ -219,8 +263,7 @@ pub(super) mod vnni {
             "group {g}'s weights are inside the matrix"
         );
         debug_assert!(set_aside.iter().all(|&(c, _)| (c as usize) < w.cols));
-        let (packed, scales, offsets) =
-            (narrow.bytes.as_ptr(), w.scales.as_ptr(), w.offsets.as_ptr());
+        let packed = narrow.bytes.as_ptr();
         let (mask, low) = (
             _mm512_set1_epi32(0x0F),
             _mm512_set1_epi32(narrow.low as i32),
@@ -242,15 +285,8 @@ pub(super) mod vnni {
                 integers = _mm512_mask_add_epi32(integers, rows, integers, _mm512_set1_epi32(16));
             }
             let integers = _mm512_add_epi32(integers, low);
-            let offsets = match w.offsets.is_empty() {
-                true => _mm512_setzero_ps(),
-                false => _mm512_loadu_ps(offsets.add(at)),
-            };
-            _mm512_fmadd_ps(
-                _mm512_cvtepi32_ps(integers),
-                _mm512_loadu_ps(scales.add(at)),
-                offsets,
-            )
+            let (scales, offsets) = scales_and_offsets::<true>(w, narrow, at);
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(integers), scales, offsets)
         };
         // As the int8 copy's: two sums, added at the end.
         let (mut even, mut odd) = (_mm512_loadu_ps(sums.as_ptr()), _mm512_setzero_ps());
@@ -266,11 +302,63 @@ pub(super) mod vnni {
         _mm512_storeu_ps(sums.as_mut_ptr(), _mm512_add_ps(even, odd));
     }
 
+    /// [`tile`] for scales (and offsets) in half precision or in f32.
+    #[inline(always)]
+    unsafe fn halves<const G: usize, const R: usize, const FIFTHS: bool, const OFFSETS: bool>(
+        w: &Groups<'_>,
+        narrow: &Narrow,
+        first: usize,
+        x: &Activations,
+        start: usize,
+        sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
+    ) {
+        match narrow.halves.is_some() {
+            true => tile::<G, R, FIFTHS, OFFSETS, true>(w, narrow, first, x, start, sums),
+            false => tile::<G, R, FIFTHS, OFFSETS, false>(w, narrow, first, x, start, sums),
+        }
+    }
+
+    /// Group block `at`'s 16 scales and offsets (zero where the matrix has none),
+    /// from the halves where `HALVES` and the matrix has them, else the f32 copies.
+    #[inline(always)]
+    unsafe fn scales_and_offsets<const HALVES: bool>(
+        w: &Groups<'_>,
+        narrow: &Narrow,
+        at: usize,
+    ) -> (__m512, __m512) {
+        let has_offsets = !w.offsets.is_empty();
+        match (HALVES, &narrow.halves) {
+            (true, Some(halves)) => {
+                let half = |values: &[u16]| {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(values.as_ptr().add(at) as *const _))
+                };
+                let offsets = match has_offsets {
+                    true => half(&halves.offsets),
+                    false => _mm512_setzero_ps(),
+                };
+                (half(&halves.scales), offsets)
+            }
+            _ => {
+                let offsets = match has_offsets {
+                    true => _mm512_loadu_ps(w.offsets.as_ptr().add(at)),
+                    false => _mm512_setzero_ps(),
+                };
+                (_mm512_loadu_ps(w.scales.as_ptr().add(at)), offsets)
+            }
+        }
+    }
+
     /// `G` groups from `first` against `R` rows from `start`, as the int8 tile
     /// sums them: each quad's integers unpacked from their nibble (and fifth bit)
     /// into the bytes the int8 copy holds minus its bias.
     #[inline(always)]
-    unsafe fn tile<const G: usize, const R: usize, const FIFTHS: bool, const OFFSETS: bool>(
+    unsafe fn tile<
+        const G: usize,
+        const R: usize,
+        const FIFTHS: bool,
+        const OFFSETS: bool,
+        const HALVES: bool,
+    >(
         w: &Groups<'_>,
         narrow: &Narrow,
         first: usize,
@@ -321,11 +409,7 @@ pub(super) mod vnni {
             }
             // The int8 tile's steps after a block, for rows rounded once.
             for g in 0..G {
-                let scales = _mm512_loadu_ps(w.scales.as_ptr().add(at(g, b) * GROUP));
-                let offsets = match OFFSETS {
-                    true => _mm512_loadu_ps(w.offsets.as_ptr().add(at(g, b) * GROUP)),
-                    false => _mm512_setzero_ps(),
-                };
+                let (scales, offsets) = scales_and_offsets::<HALVES>(w, narrow, at(g, b) * GROUP);
                 for (i, f) in f.iter_mut().enumerate() {
                     let block = (start + i) * blocks + b;
                     let scale = _mm512_set1_ps(*x.scales.get_unchecked(block));
@@ -373,7 +457,7 @@ mod tests {
     fn packing_keeps_every_integer() {
         for (low, high, bits) in [(0, 15, 4), (-8, 7, 4), (-16, 15, 5), (3, 20, 5)] {
             let quants = quants(3, low, high);
-            let narrow = Narrow::packed(&quants).expect("a packed copy");
+            let narrow = Narrow::packed(&quants, &[], &[]).expect("a packed copy");
             assert_eq!(narrow.bits, bits, "{low}..={high}");
             for at in 0..3 * GROUP {
                 for k in 0..32 {
@@ -382,8 +466,8 @@ mod tests {
                 }
             }
         }
-        assert!(Narrow::packed(&quants(2, -16, 16)).is_none());
-        assert!(Narrow::packed(&quants(2, -127, 127)).is_none());
-        assert!(Narrow::packed(&[]).is_none());
+        assert!(Narrow::packed(&quants(2, -16, 16), &[], &[]).is_none());
+        assert!(Narrow::packed(&quants(2, -127, 127), &[], &[]).is_none());
+        assert!(Narrow::packed(&[], &[], &[]).is_none());
     }
 }
