@@ -295,7 +295,6 @@ impl Q8Matrix {
             .map(|&q| layout.load(q).unsigned_abs())
             .max()
             .unwrap_or(0);
-        let narrow = packed_copy(layout, &quants, &scales, &offsets);
         Some(Q8Matrix {
             rows,
             cols,
@@ -305,7 +304,7 @@ impl Q8Matrix {
             offsets,
             exact,
             reach,
-            narrow,
+            narrow: None,
         })
     }
 
@@ -353,13 +352,24 @@ impl Q8Matrix {
             rows: parts.iter().map(|p| p.rows).sum(),
             cols,
             layout,
-            narrow: packed_copy(layout, &quants, &scales, &offsets),
+            narrow: None,
             quants,
             scales,
             offsets,
             exact: parts.iter().all(|p| p.exact),
             reach: parts.iter().map(|p| p.reach).max().unwrap_or(0),
         })
+    }
+
+    /// Adds the packed copy that products of a few rows read (see `int8::narrow`),
+    /// where the integers fit in 4 or 5 bits and the kernel that reads it runs
+    /// here. Called for the matrices that multiply, once they are stacked: an
+    /// embedding table's lookups read the int8 copy, and Qwen's would spend 94 MB
+    /// on a copy never read.
+    pub(crate) fn add_packed_copy(&mut self) {
+        if let Layout::Int8(_) = self.layout {
+            self.narrow = Narrow::of(&self.quants, &self.scales, &self.offsets);
+        }
     }
 
     /// Whether [`Q8Matrix::stack`] takes these parts.
@@ -681,15 +691,6 @@ impl ExactBlocks {
     }
 }
 
-/// The packed copy of an int8-layout matrix's integers, where they fit in 4 or 5
-/// bits and the kernel that reads it runs here.
-fn packed_copy(layout: Layout, quants: &[i8], scales: &[f32], offsets: &[f32]) -> Option<Narrow> {
-    match layout {
-        Layout::Int8(_) => Narrow::of(quants, scales, offsets),
-        Layout::Panels => None,
-    }
-}
-
 /// [`PANEL`] weight rows, stored interleaved.
 struct Panel<'a> {
     quants: &'a [i8],
@@ -928,7 +929,11 @@ mod tests {
             candle_core::quantized::GgmlDType::Q5_0 => ExactBlocks::Q5_0,
             _ => ExactBlocks::Q4_1,
         };
-        Q8Matrix::from_blocks(layout, kind, &quantized.data().unwrap(), rows, cols).unwrap()
+        let mut q =
+            Q8Matrix::from_blocks(layout, kind, &quantized.data().unwrap(), rows, cols).unwrap();
+        // Products of a few rows read the packed copy, where this CPU has one.
+        q.add_packed_copy();
+        q
     }
 
     /// `count` weights as GGML's Q8_0 blocks whose integers span −`reach` to
@@ -1423,11 +1428,15 @@ mod tests {
         let (rows, cols) = (80, 128);
         for rounding in [Rounding::Once, Rounding::Outliers] {
             let layout = Layout::Int8(rounding);
-            let wide = Q8Matrix::quantize(layout, &numbers(rows * cols, 21), rows, cols).unwrap();
+            let mut wide =
+                Q8Matrix::quantize(layout, &numbers(rows * cols, 21), rows, cols).unwrap();
+            wide.add_packed_copy();
             assert!(wide.narrow.is_none());
             let q5 = q4(layout, rows, cols, GgmlDType::Q5_0);
             let q4_1 = q4(layout, rows, cols, GgmlDType::Q4_1);
-            let stack = Q8Matrix::stack(&[&q5, &q4_1]).unwrap();
+            let mut stack = Q8Matrix::stack(&[&q5, &q4_1]).unwrap();
+            assert!(stack.narrow.is_none(), "a stack is packed once it is whole");
+            stack.add_packed_copy();
             let mut in_f32 = q4(layout, rows, cols, GgmlDType::Q4_1);
             in_f32.narrow = in_f32.narrow.map(Narrow::without_halves);
             for q in [&q5, &q4_1, &stack, &in_f32] {

@@ -97,9 +97,16 @@ impl HostWeights {
             let qkv_bias = side_by_side(&biases, &qkv_widths);
             let qkv = stack([&mut l.q, &mut l.k, &mut l.v]);
             let gate_up = stack([&mut l.gate, &mut l.up]);
-            let (Some(qkv), Some(gate_up)) = (qkv, gate_up) else {
+            let (Some(mut qkv), Some(mut gate_up)) = (qkv, gate_up) else {
                 unreachable!("every layer's projections were checked to stack");
             };
+            for matrix in [&mut qkv, &mut gate_up].into_iter().chain(
+                [&mut l.o, &mut l.down]
+                    .into_iter()
+                    .filter_map(|p| p.packed.as_mut()),
+            ) {
+                matrix.add_packed_copy();
+            }
             host_layers.push(HostLayer {
                 attn_norm: host(&l.attn_norm)?,
                 ffn_norm: host(&l.ffn_norm)?,
