@@ -660,7 +660,14 @@ impl Model {
     /// How the projections are multiplied here, in words: the 8-bit layout and its
     /// kernel where the host code runs them, else candle's ops.
     pub(crate) fn products(&self) -> String {
-        match self.host.as_ref().and_then(|host| host.layout()) {
+        let host = self.host.as_ref();
+        match host.and_then(|host| host.layout()) {
+            Some(layout) if host.is_some_and(|host| host.has_packed_copies()) => {
+                format!(
+                    "{}; 4- and 5-bit weights packed for one to three rows",
+                    layout.describe()
+                )
+            }
             Some(layout) => layout.describe(),
             None if self.output_norm.device().is_cpu() => "candle on the CPU, f32".to_string(),
             None => "candle on the GPU, f32".to_string(),

@@ -61,6 +61,12 @@ pub(crate) fn int8_supported() -> bool {
     int8::supported()
 }
 
+/// Whether 4- and 5-bit matrices get a packed copy here (see `int8::narrow`).
+#[cfg(test)]
+pub(crate) fn packed_copies_here() -> bool {
+    int8::narrow_on()
+}
+
 /// The narrowest model whose activations are rounded to 8 bits by default. The
 /// rounding moves the next-token distribution little on Qwen 0.5B (896 wide): a
 /// KL divergence of 0.00001–0.0013 nats over a real prompt and its continuation.
@@ -123,11 +129,7 @@ impl Layout {
             Layout::Int8(Rounding::Twice) => "twice",
             Layout::Int8(Rounding::Outliers) => "once, outliers exact",
         };
-        let packed = match int8::narrow_on() {
-            true => "; 4- and 5-bit weights packed for one to three rows",
-            false => "",
-        };
-        format!("int8, activations rounded to 8 bits {times} ({kernel}){packed}")
+        format!("int8, activations rounded to 8 bits {times} ({kernel})")
     }
 
     /// Rows stored together (a matrix is padded with zero rows to a multiple).
@@ -370,6 +372,11 @@ impl Q8Matrix {
         if let Layout::Int8(_) = self.layout {
             self.narrow = Narrow::of(&self.quants, &self.scales, &self.offsets);
         }
+    }
+
+    /// Whether products of a few rows read a packed copy of its integers.
+    pub(crate) fn has_packed_copy(&self) -> bool {
+        self.narrow.is_some()
     }
 
     /// Whether [`Q8Matrix::stack`] takes these parts.
@@ -1421,7 +1428,7 @@ mod tests {
     #[test]
     fn the_packed_copy_multiplies_to_the_int8_bits() {
         use candle_core::quantized::GgmlDType;
-        if !int8::narrow_on() {
+        if !packed_copies_here() {
             eprintln!("no packed copies on this CPU (or KURA_NARROW=0): nothing to compare");
             return;
         }

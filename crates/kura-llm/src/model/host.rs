@@ -136,6 +136,12 @@ impl HostWeights {
     pub(super) fn layout(&self) -> Option<Layout> {
         self.layers.first().map(|l| l.qkv.layout())
     }
+
+    /// Whether a layer's feed-forward (most of its weights) has a packed copy
+    /// for the products of a few rows.
+    pub(super) fn has_packed_copies(&self) -> bool {
+        self.layers.iter().any(|l| l.gate_up.has_packed_copy())
+    }
 }
 
 fn stackable(linears: &[&Linear]) -> bool {
@@ -695,6 +701,9 @@ mod tests {
                 products.starts_with("int8, activations rounded to 8 bits twice"),
                 "{products}"
             );
+            // Its Q4_1 layers have packed copies wherever the CPU reads them.
+            let packed = "; 4- and 5-bit weights packed for one to three rows";
+            assert_eq!(products.ends_with(packed), crate::q8::packed_copies_here());
         }
         let mut tensors = smollm2_with_tensors();
         tensors.model_mut().host = None;

@@ -38,6 +38,7 @@ use rayon::prelude::*;
 use super::{Layout, LineBytes, BLOCK};
 
 mod narrow;
+#[cfg(test)]
 pub(super) use narrow::enabled as narrow_on;
 pub(crate) use narrow::Narrow;
 use narrow::NARROW_ROWS;
