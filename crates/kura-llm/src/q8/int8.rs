@@ -738,6 +738,28 @@ impl Groups<'_> {
 }
 
 impl Groups<'_> {
+    /// Checks before a kernel reads group `g`'s weights for the columns set aside:
+    /// its scales (and offsets) and its blocks of `block_bytes` in a copy of
+    /// `copy_len` bytes are inside the matrix. Called for every group and row,
+    /// so the columns are checked in debug builds alone: `multiply` holds the
+    /// activations, whose columns they are, to the weights' width once a product.
+    fn assert_inside(
+        &self,
+        g: usize,
+        set_aside: &[(u32, f32)],
+        copy_len: usize,
+        block_bytes: usize,
+    ) {
+        let blocks = self.cols / BLOCK;
+        assert!(
+            (g + 1) * blocks * GROUP <= self.scales.len()
+                && (g + 1) * blocks * block_bytes <= copy_len
+                && (self.offsets.is_empty() || self.offsets.len() == self.scales.len()),
+            "group {g}'s weights are inside the matrix"
+        );
+        debug_assert!(set_aside.iter().all(|&(c, _)| (c as usize) < self.cols));
+    }
+
     /// The packed copy, where the product reads it: a few rows rounded once, which
     /// wait on memory rather than on the arithmetic (see `narrow`).
     fn packed_for(&self, x: &Activations) -> Option<&Narrow> {
@@ -1169,15 +1191,7 @@ mod vnni {
         sums: &mut [f32; GROUP],
     ) {
         let blocks = w.cols / BLOCK;
-        assert!(
-            (g + 1) * blocks * GROUP <= w.scales.len()
-                && (g + 1) * blocks * GROUP_BLOCK <= w.quants.len()
-                && (w.offsets.is_empty() || w.offsets.len() == w.scales.len()),
-            "group {g}'s weights are inside the matrix"
-        );
-        // Called for every group and row: the columns are checked once a product,
-        // where `Groups::multiply` holds the activations to the weights' width.
-        debug_assert!(set_aside.iter().all(|&(c, _)| (c as usize) < w.cols));
+        w.assert_inside(g, set_aside, w.quants.len(), GROUP_BLOCK);
         let (quants, scales, offsets) = (w.quants.as_ptr(), w.scales.as_ptr(), w.offsets.as_ptr());
         let (mask, bias) = (_mm512_set1_epi32(0xFF), _mm512_set1_epi32(128));
         let weights = |column: u32| {
@@ -1197,7 +1211,19 @@ mod vnni {
                 offsets,
             )
         };
-        // Two sums, so that one value's last FMA need not wait on the one before.
+        add_columns(set_aside, sums, weights);
+    }
+
+    /// Adds each value set aside times `weights(column)`, its column's 16 weights,
+    /// to `sums`: in turn to two sums, so that one value's last FMA need not wait
+    /// on the one before, added together at the end. Every copy of the weights
+    /// (bytes or packed) is summed in this order, to the same bits.
+    #[inline(always)]
+    pub(super) unsafe fn add_columns(
+        set_aside: &[(u32, f32)],
+        sums: &mut [f32; GROUP],
+        weights: impl Fn(u32) -> __m512,
+    ) {
         let (mut even, mut odd) = (_mm512_loadu_ps(sums.as_ptr()), _mm512_setzero_ps());
         let mut pairs = set_aside.chunks_exact(2);
         for pair in &mut pairs {

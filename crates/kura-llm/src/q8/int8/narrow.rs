@@ -256,13 +256,7 @@ pub(super) mod vnni {
     ) {
         let blocks = w.cols / BLOCK;
         let per = block_bytes(narrow.bits);
-        assert!(
-            (g + 1) * blocks * GROUP <= w.scales.len()
-                && (g + 1) * blocks * per <= narrow.bytes.len()
-                && (w.offsets.is_empty() || w.offsets.len() == w.scales.len()),
-            "group {g}'s weights are inside the matrix"
-        );
-        debug_assert!(set_aside.iter().all(|&(c, _)| (c as usize) < w.cols));
+        w.assert_inside(g, set_aside, narrow.bytes.len(), per);
         let packed = narrow.bytes.as_ptr();
         let (mask, low) = (
             _mm512_set1_epi32(0x0F),
@@ -288,18 +282,7 @@ pub(super) mod vnni {
             let (scales, offsets) = scales_and_offsets::<true>(w, narrow, at);
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(integers), scales, offsets)
         };
-        // As the int8 copy's: two sums, added at the end.
-        let (mut even, mut odd) = (_mm512_loadu_ps(sums.as_ptr()), _mm512_setzero_ps());
-        let mut pairs = set_aside.chunks_exact(2);
-        for pair in &mut pairs {
-            let (a, b) = (pair[0], pair[1]);
-            even = _mm512_fmadd_ps(_mm512_set1_ps(a.1), weights(a.0), even);
-            odd = _mm512_fmadd_ps(_mm512_set1_ps(b.1), weights(b.0), odd);
-        }
-        if let [(column, value)] = *pairs.remainder() {
-            even = _mm512_fmadd_ps(_mm512_set1_ps(value), weights(column), even);
-        }
-        _mm512_storeu_ps(sums.as_mut_ptr(), _mm512_add_ps(even, odd));
+        super::super::vnni::add_columns(set_aside, sums, weights);
     }
 
     /// [`tile`] for scales (and offsets) in half precision or in f32.
