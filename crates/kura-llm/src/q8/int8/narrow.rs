@@ -217,10 +217,10 @@ pub(super) mod vnni {
             ($(($g:literal, $r:literal)),*) => {
                 match (width, rows, narrow.bits == 5, !w.offsets.is_empty()) {
                     $(
-                        ($g, $r, false, false) => halves::<$g, $r, false, false>(w, narrow, first, x, start, sums),
-                        ($g, $r, false, true) => halves::<$g, $r, false, true>(w, narrow, first, x, start, sums),
-                        ($g, $r, true, false) => halves::<$g, $r, true, false>(w, narrow, first, x, start, sums),
-                        ($g, $r, true, true) => halves::<$g, $r, true, true>(w, narrow, first, x, start, sums),
+                        ($g, $r, false, false) => tile::<$g, $r, false, false>(w, narrow, first, x, start, sums),
+                        ($g, $r, false, true) => tile::<$g, $r, false, true>(w, narrow, first, x, start, sums),
+                        ($g, $r, true, false) => tile::<$g, $r, true, false>(w, narrow, first, x, start, sums),
+                        ($g, $r, true, true) => tile::<$g, $r, true, true>(w, narrow, first, x, start, sums),
                     )*
                     _ => unreachable!("the packed copy is read by one to three rows"),
                 }
@@ -279,39 +279,19 @@ pub(super) mod vnni {
                 integers = _mm512_mask_add_epi32(integers, rows, integers, _mm512_set1_epi32(16));
             }
             let integers = _mm512_add_epi32(integers, low);
-            let (scales, offsets) = scales_and_offsets::<true>(w, narrow, at);
+            let (scales, offsets) = scales_and_offsets(w, narrow, at);
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(integers), scales, offsets)
         };
         super::super::vnni::add_columns(set_aside, sums, weights);
     }
 
-    /// [`tile`] for scales (and offsets) in half precision or in f32.
-    #[inline(always)]
-    unsafe fn halves<const G: usize, const R: usize, const FIFTHS: bool, const OFFSETS: bool>(
-        w: &Groups<'_>,
-        narrow: &Narrow,
-        first: usize,
-        x: &Activations,
-        start: usize,
-        sums: &mut [[[f32; GROUP]; TILE_ROWS]; 4],
-    ) {
-        match narrow.halves.is_some() {
-            true => tile::<G, R, FIFTHS, OFFSETS, true>(w, narrow, first, x, start, sums),
-            false => tile::<G, R, FIFTHS, OFFSETS, false>(w, narrow, first, x, start, sums),
-        }
-    }
-
     /// Group block `at`'s 16 scales and offsets (zero where the matrix has none),
-    /// from the halves where `HALVES` and the matrix has them, else the f32 copies.
+    /// from the halves where the matrix has them, else the f32 copies.
     #[inline(always)]
-    unsafe fn scales_and_offsets<const HALVES: bool>(
-        w: &Groups<'_>,
-        narrow: &Narrow,
-        at: usize,
-    ) -> (__m512, __m512) {
+    unsafe fn scales_and_offsets(w: &Groups<'_>, narrow: &Narrow, at: usize) -> (__m512, __m512) {
         let has_offsets = !w.offsets.is_empty();
-        match (HALVES, &narrow.halves) {
-            (true, Some(halves)) => {
+        match &narrow.halves {
+            Some(halves) => {
                 let half = |values: &[u16]| {
                     _mm512_cvtph_ps(_mm256_loadu_si256(values.as_ptr().add(at) as *const _))
                 };
@@ -321,7 +301,7 @@ pub(super) mod vnni {
                 };
                 (half(&halves.scales), offsets)
             }
-            _ => {
+            None => {
                 let offsets = match has_offsets {
                     true => _mm512_loadu_ps(w.offsets.as_ptr().add(at)),
                     false => _mm512_setzero_ps(),
@@ -335,13 +315,7 @@ pub(super) mod vnni {
     /// sums them: each quad's integers unpacked from their nibble (and fifth bit)
     /// into the bytes the int8 copy holds minus its bias.
     #[inline(always)]
-    unsafe fn tile<
-        const G: usize,
-        const R: usize,
-        const FIFTHS: bool,
-        const OFFSETS: bool,
-        const HALVES: bool,
-    >(
+    unsafe fn tile<const G: usize, const R: usize, const FIFTHS: bool, const OFFSETS: bool>(
         w: &Groups<'_>,
         narrow: &Narrow,
         first: usize,
@@ -392,7 +366,7 @@ pub(super) mod vnni {
             }
             // The int8 tile's steps after a block, for rows rounded once.
             for g in 0..G {
-                let (scales, offsets) = scales_and_offsets::<HALVES>(w, narrow, at(g, b) * GROUP);
+                let (scales, offsets) = scales_and_offsets(w, narrow, at(g, b) * GROUP);
                 for (i, f) in f.iter_mut().enumerate() {
                     let block = (start + i) * blocks + b;
                     let scale = _mm512_set1_ps(*x.scales.get_unchecked(block));
