@@ -607,11 +607,7 @@ impl Model {
         };
         let rope_factors = loader.rope_factors(config.head_dim / 2)?;
         let (cos, sin) = rope_tables(&config, rope_factors.as_deref(), max_context, device)?;
-        let host = host::HostWeights::new(&mut layers, &output_norm, &output, (&cos, &sin))?;
-        if let (Some(_), Some(matrix)) = (&host, output.packed.as_mut()) {
-            // Decoding one sequence multiplies it too (the layers got theirs in `HostWeights::new`).
-            matrix.add_packed_copy();
-        }
+        let host = host::HostWeights::new(&mut layers, &output_norm, &mut output, (&cos, &sin))?;
         let embedding = if host.is_some() && tensors == Tensors::Needed {
             // The host multiplies the output by its 8-bit copy only; its Q6_K blocks
             // serve embedding lookups, when the two are one matrix.

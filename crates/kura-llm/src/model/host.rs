@@ -65,11 +65,13 @@ impl HostLayer {
 impl HostWeights {
     /// `None` when some projection has no 8-bit copy (a GPU model, or rows that are
     /// not whole blocks) or the copies do not stack: such a model runs through
-    /// candle. The stacked projections' own 8-bit copies are moved into the stacks.
+    /// candle. The stacked projections' own 8-bit copies are moved into the stacks,
+    /// and every matrix the host multiplies gets its packed copy (see
+    /// [`Q8Matrix::add_packed_copy`]).
     pub(super) fn new(
         layers: &mut [Layer],
         output_norm: &Tensor,
-        output: &Linear,
+        output: &mut Linear,
         (cos, sin): (&Tensor, &Tensor),
     ) -> candle_core::Result<Option<Self>> {
         let all_packed = output.packed.is_some()
@@ -115,6 +117,9 @@ impl HostWeights {
                 qkv_bias,
                 gate_up,
             });
+        }
+        if let Some(matrix) = output.packed.as_mut() {
+            matrix.add_packed_copy();
         }
         Ok(Some(HostWeights {
             layers: host_layers,
