@@ -67,8 +67,8 @@ impl Weight {
     /// `weight` (`inputs × outputs`, row-major) in bfloat16 where the CPU has a
     /// unit that multiplies it faster than f32 (unless `KURA_BF16=0`), else in
     /// 16-bit integers on AMD's cores whose widest unit is AVX2 (Zen 3; unless
-    /// `KURA_INT16=0`), when
-    /// the shape fills the narrow layout's tiles; otherwise kept in f32.
+    /// `KURA_INT16=0`), when the shape fills the narrow layout's tiles; otherwise
+    /// kept in f32.
     fn for_this_cpu(weight: Vec<f32>, inputs: usize, outputs: usize) -> Self {
         if bf16::unit().is_some() {
             if let Some(narrow) = Bf16Weights::new(&weight, inputs, outputs) {
@@ -81,9 +81,7 @@ impl Weight {
         }
         Weight::F32(weight)
     }
-}
 
-impl Weight {
     /// How a product by this weight is multiplied, in words.
     fn products(&self) -> &'static str {
         match self {

@@ -156,7 +156,7 @@ pub fn run(config: &Config, options: &Options, reporter: &Reporter) -> Result<Re
         let backends = Backends::new(config, std::sync::Arc::new(Reporter::new(Mode::Quiet)))?;
         reporter.say(&format!("measuring the embedder {}", config.embedder));
         let embedder = backends.candle_embedder()?;
-        products.embedder = embedder.products().to_string();
+        products.embedder = embedder.products();
         let measured = embedder_figures(
             embedder.as_ref(),
             &texts,
