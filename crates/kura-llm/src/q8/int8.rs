@@ -1308,15 +1308,9 @@ mod vnni {
                     for part in &acc[i + 1..i + P] {
                         sum = _mm512_add_epi32(_mm512_slli_epi32::<RESIDUAL_BITS>(sum), part[g]);
                     }
-                    let block = (start + i + P - 1) * blocks + b;
-                    let scale = _mm512_set1_ps(*x.scales.get_unchecked(block));
-                    let scale = _mm512_mul_ps(scales, scale);
-                    f[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, f[g]);
-                    if OFFSETS {
-                        let block = (start + i) * blocks + b;
-                        let sum = _mm512_set1_ps(*x.offset_sums.get_unchecked(block));
-                        f[g] = _mm512_fmadd_ps(offsets, sum, f[g]);
-                    }
+                    let (scaled, first) =
+                        ((start + i + P - 1) * blocks + b, (start + i) * blocks + b);
+                    f[g] = add_block::<OFFSETS>(f[g], sum, scales, offsets, x, scaled, first);
                 }
             }
         }
@@ -1324,6 +1318,33 @@ mod vnni {
             for (g, f) in f.iter().enumerate() {
                 _mm512_storeu_ps(sums[g][k].as_mut_ptr(), *f);
             }
+        }
+    }
+
+    /// Adds a block's integer sum of a group against a row to that row's f32 sums
+    /// `f`: converted, times the group's scales and the activations' scale of
+    /// block `scaled`, plus the group's offsets times the activations' sum of
+    /// block `first` where the matrix has offsets. Every tile of this kernel, on
+    /// either copy of the weights, finishes a block through here, so their sums
+    /// are the same bits.
+    #[inline(always)]
+    pub(super) unsafe fn add_block<const OFFSETS: bool>(
+        f: __m512,
+        sum: __m512i,
+        scales: __m512,
+        offsets: __m512,
+        x: &Activations,
+        scaled: usize,
+        first: usize,
+    ) -> __m512 {
+        let scale = _mm512_mul_ps(scales, _mm512_set1_ps(*x.scales.get_unchecked(scaled)));
+        let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, f);
+        match OFFSETS {
+            true => {
+                let sum = _mm512_set1_ps(*x.offset_sums.get_unchecked(first));
+                _mm512_fmadd_ps(offsets, sum, f)
+            }
+            false => f,
         }
     }
 }

@@ -192,6 +192,7 @@ fn block_bytes(bits: u32) -> usize {
 pub(super) mod vnni {
     use std::arch::x86_64::*;
 
+    use super::super::vnni::add_block;
     use super::super::{Activations, Groups, BLOCK, GROUP, TILE_ROWS};
     use super::{block_bytes, Narrow, NIBBLE_BYTES};
 
@@ -369,13 +370,7 @@ pub(super) mod vnni {
                 let (scales, offsets) = scales_and_offsets(w, narrow, at(g, b) * GROUP);
                 for (i, f) in f.iter_mut().enumerate() {
                     let block = (start + i) * blocks + b;
-                    let scale = _mm512_set1_ps(*x.scales.get_unchecked(block));
-                    let scale = _mm512_mul_ps(scales, scale);
-                    f[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][g]), scale, f[g]);
-                    if OFFSETS {
-                        let sum = _mm512_set1_ps(*x.offset_sums.get_unchecked(block));
-                        f[g] = _mm512_fmadd_ps(offsets, sum, f[g]);
-                    }
+                    f[g] = add_block::<OFFSETS>(f[g], acc[i][g], scales, offsets, x, block, block);
                 }
             }
         }
