@@ -657,14 +657,12 @@ impl Model {
     /// kernel where the host code runs them, else candle's ops.
     pub(crate) fn products(&self) -> String {
         let host = self.host.as_ref();
-        match host.and_then(|host| host.layout()) {
-            Some(layout) if host.is_some_and(|host| host.has_packed_copies()) => {
-                format!(
-                    "{}; 4- and 5-bit weights packed for one to three rows",
-                    layout.describe()
-                )
-            }
-            Some(layout) => layout.describe(),
+        match host.and_then(|host| Some((host.layout()?, host.has_packed_copies()))) {
+            Some((layout, true)) => format!(
+                "{}; 4- and 5-bit weights packed for one to three rows",
+                layout.describe()
+            ),
+            Some((layout, false)) => layout.describe(),
             None if self.output_norm.device().is_cpu() => "candle on the CPU, f32".to_string(),
             None => "candle on the GPU, f32".to_string(),
         }
