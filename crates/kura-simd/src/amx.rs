@@ -27,6 +27,16 @@ pub fn available() -> bool {
     false
 }
 
+/// Whether the CPU says it has AMX with bfloat16 products, whether or not this
+/// process may use them: virtual machines of one CPU model differ in whether they
+/// pass AMX through, and a benchmark compares like with like only if it knows.
+pub fn in_cpu() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    return tiles::cpu_has_amx_bf16();
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod tiles {
     use std::arch::asm;

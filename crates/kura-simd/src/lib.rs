@@ -14,6 +14,7 @@
 use std::f32::consts::LOG2_E;
 
 mod amx;
+pub use amx::in_cpu as cpu_has_amx;
 pub mod bf16;
 pub mod int16;
 mod matmul;
