@@ -1,6 +1,6 @@
 //! [`Int16Weights`] and [`matmul_int16`]: f32 products in 16-bit integers with
 //! 32-bit sums, for CPUs whose widest unit is AVX2 (AMD's Zen 3, where it was
-//! measured).
+//! measured) and Intel's with AVX-512 VNNI but no AMX.
 //!
 //! Why 16-bit integers: AVX2's `vpmaddwd` multiplies sixteen 16-bit integers by
 //! sixteen and adds each two products into a 32-bit sum, twice the multiply-adds
@@ -14,6 +14,13 @@
 //! f32 at 43 (the best of 20 runs each, taken in turn), short of twice: each
 //! product needs an add of its own (AVX2 has no multiply-accumulate on integers)
 //! and each row a broadcast, so the vector pipes, not the multipliers, set the pace.
+//!
+//! With AVX-512 VNNI, `vpdpwssd` does the multiply and the add in one
+//! instruction on 32 values: on one core of a Xeon (Emerald Rapids) 173 G
+//! multiply-adds a second in a loop of independent sums, against 84 for f32 FMAs
+//! and 43 for `vdpbf16ps`, so the same layout serves Intel's cores where AMX's
+//! tiles are not offered. Both kernels add the same integers and scale them with
+//! the same f32 operations, so their sums are the same bits.
 //!
 //! Why chunks of 128: the integer sums must not wrap. A product of two values
 //! within ±4095 is under 2^24, and 128 of them under 2^31, so the 32-bit sums of a
@@ -30,30 +37,71 @@ const LARGEST: f32 = 4095.0;
 /// Columns of a panel of weights: two AVX2 registers of 32-bit sums.
 const PANEL: usize = 16;
 
-/// Whether [`matmul_int16`] multiplies faster than f32 here: on AMD's cores from
-/// Zen 3 on (family 25 and later) where AVX2 is the widest unit, the only ones it
-/// was measured on. Older and Intel cores run `vpmaddwd` at other rates against
-/// their FMAs and keep f32 until measured; with AVX-512, FMAs multiply as much a
-/// cycle as this kernel (the bfloat16 units more). `KURA_INT16=0` says no, to
-/// compare with f32.
+/// Whether [`matmul_int16`] multiplies faster than f32 here, on the cores it was
+/// measured on: AMD's from Zen 3 on (family 25 and later) where AVX2 is the widest
+/// unit, and Intel's with AVX-512 VNNI (see the module docs; a caller takes AMX's
+/// tiles first where it has them). Older Intel cores run `vpmaddwd` at other rates
+/// against their FMAs and keep f32 until measured, and AMD's cores with AVX-512
+/// have a bfloat16 unit that multiplies more. `KURA_INT16=0` says no, to compare
+/// with f32.
 pub fn faster_than_f32() -> bool {
     static FASTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FASTER.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        let faster =
-            runs_here() && !crate::has_avx512() && crate::is_amd() && crate::cpu_family() >= 25;
+        let faster = match Kernel::detect() {
+            Some(Kernel::Vnni) => !crate::is_amd(),
+            Some(Kernel::Avx2) => crate::is_amd() && crate::cpu_family() >= 25,
+            None => false,
+        };
         #[cfg(not(target_arch = "x86_64"))]
         let faster = false;
         faster && !std::env::var("KURA_INT16").is_ok_and(|v| v == "0")
     })
 }
 
-/// Whether this CPU runs [`matmul_int16`]'s kernel (AVX2 and FMA).
+/// The kernels that multiply the layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 VNNI: `vpdpwssd`, a panel's 16 columns a register.
+    Vnni,
+    /// AVX2: `vpmaddwd` then an add, a panel in two registers.
+    Avx2,
+}
+
+impl Kernel {
+    /// Every kernel, the fastest first.
+    const ALL: [Kernel; 2] = [Kernel::Vnni, Kernel::Avx2];
+
+    /// The fastest kernel this CPU runs, if any.
+    pub fn detect() -> Option<Kernel> {
+        Self::ALL.into_iter().find(|k| k.runs_here())
+    }
+
+    fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return match self {
+            Kernel::Vnni => {
+                crate::has_avx512() && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            Kernel::Avx2 => crate::has_avx2_fma(),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// The instructions, in words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Vnni => "AVX-512 VNNI",
+            Kernel::Avx2 => "AVX2",
+        }
+    }
+}
+
+/// Whether this CPU runs one of [`matmul_int16`]'s kernels (AVX2 and FMA at
+/// least).
 pub fn runs_here() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return crate::has_avx2_fma();
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
+    Kernel::detect().is_some()
 }
 
 /// A weight matrix `inputs × outputs` (row-major, as `x · W` reads it) rounded to
@@ -171,12 +219,21 @@ const TASK_PANELS: usize = 2;
 /// # Panics
 /// When the CPU lacks AVX2 or FMA ([`runs_here()`]) or the shapes do not match.
 pub fn matmul_int16(out: &mut [f32], input: &[f32], weights: &Int16Weights, accumulate: bool) {
+    let kernel =
+        Kernel::detect().expect("matmul_int16 needs AVX2 and FMA (check `runs_here` first)");
+    matmul_with(kernel, out, input, weights, accumulate);
+}
+
+/// [`matmul_int16`] by `kernel`, which the CPU runs.
+fn matmul_with(
+    kernel: Kernel,
+    out: &mut [f32],
+    input: &[f32],
+    weights: &Int16Weights,
+    accumulate: bool,
+) {
     let (k, n) = (weights.inputs, weights.outputs);
     let rows = crate::product_rows("matmul_int16", input.len(), out.len(), k, n);
-    assert!(
-        runs_here(),
-        "matmul_int16 needs AVX2 and FMA (check `runs_here` first)"
-    );
     if rows == 0 {
         return;
     }
@@ -193,7 +250,7 @@ pub fn matmul_int16(out: &mut [f32], input: &[f32], weights: &Int16Weights, accu
                 scales,
                 k,
             };
-            products(out, &rounded, rows, weights, accumulate);
+            products(kernel, out, &rounded, rows, weights, accumulate);
         })
     });
 }
@@ -208,6 +265,7 @@ struct Rounded<'a> {
 /// Tasks of [`TASK_ROWS`] rows by [`TASK_PANELS`] panels, each written by one
 /// task.
 fn products(
+    kernel: Kernel,
     out: &mut [f32],
     input: &Rounded<'_>,
     rows: usize,
@@ -236,11 +294,18 @@ fn products(
                         chunk,
                     };
                     // SAFETY: each task writes its own rows × 16 columns of `out`,
-                    // which has `rows × n` values.
+                    // which has `rows × n` values; the CPU runs `kernel`.
                     unsafe {
                         let out = out.at(first_row * n + column);
                         let add = accumulate || chunk > 0;
-                        kernel::rows(input, first_row, task_rows, &tile, out, n, add);
+                        match kernel {
+                            Kernel::Vnni => {
+                                vnni::rows(input, first_row, task_rows, &tile, out, n, add)
+                            }
+                            Kernel::Avx2 => {
+                                avx2::rows(input, first_row, task_rows, &tile, out, n, add)
+                            }
+                        }
                     }
                 }
             }
@@ -255,7 +320,7 @@ struct Tile<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod kernel {
+mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Rounded, Tile, CHUNK, PANEL};
@@ -359,8 +424,127 @@ mod kernel {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{Rounded, Tile, CHUNK};
+
+    /// Rows a block holds in registers: 16 sums, the weights and a broadcast pair
+    /// take 18 of AVX-512's 32. A step loads 17 values (two loads a cycle)
+    /// for 16 `vpdpwssd` (two a cycle), so the multiplies set the pace.
+    const BLOCK: usize = 16;
+
+    /// As [`super::avx2::rows`], with AVX-512 VNNI.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW, VL and VNNI; otherwise as [`super::avx2::rows`].
+    pub(super) unsafe fn rows(
+        input: &Rounded<'_>,
+        first: usize,
+        count: usize,
+        tile: &Tile<'_>,
+        out: *mut f32,
+        n: usize,
+        add: bool,
+    ) {
+        let mut done = 0;
+        while done < count {
+            let left = count - done;
+            let row = first + done;
+            // SAFETY: as in `avx2::rows`.
+            done += unsafe {
+                let c = out.add(done * n);
+                if left >= BLOCK {
+                    block::<BLOCK>(input, row, tile, c, n, add)
+                } else if left >= 8 {
+                    block::<8>(input, row, tile, c, n, add)
+                } else if left >= 4 {
+                    block::<4>(input, row, tile, c, n, add)
+                } else {
+                    block::<1>(input, row, tile, c, n, add)
+                }
+            };
+        }
+    }
+
+    /// `sum += w · pair`, the pair of 16-bit values at `pair` broadcast to every
+    /// lane. In assembly because LLVM, tuning for a generic x86-64, splits the
+    /// intrinsic `_mm512_dpwssd_epi32` into `vpmaddwd` and `vpaddd`, two
+    /// instructions where VNNI has one, which ran no faster than f32.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 VNNI; `pair` points at two readable `i16`.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    #[inline]
+    unsafe fn dpwssd_broadcast(sum: &mut __m512i, w: __m512i, pair: *const i16) {
+        // SAFETY: the caller's promises; the instruction reads 4 bytes at `pair`
+        // and writes only `sum`.
+        unsafe {
+            std::arch::asm!(
+                "vpdpwssd {sum}, {w}, dword ptr [{pair}]{{1to16}}",
+                sum = inout(zmm_reg) *sum,
+                w = in(zmm_reg) w,
+                pair = in(reg) pair,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+    }
+
+    /// `R` rows from row `first` into `c`; returns `R`. The sums are the AVX2
+    /// kernel's integers, scaled by the same f32 operations lane for lane.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn block<const R: usize>(
+        input: &Rounded<'_>,
+        first: usize,
+        tile: &Tile<'_>,
+        c: *mut f32,
+        n: usize,
+        add: bool,
+    ) -> usize {
+        let k = input.k;
+        let chunks = k / CHUNK;
+        let start = tile.chunk * CHUNK;
+        let a = input.values[first * k..(first + R) * k].as_ptr();
+        let mut sums = [_mm512_setzero_si512(); R];
+        for (p, pair) in tile.pairs[start / 2..(start + CHUNK) / 2]
+            .iter()
+            .enumerate()
+        {
+            // SAFETY: a `Pairs` is 64 aligned bytes; each row's pair of inputs lies
+            // inside its row (the chunk is inside `k`).
+            unsafe {
+                let w = _mm512_load_si512(pair.0.as_ptr().cast());
+                let at = start + 2 * p;
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    dpwssd_broadcast(sum, w, a.add(r * k + at));
+                }
+            }
+        }
+        // SAFETY: the panel has 16 column scales; `c` has `R` rows of 16 writable
+        // values `n` apart (the caller's promise).
+        unsafe {
+            let column_scale = _mm512_loadu_ps(tile.scales.as_ptr());
+            for (r, &sum) in sums.iter().enumerate() {
+                let row_scale = _mm512_set1_ps(input.scales[(first + r) * chunks + tile.chunk]);
+                let at = c.add(r * n);
+                let scale = _mm512_mul_ps(row_scale, column_scale);
+                let sum = _mm512_cvtepi32_ps(sum);
+                let value = if add {
+                    _mm512_fmadd_ps(sum, scale, _mm512_loadu_ps(at))
+                } else {
+                    _mm512_mul_ps(sum, scale)
+                };
+                _mm512_storeu_ps(at, value);
+            }
+        }
+        R
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
-mod kernel {
+mod avx2 {
     use super::{Rounded, Tile};
 
     pub(super) unsafe fn rows(
@@ -375,6 +559,9 @@ mod kernel {
         unreachable!("AVX2 is never available here")
     }
 }
+
+#[cfg(not(target_arch = "x86_64"))]
+use avx2 as vnni;
 
 #[cfg(test)]
 mod tests {
@@ -419,12 +606,16 @@ mod tests {
         assert!(Int16Weights::new(&weight, 128, 16).is_none());
     }
 
-    /// The product is the product of the rounded values: for blocks of rows whole
-    /// and partial, with and without accumulating, an input row with an outlier
-    /// in one chunk, a row of zeros and a chunk of values too small to scale,
-    /// every sum within the rounding's bound of
-    /// the exact f64 product, and each row's sums the same bits whatever rows
-    /// share its batch.
+    /// Every kernel this CPU runs: a CPU with VNNI runs the AVX2 kernel too.
+    fn kernels() -> impl Iterator<Item = Kernel> {
+        Kernel::ALL.into_iter().filter(|k| k.runs_here())
+    }
+
+    /// The product is the product of the rounded values: for each kernel, for
+    /// blocks of rows whole and partial, with and without accumulating, an input
+    /// row with an outlier in one chunk, a row of zeros and a chunk of values too
+    /// small to scale, every sum within the rounding's bound of the exact f64
+    /// product, and each row's sums the same bits whatever rows share its batch.
     #[test]
     fn products_are_the_rounded_product() {
         if !runs_here() {
@@ -434,50 +625,97 @@ mod tests {
         let (k, n) = (384, 48);
         let weight = numbers(k * n, 1);
         let weights = Int16Weights::new(&weight, k, n).unwrap();
-        let alone = |row: &[f32]| {
-            let mut out = vec![0.0; n];
-            matmul_int16(&mut out, row, &weights, false);
-            out
-        };
-        for rows in [1, 2, 5, 6, 7, 13, 48, 50, 101] {
-            let mut input = numbers(rows * k, 2 + rows as u64);
-            input[5] = 40.0;
-            if rows > 2 {
-                input[k..2 * k].fill(0.0);
-                input[2 * k..2 * k + CHUNK].fill(1e-38);
-            }
-            let start = numbers(rows * n, 100 + rows as u64);
-            for accumulate in [false, true] {
-                let mut out = start.clone();
-                matmul_int16(&mut out, &input, &weights, accumulate);
-                for r in 0..rows {
-                    let x = &input[r * k..(r + 1) * k];
-                    for c in 0..n {
-                        let (mut want, mut bound) = (0f64, 0f64);
-                        for i in 0..k {
-                            let (a, w) = (x[i] as f64, weight[i * n + c] as f64);
-                            want += a * w;
-                            // Half a step of each rounding, times the other value.
-                            let chunk = &x[i / CHUNK * CHUNK..][..CHUNK];
-                            let a_step = chunk.iter().fold(0f32, |m, v| m.max(v.abs())) / LARGEST;
-                            bound += 0.5
-                                * (a_step as f64 * w.abs() + weights.scales[c] as f64 * a.abs());
+        for kernel in kernels() {
+            let alone = |row: &[f32]| {
+                let mut out = vec![0.0; n];
+                matmul_with(kernel, &mut out, row, &weights, false);
+                out
+            };
+            for rows in [1, 2, 5, 6, 7, 13, 17, 48, 50, 101] {
+                let mut input = numbers(rows * k, 2 + rows as u64);
+                input[5] = 40.0;
+                if rows > 2 {
+                    input[k..2 * k].fill(0.0);
+                    input[2 * k..2 * k + CHUNK].fill(1e-38);
+                }
+                let start = numbers(rows * n, 100 + rows as u64);
+                for accumulate in [false, true] {
+                    let mut out = start.clone();
+                    matmul_with(kernel, &mut out, &input, &weights, accumulate);
+                    for r in 0..rows {
+                        let x = &input[r * k..(r + 1) * k];
+                        for c in 0..n {
+                            let (mut want, mut bound) = (0f64, 0f64);
+                            for i in 0..k {
+                                let (a, w) = (x[i] as f64, weight[i * n + c] as f64);
+                                want += a * w;
+                                // Half a step of each rounding, times the other value.
+                                let chunk = &x[i / CHUNK * CHUNK..][..CHUNK];
+                                let a_step =
+                                    chunk.iter().fold(0f32, |m, v| m.max(v.abs())) / LARGEST;
+                                bound += 0.5
+                                    * (a_step as f64 * w.abs()
+                                        + weights.scales[c] as f64 * a.abs());
+                            }
+                            if accumulate {
+                                want += start[r * n + c] as f64;
+                            }
+                            let got = out[r * n + c] as f64;
+                            assert!(
+                                (got - want).abs() <= bound * 1.01 + 1e-5,
+                                "{kernel:?}, {rows} rows, accumulate {accumulate}: [{r}][{c}] {got} against {want} (bound {bound})"
+                            );
                         }
-                        if accumulate {
-                            want += start[r * n + c] as f64;
-                        }
-                        let got = out[r * n + c] as f64;
-                        assert!(
-                            (got - want).abs() <= bound * 1.01 + 1e-5,
-                            "{rows} rows, accumulate {accumulate}: [{r}][{c}] {got} against {want} (bound {bound})"
-                        );
                     }
                 }
+                let mut out = vec![0.0; rows * n];
+                matmul_with(kernel, &mut out, &input, &weights, false);
+                let last = &input[(rows - 1) * k..];
+                assert_eq!(
+                    &out[(rows - 1) * n..],
+                    alone(last),
+                    "{kernel:?}, {rows} rows"
+                );
             }
-            let mut out = vec![0.0; rows * n];
-            matmul_int16(&mut out, &input, &weights, false);
-            let last = &input[(rows - 1) * k..];
-            assert_eq!(&out[(rows - 1) * n..], alone(last), "{rows} rows");
+        }
+    }
+
+    /// The kernels add the same integers and scale them alike, so a CPU's choice
+    /// of kernel never changes an embedding: the same bits from each, over blocks
+    /// of every size each kernel has, accumulating or not.
+    #[test]
+    fn every_kernel_gives_the_same_bits() {
+        let kernels: Vec<Kernel> = kernels().collect();
+        if kernels.len() < 2 {
+            eprintln!("one kernel here ({kernels:?}): nothing to compare");
+            return;
+        }
+        let (k, n) = (512, 64);
+        let weights = Int16Weights::new(&numbers(k * n, 7), k, n).unwrap();
+        for rows in [1, 3, 4, 8, 16, 31, 48, 97] {
+            let input = numbers(rows * k, 8 + rows as u64);
+            let start = numbers(rows * n, 9 + rows as u64);
+            for accumulate in [false, true] {
+                let outs: Vec<Vec<f32>> = kernels
+                    .iter()
+                    .map(|&kernel| {
+                        let mut out = start.clone();
+                        matmul_with(kernel, &mut out, &input, &weights, accumulate);
+                        out
+                    })
+                    .collect();
+                for (kernel, out) in kernels.iter().zip(&outs).skip(1) {
+                    let same = out
+                        .iter()
+                        .zip(&outs[0])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{kernel:?} against {:?}: {rows} rows, accumulate {accumulate}",
+                        kernels[0]
+                    );
+                }
+            }
         }
     }
 }
