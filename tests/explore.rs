@@ -3,6 +3,7 @@
 //! Chromium), `kura search` and `kura export`, on runs made by our pipeline with
 //! the real models and on Python Kura's reference checkpoint.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -477,7 +478,7 @@ fn search_and_export_work_on_python_kura_checkpoints() {
         "{text}"
     );
 
-    assert_exports(&dir, 1000);
+    assert_eq!(assert_exports(&dir, 1000), 0, "Kura's files mark no name");
 }
 
 #[test]
@@ -522,6 +523,10 @@ fn search_export_and_api_work_on_our_runs() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains('\x1b'));
 
     assert_exports(dir, conversations.len());
+    // The same run with its first cluster's name marked as borrowed from a member.
+    let marked = tempfile::tempdir().unwrap();
+    copy_marking_a_name_borrowed(dir, marked.path());
+    assert!(assert_exports(marked.path(), conversations.len()) > 0);
 
     let served = Served::start(dir);
     let run = served.json("/api/run");
@@ -539,9 +544,35 @@ fn search_export_and_api_work_on_our_runs() {
     );
 }
 
+/// The files of run `from` (not its cache) into `to`, the first cluster of
+/// `meta_clusters.jsonl` marked there and in `clusters.jsonl` as named after a
+/// member.
+fn copy_marking_a_name_borrowed(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let first = read_jsonl(&to.join("meta_clusters.jsonl"))[0]["id"].clone();
+    for file in ["clusters.jsonl", "meta_clusters.jsonl"] {
+        let marked: String = read_jsonl(&to.join(file))
+            .into_iter()
+            .map(|mut cluster| {
+                if cluster["id"] == first {
+                    cluster["name_borrowed"] = json!(true);
+                }
+                format!("{cluster}\n")
+            })
+            .collect();
+        std::fs::write(to.join(file), marked).unwrap();
+    }
+}
+
 /// Every export format has one row per conversation with the cluster path,
 /// facets, coordinates and metadata; Parquet is read back with the parquet crate.
-fn assert_exports(dir: &Path, rows: usize) {
+/// Returns how many rows have a cluster named after a member in their path.
+fn assert_exports(dir: &Path, rows: usize) -> usize {
     let out = tempfile::tempdir().unwrap();
     for format in ["csv", "json", "parquet"] {
         run_ok(
@@ -591,6 +622,46 @@ fn assert_exports(dir: &Path, rows: usize) {
     assert!(json
         .iter()
         .all(|r| !r["cluster_path"].as_array().unwrap().is_empty()));
+
+    // A name borrowed from a member is marked as the run's clusters say (Kura's
+    // files have no such field: never borrowed), in every cluster of a path, and
+    // the flat formats carry the top and base clusters' marks.
+    let borrowed: HashMap<String, bool> = ["clusters.jsonl", "meta_clusters.jsonl"]
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|f| f.exists())
+        .flat_map(|f| read_jsonl(&f))
+        .map(|c| {
+            let mark = c["name_borrowed"].as_bool().unwrap_or(false);
+            (c["id"].as_str().unwrap().to_string(), mark)
+        })
+        .collect();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (top_mark, base_mark) = (
+        column("top_cluster_name_borrowed"),
+        column("base_cluster_name_borrowed"),
+    );
+    for (row, csv_row) in json.iter().zip(&csv) {
+        let ids = row["cluster_ids"].as_array().unwrap();
+        let marks = row["cluster_names_borrowed"].as_array().unwrap();
+        assert_eq!(marks.len(), ids.len(), "a mark for each cluster of {row}");
+        for (id, mark) in ids.iter().zip(marks) {
+            let want = borrowed.get(id.as_str().unwrap()).copied().unwrap_or(false);
+            assert_eq!(mark.as_bool(), Some(want), "cluster {id}");
+        }
+        let text = |mark: &Value| mark.as_bool().unwrap().to_string();
+        assert_eq!(csv_row[top_mark], text(&marks[0]));
+        assert_eq!(csv_row[base_mark], text(&marks[marks.len() - 1]));
+    }
+    let marked_rows = json
+        .iter()
+        .filter(|r| {
+            r["cluster_names_borrowed"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(true))
+        })
+        .count();
     assert!(json[0]["metadata"].is_object() && json[0]["x"].is_number());
 
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -613,6 +684,7 @@ fn assert_exports(dir: &Path, rows: usize) {
         .map(|(_, v)| v.to_string())
         .unwrap();
     assert!(first_id.contains(&csv[0][0]), "{first_id} vs {}", csv[0][0]);
+    marked_rows
 }
 
 /// CSV parsed by hand (quoted fields with commas, quotes and newlines), so the

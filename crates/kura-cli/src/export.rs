@@ -1,6 +1,7 @@
-//! `kura export`: one row per conversation (id, cluster path, facets, map
-//! coordinates, metadata) as CSV, JSON or Parquet, for spreadsheets, notebooks and
-//! other tools. Every format is written whole or not at all.
+//! `kura export`: one row per conversation (id, cluster path and which of its
+//! names are borrowed from a member, facets, map coordinates, metadata) as CSV,
+//! JSON or Parquet, for spreadsheets, notebooks and other tools. Every format is
+//! written whole or not at all.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use clap::{Args, ValueEnum};
 use kura_core::explore::RunView;
 use kura_core::store::write_atomic;
 use parquet::basic::{LogicalType, Repetition, Type as PhysicalType};
-use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int32Type};
+use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int32Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
@@ -39,6 +40,7 @@ pub enum ExportFormat {
 enum Column {
     Text(Vec<Option<String>>),
     Int(Vec<Option<i32>>),
+    Bool(Vec<Option<bool>>),
     Float(Vec<f64>),
 }
 
@@ -86,6 +88,17 @@ fn table(view: &RunView) -> Table {
     let path = |f: &dyn Fn(&[usize]) -> Option<String>| {
         Column::Text((0..n).map(|i| f(&view.conversation_path(i))).collect())
     };
+    // Whether a cluster's name is one of its members' summaries rather than a name
+    // the namer wrote (see `Cluster::name_borrowed`), as the tree marks it.
+    let borrowed = |f: &dyn Fn(&[usize]) -> Option<usize>| {
+        Column::Bool(
+            (0..n)
+                .map(|i| {
+                    f(&view.conversation_path(i)).map(|c| view.clusters[c].cluster.name_borrowed)
+                })
+                .collect(),
+        )
+    };
     let names_of = |p: &[usize]| -> Vec<String> {
         p.iter()
             .map(|&c| view.clusters[c].cluster.name.clone())
@@ -98,6 +111,8 @@ fn table(view: &RunView) -> Table {
         "cluster_ids",
         "top_cluster",
         "base_cluster",
+        "top_cluster_name_borrowed",
+        "base_cluster_name_borrowed",
         "x",
         "y",
         "summary",
@@ -134,6 +149,8 @@ fn table(view: &RunView) -> Table {
         }),
         path(&|p| p.first().map(|&c| view.clusters[c].cluster.name.clone())),
         path(&|p| p.last().map(|&c| view.clusters[c].cluster.name.clone())),
+        borrowed(&|p| p.first().copied()),
+        borrowed(&|p| p.last().copied()),
         Column::Float(view.points.iter().map(|p| p.x as f64).collect()),
         Column::Float(view.points.iter().map(|p| p.y as f64).collect()),
         summary(&|s| Some(s.summary.clone())),
@@ -189,6 +206,7 @@ fn csv_bytes(table: &Table) -> Result<Vec<u8>> {
         let cells = table.columns.iter().map(|c| match c {
             Column::Text(v) => v[row].clone().unwrap_or_default(),
             Column::Int(v) => v[row].map(|x| x.to_string()).unwrap_or_default(),
+            Column::Bool(v) => v[row].map(|x| x.to_string()).unwrap_or_default(),
             Column::Float(v) => v[row].to_string(),
         });
         writer.write_record(cells)?;
@@ -211,6 +229,12 @@ fn json_bytes(view: &RunView) -> Result<Vec<u8>> {
                 "cluster_path".into(),
                 path.iter()
                     .map(|&p| view.clusters[p].cluster.name.clone())
+                    .collect(),
+            );
+            row.insert(
+                "cluster_names_borrowed".into(),
+                path.iter()
+                    .map(|&p| view.clusters[p].cluster.name_borrowed)
                     .collect(),
             );
             row.insert(
@@ -267,6 +291,7 @@ fn parquet_bytes(table: &Table) -> Result<Vec<u8>> {
                     Repetition::OPTIONAL,
                 ),
                 Column::Int(_) => (PhysicalType::INT32, None, Repetition::OPTIONAL),
+                Column::Bool(_) => (PhysicalType::BOOLEAN, None, Repetition::OPTIONAL),
                 Column::Float(_) => (PhysicalType::DOUBLE, None, Repetition::REQUIRED),
             };
             Type::primitive_type_builder(name, physical)
@@ -307,6 +332,12 @@ fn parquet_bytes(table: &Table) -> Result<Vec<u8>> {
                 let ints: Vec<i32> = present.into_iter().copied().collect();
                 out.typed::<Int32Type>()
                     .write_batch(&ints, Some(&levels), None)?;
+            }
+            Column::Bool(values) => {
+                let (levels, present) = definition_levels(values);
+                let bools: Vec<bool> = present.into_iter().copied().collect();
+                out.typed::<BoolType>()
+                    .write_batch(&bools, Some(&levels), None)?;
             }
             Column::Float(values) => {
                 out.typed::<DoubleType>().write_batch(values, None, None)?;
