@@ -88,14 +88,6 @@ impl Kernel {
         #[cfg(not(target_arch = "x86_64"))]
         false
     }
-
-    /// The instructions, in words.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Vnni => "AVX-512 VNNI",
-            Kernel::Avx2 => "AVX2",
-        }
-    }
 }
 
 /// Whether this CPU runs one of [`matmul_int16`]'s kernels (AVX2 and FMA at
@@ -430,9 +422,10 @@ mod vnni {
 
     use super::{Rounded, Tile, CHUNK};
 
-    /// Rows a block holds in registers: 16 sums, the weights and a broadcast pair
-    /// take 18 of AVX-512's 32. A step loads 17 values (two loads a cycle)
-    /// for 16 `vpdpwssd` (two a cycle), so the multiplies set the pace.
+    /// Rows a block holds in registers: 16 sums and the weights take 17 of
+    /// AVX-512's 32. A step loads the panel's weights once for 16 `vpdpwssd`, each
+    /// taking its row's pair as a broadcast operand from memory: over whole long
+    /// texts the kernel ran at about 85% of the instruction's peak on the Xeon.
     const BLOCK: usize = 16;
 
     /// As [`super::avx2::rows`], with AVX-512 VNNI.

@@ -408,7 +408,8 @@ enum MachineKind {
     Xeon,
     /// Intel Xeon (Emerald Rapids: family 6 model 207) whose virtual machine does
     /// not pass AMX through: AVX-512 with VNNI, BF16 and FP16, no AMX. Without the
-    /// tiles the embedder multiplies in f32, and llama.cpp built for the CPU runs.
+    /// tiles the embedder multiplies in 16-bit integers, and llama.cpp built for
+    /// the CPU runs.
     XeonWithoutAmx,
 }
 
