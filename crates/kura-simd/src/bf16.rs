@@ -229,14 +229,12 @@ mod pairs {
         n: usize,
         accumulate: bool,
     ) {
-        let mut start = 0;
-        while start < rows {
-            let left = rows - start;
-            let a = input.as_ptr().add(start * k);
-            let c = out.add(start * n);
+        crate::in_blocks(rows, |start, left| {
             // SAFETY: the block's rows lie inside `input` and `out` (the caller's
             // bounds); the features are this function's own.
-            start += unsafe {
+            unsafe {
+                let a = input.as_ptr().add(start * k);
+                let c = out.add(start * n);
                 if left >= BLOCK {
                     block::<BLOCK>(a, k, weights, c, n, accumulate)
                 } else if left >= 4 {
@@ -244,8 +242,8 @@ mod pairs {
                 } else {
                     block::<1>(a, k, weights, c, n, accumulate)
                 }
-            };
-        }
+            }
+        });
     }
 
     /// The 32 bfloat16 in `v`'s bits, as `vdpbf16ps` takes them.

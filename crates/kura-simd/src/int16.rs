@@ -337,13 +337,11 @@ mod avx2 {
         n: usize,
         add: bool,
     ) {
-        let mut done = 0;
-        while done < count {
-            let left = count - done;
+        crate::in_blocks(count, |done, left| {
             let row = first + done;
             // SAFETY: the block's rows are inside `input` and `out` (the caller's
             // bounds); the CPU has the features (the caller's promise).
-            done += unsafe {
+            unsafe {
                 let c = out.add(done * n);
                 if left >= BLOCK {
                     block::<BLOCK>(input, row, tile, c, n, add)
@@ -352,8 +350,8 @@ mod avx2 {
                 } else {
                     block::<1>(input, row, tile, c, n, add)
                 }
-            };
-        }
+            }
+        });
     }
 
     /// `R` rows from row `first` into `c`; returns `R`.
@@ -441,12 +439,10 @@ mod vnni {
         n: usize,
         add: bool,
     ) {
-        let mut done = 0;
-        while done < count {
-            let left = count - done;
+        crate::in_blocks(count, |done, left| {
             let row = first + done;
             // SAFETY: as in `avx2::rows`.
-            done += unsafe {
+            unsafe {
                 let c = out.add(done * n);
                 if left >= BLOCK {
                     block::<BLOCK>(input, row, tile, c, n, add)
@@ -457,8 +453,8 @@ mod vnni {
                 } else {
                     block::<1>(input, row, tile, c, n, add)
                 }
-            };
-        }
+            }
+        });
     }
 
     /// `sum += w · pair`, the pair of 16-bit values at `pair` broadcast to every

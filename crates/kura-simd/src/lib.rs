@@ -59,6 +59,18 @@ pub fn on_a_worker<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| pass())
 }
 
+/// Walks rows `0..count` in register blocks, as the narrow products' kernels do:
+/// `block(done, left)` multiplies from row `done` the largest block of its
+/// kernel that fits in the `left` rows there, and returns how many rows it took
+/// (at least one). The kernels differ in their block sizes, not in the walk.
+#[inline(always)]
+fn in_blocks(count: usize, mut block: impl FnMut(usize, usize) -> usize) {
+    let mut done = 0;
+    while done < count {
+        done += block(done, count - done);
+    }
+}
+
 /// The rows of a product of `input` values (`rows × k`) into `out` values
 /// (`rows × n`), for the narrow products' checks of their callers' shapes.
 ///
