@@ -85,17 +85,18 @@ fn table(view: &RunView) -> Table {
                 .collect(),
         )
     };
-    let path = |f: &dyn Fn(&[usize]) -> Option<String>| {
-        Column::Text((0..n).map(|i| f(&view.conversation_path(i))).collect())
-    };
+    // Each conversation's path from its root cluster, walked once for the six
+    // columns that read it.
+    let paths: Vec<Vec<usize>> = (0..n).map(|i| view.conversation_path(i)).collect();
+    let path =
+        |f: &dyn Fn(&[usize]) -> Option<String>| Column::Text(paths.iter().map(|p| f(p)).collect());
     // Whether a cluster's name is one of its members' summaries rather than a name
     // the namer wrote (see `Cluster::name_borrowed`), as the tree marks it.
     let borrowed = |f: &dyn Fn(&[usize]) -> Option<usize>| {
         Column::Bool(
-            (0..n)
-                .map(|i| {
-                    f(&view.conversation_path(i)).map(|c| view.clusters[c].cluster.name_borrowed)
-                })
+            paths
+                .iter()
+                .map(|p| f(p).map(|c| view.clusters[c].cluster.name_borrowed))
                 .collect(),
         )
     };
