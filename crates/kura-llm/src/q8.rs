@@ -1321,6 +1321,40 @@ mod tests {
         }
     }
 
+    /// A model's outliers sit in a few channels: a batch widens the weights of
+    /// those columns once for all its rows, a row alone widens them itself, and
+    /// each row's sums are the same bits.
+    #[test]
+    fn outliers_in_the_same_columns_of_many_rows_add_to_the_bits_of_each_row_alone() {
+        let (rows, cols, m) = (48, 128, 24);
+        let q = Q8Matrix::quantize(
+            Layout::Int8(Rounding::Outliers),
+            &numbers(rows * cols, 5),
+            rows,
+            cols,
+        )
+        .unwrap();
+        let mut xs = numbers(m * cols, 6);
+        for row in xs.chunks_exact_mut(cols) {
+            for column in [5, 40, 77] {
+                row[column] *= 30.0;
+            }
+        }
+        let batch = int8::Activations::new(&xs, cols, int8::Kernel::detect(), Rounding::Outliers);
+        let one = int8::Activations::new(
+            &xs[..cols],
+            cols,
+            int8::Kernel::detect(),
+            Rounding::Outliers,
+        );
+        assert!(batch.widens_set_aside() && !one.widens_set_aside());
+        let all = q.matmul(&xs);
+        for i in 0..m {
+            let alone = q.matmul(&xs[i * cols..(i + 1) * cols]);
+            assert_eq!(alone, all[i * rows..(i + 1) * rows], "row {i}");
+        }
+    }
+
     /// Rounded with outliers apart, a value past three times its block's root mean
     /// square is kept exactly, and the rest are within half a step of the largest
     /// of them over 127: a block's one outlier no longer sets its scale.

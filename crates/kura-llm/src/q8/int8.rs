@@ -224,23 +224,50 @@ struct SetAside {
     /// has any.
     starts: Vec<usize>,
     values: Vec<(u32, f32)>,
+    /// The columns that any row set aside, in order.
+    columns: Vec<u32>,
+    /// For each column of the activations, its place in `columns` (empty when no
+    /// row set any value aside).
+    slot_of: Vec<u32>,
 }
 
 impl SetAside {
-    /// From `(row, column, value)` in row order, then column order.
-    fn from_sorted(rows: usize, found: Vec<(usize, u32, f32)>) -> Self {
+    /// From `(row, column, value)` in row order, then column order, of rows of
+    /// `cols` values.
+    fn from_sorted(rows: usize, cols: usize, found: Vec<(usize, u32, f32)>) -> Self {
         if found.is_empty() {
             return SetAside::default();
         }
         let mut starts = vec![0; rows + 1];
-        for &(row, _, _) in &found {
+        let mut slot_of = vec![u32::MAX; cols];
+        for &(row, column, _) in &found {
             starts[row + 1] += 1;
+            slot_of[column as usize] = 0;
         }
         for i in 0..rows {
             starts[i + 1] += starts[i];
         }
+        let mut columns = Vec::new();
+        for (column, slot) in slot_of.iter_mut().enumerate() {
+            if *slot == 0 {
+                *slot = columns.len() as u32;
+                columns.push(column as u32);
+            }
+        }
         let values = found.into_iter().map(|(_, c, v)| (c, v)).collect();
-        SetAside { starts, values }
+        SetAside {
+            starts,
+            values,
+            columns,
+            slot_of,
+        }
+    }
+
+    /// Whether a product should widen each group's weights of [`SetAside::columns`]
+    /// once ([`Widened`]) rather than a column's for every row that set it aside:
+    /// where the rows set aside at least [`WIDEN_REUSE`] values a column.
+    fn worth_widening(&self) -> bool {
+        !self.columns.is_empty() && self.values.len() >= WIDEN_REUSE * self.columns.len()
     }
 
     /// Row `i`'s columns and values.
@@ -276,6 +303,13 @@ impl Activations {
         }
     }
 
+    /// Whether a product widens the weights of the columns set aside once for
+    /// all rows (see [`Widened`]).
+    #[cfg(test)]
+    pub(super) fn widens_set_aside(&self) -> bool {
+        self.set_aside.worth_widening()
+    }
+
     /// Rows of activations (each `parts` rows of bytes).
     pub(super) fn logical_rows(&self) -> usize {
         self.rows / self.parts
@@ -303,7 +337,7 @@ impl Activations {
             })
             .collect();
         let set_aside = set_aside.into_iter().flatten().collect();
-        out.set_aside = SetAside::from_sorted(out.logical_rows(), set_aside);
+        out.set_aside = SetAside::from_sorted(out.logical_rows(), cols, set_aside);
         out
     }
 
@@ -658,7 +692,7 @@ impl Groups<'_> {
         // Tasks in column order; a stable sort by row keeps each row's columns in order.
         let mut set_aside: Vec<(usize, u32, f32)> = set_aside.into_iter().flatten().collect();
         set_aside.sort_by_key(|&(row, _, _)| row);
-        out.set_aside = SetAside::from_sorted(m, set_aside);
+        out.set_aside = SetAside::from_sorted(m, width, set_aside);
         out
     }
 
@@ -696,6 +730,7 @@ impl Groups<'_> {
         debug_assert!(tile_rows.is_multiple_of(x.parts));
         let per_block = rows_in_cache(x.blocks * BLOCK, tile_rows);
         let packed = self.packed_for(x);
+        let mut widened = Widened::for_product(self, x, packed);
         // Zeroed once: each tile writes every sum that is read after it.
         let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
         for block_start in (0..m).step_by(per_block) {
@@ -706,6 +741,9 @@ impl Groups<'_> {
                     .into_iter()
                     .find(|&w| w <= wide && w <= groups.end - g)
                     .unwrap_or(1);
+                if let Some(widened) = widened.as_mut() {
+                    widened.widen(self, g, width, &x.set_aside);
+                }
                 let tiles = (block_end - block_start).div_ceil(tile_rows);
                 for (j, start) in (block_start..block_end).step_by(tile_rows).enumerate() {
                     let rows = tile_rows.min(block_end - start);
@@ -726,7 +764,12 @@ impl Groups<'_> {
                         for (i, lane_sums) in group_sums[..rows / x.parts].iter_mut().enumerate() {
                             let row = start / x.parts + i;
                             let set_aside = x.set_aside.of_row(row);
-                            self.add_set_aside(g + w, packed, set_aside, lane_sums);
+                            match widened.as_ref() {
+                                Some(widened) => {
+                                    widened.add(w, &x.set_aside.slot_of, set_aside, lane_sums)
+                                }
+                                None => self.add_set_aside(g + w, packed, set_aside, lane_sums),
+                            }
                             emit(g + w, row, lane_sums);
                         }
                     }
@@ -829,6 +872,75 @@ impl Groups<'_> {
         for (sum, odd) in sums.iter_mut().zip(odd) {
             *sum += odd;
         }
+    }
+}
+
+/// Values set aside a column at least for which [`Widened`] pays: widening a
+/// group's weights of a column costs about what adding one value set aside did.
+const WIDEN_REUSE: usize = 2;
+
+/// Each of a tile's groups' weights of the columns that any row set aside, widened
+/// to f32 once for all the rows, where each row's values set aside had widened
+/// their columns' weights again (a shift, a mask, a conversion and an FMA for
+/// every value, group and row).
+///
+/// Why: a model's outliers sit in a few channels, the same for most rows. In
+/// SmolLM2's summariser on the Xeon without AMX, adding the values set aside
+/// row by row was 12% of the time. The weights are the very f32 values
+/// [`Groups::add_set_aside`] computes, added in its order: the same bits.
+struct Widened {
+    /// For each of the tile's groups (at most 4), 16 weights a column of
+    /// [`SetAside::columns`].
+    weights: Vec<[f32; GROUP]>,
+    columns: usize,
+}
+
+impl Widened {
+    /// Room for a product whose values set aside are worth it (and whose rows
+    /// read the int8 copy with the VNNI kernel, which is where it is written).
+    fn for_product(w: &Groups<'_>, x: &Activations, packed: Option<&Narrow>) -> Option<Self> {
+        let vnni = w.kernel == Some(Kernel::Vnni) && packed.is_none();
+        (vnni && x.set_aside.worth_widening()).then(|| {
+            let columns = x.set_aside.columns.len();
+            Widened {
+                weights: vec![[0.0; GROUP]; 4 * columns],
+                columns,
+            }
+        })
+    }
+
+    /// Widens groups `first..first + width`.
+    fn widen(&mut self, w: &Groups<'_>, first: usize, width: usize, set_aside: &SetAside) {
+        for (i, weights) in self
+            .weights
+            .chunks_exact_mut(self.columns)
+            .take(width)
+            .enumerate()
+        {
+            // SAFETY: `for_product` found the VNNI kernel on this CPU, and every
+            // column set aside is a column of the weights (`multiply` checks).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                vnni::widen_columns(w, first + i, &set_aside.columns, weights)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (w, first, set_aside, weights);
+        }
+    }
+
+    /// [`Groups::add_set_aside`] for the tile's group `w` from its widened weights.
+    fn add(&self, w: usize, slot_of: &[u32], set_aside: &[(u32, f32)], sums: &mut [f32; GROUP]) {
+        if set_aside.is_empty() {
+            return;
+        }
+        let weights = &self.weights[w * self.columns..][..self.columns];
+        // SAFETY: as in `widen`; each column's slot is inside `weights`.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            vnni::add_widened(weights, slot_of, set_aside, sums)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (weights, slot_of, sums);
     }
 }
 
@@ -1190,28 +1302,81 @@ mod vnni {
         set_aside: &[(u32, f32)],
         sums: &mut [f32; GROUP],
     ) {
-        let blocks = w.cols / BLOCK;
         w.assert_inside(g, set_aside, w.quants.len(), GROUP_BLOCK);
-        let (quants, scales, offsets) = (w.quants.as_ptr(), w.scales.as_ptr(), w.offsets.as_ptr());
-        let (mask, bias) = (_mm512_set1_epi32(0xFF), _mm512_set1_epi32(128));
-        let weights = |column: u32| {
-            let (b, k) = (column as usize / BLOCK, column as usize % BLOCK);
-            let at = (g * blocks + b) * GROUP;
-            let line = quants.add(super::quant_index(at, k - k % 4));
-            let shift = _mm_cvtsi32_si128(8 * (k % 4) as i32);
-            let lanes = _mm512_srl_epi32(_mm512_loadu_si512(line.cast()), shift);
-            let bytes = _mm512_sub_epi32(_mm512_and_si512(lanes, mask), bias);
-            let offsets = match w.offsets.is_empty() {
-                true => _mm512_setzero_ps(),
-                false => _mm512_loadu_ps(offsets.add(at)),
-            };
-            _mm512_fmadd_ps(
-                _mm512_cvtepi32_ps(bytes),
-                _mm512_loadu_ps(scales.add(at)),
-                offsets,
-            )
+        add_columns(set_aside, sums, |column| column_weights(w, g, column));
+    }
+
+    /// Group `g`'s 16 weights of `column` in f32: `(byte − 128) × scale + offset`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 BW; `column` is a column of `w` and `g` one of its
+    /// groups.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn column_weights(w: &Groups<'_>, g: usize, column: u32) -> __m512 {
+        let blocks = w.cols / BLOCK;
+        let (b, k) = (column as usize / BLOCK, column as usize % BLOCK);
+        let at = (g * blocks + b) * GROUP;
+        let line = w.quants.as_ptr().add(super::quant_index(at, k - k % 4));
+        let shift = _mm_cvtsi32_si128(8 * (k % 4) as i32);
+        let lanes = _mm512_srl_epi32(_mm512_loadu_si512(line.cast()), shift);
+        let mask = _mm512_set1_epi32(0xFF);
+        let bytes = _mm512_sub_epi32(_mm512_and_si512(lanes, mask), _mm512_set1_epi32(128));
+        let offsets = match w.offsets.is_empty() {
+            true => _mm512_setzero_ps(),
+            false => _mm512_loadu_ps(w.offsets.as_ptr().add(at)),
         };
-        add_columns(set_aside, sums, weights);
+        _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(bytes),
+            _mm512_loadu_ps(w.scales.as_ptr().add(at)),
+            offsets,
+        )
+    }
+
+    /// Group `g`'s weights of each of `columns`, widened by [`column_weights`].
+    ///
+    /// # Safety
+    /// As for [`add_set_aside`]; `out` holds one entry a column.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn widen_columns(
+        w: &Groups<'_>,
+        g: usize,
+        columns: &[u32],
+        out: &mut [[f32; GROUP]],
+    ) {
+        let blocks = w.cols / BLOCK;
+        assert!(
+            (g + 1) * blocks * GROUP <= w.scales.len()
+                && (g + 1) * blocks * GROUP_BLOCK <= w.quants.len()
+                && (w.offsets.is_empty() || w.offsets.len() == w.scales.len())
+                && out.len() == columns.len()
+                && columns.iter().all(|&c| (c as usize) < w.cols),
+            "group {g}'s weights of the columns are inside the matrix"
+        );
+        for (out, &column) in out.iter_mut().zip(columns) {
+            _mm512_storeu_ps(out.as_mut_ptr(), column_weights(w, g, column));
+        }
+    }
+
+    /// [`add_set_aside`] with each column's weights read from `weights`, at its
+    /// slot.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; every column set aside has a slot inside `weights`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn add_widened(
+        weights: &[[f32; GROUP]],
+        slot_of: &[u32],
+        set_aside: &[(u32, f32)],
+        sums: &mut [f32; GROUP],
+    ) {
+        debug_assert!(set_aside
+            .iter()
+            .all(|&(c, _)| (slot_of[c as usize] as usize) < weights.len()));
+        add_columns(set_aside, sums, |column| {
+            let slot = *slot_of.get_unchecked(column as usize) as usize;
+            _mm512_loadu_ps(weights.get_unchecked(slot).as_ptr())
+        });
     }
 
     /// Adds each value set aside times `weights(column)`, its column's 16 weights,
