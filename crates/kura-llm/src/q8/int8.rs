@@ -226,32 +226,37 @@ struct SetAside {
     values: Vec<(u32, f32)>,
     /// The columns that any row set aside, in order.
     columns: Vec<u32>,
-    /// For each column of the activations, its place in `columns` (empty when no
-    /// row set any value aside).
+    /// For each column of the activations, its place in `columns` (empty where
+    /// `columns` is not built).
     slot_of: Vec<u32>,
 }
 
 impl SetAside {
     /// From `(row, column, value)` in row order, then column order, of rows of
-    /// `cols` values.
+    /// `cols` values. The columns' table is built only where a column can be set
+    /// aside [`WIDEN_REUSE`] times: a decoding step's row alone never can.
     fn from_sorted(rows: usize, cols: usize, found: Vec<(usize, u32, f32)>) -> Self {
         if found.is_empty() {
             return SetAside::default();
         }
         let mut starts = vec![0; rows + 1];
-        let mut slot_of = vec![u32::MAX; cols];
-        for &(row, column, _) in &found {
+        for &(row, _, _) in &found {
             starts[row + 1] += 1;
-            slot_of[column as usize] = 0;
         }
         for i in 0..rows {
             starts[i + 1] += starts[i];
         }
-        let mut columns = Vec::new();
-        for (column, slot) in slot_of.iter_mut().enumerate() {
-            if *slot == 0 {
-                *slot = columns.len() as u32;
-                columns.push(column as u32);
+        let (mut columns, mut slot_of) = (Vec::new(), Vec::new());
+        if rows >= WIDEN_REUSE {
+            slot_of = vec![u32::MAX; cols];
+            for &(_, column, _) in &found {
+                slot_of[column as usize] = 0;
+            }
+            for (column, slot) in slot_of.iter_mut().enumerate() {
+                if *slot == 0 {
+                    *slot = columns.len() as u32;
+                    columns.push(column as u32);
+                }
             }
         }
         let values = found.into_iter().map(|(_, c, v)| (c, v)).collect();
@@ -730,7 +735,7 @@ impl Groups<'_> {
         debug_assert!(tile_rows.is_multiple_of(x.parts));
         let per_block = rows_in_cache(x.blocks * BLOCK, tile_rows);
         let packed = self.packed_for(x);
-        let mut widened = Widened::for_product(self, x, packed);
+        let widened = Widened::of_groups(self, groups.clone(), x, packed);
         // Zeroed once: each tile writes every sum that is read after it.
         let mut sums = [[[0f32; GROUP]; TILE_ROWS]; 4];
         for block_start in (0..m).step_by(per_block) {
@@ -741,9 +746,6 @@ impl Groups<'_> {
                     .into_iter()
                     .find(|&w| w <= wide && w <= groups.end - g)
                     .unwrap_or(1);
-                if let Some(widened) = widened.as_mut() {
-                    widened.widen(self, g, width, &x.set_aside);
-                }
                 let tiles = (block_end - block_start).div_ceil(tile_rows);
                 for (j, start) in (block_start..block_end).step_by(tile_rows).enumerate() {
                     let rows = tile_rows.min(block_end - start);
@@ -766,7 +768,7 @@ impl Groups<'_> {
                             let set_aside = x.set_aside.of_row(row);
                             match widened.as_ref() {
                                 Some(widened) => {
-                                    widened.add(w, &x.set_aside.slot_of, set_aside, lane_sums)
+                                    widened.add(g + w, &x.set_aside.slot_of, set_aside, lane_sums)
                                 }
                                 None => self.add_set_aside(g + w, packed, set_aside, lane_sums),
                             }
@@ -879,7 +881,7 @@ impl Groups<'_> {
 /// group's weights of a column costs about what adding one value set aside did.
 const WIDEN_REUSE: usize = 2;
 
-/// Each of a tile's groups' weights of the columns that any row set aside, widened
+/// Each of a task's groups' weights of the columns that any row set aside, widened
 /// to f32 once for all the rows, where each row's values set aside had widened
 /// their columns' weights again (a shift, a mask, a conversion and an FMA for
 /// every value, group and row).
@@ -889,51 +891,53 @@ const WIDEN_REUSE: usize = 2;
 /// row by row was 12% of the time. The weights are the very f32 values
 /// [`Groups::add_set_aside`] computes, added in its order: the same bits.
 struct Widened {
-    /// For each of the tile's groups (at most 4), 16 weights a column of
+    /// For each of the task's groups, 16 weights a column of
     /// [`SetAside::columns`].
     weights: Vec<[f32; GROUP]>,
+    /// The first of the groups.
+    first: usize,
     columns: usize,
 }
 
 impl Widened {
-    /// Room for a product whose values set aside are worth it (and whose rows
-    /// read the int8 copy with the VNNI kernel, which is where it is written).
-    fn for_product(w: &Groups<'_>, x: &Activations, packed: Option<&Narrow>) -> Option<Self> {
+    /// Groups `groups`' weights of the columns set aside, widened once for every
+    /// block of rows of the product, where that is worth it and the rows read
+    /// the int8 copy with the VNNI kernel (where it is written).
+    fn of_groups(
+        w: &Groups<'_>,
+        groups: Range<usize>,
+        x: &Activations,
+        packed: Option<&Narrow>,
+    ) -> Option<Self> {
         let vnni = w.kernel == Some(Kernel::Vnni) && packed.is_none();
-        (vnni && x.set_aside.worth_widening()).then(|| {
-            let columns = x.set_aside.columns.len();
-            Widened {
-                weights: vec![[0.0; GROUP]; 4 * columns],
-                columns,
-            }
+        if !(vnni && x.set_aside.worth_widening()) {
+            return None;
+        }
+        let columns = &x.set_aside.columns;
+        let mut weights = vec![[0.0; GROUP]; groups.len() * columns.len()];
+        for (g, weights) in groups.clone().zip(weights.chunks_exact_mut(columns.len())) {
+            // SAFETY: the VNNI kernel was found on this CPU, and every column set
+            // aside is a column of the weights (`multiply` checks the width).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                vnni::widen_columns(w, g, columns, weights)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (w, g, weights);
+        }
+        Some(Widened {
+            weights,
+            first: groups.start,
+            columns: columns.len(),
         })
     }
 
-    /// Widens groups `first..first + width`.
-    fn widen(&mut self, w: &Groups<'_>, first: usize, width: usize, set_aside: &SetAside) {
-        for (i, weights) in self
-            .weights
-            .chunks_exact_mut(self.columns)
-            .take(width)
-            .enumerate()
-        {
-            // SAFETY: `for_product` found the VNNI kernel on this CPU, and every
-            // column set aside is a column of the weights (`multiply` checks).
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                vnni::widen_columns(w, first + i, &set_aside.columns, weights)
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (w, first, set_aside, weights);
-        }
-    }
-
-    /// [`Groups::add_set_aside`] for the tile's group `w` from its widened weights.
-    fn add(&self, w: usize, slot_of: &[u32], set_aside: &[(u32, f32)], sums: &mut [f32; GROUP]) {
+    /// [`Groups::add_set_aside`] for group `g` from its widened weights.
+    fn add(&self, g: usize, slot_of: &[u32], set_aside: &[(u32, f32)], sums: &mut [f32; GROUP]) {
         if set_aside.is_empty() {
             return;
         }
-        let weights = &self.weights[w * self.columns..][..self.columns];
+        let weights = &self.weights[(g - self.first) * self.columns..][..self.columns];
         // SAFETY: as in `widen`; each column's slot is inside `weights`.
         #[cfg(target_arch = "x86_64")]
         unsafe {
@@ -1344,14 +1348,10 @@ mod vnni {
         columns: &[u32],
         out: &mut [[f32; GROUP]],
     ) {
-        let blocks = w.cols / BLOCK;
+        w.assert_inside(g, &[], w.quants.len(), GROUP_BLOCK);
         assert!(
-            (g + 1) * blocks * GROUP <= w.scales.len()
-                && (g + 1) * blocks * GROUP_BLOCK <= w.quants.len()
-                && (w.offsets.is_empty() || w.offsets.len() == w.scales.len())
-                && out.len() == columns.len()
-                && columns.iter().all(|&c| (c as usize) < w.cols),
-            "group {g}'s weights of the columns are inside the matrix"
+            out.len() == columns.len() && columns.iter().all(|&c| (c as usize) < w.cols),
+            "one entry for each of the weights' columns"
         );
         for (out, &column) in out.iter_mut().zip(columns) {
             _mm512_storeu_ps(out.as_mut_ptr(), column_weights(w, g, column));
