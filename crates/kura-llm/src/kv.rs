@@ -2,13 +2,18 @@
 //! tokens computed straight from them: with AVX-512 by the same kernels for a
 //! decoding step's few tokens and a prompt's many, elsewhere as GEMMs for a prompt.
 //!
-//! Why bfloat16 pairs: `vdpbf16ps` multiplies a register of pairs of bfloat16 by a
-//! broadcast pair and adds both products to f32 sums, twice the multiply-adds of an
-//! f32 FMA on AMD's cores (see [`kura_simd::bf16`]), and attention was a sixth of
-//! Qwen's summariser there at the FMA units' peak. So keys are held with each
-//! token's dimensions in pairs, values with each dimension's tokens in pairs, and
-//! on those cores the queries and the probabilities are rounded to bfloat16 too,
-//! with every sum in f32. Other CPUs widen the pairs to f32 as they load them.
+//! Why 16-bit integers in pairs: `vpdpwssd` (AVX-512 VNNI) multiplies a register
+//! of pairs of 16-bit integers by a broadcast pair and adds both products to 32-bit
+//! sums, twice the multiply-adds of an f32 FMA, with nothing to widen. Held as
+//! bfloat16 pairs, keys and values were widened to f32 as they were loaded (a shift
+//! and a mask a register besides its two FMAs) wherever `vdpbf16ps` was no faster
+//! than FMAs (Intel's cores), and attention was a sixth of Qwen's summariser there.
+//! So keys are held with each token's dimensions in pairs, values with each
+//! dimension's tokens in pairs, each head of each token as integers and one scale
+//! (see [`HostKv`]); the queries, and the weights (probabilities times each token's
+//! scale of values), are rounded to integers as they are used, within bounds that
+//! keep every sum within 32 bits. CPUs without AVX-512 widen a block at a time to
+//! f32.
 //!
 //! Why not tensors: with the cache held as tensors, every decoded token copied the
 //! whole cache twice per layer (`cat` to append, then `repeat_kv` to widen grouped
@@ -17,9 +22,9 @@
 //! append is an `extend`, and each query head reads its group's keys and values in
 //! place.
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use half::bf16;
 use kura_simd::{matmul, multiversion, softmax_rows, MatRef, Threads};
 use rayon::prelude::*;
 
@@ -39,12 +44,14 @@ use rayon::prelude::*;
 /// Held in 16 bits: at the summariser's contexts (1,000+ tokens, many conversations
 /// in flight) the caches were the larger part of its memory. Half precision took
 /// the peak of a Qwen summariser run from 1737 to 1432 MiB and of SmolLM2's from
-/// 1461 to 1012. Bfloat16 holds the same bytes with three bits of mantissa fewer:
-/// with queries, keys, values and probabilities all rounded to it, Qwen's
-/// next-token distribution over 994 tokens of six real conversations moved by a
-/// mean KL divergence of 0.0005 nats (8 of the 994 most likely tokens changed), as
-/// much as rounding its queries alone to half precision moved it (0.00045): the
-/// rounding of the activations to 8 bits turns any small change into about that.
+/// 1461 to 1012. Each head of each token is held as integers within ±16383 and a
+/// scale (its largest magnitude over 16383), which keeps more of it than bfloat16's
+/// eight bits of mantissa: over the keys and values of four real conversations the
+/// rounding's error (root mean square, relative) was 5–9 × 10⁻⁵ for Qwen and SmolLM2,
+/// bfloat16's 1.7 × 10⁻³. Rounding the queries and the weights as well moved their
+/// next-token distributions by a mean KL divergence of 0.000002 nats from f32
+/// attention over the same cache (with the products exact, so that nothing else
+/// moved them).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HostKv {
     tokens: usize,
@@ -60,18 +67,72 @@ pub(crate) struct HostKv {
 struct Held {
     /// Per key/value head: whole blocks covering the tokens (the last one's lanes
     /// past them are never read as scores).
-    keys: Vec<Vec<bf16>>,
+    keys: Vec<Rounded>,
     /// Per key/value head: whole pairs of tokens covering them; the second of an
     /// odd count's last pair is zero, so that weighing it adds nothing.
-    values: Vec<Vec<bf16>>,
+    values: Vec<Rounded>,
 }
 
-/// How many of a head's key and value buffers' values hold `tokens` tokens.
-fn head_lengths(tokens: usize, head_dim: usize) -> (usize, usize) {
-    (
-        key_values(tokens, head_dim),
-        tokens.div_ceil(2) * 2 * head_dim,
-    )
+/// One head's keys or values for a run of token slots: `head_dim` integers a slot
+/// (see [`key_at`] and [`value_at`]), and each slot's scale.
+#[derive(Clone, Debug, Default)]
+struct Rounded {
+    ints: Vec<i16>,
+    scales: Vec<f32>,
+}
+
+impl Rounded {
+    /// Slots `slots`, copied.
+    fn copy(&self, slots: Range<usize>, head_dim: usize) -> Rounded {
+        Rounded {
+            ints: self.ints[slots.start * head_dim..slots.end * head_dim].to_vec(),
+            scales: self.scales[slots].to_vec(),
+        }
+    }
+
+    /// Keeps the first `slots` slots.
+    fn truncate(&mut self, slots: usize, head_dim: usize) {
+        self.ints.truncate(slots * head_dim);
+        self.scales.truncate(slots);
+    }
+
+    /// Grows to `slots` slots, reserving by a fixed step rather than doubling: the
+    /// summariser's conversations in flight would otherwise hold up to twice their
+    /// caches.
+    fn grow_to(&mut self, slots: usize, head_dim: usize) {
+        let (len, step) = (slots * head_dim, GROWTH_TOKENS * head_dim);
+        if self.ints.capacity() < len {
+            self.ints.reserve_exact((len - self.ints.len()).max(step));
+            self.scales
+                .reserve_exact((slots - self.scales.len()).max(GROWTH_TOKENS));
+        }
+        self.ints.resize(len, 0);
+        self.scales.resize(slots, 0.0);
+    }
+
+    /// Slot `slot` set to one head of a token, `xs`, rounded (see [`head_scale`]):
+    /// its integer of dimension `d` at `at(d)`.
+    fn set(&mut self, slot: usize, xs: &[f32], at: impl Fn(usize) -> usize) {
+        let (scale, inverse) = head_scale(xs);
+        for (d, &x) in xs.iter().enumerate() {
+            self.ints[at(d)] = rounded(x * inverse);
+        }
+        self.scales[slot] = scale;
+    }
+
+    /// Slot `slot` emptied: zero integers, a zero scale.
+    fn clear(&mut self, slot: usize, head_dim: usize, at: impl Fn(usize) -> usize) {
+        for d in 0..head_dim {
+            self.ints[at(d)] = 0;
+        }
+        self.scales[slot] = 0.0;
+    }
+}
+
+/// Slots of a head's keys and of its values that hold `tokens` tokens: whole
+/// blocks of keys, whole pairs of values.
+fn head_slots(tokens: usize) -> (usize, usize) {
+    (whole_blocks(tokens), tokens.div_ceil(2) * 2)
 }
 
 /// Where dimension `d` of token `t` sits in a head's keys: blocks of
@@ -88,12 +149,55 @@ fn value_at(t: usize, d: usize, head_dim: usize) -> usize {
 
 /// Zeroes the second of the last pair of a head's values when `tokens` is odd
 /// (the slot of token `tokens`).
-fn clear_unpaired(values: &mut [bf16], tokens: usize, head_dim: usize) {
+fn clear_unpaired(values: &mut Rounded, tokens: usize, head_dim: usize) {
     if !tokens.is_multiple_of(2) {
-        for d in 0..head_dim {
-            values[value_at(tokens, d, head_dim)] = bf16::ZERO;
-        }
+        values.clear(tokens, head_dim, |d| value_at(tokens, d, head_dim));
     }
+}
+
+/// The largest magnitude of a key's or a value's integers: 14 bits, so that a
+/// head's sum of products with a query's integers (within [`query_max`]), or a
+/// query's sum of values weighed (see [`WEIGHT_MAX`]), stays within 32 bits.
+const HELD_MAX: f32 = 16383.0;
+
+/// The integer of a weight (a probability times its token's scale of values) whose
+/// token has the largest scale of values that the query sees, at probability 1.
+/// Probabilities add up to 1, so a query's weights add up to at most this, and
+/// half a step more a token rounded up: times [`HELD_MAX`], within an `i32` for up
+/// to [`INT_TOKENS`] tokens.
+const WEIGHT_MAX: f32 = 32767.0;
+
+/// The most tokens the integer kernels weigh for a query: past it, the plain
+/// build attends.
+const INT_TOKENS: usize = 1 << 16;
+
+/// The largest magnitude of a query's integers for heads of `head_dim`: the
+/// head's sum of products with keys within [`HELD_MAX`] stays within an `i32`
+/// (2048 for heads of 64, 1024 for 128).
+fn query_max(head_dim: usize) -> f32 {
+    let most = i32::MAX as usize / (head_dim.max(1) * HELD_MAX as usize);
+    most.clamp(1, i16::MAX as usize) as f32
+}
+
+/// The scale of one head of a token, `xs`, held as integers within ±[`HELD_MAX`]
+/// (`rounded(x × inverse)`), and its inverse. A value that is not finite makes the
+/// scale NaN, so that what reads the head is NaN too.
+fn head_scale(xs: &[f32]) -> (f32, f32) {
+    let largest = xs.iter().fold(0f32, |m, &x| m.max(x.abs()));
+    match largest {
+        _ if !xs.iter().all(|x| x.is_finite()) => (f32::NAN, 0.0),
+        0.0 => (0.0, 0.0),
+        _ => (largest / HELD_MAX, HELD_MAX / largest),
+    }
+}
+
+/// `x` (within ±2²²) rounded to the nearest integer, ties to even: adding and
+/// taking off 1.5 × 2²³ leaves no fraction to an f32 that size. (The standard
+/// library's rounding is a call to `rintf` a value here.)
+#[inline(always)]
+fn rounded(x: f32) -> i16 {
+    const SHIFT: f32 = 12_582_912.0;
+    ((x + SHIFT) - SHIFT) as i16
 }
 
 impl Held {
@@ -104,23 +208,28 @@ impl Held {
                 first,
                 tokens: 0,
                 keys: &[],
+                key_scales: &[],
                 values: &[],
+                value_scales: &[],
             };
         }
-        let (keys, values) = head_lengths(count, head_dim);
+        let (keys, values) = head_slots(count);
+        let (k, v) = (&self.keys[head], &self.values[head]);
         Run {
             first,
             tokens: count,
-            keys: &self.keys[head][..keys],
-            values: &self.values[head][..values],
+            keys: &k.ints[..keys * head_dim],
+            key_scales: &k.scales[..keys],
+            values: &v.ints[..values * head_dim],
+            value_scales: &v.scales[..values],
         }
     }
 
     /// The first `tokens` tokens of each head, copied.
     fn first(&self, tokens: usize, head_dim: usize) -> Held {
-        let (keys, values) = head_lengths(tokens, head_dim);
-        let cut = |heads: &[Vec<bf16>], len: usize| -> Vec<Vec<bf16>> {
-            heads.iter().map(|h| h[..len].to_vec()).collect()
+        let (keys, values) = head_slots(tokens);
+        let cut = |heads: &[Rounded], slots: usize| -> Vec<Rounded> {
+            heads.iter().map(|h| h.copy(0..slots, head_dim)).collect()
         };
         let mut first = Held {
             keys: cut(&self.keys, keys),
@@ -134,22 +243,27 @@ impl Held {
 
     /// Keeps the first `tokens` tokens of each head, in place.
     fn truncate(&mut self, tokens: usize, head_dim: usize) {
-        let (keys, values) = head_lengths(tokens, head_dim);
-        self.keys.iter_mut().for_each(|head| head.truncate(keys));
+        let (keys, values) = head_slots(tokens);
+        self.keys
+            .iter_mut()
+            .for_each(|head| head.truncate(keys, head_dim));
         for head in &mut self.values {
-            head.truncate(values);
+            head.truncate(values, head_dim);
             clear_unpaired(head, tokens, head_dim);
         }
     }
 }
 
 /// The keys and values of one head over a run of `tokens` tokens from token
-/// `first` (a block boundary), as the kernels read them.
+/// `first` (a block boundary), as the kernels read them: integers, and each
+/// token's scale.
 struct Run<'a> {
     first: usize,
     tokens: usize,
-    keys: &'a [bf16],
-    values: &'a [bf16],
+    keys: &'a [i16],
+    key_scales: &'a [f32],
+    values: &'a [i16],
+    value_scales: &'a [f32],
 }
 
 /// Tokens per block of keys: one 512-bit register of f32 lanes.
@@ -188,23 +302,9 @@ fn whole_blocks(tokens: usize) -> usize {
     tokens.div_ceil(KEY_BLOCK) * KEY_BLOCK
 }
 
-/// Values of the blocks of keys that cover `tokens` tokens.
-fn key_values(tokens: usize, head_dim: usize) -> usize {
-    whole_blocks(tokens) * head_dim
-}
-
-/// Grows `head` to `len` values, reserving by a fixed step rather than doubling:
-/// the summariser's conversations in flight would otherwise hold up to twice their
-/// caches.
-fn grow_to(head: &mut Vec<bf16>, len: usize, step: usize) {
-    if head.capacity() < len {
-        head.reserve_exact((len - head.len()).max(step));
-    }
-    head.resize(len, bf16::ZERO);
-}
-
 impl HostKv {
-    /// Appends tokens given token-major, `[tokens, kv_heads, head_dim]` each.
+    /// Appends tokens given token-major, `[tokens, kv_heads, head_dim]` each, each
+    /// head of each token rounded to integers and a scale (see [`head_scale`]).
     pub(crate) fn append(&mut self, shape: Heads, keys: &[f32], values: &[f32]) {
         let Heads {
             kv_heads, head_dim, ..
@@ -212,26 +312,24 @@ impl HostKv {
         let added = keys.len() / shape.kv_width().max(1);
         // Positions in `own`, which starts on a block boundary.
         let held = self.tokens - self.frozen_tokens;
-        let total = held + added;
-        let step = GROWTH_TOKENS * head_dim;
-        let (key_len, value_len) = head_lengths(total, head_dim);
+        let (key_slots, value_slots) = head_slots(held + added);
         let own = Arc::make_mut(&mut self.own);
-        own.keys.resize_with(kv_heads, Vec::new);
-        for (h, head) in own.keys.iter_mut().enumerate() {
-            grow_to(head, key_len, step);
-            for (t, keys) in (held..).zip(keys.chunks_exact(shape.kv_width())) {
-                for (d, &key) in keys[h * head_dim..][..head_dim].iter().enumerate() {
-                    head[key_at(t, d, head_dim)] = bf16::from_f32(key);
-                }
-            }
-        }
-        own.values.resize_with(kv_heads, Vec::new);
-        for (h, head) in own.values.iter_mut().enumerate() {
-            grow_to(head, value_len, step);
-            for (t, values) in (held..).zip(values.chunks_exact(shape.kv_width())) {
-                for (d, &value) in values[h * head_dim..][..head_dim].iter().enumerate() {
-                    head[value_at(t, d, head_dim)] = bf16::from_f32(value);
-                }
+        own.keys.resize_with(kv_heads, Rounded::default);
+        own.values.resize_with(kv_heads, Rounded::default);
+        let heads = own.keys.iter_mut().zip(&mut own.values);
+        for (h, (head_keys, head_values)) in heads.enumerate() {
+            head_keys.grow_to(key_slots, head_dim);
+            head_values.grow_to(value_slots, head_dim);
+            let tokens = keys
+                .chunks_exact(shape.kv_width())
+                .zip(values.chunks_exact(shape.kv_width()));
+            for (t, (k, v)) in (held..).zip(tokens) {
+                let (k, v) = (
+                    &k[h * head_dim..][..head_dim],
+                    &v[h * head_dim..][..head_dim],
+                );
+                head_keys.set(t, k, |d| key_at(t, d, head_dim));
+                head_values.set(t, v, |d| value_at(t, d, head_dim));
             }
         }
         self.tokens += added;
@@ -252,15 +350,22 @@ impl HostKv {
         let moved = whole - self.frozen_tokens;
         let mut frozen = Held::clone(&self.frozen);
         let heads = self.own.keys.len();
-        frozen.keys.resize_with(heads, Vec::new);
-        frozen.values.resize_with(heads, Vec::new);
-        let (key_cut, value_cut) = head_lengths(moved, head_dim);
+        frozen.keys.resize_with(heads, Rounded::default);
+        frozen.values.resize_with(heads, Rounded::default);
+        // Whole blocks: as many slots of keys as of values.
+        let held = self.tokens - self.frozen_tokens;
+        let (key_slots, value_slots) = head_slots(held);
         let mut own = Held::default();
+        // The first `moved` slots onto the frozen head; the rest, copied.
+        let moving = |to: &mut Rounded, from: &Rounded, slots: usize| {
+            to.ints.extend_from_slice(&from.ints[..moved * head_dim]);
+            to.scales.extend_from_slice(&from.scales[..moved]);
+            from.copy(moved..slots, head_dim)
+        };
         for (h, (keys, values)) in self.own.keys.iter().zip(&self.own.values).enumerate() {
-            frozen.keys[h].extend_from_slice(&keys[..key_cut]);
-            frozen.values[h].extend_from_slice(&values[..value_cut]);
-            own.keys.push(keys[key_cut..].to_vec());
-            own.values.push(values[value_cut..].to_vec());
+            own.keys.push(moving(&mut frozen.keys[h], keys, key_slots));
+            own.values
+                .push(moving(&mut frozen.values[h], values, value_slots));
         }
         self.frozen = Arc::new(frozen);
         self.frozen_tokens = whole;
@@ -329,10 +434,12 @@ impl HostKv {
                 let mut wide = vec![0f32; head_dim * tokens];
                 let mut block_wide = vec![0f32; KEY_BLOCK * head_dim];
                 for run in self.runs(head, tokens, head_dim) {
-                    for (b, block) in run.keys.chunks_exact(KEY_BLOCK * head_dim).enumerate() {
+                    let blocks = run.keys.chunks_exact(KEY_BLOCK * head_dim);
+                    let scales = run.key_scales.chunks_exact(KEY_BLOCK);
+                    for (b, (block, scales)) in blocks.zip(scales).enumerate() {
                         let first = run.first + b * KEY_BLOCK;
                         let count = KEY_BLOCK.min(tokens - first);
-                        widen_keys(block, &mut block_wide);
+                        widen_keys(block, scales, &mut block_wide);
                         for (d, lanes) in block_wide.chunks_exact(KEY_BLOCK).enumerate() {
                             wide[d * tokens + first..][..count].copy_from_slice(&lanes[..count]);
                         }
@@ -352,6 +459,7 @@ impl HostKv {
                     let at = run.first * head_dim;
                     widen_values(
                         run.values,
+                        run.value_scales,
                         head_dim,
                         &mut wide[at..at + run.tokens * head_dim],
                     );
@@ -532,12 +640,27 @@ fn attend_group(
     // but for the one that pairs with an odd last token, which the softmax zeroes.
     let stride = whole_blocks(tokens);
     // Scores in the thread's scratch, not zeroed: the runs' scores write every lane
-    // that the softmax and the weighing read.
-    kura_simd::with_scratch(count * stride, |scores: &mut [f32]| {
-        kernel.score(queries, runs, head_dim, scale, scores, stride);
+    // that the softmax and the weighing read. After them, room for a scale a query
+    // head, of its query and then of its weights rounded to integers.
+    let room = count * stride + count;
+    let kernel = match stride > INT_TOKENS {
+        true => Kernel::Plain,
+        false => kernel,
+    };
+    kura_simd::with_scratch(room, |room: &mut [f32]| {
+        let (scores, scales) = room.split_at_mut(count * stride);
+        kernel.score(queries, runs, head_dim, scale, scores, stride, scales);
         causal_softmax(scores, (stride, tokens), sees, row_heads);
         out.fill(0.0);
-        kernel.weigh(scores, stride, runs, head_dim, out);
+        kernel.weigh(
+            scores,
+            stride,
+            runs,
+            head_dim,
+            (sees, row_heads),
+            out,
+            scales,
+        );
     });
 }
 
@@ -561,13 +684,14 @@ fn causal_softmax(
     }
 }
 
-/// Which build of the attention kernels runs: `vdpbf16ps` on the pairs as they
-/// are held, where it is faster than f32 FMAs; AVX-512 FMAs on the pairs widened as
-/// they are loaded; or the plain one, which widens a block at a time into f32 first.
+/// Which build of the attention kernels runs: with AVX-512, the cache's integers
+/// multiplied as they are held, by queries and weights rounded to integers too
+/// (`vpdpwssd` with VNNI, else `vpmaddwd` and an add); or the plain one, which
+/// widens a block at a time into f32 first.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Kernel {
     #[cfg(target_arch = "x86_64")]
-    Pairs,
+    Vnni,
     #[cfg(target_arch = "x86_64")]
     Avx512,
     Plain,
@@ -577,39 +701,34 @@ impl Kernel {
     /// The fastest build for heads of `head_dim` on this CPU.
     pub(crate) fn for_heads(head_dim: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if head_dim.is_multiple_of(avx512::LANES) && std::arch::is_x86_feature_detected!("avx512f")
         {
-            return match kura_simd::bf16::pairs_faster_than_fma() {
-                true => Kernel::Pairs,
-                false => Kernel::Avx512,
-            };
+            use std::arch::is_x86_feature_detected as has;
+            if head_dim.is_multiple_of(avx512::LANES) && has!("avx512f") && has!("avx512bw") {
+                return match has!("avx512vnni") {
+                    true => Kernel::Vnni,
+                    false => Kernel::Avx512,
+                };
+            }
         }
         let _ = head_dim;
         Kernel::Plain
     }
 
-    /// [`Kernel::for_heads`] with f32 products, never the pairs'.
+    /// The build that multiplies in f32, rounding neither queries nor weights.
     #[cfg(test)]
-    pub(crate) fn in_f32(head_dim: usize) -> Self {
-        match Self::for_heads(head_dim) {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Pairs => Kernel::Avx512,
-            kernel => kernel,
-        }
+    pub(crate) fn in_f32(_head_dim: usize) -> Self {
+        Kernel::Plain
     }
 
-    /// Whether the queries and the probabilities are rounded to bfloat16.
+    /// Whether the queries and the weights are rounded to integers.
     #[cfg(test)]
-    fn rounds_to_pairs(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if self == Kernel::Pairs {
-            return true;
-        }
-        false
+    fn rounds_to_integers(self) -> bool {
+        self != Kernel::Plain
     }
 
     /// `scores[g * stride + t] = scale · queries[g] · key[t]` for every token `t` of
-    /// the runs' blocks.
+    /// the runs' blocks. `scales` is room for a scale a query head.
+    #[allow(clippy::too_many_arguments)]
     fn score(
         self,
         queries: &[f32],
@@ -618,32 +737,32 @@ impl Kernel {
         scale: f32,
         scores: &mut [f32],
         stride: usize,
+        scales: &mut [f32],
     ) {
         let group = queries.len() / head_dim;
         for run in runs {
             assert!(
                 run.keys.len().is_multiple_of(KEY_BLOCK * head_dim)
+                    && run.key_scales.len() * head_dim == run.keys.len()
                     && run.first + run.keys.len() / head_dim <= stride
-                    && scores.len() >= group * stride,
+                    && scores.len() >= group * stride
+                    && scales.len() >= group,
                 "a run's whole blocks of keys inside each query's scores"
             );
         }
         match self {
-            // SAFETY (all three): `for_heads` chose these builds only where the CPU
-            // has AVX-512F (and BF16 for pairs) and `head_dim` is whole registers;
-            // the shapes are checked above.
+            // SAFETY (both): `for_heads` chose these builds only where the CPU has
+            // AVX-512 F and BW (and VNNI for `Vnni`) and `head_dim` is whole
+            // registers; the shapes are checked above.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Pairs => kura_simd::with_scratch(queries.len() / 2, |pairs: &mut [u32]| {
-                unsafe { avx512::round_to_pairs(queries, pairs) };
-                for run in runs {
-                    unsafe { avx512::score_dot(pairs, run, head_dim, scale, scores, stride) }
-                }
-            }),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => {
-                for run in runs {
-                    unsafe { avx512::score_widened(queries, run, head_dim, scale, scores, stride) }
-                }
+            Kernel::Vnni | Kernel::Avx512 => {
+                kura_simd::with_scratch(queries.len() / 2, |pairs: &mut [u32]| {
+                    let scales = &mut scales[..group];
+                    unsafe { avx512::round_queries(queries, head_dim, scale, pairs, scales) };
+                    for run in runs {
+                        unsafe { avx512::score(self, pairs, scales, run, head_dim, scores, stride) }
+                    }
+                })
             }
             Kernel::Plain => {
                 for run in runs {
@@ -653,41 +772,58 @@ impl Kernel {
         }
     }
 
-    /// `out[g] += Σ_t scores[g * stride + t] · value[t]` over the runs' tokens.
+    /// `out[g] += Σ_t scores[g * stride + t] · value[t]` over the runs' tokens,
+    /// where the first `per_row` query heads see `sees` tokens, each next
+    /// `per_row` one more, and their probabilities past that are zero. `scales` is
+    /// room for a scale a query head.
+    #[allow(clippy::too_many_arguments)]
     fn weigh(
         self,
         scores: &[f32],
         stride: usize,
         runs: &[Run<'_>],
         head_dim: usize,
+        (sees, per_row): (usize, usize),
         out: &mut [f32],
+        scales: &mut [f32],
     ) {
         let group = out.len() / head_dim;
         for run in runs {
             assert!(
                 run.first + run.tokens.next_multiple_of(2) <= stride
                     && run.values.len() == run.tokens.div_ceil(2) * 2 * head_dim
-                    && scores.len() >= group * stride,
+                    && run.value_scales.len() * head_dim == run.values.len()
+                    && scores.len() >= group * stride
+                    && scales.len() >= group,
                 "a run's pairs of values inside each query's scores"
             );
         }
         match self {
-            // SAFETY: as for `score`.
+            // SAFETY: as for `score`; `attend_group` picks the plain build for more
+            // tokens than `INT_TOKENS`.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Pairs => {
-                kura_simd::with_scratch(group * stride / 2, |weights: &mut [u32]| {
-                    // Each query's weights in bfloat16, two tokens to a 32-bit lane.
-                    unsafe { avx512::round_to_pairs(&scores[..group * stride], weights) };
-                    for run in runs {
-                        unsafe { avx512::weigh_dot(weights, stride, run, head_dim, out) }
-                    }
+            Kernel::Vnni | Kernel::Avx512 => {
+                let scales = &mut scales[..group];
+                weight_scales(runs, (sees, per_row), scales);
+                kura_simd::with_scratch(group * stride / 2, |pairs: &mut [u32]| {
+                    unsafe { avx512::round_weights(scores, stride, runs, pairs, scales) };
+                    // Integer sums over every run, so that where the runs part does
+                    // not change the bits.
+                    kura_simd::with_scratch(out.len(), |sums: &mut [i32]| {
+                        sums.fill(0);
+                        for run in runs {
+                            unsafe { avx512::weigh(self, pairs, stride, run, head_dim, sums) }
+                        }
+                        let heads = out
+                            .chunks_exact_mut(head_dim)
+                            .zip(sums.chunks_exact(head_dim));
+                        for ((out, sums), &scale) in heads.zip(scales.iter()) {
+                            for (out, &sum) in out.iter_mut().zip(sums) {
+                                *out += sum as f32 * scale;
+                            }
+                        }
+                    })
                 })
-            }
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => {
-                for run in runs {
-                    unsafe { avx512::weigh_widened(scores, stride, run, head_dim, out) }
-                }
             }
             Kernel::Plain => {
                 for run in runs {
@@ -698,30 +834,39 @@ impl Kernel {
     }
 }
 
-/// `x` in f32: its bits moved up, as the AVX-512 kernels widen it. `bf16::to_f32`
-/// also quiets a NaN, a branch per value that these loops have no use for.
-#[inline(always)]
-fn widened(x: bf16) -> f32 {
-    f32::from_bits(u32::from(x.to_bits()) << 16)
+/// Each query head's scale of weights (see [`WEIGHT_MAX`]): the largest scale of
+/// values among the tokens it sees, over [`WEIGHT_MAX`]. Found from what the head
+/// sees alone, so that a row gets the same weights whatever rows come with it.
+fn weight_scales(runs: &[Run<'_>], (sees, per_row): (usize, usize), scales: &mut [f32]) {
+    let mut value_scales = runs.iter().flat_map(|run| &run.value_scales[..run.tokens]);
+    let (mut largest, mut counted) = (0f32, 0);
+    for (g, scale) in scales.iter_mut().enumerate() {
+        let seen = sees + g / per_row.max(1);
+        for &value_scale in value_scales.by_ref().take(seen.saturating_sub(counted)) {
+            largest = largest.max(value_scale);
+        }
+        counted = counted.max(seen);
+        *scale = largest / WEIGHT_MAX;
+    }
 }
 
 /// A block of keys (see [`key_at`]) in f32, dimension-major (`[head_dim,
-/// KEY_BLOCK]`).
-fn widen_keys(block: &[bf16], wide: &mut [f32]) {
+/// KEY_BLOCK]`), each token's integers times its scale.
+fn widen_keys(block: &[i16], scales: &[f32], wide: &mut [f32]) {
     let head_dim = block.len() / KEY_BLOCK;
     for (d, lanes) in wide.chunks_exact_mut(KEY_BLOCK).enumerate() {
         for (t, lane) in lanes.iter_mut().enumerate() {
-            *lane = widened(block[key_at(t, d, head_dim)]);
+            *lane = f32::from(block[key_at(t, d, head_dim)]) * scales[t];
         }
     }
 }
 
 /// Values held in pairs of tokens (see [`value_at`]), from a pair's first token, in
 /// f32, token-major: as many tokens as `wide` holds rows of `head_dim`.
-fn widen_values(values: &[bf16], head_dim: usize, wide: &mut [f32]) {
+fn widen_values(values: &[i16], scales: &[f32], head_dim: usize, wide: &mut [f32]) {
     for (t, row) in wide.chunks_exact_mut(head_dim).enumerate() {
         for (d, value) in row.iter_mut().enumerate() {
-            *value = widened(values[value_at(t, d, head_dim)]);
+            *value = f32::from(values[value_at(t, d, head_dim)]) * scales[t];
         }
     }
 }
@@ -736,8 +881,12 @@ fn plain_score(
     stride: usize,
 ) {
     let mut wide = vec![0f32; KEY_BLOCK * head_dim];
-    for (b, block) in run.keys.chunks_exact(KEY_BLOCK * head_dim).enumerate() {
-        widen_keys(block, &mut wide);
+    let blocks = run.keys.chunks_exact(KEY_BLOCK * head_dim);
+    for (b, (block, scales)) in blocks
+        .zip(run.key_scales.chunks_exact(KEY_BLOCK))
+        .enumerate()
+    {
+        widen_keys(block, scales, &mut wide);
         score_block(
             queries,
             &wide,
@@ -786,7 +935,8 @@ fn plain_weigh(scores: &[f32], stride: usize, run: &Run<'_>, head_dim: usize, ou
     for start in (0..run.tokens).step_by(WIDEN_TOKENS) {
         let count = WIDEN_TOKENS.min(run.tokens - start);
         let wide = &mut wide[..count * head_dim];
-        widen_values(&run.values[start * head_dim..], head_dim, wide);
+        let (values, scales) = (&run.values[start * head_dim..], &run.value_scales[start..]);
+        widen_values(values, scales, head_dim, wide);
         weigh_values(scores, wide, head_dim, out, stride, run.first + start);
     }
 }
@@ -812,14 +962,14 @@ multiversion! {
     }
 }
 
-/// The attention kernels with AVX-512: every sum in registers, the bfloat16 pairs
-/// of the cache multiplied as they are (`vdpbf16ps`, see `Dot`) or widened as they
-/// are loaded (see `Widened`), by the same loops.
+/// The attention kernels with AVX-512: the cache's integers multiplied as they are
+/// held, two to a 32-bit lane, by a query head's (or a weight's) pair of integers
+/// broadcast, every integer sum in registers.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Run, KEY_BLOCK};
+    use super::{query_max, whole_blocks, Kernel, Run, INT_TOKENS, KEY_BLOCK};
 
     /// f32 lanes of a register.
     pub(super) const LANES: usize = 16;
@@ -835,88 +985,30 @@ mod avx512 {
     const HEADS: usize = 8;
 
     /// How a build multiplies a register of the cache's pairs (16 lanes of two
-    /// bfloat16: two dimensions of a token's key, or two tokens' values of a
-    /// dimension) by one query head's pair of inputs (two values of its query, or two
-    /// of its weights), adding both products to a register of f32 sums.
-    pub(super) trait PairProduct: Copy {
-        /// How the inputs are held, [`PairProduct::HELD`] to a pair.
-        type Input;
-        const HELD: usize;
-        /// Inputs `2 · pair` and `2 · pair + 1` of `inputs`, ready to multiply.
-        unsafe fn pair(inputs: *const Self::Input, pair: usize) -> Self;
-        unsafe fn multiply_add(self, pairs: __m512i, sum: __m512) -> __m512;
+    /// integers: two dimensions of a token's key, or two tokens' values of a
+    /// dimension) by a broadcast pair (two of a query's integers, or two weights),
+    /// adding both products to a register of 32-bit sums.
+    trait PairProduct {
+        unsafe fn multiply_add(sum: __m512i, held: __m512i, pair: __m512i) -> __m512i;
     }
 
-    /// `vdpbf16ps` on inputs rounded to bfloat16 pairs ([`round_to_pairs`]).
-    #[derive(Clone, Copy)]
-    pub(super) struct Dot(__m512bh);
+    /// `vpdpwssd` (AVX-512 VNNI): twice the multiply-adds of an f32 FMA.
+    struct Dot;
 
     impl PairProduct for Dot {
-        type Input = u32;
-        const HELD: usize = 1;
-
         #[inline(always)]
-        unsafe fn pair(inputs: *const u32, pair: usize) -> Self {
-            Dot(as_bf16(_mm512_set1_epi32(*inputs.add(pair) as i32)))
-        }
-
-        #[inline(always)]
-        unsafe fn multiply_add(self, pairs: __m512i, sum: __m512) -> __m512 {
-            _mm512_dpbf16_ps(sum, as_bf16(pairs), self.0)
+        unsafe fn multiply_add(sum: __m512i, held: __m512i, pair: __m512i) -> __m512i {
+            _mm512_dpwssd_epi32(sum, held, pair)
         }
     }
 
-    /// The pairs widened to f32 (a shift, a mask), then an FMA for each of them,
-    /// the first's before the second's: for f32 inputs, where `vdpbf16ps` is slower
-    /// than FMAs (Intel's cores) or missing.
-    #[derive(Clone, Copy)]
-    pub(super) struct Widened([__m512; 2]);
+    /// `vpmaddwd` and an add (AVX-512 BW), where the CPU has no VNNI.
+    struct MaddAdd;
 
-    impl PairProduct for Widened {
-        type Input = f32;
-        const HELD: usize = 2;
-
+    impl PairProduct for MaddAdd {
         #[inline(always)]
-        unsafe fn pair(inputs: *const f32, pair: usize) -> Self {
-            let at = inputs.add(2 * pair);
-            Widened([_mm512_set1_ps(*at), _mm512_set1_ps(*at.add(1))])
-        }
-
-        #[inline(always)]
-        unsafe fn multiply_add(self, pairs: __m512i, sum: __m512) -> __m512 {
-            let first = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(pairs));
-            let second = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32(-65536)));
-            _mm512_fmadd_ps(self.0[1], second, _mm512_fmadd_ps(self.0[0], first, sum))
-        }
-    }
-
-    /// The 32 bfloat16 in `v`'s bits, as `vdpbf16ps` takes them.
-    #[inline(always)]
-    fn as_bf16(v: __m512i) -> __m512bh {
-        // SAFETY: both are 64 bytes of plain bits.
-        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
-    }
-
-    /// `xs` rounded to bfloat16 (to nearest, ties to even), each two side by side in
-    /// a 32-bit lane of `pairs` as `vdpbf16ps` multiplies them.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512 F and BF16.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn round_to_pairs(xs: &[f32], pairs: &mut [u32]) {
-        assert!(
-            xs.len().is_multiple_of(LANES) && pairs.len() == xs.len() / 2,
-            "whole registers of values, two to a pair"
-        );
-        for (xs, pairs) in xs
-            .chunks_exact(LANES)
-            .zip(pairs.chunks_exact_mut(LANES / 2))
-        {
-            let rounded = _mm512_cvtneps_pbh(_mm512_loadu_ps(xs.as_ptr()));
-            _mm256_storeu_si256(
-                pairs.as_mut_ptr().cast(),
-                std::mem::transmute::<__m256bh, __m256i>(rounded),
-            );
+        unsafe fn multiply_add(sum: __m512i, held: __m512i, pair: __m512i) -> __m512i {
+            _mm512_add_epi32(sum, _mm512_madd_epi16(held, pair))
         }
     }
 
@@ -938,136 +1030,265 @@ mod avx512 {
         };
     }
 
-    /// [`Kernel::score`](super::Kernel::score) of one run with `vdpbf16ps`, for
-    /// queries rounded to pairs.
+    /// Each query head's values (`head_dim` each) as integers within
+    /// ±[`query_max`], two to a lane of `pairs`, and the head's scale times `scale`
+    /// in `scales`.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F and BF16; `head_dim` is whole registers; the caller
-    /// checked the shapes.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn score_dot(
-        queries: &[u32],
-        run: &Run<'_>,
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn round_queries(
+        queries: &[f32],
         head_dim: usize,
         scale: f32,
-        scores: &mut [f32],
-        stride: usize,
+        pairs: &mut [u32],
+        scales: &mut [f32],
     ) {
-        score::<Dot>(queries, run, head_dim, scale, scores, stride)
+        assert!(
+            head_dim.is_multiple_of(LANES)
+                && queries.len() == scales.len() * head_dim
+                && pairs.len() == queries.len() / 2,
+            "whole registers a head, two values to a pair"
+        );
+        let most = query_max(head_dim);
+        let heads = queries
+            .chunks_exact(head_dim)
+            .zip(pairs.chunks_exact_mut(head_dim / 2))
+            .zip(scales.iter_mut());
+        for ((query, pairs), head_scale) in heads {
+            let mut largest = _mm512_setzero_ps();
+            for values in query.chunks_exact(LANES) {
+                let values = _mm512_abs_ps(_mm512_loadu_ps(values.as_ptr()));
+                largest = _mm512_max_ps(largest, values);
+            }
+            let largest = _mm512_reduce_max_ps(largest);
+            let inverse = _mm512_set1_ps(if largest > 0.0 { most / largest } else { 0.0 });
+            for (values, pairs) in query
+                .chunks_exact(LANES)
+                .zip(pairs.chunks_exact_mut(LANES / 2))
+            {
+                let ints =
+                    _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(values.as_ptr()), inverse));
+                _mm256_storeu_si256(pairs.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(ints));
+            }
+            *head_scale = largest / most * scale;
+        }
     }
 
-    /// [`score_dot`] for f32 queries, the keys widened.
+    /// Each query head's weights over the runs (its probabilities times each
+    /// token's scale of values) as integers, two to a lane of `pairs` (`stride / 2`
+    /// a head), for the head's scale in `scales` (see
+    /// [`WEIGHT_MAX`](super::WEIGHT_MAX)).
     ///
     /// # Safety
-    /// The CPU has AVX-512 F; as for [`score_dot`] otherwise.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn score_widened(
-        queries: &[f32],
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn round_weights(
+        scores: &[f32],
+        stride: usize,
+        runs: &[Run<'_>],
+        pairs: &mut [u32],
+        scales: &[f32],
+    ) {
+        let heads = scales.len();
+        for run in runs {
+            assert!(
+                run.first.is_multiple_of(KEY_BLOCK)
+                    && run.first + whole_blocks(run.value_scales.len()) <= stride
+                    && stride <= INT_TOKENS
+                    && scores.len() >= heads * stride
+                    && pairs.len() >= heads * stride / 2,
+                "every block of the runs' weights inside each head's room"
+            );
+        }
+        for (g, &scale) in scales.iter().enumerate() {
+            let inverse = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            let row = scores.as_ptr().add(g * stride);
+            for run in runs {
+                let tokens = run.value_scales.len();
+                let mut start = 0;
+                while start < tokens {
+                    let count = KEY_BLOCK.min(tokens - start);
+                    let mask = ((1u32 << count) - 1) as __mmask16;
+                    let t = run.first + start;
+                    let probabilities = _mm512_maskz_loadu_ps(mask, row.add(t));
+                    let value_scales =
+                        _mm512_maskz_loadu_ps(mask, run.value_scales.as_ptr().add(start));
+                    let weights =
+                        _mm512_mul_ps(_mm512_mul_ps(probabilities, value_scales), inverse);
+                    let to = pairs.as_mut_ptr().add((g * stride + t) / 2);
+                    _mm256_storeu_si256(
+                        to.cast(),
+                        _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(weights)),
+                    );
+                    start += KEY_BLOCK;
+                }
+            }
+        }
+    }
+
+    /// [`Kernel::score`](super::Kernel::score) of one run, for queries rounded by
+    /// [`round_queries`].
+    ///
+    /// # Safety
+    /// The CPU has what `kernel` needs (see [`Kernel::for_heads`]); `head_dim` is
+    /// whole registers; the caller checked the shapes.
+    pub(super) unsafe fn score(
+        kernel: Kernel,
+        queries: &[u32],
+        scales: &[f32],
         run: &Run<'_>,
         head_dim: usize,
-        scale: f32,
         scores: &mut [f32],
         stride: usize,
     ) {
-        score::<Widened>(queries, run, head_dim, scale, scores, stride)
+        match kernel {
+            Kernel::Vnni => score_dot(queries, scales, run, head_dim, scores, stride),
+            _ => score_madd(queries, scales, run, head_dim, scores, stride),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn score_dot(
+        queries: &[u32],
+        scales: &[f32],
+        run: &Run<'_>,
+        head_dim: usize,
+        scores: &mut [f32],
+        stride: usize,
+    ) {
+        score_with::<Dot>(queries, scales, run, head_dim, scores, stride)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn score_madd(
+        queries: &[u32],
+        scales: &[f32],
+        run: &Run<'_>,
+        head_dim: usize,
+        scores: &mut [f32],
+        stride: usize,
+    ) {
+        score_with::<MaddAdd>(queries, scales, run, head_dim, scores, stride)
     }
 
     #[inline(always)]
-    unsafe fn score<P: PairProduct>(
-        queries: &[P::Input],
+    unsafe fn score_with<P: PairProduct>(
+        queries: &[u32],
+        scales: &[f32],
         run: &Run<'_>,
         head_dim: usize,
-        scale: f32,
         scores: &mut [f32],
         stride: usize,
     ) {
-        let inputs = head_dim / 2 * P::HELD;
-        for (chunk, queries) in queries.chunks(HEADS * inputs).enumerate() {
+        let chunks = queries
+            .chunks(HEADS * head_dim / 2)
+            .zip(scales.chunks(HEADS));
+        for (chunk, (queries, scales)) in chunks.enumerate() {
             let scores = &mut scores[chunk * HEADS * stride + run.first..];
-            let heads = queries.len() / inputs;
             with_heads!(
-                heads,
-                score_heads::<P>(queries.as_ptr(), run.keys, head_dim, scale, scores, stride)
+                scales.len(),
+                score_heads::<P>(
+                    queries.as_ptr(),
+                    scales.as_ptr(),
+                    run,
+                    head_dim,
+                    scores,
+                    stride
+                )
             );
         }
     }
 
+    /// `G` heads' scores, a block of keys at a time: each head's integer sums, then
+    /// times each token's scale and the head's.
     #[inline(always)]
     unsafe fn score_heads<P: PairProduct, const G: usize>(
-        queries: *const P::Input,
-        keys: &[half::bf16],
+        queries: *const u32,
+        scales: *const f32,
+        run: &Run<'_>,
         head_dim: usize,
-        scale: f32,
         scores: &mut [f32],
         stride: usize,
     ) {
         let pairs = head_dim / 2;
-        let scale = _mm512_set1_ps(scale);
-        for (b, block) in keys.chunks_exact(KEY_BLOCK * head_dim).enumerate() {
-            let mut sums = [_mm512_setzero_ps(); G];
+        let blocks = run.keys.chunks_exact(KEY_BLOCK * head_dim);
+        let key_scales = run.key_scales.chunks_exact(KEY_BLOCK);
+        for (b, (block, key_scales)) in blocks.zip(key_scales).enumerate() {
+            let mut sums = [_mm512_setzero_si512(); G];
             let block = block.as_ptr() as *const __m512i;
             for p in 0..pairs {
                 _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(p + KEYS_AHEAD * pairs) as *const i8);
                 let keys = _mm512_loadu_si512(block.add(p));
                 for (g, sum) in sums.iter_mut().enumerate() {
-                    *sum = P::pair(queries, g * pairs + p).multiply_add(keys, *sum);
+                    let pair = _mm512_set1_epi32(*queries.add(g * pairs + p) as i32);
+                    *sum = P::multiply_add(*sum, keys, pair);
                 }
             }
+            let key_scales = _mm512_loadu_ps(key_scales.as_ptr());
             for (g, sum) in sums.iter().enumerate() {
+                let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(*sum), key_scales);
                 let at = scores.as_mut_ptr().add(g * stride + b * KEY_BLOCK);
-                _mm512_storeu_ps(at, _mm512_mul_ps(*sum, scale));
+                _mm512_storeu_ps(at, _mm512_mul_ps(scaled, _mm512_set1_ps(*scales.add(g))));
             }
         }
     }
 
-    /// [`Kernel::weigh`](super::Kernel::weigh) of one run with `vdpbf16ps`, for
-    /// weights rounded to pairs (`stride` weights a head).
+    /// [`Kernel::weigh`](super::Kernel::weigh) of one run, for weights rounded by
+    /// [`round_weights`], added to each head's integer sums.
     ///
     /// # Safety
-    /// As for [`score_dot`].
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn weigh_dot(
+    /// As for [`score`].
+    pub(super) unsafe fn weigh(
+        kernel: Kernel,
         weights: &[u32],
         stride: usize,
         run: &Run<'_>,
         head_dim: usize,
-        out: &mut [f32],
+        sums: &mut [i32],
     ) {
-        weigh::<Dot>(weights, stride, run, head_dim, out)
+        match kernel {
+            Kernel::Vnni => weigh_dot(weights, stride, run, head_dim, sums),
+            _ => weigh_madd(weights, stride, run, head_dim, sums),
+        }
     }
 
-    /// [`weigh_dot`] for f32 weights, the values widened.
-    ///
-    /// # Safety
-    /// As for [`score_widened`].
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn weigh_widened(
-        weights: &[f32],
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn weigh_dot(
+        weights: &[u32],
         stride: usize,
         run: &Run<'_>,
         head_dim: usize,
-        out: &mut [f32],
+        sums: &mut [i32],
     ) {
-        weigh::<Widened>(weights, stride, run, head_dim, out)
+        weigh_with::<Dot>(weights, stride, run, head_dim, sums)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn weigh_madd(
+        weights: &[u32],
+        stride: usize,
+        run: &Run<'_>,
+        head_dim: usize,
+        sums: &mut [i32],
+    ) {
+        weigh_with::<MaddAdd>(weights, stride, run, head_dim, sums)
     }
 
     #[inline(always)]
-    unsafe fn weigh<P: PairProduct>(
-        weights: &[P::Input],
+    unsafe fn weigh_with<P: PairProduct>(
+        weights: &[u32],
         stride: usize,
         run: &Run<'_>,
         head_dim: usize,
-        out: &mut [f32],
+        sums: &mut [i32],
     ) {
-        // A head's weights and the run's first, in pairs.
-        let (stride, first) = (stride / 2, run.first / 2);
-        let inputs = stride * P::HELD;
-        for (chunk, out) in out.chunks_mut(HEADS * head_dim).enumerate() {
-            let weights = &weights[chunk * HEADS * inputs..];
-            let heads = out.len() / head_dim;
+        for (chunk, sums) in sums.chunks_mut(HEADS * head_dim).enumerate() {
+            let weights = weights.as_ptr().add(chunk * HEADS * stride / 2);
+            let heads = sums.len() / head_dim;
             with_heads!(
                 heads,
-                weigh_heads::<P>(weights.as_ptr(), stride, first, run, head_dim, out)
+                weigh_heads::<P>(weights, stride, run, head_dim, sums)
             );
         }
     }
@@ -1081,25 +1302,24 @@ mod avx512 {
     /// at a time for up to [`WIDE_HEADS`] heads (a step of SmolLM2 has three), else
     /// two, and one where `head_dim` is odd in registers. With four, a head of 64
     /// dimensions is one pass over the values, reading each pair's 256 bytes in
-    /// order and broadcasting each weight once. Each sum still adds the tokens in
-    /// order: the same bits whatever the span.
+    /// order and broadcasting each weight once.
     #[inline(always)]
     unsafe fn weigh_heads<P: PairProduct, const G: usize>(
-        weights: *const P::Input,
+        weights: *const u32,
         stride: usize,
-        first: usize,
         run: &Run<'_>,
         head_dim: usize,
-        out: &mut [f32],
+        sums: &mut [i32],
     ) {
         let mut d = 0;
         while d < head_dim {
+            let span = (weights, stride, run, head_dim, &mut *sums, d);
             d += if G <= WIDE_HEADS && d + 4 * LANES <= head_dim {
-                weigh_span::<P, G, 4>(weights, stride, first, run, head_dim, out, d)
+                weigh_span::<P, G, 4>(span)
             } else if d + 2 * LANES <= head_dim {
-                weigh_span::<P, G, 2>(weights, stride, first, run, head_dim, out, d)
+                weigh_span::<P, G, 2>(span)
             } else {
-                weigh_span::<P, G, 1>(weights, stride, first, run, head_dim, out, d)
+                weigh_span::<P, G, 1>(span)
             };
         }
     }
@@ -1108,24 +1328,27 @@ mod avx512 {
     /// `W` registers of values stay in registers over every pair of tokens. Returns
     /// the dimensions done.
     #[inline(always)]
+    #[allow(clippy::type_complexity)]
     unsafe fn weigh_span<P: PairProduct, const G: usize, const W: usize>(
-        weights: *const P::Input,
-        stride: usize,
-        first: usize,
-        run: &Run<'_>,
-        head_dim: usize,
-        out: &mut [f32],
-        d: usize,
+        (weights, stride, run, head_dim, sums, d): (
+            *const u32,
+            usize,
+            &Run<'_>,
+            usize,
+            &mut [i32],
+            usize,
+        ),
     ) -> usize {
         let v = run.values.as_ptr() as *const __m512i;
         // A pair of tokens' values fill `head_dim / 16` registers.
         let registers = head_dim / LANES;
         let column = d / LANES;
-        let mut sums = [[_mm512_setzero_ps(); W]; G];
-        for (g, sums) in sums.iter_mut().enumerate() {
-            let at = out.as_ptr().add(g * head_dim + d);
-            for (w, sum) in sums.iter_mut().enumerate() {
-                *sum = _mm512_loadu_ps(at.add(w * LANES));
+        let first = run.first / 2;
+        let mut held = [[_mm512_setzero_si512(); W]; G];
+        for (g, held) in held.iter_mut().enumerate() {
+            let at = sums.as_ptr().add(g * head_dim + d);
+            for (w, sum) in held.iter_mut().enumerate() {
+                *sum = _mm512_loadu_si512(at.add(w * LANES).cast());
             }
         }
         for pair in 0..run.tokens.div_ceil(2) {
@@ -1138,17 +1361,18 @@ mod avx512 {
             for (w, row) in row.iter_mut().enumerate() {
                 *row = _mm512_loadu_si512(v.add(pair * registers + column + w));
             }
-            for (g, sums) in sums.iter_mut().enumerate() {
-                let weight = P::pair(weights, g * stride + first + pair);
-                for (sum, &row) in sums.iter_mut().zip(&row) {
-                    *sum = weight.multiply_add(row, *sum);
+            for (g, held) in held.iter_mut().enumerate() {
+                let weight = *weights.add(g * stride / 2 + first + pair);
+                let weight = _mm512_set1_epi32(weight as i32);
+                for (sum, &row) in held.iter_mut().zip(&row) {
+                    *sum = P::multiply_add(*sum, row, weight);
                 }
             }
         }
-        for (g, sums) in sums.iter().enumerate() {
-            let at = out.as_mut_ptr().add(g * head_dim + d);
-            for (w, sum) in sums.iter().enumerate() {
-                _mm512_storeu_ps(at.add(w * LANES), *sum);
+        for (g, held) in held.iter().enumerate() {
+            let at = sums.as_mut_ptr().add(g * head_dim + d);
+            for (w, sum) in held.iter().enumerate() {
+                _mm512_storeu_si512(at.add(w * LANES).cast(), *sum);
             }
         }
         W * LANES
@@ -1160,19 +1384,8 @@ mod tests {
     use super::*;
 
     /// Attention as written in the paper, each query head against its group's keys,
-    /// with the queries and the probabilities rounded as `kernel` rounds them.
-    fn naive(
-        kernel: Kernel,
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        shape: Heads,
-        scale: f32,
-    ) -> Vec<f32> {
-        let rounded = |x: f32| match kernel.rounds_to_pairs() {
-            true => bf16::from_f32(x).to_f32(),
-            false => x,
-        };
+    /// in f32.
+    fn naive(q: &[f32], keys: &[f32], values: &[f32], shape: Heads, scale: f32) -> Vec<f32> {
         let Heads {
             heads,
             kv_heads,
@@ -1186,7 +1399,7 @@ mod tests {
             let scores: Vec<f32> = (0..tokens)
                 .map(|t| {
                     (0..head_dim)
-                        .map(|i| rounded(q[h * head_dim + i]) * at(keys, t, i))
+                        .map(|i| q[h * head_dim + i] * at(keys, t, i))
                         .sum::<f32>()
                         * scale
                 })
@@ -1195,11 +1408,7 @@ mod tests {
             let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
             let total: f32 = e.iter().sum();
             for i in 0..head_dim {
-                out.push(
-                    (0..tokens)
-                        .map(|t| rounded(e[t] / total) * at(values, t, i))
-                        .sum(),
-                );
+                out.push((0..tokens).map(|t| e[t] / total * at(values, t, i)).sum());
             }
         }
         out
@@ -1209,15 +1418,18 @@ mod tests {
     fn builds() -> Vec<Kernel> {
         let mut builds = vec![Kernel::Plain];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            builds.push(Kernel::Avx512);
-            if std::arch::is_x86_feature_detected!("avx512bf16") {
-                builds.push(Kernel::Pairs);
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") {
+                builds.push(Kernel::Avx512);
+                if has!("avx512vnni") {
+                    builds.push(Kernel::Vnni);
+                } else {
+                    eprintln!("this CPU has no AVX-512 VNNI: the `vpdpwssd` build is not checked");
+                }
             } else {
-                eprintln!("this CPU has no AVX-512 BF16: the pairs' build is not checked");
+                eprintln!("this CPU has no AVX-512 BW: only the plain build is checked");
             }
-        } else {
-            eprintln!("this CPU has no AVX-512: only the plain build is checked");
         }
         builds
     }
@@ -1255,10 +1467,9 @@ mod tests {
         let kernel = Kernel::for_heads(shape.head_dim);
         let got = kv.attend_one(kernel, &query, shape, 0.3);
         let want = naive(
-            kernel,
             &query,
-            &as_held(&keys),
-            &as_held(&values),
+            &as_held(&keys, shape.head_dim),
+            &as_held(&values, shape.head_dim),
             shape,
             0.3,
         );
@@ -1281,7 +1492,10 @@ mod tests {
         for (held_before, rows) in [(5, 3), (0, 40), (21, 70)] {
             let total = held_before + rows;
             let (keys, values) = (numbers(kv_row * total, 4), numbers(kv_row * total, 5));
-            let (held_keys, held_values) = (as_held(&keys), as_held(&values));
+            let (held_keys, held_values) = (
+                as_held(&keys, shape.head_dim),
+                as_held(&values, shape.head_dim),
+            );
             let queries = numbers(row * rows, 6);
             let mut kv = HostKv::default();
             kv.append(
@@ -1306,7 +1520,6 @@ mod tests {
                 {
                     let seen = (held_before + j + 1) * kv_row;
                     let want = naive(
-                        kernel,
                         query,
                         &held_keys[..seen],
                         &held_values[..seen],
@@ -1380,7 +1593,10 @@ mod tests {
                 head_dim,
             };
             let (keys, values) = (numbers(head_dim * tokens, 7), numbers(head_dim * tokens, 8));
-            let (held_keys, held_values) = (as_held(&keys), as_held(&values));
+            let (held_keys, held_values) = (
+                as_held(&keys, shape.head_dim),
+                as_held(&values, shape.head_dim),
+            );
             let mut kv = HostKv::default();
             kv.append(shape, &keys, &values);
             let mut frozen = kv.clone();
@@ -1408,14 +1624,8 @@ mod tests {
                         .zip(queries.chunks_exact(group * head_dim));
                     for (j, (got, query)) in each.enumerate() {
                         let seen = (sees + j) * head_dim;
-                        let want = naive(
-                            build,
-                            query,
-                            &held_keys[..seen],
-                            &held_values[..seen],
-                            shape,
-                            0.2,
-                        );
+                        let want =
+                            naive(query, &held_keys[..seen], &held_values[..seen], shape, 0.2);
                         for (g, w) in got.iter().zip(&want) {
                             assert!(
                                 (g - w).abs() < tolerance(build),
@@ -1424,6 +1634,48 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The integer sums at their largest stay within 32 bits: a query and keys whose
+    /// values are all of one magnitude (each product is the largest the roundings
+    /// allow), and values of one magnitude a token, all of one sign within a block
+    /// of tokens. Keys and values change sign from block to block, so that a sum
+    /// wrapped past 32 bits would change the output (by about 1, where it wrapped).
+    /// Every build attends as the definition, to within the weights' rounding: the
+    /// tokens' equal weights all round the same way, so their errors add up (70
+    /// tokens of half a step of 1/32767 at most, times values of 3).
+    #[test]
+    fn the_largest_integer_sums_do_not_overflow() {
+        for head_dim in [64, 128] {
+            let shape = Heads {
+                heads: 3,
+                kv_heads: 1,
+                head_dim,
+            };
+            let tokens = 70;
+            let sign = |i: usize| match (i / head_dim / KEY_BLOCK) % 2 {
+                0 => 1.0f32,
+                _ => -1.0,
+            };
+            let keys: Vec<f32> = (0..head_dim * tokens).map(|i| 0.5 * sign(i)).collect();
+            let values: Vec<f32> = (0..head_dim * tokens)
+                .map(|i| if sign(i) > 0.0 { 3.0 } else { -2.0 })
+                .collect();
+            let mut kv = HostKv::default();
+            kv.append(shape, &keys, &values);
+            let query = vec![1.5f32; shape.query_width()];
+            let (keys, values) = (as_held(&keys, head_dim), as_held(&values, head_dim));
+            let want = naive(&query, &keys, &values, shape, 0.01);
+            for kernel in builds() {
+                let got = kv.attend_one(kernel, &query, shape, 0.01);
+                for (got, want) in got.iter().zip(&want) {
+                    assert!(
+                        (got - want).abs() < 4e-3,
+                        "{kernel:?}, heads of {head_dim}: {got} vs {want}"
+                    );
                 }
             }
         }
@@ -1498,16 +1750,23 @@ mod tests {
         }
     }
 
-    /// The values as the cache holds them: rounded to bfloat16.
-    fn as_held(xs: &[f32]) -> Vec<f32> {
-        xs.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+    /// Keys or values (token-major, heads of `head_dim`) as the cache holds them:
+    /// each head of each token rounded to integers and a scale.
+    fn as_held(xs: &[f32], head_dim: usize) -> Vec<f32> {
+        xs.chunks_exact(head_dim)
+            .flat_map(|head| {
+                let (scale, inverse) = head_scale(head);
+                head.iter()
+                    .map(move |&x| f32::from(rounded(x * inverse)) * scale)
+            })
+            .collect()
     }
 
     /// How far a kernel's output may be from [`naive`]'s: sums in another order,
-    /// and where it rounds probabilities, one of them rounded the other way (its
-    /// `exp` is not the standard library's) moves an output by up to 2⁻⁹ of it.
+    /// and where it rounds the queries (to ±2048 for heads of 64) and the weights,
+    /// up to a few steps of each.
     fn tolerance(kernel: Kernel) -> f32 {
-        match kernel.rounds_to_pairs() {
+        match kernel.rounds_to_integers() {
             true => 1e-3,
             false => 1e-5,
         }

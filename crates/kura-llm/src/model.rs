@@ -645,8 +645,8 @@ impl Model {
         })
     }
 
-    /// Attends in f32 (the pairs widened), where the fastest kernels round the
-    /// queries and probabilities to bfloat16: for tests that hold the host path to
+    /// Attends in f32 (the cache widened), where the fastest kernels round the
+    /// queries and weights to integers: for tests that hold the host path to
     /// candle's f32 attention, or measure the products' rounding alone.
     #[cfg(test)]
     pub(crate) fn attend_in_f32(&mut self) {
@@ -1139,10 +1139,10 @@ fn host_weights(model: &Model) -> &host::HostWeights {
 }
 
 /// How far apart two computations of the same logits may be in tests: one attends
-/// over keys and values as computed, the other over the cache's bfloat16 copies of
-/// them (a relative 4e-3), or summed in different orders they round to
-/// neighbouring values; either moves logits of magnitude 10–30 by up to some 0.06
-/// (by a few thousandths when the cache held half precision).
+/// over keys and values as computed, the other over the cache's rounded copies of
+/// them (within 2⁻¹⁵ of each head's largest value; bfloat16 copies, a relative
+/// 4e-3, moved logits of magnitude 10–30 by up to some 0.06), or summed in
+/// different orders they round to neighbouring values.
 #[cfg(test)]
 const CLOSE_LOGITS: f32 = 0.1;
 

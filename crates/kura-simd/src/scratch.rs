@@ -28,7 +28,7 @@ macro_rules! scratch {
     )*};
 }
 
-scratch!(f32, i16, u16, u32);
+scratch!(f32, i16, i32, u16, u32);
 
 /// Runs `f` on `len` values of this thread's scratch buffer. They are not zeroed:
 /// they hold whatever the last call left, so `f` must write every value it reads.

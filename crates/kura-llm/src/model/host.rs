@@ -596,7 +596,7 @@ mod tests {
     #[test]
     fn a_step_on_host_buffers_matches_the_tensor_path() {
         let mut llm = smollm2_with_tensors();
-        // In f32, as candle attends: the bfloat16 kernels are held to the
+        // In f32, as candle attends: the integer kernels are held to the
         // definition in `kv`.
         llm.model_mut().attend_in_f32();
         let model = llm.model();

@@ -182,8 +182,8 @@ fn grow(slab: &mut Vec<f32>, len: usize) {
 mod tests {
     use super::*;
     use crate::model::{
-        argmax, assert_close_logits, cached_model, cached_model_in, cached_model_with_tensors,
-        host_weights, max_difference, smollm2, CLOSE_LOGITS,
+        argmax, assert_close_logits, cached_model_in, cached_model_with_tensors, host_weights,
+        max_difference, smollm2, CLOSE_LOGITS,
     };
     use crate::q8::{Layout, Rounding};
 
@@ -211,7 +211,7 @@ mod tests {
         for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
             let mut llm = cached_model_in(name, Layout::Panels);
             let mut tensors_llm = cached_model_with_tensors(name);
-            // In f32, as candle attends: the bfloat16 kernels are held to the
+            // In f32, as candle attends: the integer kernels are held to the
             // definition in `kv`.
             llm.model_mut().attend_in_f32();
             tensors_llm.model_mut().attend_in_f32();
@@ -280,7 +280,7 @@ mod tests {
                 cached_model_in(name, Layout::Int8(rounding)),
             );
             // Attention in f32, so that the divergence is the products' rounding
-            // alone (bfloat16 attention's is measured on its own, below).
+            // alone (the integer attention's is measured on its own, below).
             exact.model_mut().attend_in_f32();
             int8.model_mut().attend_in_f32();
             let tokens = exact.tokenizer().encode(text, false).expect("tokens");
@@ -327,20 +327,22 @@ mod tests {
         }
     }
 
-    /// The bfloat16 attention kernels (queries, keys, values and probabilities
-    /// rounded to bfloat16) move Qwen's next-token distribution little from f32
-    /// attention over the same cache, reading a prompt and then a token at a time,
-    /// and the token they like best is (nearly) f32 attention's favourite. Measured
-    /// on Zen 4 over this text: a mean KL divergence of 0.0009 nats, at most 0.004 a
-    /// step (a mean of 0.0005 over six real conversations, as much as rounding the
-    /// queries alone to half precision gave).
+    /// The integer attention kernels (queries and weights rounded to integers)
+    /// move Qwen's next-token distribution next to nothing from f32 attention over
+    /// the same cache, reading a prompt and then a token at a time, and the token
+    /// they like best is f32 attention's favourite. The products are exact, so that
+    /// their rounding does not magnify the attention's (with activations rounded
+    /// to 8 bits, any change at all moves the distribution by some 0.0005). Measured
+    /// on the Xeon over this text: a mean KL divergence of 0.000002 nats, as over
+    /// four real conversations (bfloat16 queries and probabilities gave 0.0009 with
+    /// the products rounded).
     #[test]
-    fn bfloat16_attention_moves_the_model_little() {
-        let mut llm = cached_model("qwen2.5-coder-0.5b-instruct");
+    fn integer_attention_moves_the_model_little() {
+        let mut llm = cached_model_in("qwen2.5-coder-0.5b-instruct", Layout::Panels);
         let fastest = llm.model().attention;
         llm.model_mut().attend_in_f32();
         if llm.model().attention == fastest {
-            eprintln!("this CPU attends in f32 already: no bfloat16 kernels to compare");
+            eprintln!("this CPU attends in f32 already: no integer kernels to compare");
             return;
         }
         let text = "<|im_start|>user\nMy landlord kept the whole deposit after I moved out, \
@@ -380,7 +382,10 @@ mod tests {
             "{} steps: mean KL {mean:.6}, most {worst:.6}",
             divergences.len()
         );
-        assert!(mean < 0.002 && worst < 0.05, "mean KL {mean}, most {worst}");
+        assert!(
+            mean < 0.0001 && worst < 0.001,
+            "mean KL {mean}, most {worst}"
+        );
         for (step, (exact, rounded)) in exact.iter().zip(&rounded).enumerate() {
             let p = softmax(exact);
             let (best, chosen) = (p[argmax(exact) as usize], p[argmax(rounded) as usize]);
