@@ -181,7 +181,10 @@ fn query_max(head_dim: usize) -> f32 {
 
 /// The scale of one head of a token, `xs`, held as integers within ±[`HELD_MAX`]
 /// (`rounded(x × inverse)`), and its inverse. A value that is not finite makes the
-/// scale NaN, so that what reads the head is NaN too.
+/// scale NaN rather than a scale for the rest: widened, the head reads as NaN. (The
+/// integer kernels may weigh such a token as nothing; a key or value is not finite
+/// only where the hidden state it came from is not, which reaches the logits by the
+/// residual path whatever attention makes of it.)
 fn head_scale(xs: &[f32]) -> (f32, f32) {
     let largest = xs.iter().fold(0f32, |m, &x| m.max(x.abs()));
     match largest {
@@ -714,12 +717,6 @@ impl Kernel {
         Kernel::Plain
     }
 
-    /// The build that multiplies in f32, rounding neither queries nor weights.
-    #[cfg(test)]
-    pub(crate) fn in_f32(_head_dim: usize) -> Self {
-        Kernel::Plain
-    }
-
     /// Whether the queries and the weights are rounded to integers.
     #[cfg(test)]
     fn rounds_to_integers(self) -> bool {
@@ -1127,49 +1124,59 @@ mod avx512 {
         }
     }
 
-    /// [`Kernel::score`](super::Kernel::score) of one run, for queries rounded by
-    /// [`round_queries`].
-    ///
-    /// # Safety
-    /// The CPU has what `kernel` needs (see [`Kernel::for_heads`]); `head_dim` is
-    /// whole registers; the caller checked the shapes.
-    pub(super) unsafe fn score(
-        kernel: Kernel,
-        queries: &[u32],
-        scales: &[f32],
-        run: &Run<'_>,
-        head_dim: usize,
-        scores: &mut [f32],
-        stride: usize,
-    ) {
-        match kernel {
-            Kernel::Vnni => score_dot(queries, scales, run, head_dim, scores, stride),
-            _ => score_madd(queries, scales, run, head_dim, scores, stride),
-        }
+    /// Defines `$name(kernel, args…)`: `$generic::<Dot>` compiled for AVX-512 VNNI
+    /// where `kernel` is [`Kernel::Vnni`], else `$generic::<MaddAdd>` compiled for
+    /// AVX-512 BW.
+    macro_rules! builds {
+        ($(#[$doc:meta])* fn $name:ident = $generic:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+            $(#[$doc])*
+            pub(super) unsafe fn $name(kernel: Kernel, $($arg: $ty),*) {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+                unsafe fn dot($($arg: $ty),*) {
+                    $generic::<Dot>($($arg),*)
+                }
+                #[target_feature(enable = "avx512f,avx512bw")]
+                unsafe fn madd($($arg: $ty),*) {
+                    $generic::<MaddAdd>($($arg),*)
+                }
+                match kernel {
+                    Kernel::Vnni => dot($($arg),*),
+                    _ => madd($($arg),*),
+                }
+            }
+        };
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn score_dot(
-        queries: &[u32],
-        scales: &[f32],
-        run: &Run<'_>,
-        head_dim: usize,
-        scores: &mut [f32],
-        stride: usize,
-    ) {
-        score_with::<Dot>(queries, scales, run, head_dim, scores, stride)
+    builds! {
+        /// [`Kernel::score`](super::Kernel::score) of one run, for queries rounded
+        /// by [`round_queries`].
+        ///
+        /// # Safety
+        /// The CPU has what `kernel` needs (see [`Kernel::for_heads`]); `head_dim`
+        /// is whole registers; the caller checked the shapes.
+        fn score = score_with(
+            queries: &[u32],
+            scales: &[f32],
+            run: &Run<'_>,
+            head_dim: usize,
+            scores: &mut [f32],
+            stride: usize,
+        )
     }
 
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn score_madd(
-        queries: &[u32],
-        scales: &[f32],
-        run: &Run<'_>,
-        head_dim: usize,
-        scores: &mut [f32],
-        stride: usize,
-    ) {
-        score_with::<MaddAdd>(queries, scales, run, head_dim, scores, stride)
+    builds! {
+        /// [`Kernel::weigh`](super::Kernel::weigh) of one run, for weights rounded
+        /// by [`round_weights`], added to each head's integer sums.
+        ///
+        /// # Safety
+        /// As for [`score`].
+        fn weigh = weigh_with(
+            weights: &[u32],
+            stride: usize,
+            run: &Run<'_>,
+            head_dim: usize,
+            sums: &mut [i32],
+        )
     }
 
     #[inline(always)]
@@ -1232,47 +1239,6 @@ mod avx512 {
                 _mm512_storeu_ps(at, _mm512_mul_ps(scaled, _mm512_set1_ps(*scales.add(g))));
             }
         }
-    }
-
-    /// [`Kernel::weigh`](super::Kernel::weigh) of one run, for weights rounded by
-    /// [`round_weights`], added to each head's integer sums.
-    ///
-    /// # Safety
-    /// As for [`score`].
-    pub(super) unsafe fn weigh(
-        kernel: Kernel,
-        weights: &[u32],
-        stride: usize,
-        run: &Run<'_>,
-        head_dim: usize,
-        sums: &mut [i32],
-    ) {
-        match kernel {
-            Kernel::Vnni => weigh_dot(weights, stride, run, head_dim, sums),
-            _ => weigh_madd(weights, stride, run, head_dim, sums),
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn weigh_dot(
-        weights: &[u32],
-        stride: usize,
-        run: &Run<'_>,
-        head_dim: usize,
-        sums: &mut [i32],
-    ) {
-        weigh_with::<Dot>(weights, stride, run, head_dim, sums)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn weigh_madd(
-        weights: &[u32],
-        stride: usize,
-        run: &Run<'_>,
-        head_dim: usize,
-        sums: &mut [i32],
-    ) {
-        weigh_with::<MaddAdd>(weights, stride, run, head_dim, sums)
     }
 
     #[inline(always)]

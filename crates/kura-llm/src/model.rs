@@ -650,7 +650,7 @@ impl Model {
     /// candle's f32 attention, or measure the products' rounding alone.
     #[cfg(test)]
     pub(crate) fn attend_in_f32(&mut self) {
-        self.attention = crate::kv::Kernel::in_f32(self.config.head_dim);
+        self.attention = crate::kv::Kernel::Plain;
     }
 
     /// How the projections are multiplied here, in words: the 8-bit layout and its

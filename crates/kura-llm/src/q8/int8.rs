@@ -900,9 +900,9 @@ struct Widened {
 }
 
 impl Widened {
-    /// Groups `groups`' weights of the columns set aside, widened once for every
-    /// block of rows of the product, where that is worth it and the rows read
-    /// the int8 copy with the VNNI kernel (where it is written).
+    /// Groups `groups`' weights of the columns set aside, widened once for all
+    /// the rows of the product, where that is worth it and the rows read the int8
+    /// copy with the VNNI kernel (where it is written).
     fn of_groups(
         w: &Groups<'_>,
         groups: Range<usize>,
@@ -938,7 +938,7 @@ impl Widened {
             return;
         }
         let weights = &self.weights[(g - self.first) * self.columns..][..self.columns];
-        // SAFETY: as in `widen`; each column's slot is inside `weights`.
+        // SAFETY: as in `of_groups`; each column's slot is inside `weights`.
         #[cfg(target_arch = "x86_64")]
         unsafe {
             vnni::add_widened(weights, slot_of, set_aside, sums)
