@@ -25,7 +25,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use kura_simd::{matmul, multiversion, softmax_rows, MatRef, Threads};
+use kura_simd::{matmul, max, multiversion, softmax_rows, MatRef, Threads};
 use rayon::prelude::*;
 
 /// One layer's keys and values. Cloning shares the buffers; the first append to a
@@ -835,14 +835,23 @@ impl Kernel {
 /// values among the tokens it sees, over [`WEIGHT_MAX`]. Found from what the head
 /// sees alone, so that a row gets the same weights whatever rows come with it.
 fn weight_scales(runs: &[Run<'_>], (sees, per_row): (usize, usize), scales: &mut [f32]) {
-    let mut value_scales = runs.iter().flat_map(|run| &run.value_scales[..run.tokens]);
+    // The largest scale of values of tokens `from..to`, a run's slice at a time.
+    let largest_of = |from: usize, to: usize| {
+        runs.iter().fold(0f32, |largest, run| {
+            let (start, end) = (from.max(run.first), to.min(run.first + run.tokens));
+            match start < end {
+                true => largest.max(max(&run.value_scales[start - run.first..end - run.first])),
+                false => largest,
+            }
+        })
+    };
     let (mut largest, mut counted) = (0f32, 0);
     for (g, scale) in scales.iter_mut().enumerate() {
         let seen = sees + g / per_row.max(1);
-        for &value_scale in value_scales.by_ref().take(seen.saturating_sub(counted)) {
-            largest = largest.max(value_scale);
+        if seen > counted {
+            largest = largest.max(largest_of(counted, seen));
+            counted = seen;
         }
-        counted = counted.max(seen);
         *scale = largest / WEIGHT_MAX;
     }
 }
