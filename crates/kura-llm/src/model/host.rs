@@ -301,7 +301,10 @@ impl Model {
     /// Rotates each sequence's queries and keys to their positions, appends the keys
     /// and values to its cache, and lets each new token attend to the tokens up to
     /// itself (`only_last`: the last token of each sequence alone); sequences run in
-    /// parallel. `counts[i]` rows belong to `caches[i]`.
+    /// parallel. `counts[i]` rows belong to `caches[i]`. Each sequence writes its
+    /// rows where the output projection reads them: collected element by element
+    /// from a vector a sequence, a 526-token prompt's rows took Qwen 20 ms of its
+    /// 640 on one core.
     fn attend_each(
         &self,
         host: &HostWeights,
@@ -315,35 +318,39 @@ impl Model {
         let shape = c.heads();
         let (q_width, kv_width) = (shape.query_width(), shape.kv_width());
         let scale = c.attention_scale() as f32;
+        let rows_out = |count: usize| match only_last {
+            true => count.min(1),
+            false => count,
+        };
+        let total: usize = counts.iter().map(|&count| rows_out(count)).sum();
+        let mut attended = vec![0f32; total * q_width];
         let mut feeds = Vec::with_capacity(counts.len());
         let (mut q_rest, mut k_rest, mut v_rest) = (&mut q[..], &mut k[..], &v[..]);
+        let mut out_rest = &mut attended[..];
         for &count in counts {
             let (q, q_tail) = std::mem::take(&mut q_rest).split_at_mut(count * q_width);
             let (k, k_tail) = std::mem::take(&mut k_rest).split_at_mut(count * kv_width);
             let (v, v_tail) = v_rest.split_at(count * kv_width);
-            (q_rest, k_rest, v_rest) = (q_tail, k_tail, v_tail);
-            feeds.push((q, k, v));
+            let (out, out_tail) =
+                std::mem::take(&mut out_rest).split_at_mut(rows_out(count) * q_width);
+            (q_rest, k_rest, v_rest, out_rest) = (q_tail, k_tail, v_tail, out_tail);
+            feeds.push((q, k, v, out));
         }
         caches
             .par_iter_mut()
             .zip(feeds)
-            .flat_map_iter(|(cache, (q, k, v))| {
+            .for_each(|(cache, (q, k, v, out))| {
                 let start = cache.len;
                 self.rotate_rows(host, q, k, start);
                 let kv = host_kv(&mut cache.layers[index]);
                 kv.append(shape, k, v);
-                match only_last {
-                    true => kv.attend_causal(
-                        self.attention,
-                        start + q.len() / q_width,
-                        &q[q.len() - q_width..],
-                        shape,
-                        scale,
-                    ),
-                    false => kv.attend_causal(self.attention, start + 1, q, shape, scale),
-                }
-            })
-            .collect()
+                let (first, queries) = match only_last {
+                    true => (start + q.len() / q_width, &q[q.len() - out.len()..]),
+                    false => (start + 1, &q[..]),
+                };
+                kv.attend_causal_into(self.attention, first, queries, shape, scale, out);
+            });
+        attended
     }
 
     /// RoPE of rows of queries and keys (`[rows, heads · head_dim]` and `[rows,
@@ -354,15 +361,23 @@ impl Model {
         let (q_width, kv_width) = (shape.query_width(), shape.kv_width());
         let half = c.head_dim / 2;
         let interleaved = c.architecture == Architecture::Llama;
-        let rows = q
-            .chunks_exact_mut(q_width)
-            .zip(k.chunks_exact_mut(kv_width));
-        for (position, (q, k)) in (start..).zip(rows) {
-            let at = position * half;
-            let (cos, sin) = (&host.cos[at..at + half], &host.sin[at..at + half]);
-            rotate_heads(q, cos, sin, interleaved);
-            rotate_heads(k, cos, sin, interleaved);
-        }
+        // Runs of rows in parallel: on one core, a 526-token prompt's rotations
+        // took Qwen 3 ms.
+        const ROWS_PER_TASK: usize = 32;
+        q.par_chunks_mut(ROWS_PER_TASK * q_width)
+            .zip(k.par_chunks_mut(ROWS_PER_TASK * kv_width))
+            .enumerate()
+            .for_each(|(task, (q, k))| {
+                let rows = q
+                    .chunks_exact_mut(q_width)
+                    .zip(k.chunks_exact_mut(kv_width));
+                for (position, (q, k)) in (start + task * ROWS_PER_TASK..).zip(rows) {
+                    let at = position * half;
+                    let (cos, sin) = (&host.cos[at..at + half], &host.sin[at..at + half]);
+                    rotate_heads(q, cos, sin, interleaved);
+                    rotate_heads(k, cos, sin, interleaved);
+                }
+            });
     }
 }
 
