@@ -1343,10 +1343,7 @@ mod avx512 {
         }
     }
 
-    /// `G` heads' scores, a block of keys at a time: each head's integer sums, then
-    /// times each token's scale and the head's. Each head sums even and odd pairs
-    /// of dimensions apart: with one sum a head, each `vpdpwssd` waited on the one
-    /// before it (5 cycles), where two issue each cycle.
+    /// `G` heads' scores, two blocks of keys at a time (see [`score_blocks`]).
     #[inline(always)]
     unsafe fn score_heads<P: PairProduct, const G: usize>(
         queries: *const u32,
@@ -1357,30 +1354,56 @@ mod avx512 {
         stride: usize,
     ) {
         let pairs = head_dim / 2;
-        let blocks = run.keys.chunks_exact(KEY_BLOCK * head_dim);
-        let key_scales = run.key_scales.chunks_exact(KEY_BLOCK);
-        for (b, (block, key_scales)) in blocks.zip(key_scales).enumerate() {
-            let mut sums = [[_mm512_setzero_si512(); G]; 2];
-            let block = block.as_ptr() as *const __m512i;
-            // `head_dim` is whole registers, so `pairs` is even.
-            for p in (0..pairs).step_by(2) {
-                for (half, sums) in sums.iter_mut().enumerate() {
-                    let p = p + half;
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        block.wrapping_add(p + KEYS_AHEAD * pairs) as *const i8
-                    );
-                    let keys = _mm512_loadu_si512(block.add(p));
-                    for (g, sum) in sums.iter_mut().enumerate() {
-                        let pair = _mm512_set1_epi32(*queries.add(g * pairs + p) as i32);
-                        *sum = P::multiply_add(*sum, keys, pair);
-                    }
+        let blocks = run.keys.len() / (KEY_BLOCK * head_dim);
+        let mut b = 0;
+        while b + 2 <= blocks {
+            score_blocks::<P, G, 2>(queries, scales, run, pairs, scores, stride, b);
+            b += 2;
+        }
+        if b < blocks {
+            score_blocks::<P, G, 1>(queries, scales, run, pairs, scores, stride, b);
+        }
+    }
+
+    /// `G` heads' scores over blocks `b..b + B` of keys: each head's integer sums,
+    /// then times each token's scale and the head's. Each broadcast pair of a
+    /// query's integers multiplies `B` registers of keys. A block at a time, each
+    /// `vpdpwssd` waited on the one before it (5 cycles, where two issue each
+    /// cycle), and the broadcasts, one for each, held the load ports.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn score_blocks<P: PairProduct, const G: usize, const B: usize>(
+        queries: *const u32,
+        scales: *const f32,
+        run: &Run<'_>,
+        pairs: usize,
+        scores: &mut [f32],
+        stride: usize,
+        b: usize,
+    ) {
+        // A block of keys is `pairs` registers (16 tokens of two dimensions each).
+        let keys = (run.keys.as_ptr() as *const __m512i).add(b * pairs);
+        let mut sums = [[_mm512_setzero_si512(); G]; B];
+        for p in 0..pairs {
+            let mut held = [_mm512_setzero_si512(); B];
+            for (j, held) in held.iter_mut().enumerate() {
+                let at = j * pairs + p;
+                _mm_prefetch::<_MM_HINT_T0>(keys.wrapping_add(at + KEYS_AHEAD * pairs) as *const i8);
+                *held = _mm512_loadu_si512(keys.add(at));
+            }
+            for g in 0..G {
+                let pair = _mm512_set1_epi32(*queries.add(g * pairs + p) as i32);
+                for (sums, &held) in sums.iter_mut().zip(&held) {
+                    sums[g] = P::multiply_add(sums[g], held, pair);
                 }
             }
-            let key_scales = _mm512_loadu_ps(key_scales.as_ptr());
-            for (g, (even, odd)) in sums[0].iter().zip(&sums[1]).enumerate() {
-                let sum = _mm512_add_epi32(*even, *odd);
-                let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), key_scales);
-                let at = scores.as_mut_ptr().add(g * stride + b * KEY_BLOCK);
+        }
+        for (j, sums) in sums.iter().enumerate() {
+            let block = b + j;
+            let key_scales = _mm512_loadu_ps(run.key_scales.as_ptr().add(block * KEY_BLOCK));
+            for (g, sum) in sums.iter().enumerate() {
+                let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(*sum), key_scales);
+                let at = scores.as_mut_ptr().add(g * stride + block * KEY_BLOCK);
                 _mm512_storeu_ps(at, _mm512_mul_ps(scaled, _mm512_set1_ps(*scales.add(g))));
             }
         }
