@@ -338,21 +338,18 @@ impl HostKv {
             }
         };
         // A prompt's heads in parallel (on one core, a 526-token prompt's appends
-        // took Qwen 7 ms); a step's few tokens on the core that runs its sequence.
-        match added >= PARALLEL_APPEND_TOKENS {
-            true => own
-                .keys
-                .par_iter_mut()
-                .zip(&mut own.values)
-                .enumerate()
-                .for_each(append_head),
-            false => own
-                .keys
-                .iter_mut()
-                .zip(&mut own.values)
-                .enumerate()
-                .for_each(append_head),
-        }
+        // took Qwen 7 ms); a step's few tokens in one task, on the core that runs
+        // its sequence.
+        let heads_a_task = match added >= PARALLEL_APPEND_TOKENS {
+            true => 1,
+            false => kv_heads,
+        };
+        own.keys
+            .par_iter_mut()
+            .zip(&mut own.values)
+            .enumerate()
+            .with_min_len(heads_a_task)
+            .for_each(append_head);
         self.tokens += added;
     }
 
@@ -605,12 +602,12 @@ impl HostKv {
             let mut scores = vec![0.0f32; count * seen];
             let keys = MatRef::new(keys, head_dim, seen, held, 1);
             matmul(&mut scores, q, keys, scale, false, Threads::One);
-            causal_softmax(&mut scores, (seen, seen), first + start, 1);
-            let mut out = vec![0.0f32; count * head_dim];
+            causal_softmax(&mut scores, (seen, seen), first + start, 1, plain_softmax);
+            let mut block = vec![0.0f32; count * head_dim];
             let scores = MatRef::row_major(&scores, count, seen);
             let values = MatRef::row_major(&values[..seen * head_dim], seen, head_dim);
-            matmul(&mut out, scores, values, 1.0, false, Threads::One);
-            out
+            matmul(&mut block, scores, values, 1.0, false, Threads::One);
+            block
         })
     }
 }
@@ -717,20 +714,28 @@ fn attend_group(
 /// lets see a prefix: rows come `per_row` at a time (a token's query heads), the
 /// first rows see `sees` tokens and each next token one more. What a row does not
 /// see is zeroed, up to the end of the last pair of tokens where the row has room
-/// for it, so that weighing every pair adds nothing for it.
+/// for it, so that weighing every pair adds nothing for it. What a row sees goes
+/// through `softmax`, the build's.
 fn causal_softmax(
     scores: &mut [f32],
     (stride, tokens): (usize, usize),
     sees: usize,
     per_row: usize,
+    softmax: impl Fn(&mut [f32]),
 ) {
     let paired = tokens.next_multiple_of(2).min(stride);
     for (i, scores) in scores.chunks_exact_mut(stride).enumerate() {
         let seen = sees + i / per_row;
         let (visible, hidden) = scores[..paired].split_at_mut(seen);
-        softmax_rows(visible, seen);
+        softmax(visible);
         hidden.fill(0.0);
     }
+}
+
+/// The library's softmax of one row, which [`causal_softmax`] takes where the
+/// kernels are not AVX-512's.
+fn plain_softmax(row: &mut [f32]) {
+    softmax_rows(row, row.len());
 }
 
 /// Which build of the attention kernels runs: with AVX-512, the cache's integers
@@ -780,19 +785,16 @@ impl Kernel {
         sees: usize,
         per_row: usize,
     ) {
+        let shape = (stride, tokens);
         match self {
             // SAFETY: `for_heads` chose these builds only where the CPU has AVX-512 F.
             #[cfg(target_arch = "x86_64")]
             Kernel::Vnni | Kernel::Avx512 => {
-                let paired = tokens.next_multiple_of(2).min(stride);
-                for (i, scores) in scores.chunks_exact_mut(stride).enumerate() {
-                    let seen = sees + i / per_row;
-                    let (visible, hidden) = scores[..paired].split_at_mut(seen);
-                    unsafe { avx512::softmax(visible) };
-                    hidden.fill(0.0);
-                }
+                causal_softmax(scores, shape, sees, per_row, |row| unsafe {
+                    avx512::softmax(row)
+                })
             }
-            Kernel::Plain => causal_softmax(scores, (stride, tokens), sees, per_row),
+            Kernel::Plain => causal_softmax(scores, shape, sees, per_row, plain_softmax),
         }
     }
 
